@@ -1,0 +1,3 @@
+from edge_recorder.cli import main
+
+raise SystemExit(main())

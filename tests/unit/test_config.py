@@ -1,0 +1,486 @@
+"""Settings: precedence, validation, secrets and the shipped example file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pickle
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+from edge_recorder.config import (
+    KNOWN_VARIABLES,
+    IngestSettings,
+    OutputSettings,
+    OverlaySettings,
+    S3Settings,
+    Secret,
+    Settings,
+    load_settings,
+)
+from edge_recorder.errors import ConfigError
+
+EXAMPLE_FILE = Path(__file__).resolve().parents[2] / "config" / "edge-recorder.toml"
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+def write_toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "edge-recorder.toml"
+    path.write_text(text)
+    return path
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(environ={})
+
+    assert settings == Settings(
+        recording_enabled=False,
+        tmp_dir=tmp_path / "tmp" / "recordings",
+        layout="pip",
+        bind_ip="127.0.0.1",
+        port_min=40000,
+        port_max=40999,
+        server_id=socket.gethostname(),
+        max_sessions=4,
+        output=OutputSettings(
+            width_px=1280,
+            height_px=720,
+            fps=30,
+            video_bitrate_kbps=2500,
+            audio_bitrate_kbps=128,
+            x264_preset="veryfast",
+            keyframe_interval_s=2.0,
+            x264_threads=1,
+        ),
+        overlay=OverlaySettings(width_pct=25, corner="bottom-right", margin_px=24),
+        ingest=IngestSettings(
+            playout_delay_ms=300,
+            video_jitter_ms=150,
+            audio_jitter_ms=60,
+            keyframe_request_interval_ms=500,
+            udp_receive_buffer_bytes=4194304,
+            stream_queue_packets=512,
+        ),
+        s3=S3Settings(
+            bucket=None,
+            prefix="recordings/",
+            region=None,
+            access_key_id=None,
+            secret_access_key=None,
+            endpoint=None,
+            sse="none",
+            sse_kms_key_id=None,
+        ),
+        config_file=None,
+    )
+    assert settings.tmp_dir.is_absolute()
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings(environ={})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.port_min = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.output.fps = 1  # type: ignore[misc]
+
+
+def test_settings_pickle_round_trip() -> None:
+    # Media workers run in other processes and receive the settings pickled.
+    settings = load_settings(
+        environ={"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": SECRET}
+    )
+    assert pickle.loads(pickle.dumps(settings)) == settings
+
+
+# --------------------------------------------------------------------------- precedence
+
+
+def test_file_overrides_defaults(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path,
+        """
+        RECORDING_ENABLED = true
+        RECORDING_PORT_MIN = 41000
+        RECORDING_PORT_MAX = "41999"          # strings are accepted too
+        RECORDING_KEYFRAME_INTERVAL_S = 1     # an int where a float is expected
+        RECORDING_OVERLAY_CORNER = "top-left"
+        RECORDING_TMP_DIR = "/var/tmp/rec"
+        """,
+    )
+    settings = load_settings(environ={}, config_file=path)
+    assert settings.recording_enabled is True
+    assert (settings.port_min, settings.port_max) == (41000, 41999)
+    assert settings.output.keyframe_interval_s == 1.0
+    assert settings.overlay.corner == "top-left"
+    assert settings.tmp_dir == Path("/var/tmp/rec")
+    assert settings.config_file == path
+    # Untouched keys keep their defaults.
+    assert settings.output.fps == 30
+
+
+def test_environment_overrides_file(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path,
+        'RECORDING_PORT_MIN = 41000\nRECORDING_LAYOUT = "grid"\nRECORDING_S3_BUCKET = "from-file"\n',
+    )
+    settings = load_settings(
+        environ={"RECORDING_PORT_MIN": "40500", "RECORDING_S3_BUCKET": ""},
+        config_file=path,
+    )
+    assert settings.port_min == 40500
+    assert settings.layout == "grid"  # only in the file
+    assert settings.s3.bucket is None  # an empty variable clears an optional value
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "RECORDING_MAX_SESSIONS = 9\n")
+    settings = load_settings(environ={"RECORDING_CONFIG_FILE": str(path)})
+    assert settings.max_sessions == 9
+    assert settings.config_file == path
+
+
+def test_config_file_argument_beats_environment(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "RECORDING_MAX_SESSIONS = 9\n")
+    settings = load_settings(
+        environ={"RECORDING_CONFIG_FILE": str(tmp_path / "missing.toml")}, config_file=path
+    )
+    assert settings.max_sessions == 9
+
+
+def test_relative_tmp_dir_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(environ={"RECORDING_TMP_DIR": "spool/../rec"})
+    assert settings.tmp_dir == tmp_path / "rec"
+    assert not settings.tmp_dir.exists()  # loading creates nothing
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("true", True),
+        ("TRUE", True),
+        ("1", True),
+        ("yes", True),
+        ("On", True),
+        (" true ", True),
+        ("false", False),
+        ("0", False),
+        ("No", False),
+        ("off", False),
+    ],
+)
+def test_boolean_spellings(text: str, expected: bool) -> None:
+    assert load_settings(environ={"RECORDING_ENABLED": text}).recording_enabled is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("recordings", "recordings/"),
+        ("recordings/", "recordings/"),
+        ("a/b", "a/b/"),
+        ("", ""),
+    ],
+)
+def test_s3_prefix_gets_a_trailing_slash(text: str, expected: str) -> None:
+    assert load_settings(environ={"RECORDING_S3_PREFIX": text}).s3.prefix == expected
+
+
+@pytest.mark.parametrize(
+    ("variable", "text", "attribute", "expected"),
+    [
+        ("RECORDING_S3_SSE", "aes256", ("s3", "sse"), "AES256"),
+        ("RECORDING_S3_SSE", "AWS:KMS", ("s3", "sse"), "aws:kms"),
+        ("RECORDING_LAYOUT", "GRID", ("layout",), "grid"),
+        ("RECORDING_X264_PRESET", "Medium", ("output", "x264_preset"), "medium"),
+        ("RECORDING_BIND_IP", "0:0::1", ("bind_ip",), "::1"),
+        ("RECORDING_BIND_IP", "0.0.0.0", ("bind_ip",), "0.0.0.0"),
+        ("RECORDING_S3_ENDPOINT", "http://127.0.0.1:9000/", ("s3", "endpoint"), "http://127.0.0.1:9000"),
+        ("RECORDING_S3_ENDPOINT", "https://s3.example.com", ("s3", "endpoint"), "https://s3.example.com"),
+        ("RECORDING_S3_ENDPOINT", "", ("s3", "endpoint"), None),
+        ("RECORDING_X264_THREADS", "0", ("output", "x264_threads"), 0),
+        ("RECORDING_KEYFRAME_INTERVAL_S", "0.5", ("output", "keyframe_interval_s"), 0.5),
+    ],
+)
+def test_values_are_normalised(
+    variable: str, text: str, attribute: tuple[str, ...], expected: object
+) -> None:
+    value: object = load_settings(environ={variable: text})
+    for name in attribute:
+        value = getattr(value, name)
+    assert value == expected
+
+
+def test_kms_key_with_kms_mode() -> None:
+    s3 = load_settings(
+        environ={"RECORDING_S3_SSE": "aws:kms", "RECORDING_S3_SSE_KMS_KEY_ID": "alias/rec"}
+    ).s3
+    assert (s3.sse, s3.sse_kms_key_id) == ("aws:kms", "alias/rec")
+
+
+# --------------------------------------------------------------------------- invalid values
+
+INVALID = [
+    ("RECORDING_ENABLED", "maybe"),
+    ("RECORDING_ENABLED", ""),
+    ("RECORDING_TMP_DIR", ""),
+    ("RECORDING_LAYOUT", "mosaic"),
+    ("RECORDING_BIND_IP", "localhost"),
+    ("RECORDING_BIND_IP", "256.0.0.1"),
+    ("RECORDING_PORT_MIN", "80"),
+    ("RECORDING_PORT_MIN", "forty"),
+    ("RECORDING_PORT_MAX", "65536"),
+    ("RECORDING_PORT_MAX", "4e4"),
+    ("RECORDING_SERVER_ID", "has space"),
+    ("RECORDING_SERVER_ID", ""),
+    ("RECORDING_MAX_SESSIONS", "0"),
+    ("RECORDING_MAX_SESSIONS", "1.5"),
+    ("RECORDING_OUTPUT_WIDTH", "1281"),
+    ("RECORDING_OUTPUT_WIDTH", "158"),
+    ("RECORDING_OUTPUT_WIDTH", "3842"),
+    ("RECORDING_OUTPUT_HEIGHT", "721"),
+    ("RECORDING_OUTPUT_HEIGHT", "88"),
+    ("RECORDING_OUTPUT_HEIGHT", "2162"),
+    ("RECORDING_OUTPUT_FPS", "0"),
+    ("RECORDING_OUTPUT_FPS", "61"),
+    ("RECORDING_OUTPUT_FPS", "29.97"),
+    ("RECORDING_VIDEO_BITRATE_KBPS", "-1"),
+    ("RECORDING_VIDEO_BITRATE_KBPS", "2.5M"),
+    ("RECORDING_AUDIO_BITRATE_KBPS", "0"),
+    ("RECORDING_X264_PRESET", "turbo"),
+    ("RECORDING_KEYFRAME_INTERVAL_S", "0"),
+    ("RECORDING_KEYFRAME_INTERVAL_S", "nan"),
+    ("RECORDING_KEYFRAME_INTERVAL_S", "inf"),
+    ("RECORDING_KEYFRAME_INTERVAL_S", "two"),
+    ("RECORDING_X264_THREADS", "-1"),
+    ("RECORDING_OVERLAY_WIDTH_PCT", "4"),
+    ("RECORDING_OVERLAY_WIDTH_PCT", "51"),
+    ("RECORDING_OVERLAY_CORNER", "center"),
+    ("RECORDING_OVERLAY_MARGIN_PX", "-2"),
+    ("RECORDING_OVERLAY_MARGIN_PX", "400"),  # twice that does not fit in 720 px
+    ("RECORDING_PLAYOUT_DELAY_MS", "-1"),
+    ("RECORDING_PLAYOUT_DELAY_MS", "100"),  # below the default video jitter delay
+    ("RECORDING_JITTER_VIDEO_MS", "301"),  # above the default playout delay
+    ("RECORDING_JITTER_AUDIO_MS", "301"),
+    ("RECORDING_JITTER_AUDIO_MS", "soon"),
+    ("RECORDING_KEYFRAME_REQUEST_INTERVAL_MS", "0"),
+    ("RECORDING_UDP_RCVBUF_BYTES", "1024"),
+    ("RECORDING_UDP_RCVBUF_BYTES", "4M"),
+    ("RECORDING_STREAM_QUEUE_PACKETS", "0"),
+    ("RECORDING_S3_BUCKET", "My_Bucket"),
+    ("RECORDING_S3_BUCKET", "ab"),
+    ("RECORDING_S3_PREFIX", "/recordings/"),
+    ("AWS_REGION", "eu west 1"),
+    ("RECORDING_S3_ENDPOINT", "127.0.0.1:9000"),
+    ("RECORDING_S3_ENDPOINT", "ftp://127.0.0.1:9000"),
+    ("RECORDING_S3_ENDPOINT", "http://127.0.0.1:9000/bucket"),
+    ("RECORDING_S3_ENDPOINT", "http://user:pw@127.0.0.1:9000"),
+    ("RECORDING_S3_ENDPOINT", "http://127.0.0.1:99999"),
+    ("RECORDING_S3_SSE", "SSE-C"),
+    ("RECORDING_S3_SSE_KMS_KEY_ID", "alias/rec"),  # without RECORDING_S3_SSE=aws:kms
+]
+
+
+@pytest.mark.parametrize(("variable", "text"), INVALID)
+def test_invalid_environment_value_names_variable_and_value(variable: str, text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={variable: text})
+    assert info.value.variable == variable
+    message = str(info.value)
+    assert message.startswith(f"{variable}: ")
+    assert repr(text) in message
+    assert "allowed:" in message
+
+
+@pytest.mark.parametrize(("variable", "text"), INVALID)
+def test_invalid_file_value_names_variable_and_file(
+    tmp_path: Path, variable: str, text: str
+) -> None:
+    path = write_toml(tmp_path, f"{variable} = {json.dumps(text)}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={}, config_file=path)
+    assert info.value.variable == variable
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "toml_value"),
+    [
+        ("RECORDING_PORT_MIN", "40000.0"),  # a float where an integer belongs
+        ("RECORDING_PORT_MIN", "true"),
+        ("RECORDING_ENABLED", "1.0"),
+        ("RECORDING_LAYOUT", "false"),
+        ("RECORDING_KEYFRAME_INTERVAL_S", "true"),
+        ("RECORDING_S3_BUCKET", "1970-01-01T00:00:00Z"),
+    ],
+)
+def test_wrong_toml_type(tmp_path: Path, variable: str, toml_value: str) -> None:
+    path = write_toml(tmp_path, f"{variable} = {toml_value}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={}, config_file=path)
+    assert info.value.variable == variable
+
+
+def test_port_min_above_port_max_names_both() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"RECORDING_PORT_MIN": "41000", "RECORDING_PORT_MAX": "40000"})
+    assert info.value.variable == "RECORDING_PORT_MIN"
+    assert "RECORDING_PORT_MAX" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "missing"),
+    [
+        ({"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE"}, "AWS_SECRET_ACCESS_KEY"),
+        ({"AWS_SECRET_ACCESS_KEY": SECRET}, "AWS_ACCESS_KEY_ID"),
+    ],
+)
+def test_half_a_credential_pair_names_both(given: dict[str, str], missing: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ=given)
+    assert info.value.variable == missing
+    assert "AWS_ACCESS_KEY_ID" in str(info.value)
+    assert "AWS_SECRET_ACCESS_KEY" in str(info.value)
+    assert SECRET not in str(info.value)
+
+
+def test_invalid_secret_is_not_shown() -> None:
+    bad = "not a valid secret"
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": bad})
+    assert info.value.variable == "AWS_SECRET_ACCESS_KEY"
+    assert bad not in str(info.value)
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def test_secret_never_shown() -> None:
+    settings = load_settings(
+        environ={"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": SECRET}
+    )
+    secret = settings.s3.secret_access_key
+    assert secret is not None
+    assert secret.reveal() == SECRET
+    for shown in (repr(settings), str(settings), repr(settings.s3), str(secret), f"{secret}"):
+        assert SECRET not in shown
+    description = settings.describe()
+    assert SECRET not in json.dumps(description)
+    assert description["s3"]["secret_access_key"] == "***"
+    assert description["s3"]["access_key_id"] == "AKIAEXAMPLE"
+
+
+def test_secret_equality() -> None:
+    assert Secret("a") == Secret("a")
+    assert Secret("a") != Secret("b")
+    assert repr(Secret("a")) == "Secret('***')"
+
+
+def test_describe_is_json_and_complete() -> None:
+    settings = load_settings(environ={})
+    description = settings.describe()
+    json.dumps(description)  # one structured log line
+    assert description["output"]["width_px"] == 1280
+    assert description["ingest"]["playout_delay_ms"] == 300
+    assert description["tmp_dir"] == str(settings.tmp_dir)
+    assert description["s3"]["secret_access_key"] is None
+
+
+# --------------------------------------------------------------------------- the file
+
+
+def test_shipped_example_loads_to_the_defaults(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        from_file = load_settings(environ={}, config_file=EXAMPLE_FILE)
+    assert caplog.records == []
+    assert from_file.config_file == EXAMPLE_FILE
+    assert dataclasses.replace(from_file, config_file=None) == load_settings(environ={})
+
+
+def test_shipped_example_documents_every_key() -> None:
+    text = EXAMPLE_FILE.read_text()
+    for variable in KNOWN_VARIABLES:
+        assert re.search(rf"^(# )?{variable} = ", text, re.MULTILINE), variable
+
+
+def test_shipped_example_with_everything_uncommented_loads(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The commented-out examples must be valid values too.
+    text = re.sub(r"^# ([A-Z0-9_]+ = )", r"\1", EXAMPLE_FILE.read_text(), flags=re.MULTILINE)
+    # The KMS key id example is only valid with SSE-KMS switched on.
+    text = text.replace('RECORDING_S3_SSE = "none"', 'RECORDING_S3_SSE = "aws:kms"')
+    path = write_toml(tmp_path, text)
+    with caplog.at_level(logging.WARNING):
+        settings = load_settings(environ={}, config_file=path)
+    assert settings.s3.bucket == "my-recordings"
+    assert settings.s3.endpoint == "http://127.0.0.1:9000"
+    assert settings.s3.secret_access_key is not None
+    assert [r.getMessage() for r in caplog.records] == [
+        "RECORDING_FFMPEG_PATH no longer applies: edge-recorder encodes in-process with PyAV"
+    ]
+
+
+# --------------------------------------------------------------------------- unknown keys
+
+
+def test_unknown_file_key_fails_with_suggestion(tmp_path: Path) -> None:
+    path = write_toml(tmp_path, "RECORDING_PORT_MINIMUM = 40000\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={}, config_file=path)
+    assert info.value.variable == "RECORDING_PORT_MINIMUM"
+    assert "unknown key" in str(info.value)
+    assert "RECORDING_PORT_MIN?" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[recording]\nENABLED = true\n",
+        "RECORDING_PORT_MIN = [40000]\n",
+        'RECORDING_CONFIG_FILE = "other.toml"\n',
+        "RECORDING_PORT_MIN = \n",
+    ],
+)
+def test_malformed_file_fails(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError):
+        load_settings(environ={}, config_file=write_toml(tmp_path, text))
+
+
+def test_missing_file_fails(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"RECORDING_CONFIG_FILE": str(tmp_path / "nope.toml")})
+    assert info.value.variable == "RECORDING_CONFIG_FILE"
+    assert "nope.toml" in str(info.value)
+
+
+def test_unknown_recording_env_var_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="edge_recorder.config"):
+        settings = load_settings(
+            environ={"RECORDING_PORTMIN": "1", "HOME": "/root", "AWS_PROFILE": "dev"}
+        )
+    assert settings.port_min == 40000
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "ignoring unknown environment variable RECORDING_PORTMIN (did you mean RECORDING_PORT_MIN?)"
+    ]
+
+
+def test_ffmpeg_path_is_accepted_and_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="edge_recorder.config"):
+        settings = load_settings(environ={"RECORDING_FFMPEG_PATH": "/usr/bin/ffmpeg"})
+    assert settings == load_settings(environ={})
+    assert [r.getMessage() for r in caplog.records] == [
+        "RECORDING_FFMPEG_PATH no longer applies: edge-recorder encodes in-process with PyAV"
+    ]
