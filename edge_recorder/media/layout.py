@@ -1,0 +1,414 @@
+"""Layout geometry of the composited picture: pure, no PyAV, no numpy.
+
+``compute_scene`` turns "who sends video, who speaks, which layout" into a
+:class:`Scene`: a z-ordered list of rectangles that the compositor fills. Keeping
+this pure means the rules (which share wins, where the overlay goes, how the
+grid tiles) are tested exhaustively with Hypothesis without decoding a pixel.
+
+Every coordinate and size is even because the canvas is yuv420p: chroma is
+subsampled 2x2, so an odd luma edge would split a chroma sample between two
+pictures and smear a coloured fringe along it.
+
+Two layouts:
+
+``pip``
+    The newest screen share fills the canvas (letterboxed); the active
+    speaker's camera floats in a corner. Without a share the speaker's camera
+    fills the canvas. Without any video: a slate.
+``grid``
+    Cameras tiled in a near-square grid (``cols = ceil(sqrt(n))``). With a
+    share, the share takes the top of the canvas and the cameras sit in a strip
+    along the bottom.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "CORNERS",
+    "LAYOUTS",
+    "LayoutSettings",
+    "Placement",
+    "Rect",
+    "Scene",
+    "VideoInput",
+    "compute_scene",
+    "fit_rect",
+]
+
+LAYOUTS = ("pip", "grid")
+CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
+SOURCES = ("camera", "screen")
+
+# Strip tiles never get wider than 16:9 of the strip height: with one or two
+# cameras under a share, full-width cells would only add side bars.
+_STRIP_TILE_ASPECT = 16 / 9
+
+# A grid of more tiles than this stops being a picture of anyone; beyond it the
+# surplus cameras are dropped (and a 16x16 canvas still gets 2x2 px cells).
+_MAX_TILES = 64
+
+
+def _even_floor(value: float) -> int:
+    """Largest even integer <= ``value`` (0 for negatives)."""
+    return max(0, int(math.floor(value)) // 2 * 2)
+
+
+def _even_round(value: float) -> int:
+    """Nearest even integer to ``value`` (ties go up)."""
+    return int(math.floor(value / 2 + 0.5)) * 2
+
+
+@dataclass(frozen=True, slots=True)
+class Rect:
+    """An axis-aligned rectangle on the canvas, in pixels; all fields even.
+
+    Attributes:
+        x: left edge.
+        y: top edge.
+        w: width.
+        h: height.
+    """
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+    @property
+    def right(self) -> int:
+        """One past the last column."""
+        return self.x + self.w
+
+    @property
+    def bottom(self) -> int:
+        """One past the last row."""
+        return self.y + self.h
+
+    def contains(self, other: Rect) -> bool:
+        """Whether ``other`` lies entirely inside this rectangle."""
+        return (
+            other.x >= self.x
+            and other.y >= self.y
+            and other.right <= self.right
+            and other.bottom <= self.bottom
+        )
+
+    def overlaps(self, other: Rect) -> bool:
+        """Whether the two rectangles share at least one pixel."""
+        return (
+            self.x < other.right
+            and other.x < self.right
+            and self.y < other.bottom
+            and other.y < self.bottom
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class VideoInput:
+    """One incoming video stream, as the layout sees it.
+
+    Attributes:
+        key: unique id of the stream (the compositor's frame key).
+        peer_id: the participant who sends it (matched against the active speaker).
+        source: ``"camera"`` or ``"screen"``.
+        display_name: the participant's name, used for labels.
+        width: width of its latest decoded frame; 0 if none decoded yet.
+        height: height of its latest decoded frame; 0 if none decoded yet.
+            An input without a decoded size is not shown.
+    """
+
+    key: str
+    peer_id: str
+    source: str
+    display_name: str
+    width: int
+    height: int
+
+    @property
+    def has_picture(self) -> bool:
+        """Whether a frame has been decoded, i.e. whether it can be shown."""
+        return self.width > 0 and self.height > 0
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutSettings:
+    """Canvas size and layout knobs.
+
+    Attributes:
+        width: canvas width in pixels (even).
+        height: canvas height in pixels (even).
+        overlay_width_pct: pip overlay width, percent of the canvas width (1..100).
+        overlay_corner: pip overlay corner, one of :data:`CORNERS`.
+        overlay_margin_px: distance of the pip overlay from the canvas edges, pixels.
+        strip_height_pct: grid with a share: camera strip height, percent of the
+            canvas height (1..90).
+
+    Raises:
+        ValueError: a field is out of range (odd canvas size, unknown corner...).
+    """
+
+    width: int = 1280
+    height: int = 720
+    overlay_width_pct: int = 25
+    overlay_corner: str = "bottom-right"
+    overlay_margin_px: int = 24
+    strip_height_pct: int = 20
+
+    def __post_init__(self) -> None:
+        if self.width < 16 or self.height < 16 or self.width % 2 or self.height % 2:
+            raise ValueError(f"canvas must be even and >= 16x16, got {self.width}x{self.height}")
+        if not 1 <= self.overlay_width_pct <= 100:
+            raise ValueError(f"overlay_width_pct must be 1..100, got {self.overlay_width_pct}")
+        if self.overlay_corner not in CORNERS:
+            raise ValueError(f"overlay_corner must be one of {CORNERS}, got {self.overlay_corner!r}")
+        if not 0 <= self.overlay_margin_px * 2 < min(self.width, self.height):
+            raise ValueError(f"overlay_margin_px out of range: {self.overlay_margin_px}")
+        if not 1 <= self.strip_height_pct <= 90:
+            raise ValueError(f"strip_height_pct must be 1..90, got {self.strip_height_pct}")
+
+    @property
+    def canvas(self) -> Rect:
+        """The whole canvas as a rectangle."""
+        return Rect(0, 0, self.width, self.height)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where one input's picture goes.
+
+    Attributes:
+        key: the input's key.
+        dst: where the scaled picture goes (aspect kept, inside ``cell``).
+        cell: the area reserved for this input; ``dst`` is centred in it.
+        label: text drawn at the bottom-left of ``dst``, or None.
+        z: stacking order; higher is drawn later (on top).
+        border: draw a thin border around ``dst`` (the pip overlay).
+    """
+
+    key: str
+    dst: Rect
+    cell: Rect
+    label: str | None
+    z: int
+    border: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Scene:
+    """What to draw for one output frame.
+
+    Attributes:
+        placements: pictures to draw, sorted by ``z`` (stable).
+        slate_names: participant names for the slate; non-empty only when
+            ``placements`` is empty.
+    """
+
+    placements: tuple[Placement, ...]
+    slate_names: tuple[str, ...]
+
+
+def fit_rect(src_w: int, src_h: int, cell: Rect) -> Rect:
+    """Largest rectangle of aspect ``src_w:src_h`` centred in ``cell``.
+
+    The result is even in every field, lies inside ``cell`` and its aspect is
+    within one pixel of the source's (two only when a side clamps to the 2 px
+    minimum, for absurd aspects).
+
+    Args:
+        src_w: source width, > 0.
+        src_h: source height, > 0.
+        cell: the (even) rectangle to fit into, at least 2x2.
+
+    Returns:
+        The destination rectangle.
+
+    Raises:
+        ValueError: a size is not positive.
+    """
+    if src_w <= 0 or src_h <= 0 or cell.w < 2 or cell.h < 2:
+        raise ValueError(f"cannot fit {src_w}x{src_h} into {cell}")
+    # Compare aspects in integers so a source of exactly the cell's aspect
+    # fills the cell with no rounding bars.
+    if src_w * cell.h >= src_h * cell.w:
+        w = cell.w
+        h = min(cell.h, max(2, _even_round(cell.w * src_h / src_w)))
+    else:
+        h = cell.h
+        w = min(cell.w, max(2, _even_round(cell.h * src_w / src_h)))
+    return Rect(cell.x + _even_floor((cell.w - w) / 2), cell.y + _even_floor((cell.h - h) / 2), w, h)
+
+
+def _label(text: str) -> str | None:
+    """Empty names get no label rather than an empty box."""
+    return text or None
+
+
+def _pick_share(shown: Sequence[VideoInput]) -> VideoInput | None:
+    """The newest screen share: the last one in input order."""
+    shares = [i for i in shown if i.source == "screen"]
+    return shares[-1] if shares else None
+
+
+def _pick_speaker_camera(cameras: Sequence[VideoInput], active_speaker: str | None) -> VideoInput | None:
+    """The active speaker's camera, else the first camera, else None."""
+    for cam in cameras:
+        if active_speaker is not None and cam.peer_id == active_speaker:
+            return cam
+    return cameras[0] if cameras else None
+
+
+def _overlay_cell(cam: VideoInput, settings: LayoutSettings) -> Rect:
+    """The pip overlay rectangle: camera aspect, configured width and corner."""
+    margin = _even_floor(settings.overlay_margin_px)
+    max_w = settings.width - 2 * margin
+    max_h = settings.height - 2 * margin
+    w = max(2, min(max_w, _even_round(settings.width * settings.overlay_width_pct / 100)))
+    h = max(2, _even_round(w * cam.height / cam.width))
+    if h > max_h:
+        # A portrait camera at the configured width would not fit: keep the
+        # aspect and shrink to the canvas height instead.
+        h = max_h
+        w = max(2, min(max_w, _even_round(h * cam.width / cam.height)))
+    x = margin if settings.overlay_corner.endswith("left") else settings.width - margin - w
+    y = margin if settings.overlay_corner.startswith("top") else settings.height - margin - h
+    return Rect(x, y, w, h)
+
+
+def _pip(shown: Sequence[VideoInput], active_speaker: str | None, settings: LayoutSettings) -> list[Placement]:
+    canvas = settings.canvas
+    share = _pick_share(shown)
+    camera = _pick_speaker_camera([i for i in shown if i.source == "camera"], active_speaker)
+    placements: list[Placement] = []
+    if share is not None:
+        # The share is what people read: full canvas, no label covering it.
+        placements.append(
+            Placement(share.key, fit_rect(share.width, share.height, canvas), canvas, None, 0, False)
+        )
+        if camera is not None:
+            cell = _overlay_cell(camera, settings)
+            fitted = fit_rect(camera.width, camera.height, cell)
+            # The cell already has the camera's aspect; when even rounding
+            # still leaves a sliver, hug the corner rather than centre, so the
+            # margin to the edges stays exactly as configured.
+            x = cell.x if settings.overlay_corner.endswith("left") else cell.right - fitted.w
+            y = cell.y if settings.overlay_corner.startswith("top") else cell.bottom - fitted.h
+            placements.append(
+                Placement(
+                    camera.key,
+                    Rect(x, y, fitted.w, fitted.h),
+                    cell,
+                    _label(camera.display_name),
+                    1,
+                    True,
+                )
+            )
+    elif camera is not None:
+        placements.append(
+            Placement(
+                camera.key,
+                fit_rect(camera.width, camera.height, canvas),
+                canvas,
+                _label(camera.display_name),
+                0,
+                False,
+            )
+        )
+    return placements
+
+
+def _tile(cameras: Sequence[VideoInput], area: Rect) -> list[Placement]:
+    """Tile cameras in ``area``: ``ceil(sqrt(n))`` columns, incomplete last row centred."""
+    n = len(cameras)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    cell_w = _even_floor(area.w / cols)
+    cell_h = _even_floor(area.h / rows)
+    y0 = area.y + _even_floor((area.h - rows * cell_h) / 2)
+    placements = []
+    for index, cam in enumerate(cameras):
+        row, col = divmod(index, cols)
+        in_row = min(cols, n - row * cols)
+        x0 = area.x + _even_floor((area.w - in_row * cell_w) / 2)
+        cell = Rect(x0 + col * cell_w, y0 + row * cell_h, cell_w, cell_h)
+        placements.append(
+            Placement(cam.key, fit_rect(cam.width, cam.height, cell), cell, _label(cam.display_name), 0, False)
+        )
+    return placements
+
+
+def _strip(cameras: Sequence[VideoInput], area: Rect) -> list[Placement]:
+    """One row of cameras along ``area``, centred, tiles at most 16:9."""
+    n = len(cameras)
+    cell_w = min(_even_floor(area.w / n), max(2, _even_floor(area.h * _STRIP_TILE_ASPECT)))
+    x0 = area.x + _even_floor((area.w - n * cell_w) / 2)
+    placements = []
+    for index, cam in enumerate(cameras):
+        cell = Rect(x0 + index * cell_w, area.y, cell_w, area.h)
+        placements.append(
+            Placement(cam.key, fit_rect(cam.width, cam.height, cell), cell, _label(cam.display_name), 0, False)
+        )
+    return placements
+
+
+def _grid(shown: Sequence[VideoInput], settings: LayoutSettings) -> list[Placement]:
+    canvas = settings.canvas
+    share = _pick_share(shown)
+    cameras = [i for i in shown if i.source == "camera"]
+    if share is None:
+        return _tile(cameras[:_MAX_TILES], canvas) if cameras else []
+    share_label = _label(f"{share.display_name} (screen)" if share.display_name else "")
+    if not cameras:
+        return [Placement(share.key, fit_rect(share.width, share.height, canvas), canvas, share_label, 0, False)]
+    top_h = _even_round(settings.height * (100 - settings.strip_height_pct) / 100)
+    top_h = min(settings.height - 2, max(2, top_h))
+    top = Rect(0, 0, settings.width, top_h)
+    strip = Rect(0, top_h, settings.width, settings.height - top_h)
+    # More cameras than 2 px columns cannot be drawn; the surplus is dropped.
+    visible = cameras[: max(1, strip.w // 2)]
+    return [
+        Placement(share.key, fit_rect(share.width, share.height, top), top, share_label, 0, False),
+        *_strip(visible, strip),
+    ]
+
+
+def compute_scene(
+    layout: str,
+    inputs: Sequence[VideoInput],
+    active_speaker: str | None,
+    participants: Sequence[str],
+    settings: LayoutSettings,
+) -> Scene:
+    """Decide what goes where on the canvas.
+
+    Args:
+        layout: ``"pip"`` or ``"grid"``.
+        inputs: every video input in arrival order (later = newer); inputs
+            without a decoded size are ignored.
+        active_speaker: peer id of the active speaker, or None.
+        participants: display names of everyone in the room, for the slate.
+        settings: canvas size and layout knobs.
+
+    Returns:
+        The scene; ``placements`` sorted by ``z``, and ``slate_names`` set to
+        ``participants`` only when no video is shown.
+
+    Raises:
+        ValueError: unknown layout or input source.
+    """
+    for video in inputs:
+        if video.source not in SOURCES:
+            raise ValueError(f"input {video.key!r}: unknown source {video.source!r}")
+    shown = [i for i in inputs if i.has_picture]
+    if layout == "pip":
+        placements = _pip(shown, active_speaker, settings)
+    elif layout == "grid":
+        placements = _grid(shown, settings)
+    else:
+        raise ValueError(f"unknown layout {layout!r}, expected one of {LAYOUTS}")
+    placements.sort(key=lambda p: p.z)
+    slate = () if placements else tuple(participants)
+    return Scene(tuple(placements), slate)
