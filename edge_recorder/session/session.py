@@ -1,0 +1,576 @@
+"""One recording: a Trio nursery that owns its streams' sockets and its media worker.
+
+Shape of a session (every task has a parent you can name)::
+
+    RecordingSession.run  (nursery, started by the SessionManager's nursery)
+    ├── worker process    python -m edge_recorder.media.worker (decode, composite, encode, mux)
+    ├── _write_pipe       frames and control → worker stdin (bounded channel, see below)
+    ├── _read_events      worker stdout → first frame, fragments, stats, keyframe needs
+    ├── _read_stderr      keeps the last lines for the error an operator reads
+    └── one task per stream, each in its own cancel scope (StreamReceiver.run)
+
+The pipe edge is bounded by ``RECORDING_STREAM_QUEUE_PACKETS`` frames: receivers
+``send_nowait`` and drop on full (a video drop gates that stream on a keyframe);
+control messages ``await`` so none is ever lost, and share the channel so they
+stay in order with the media they refer to.
+
+Stop is end-of-stream: receivers are cancelled (their sockets close and their
+ports return to the range), a ``stop`` message with the stop instant goes to the
+worker, the pipe is closed, and the worker flushes its encoders and closes the
+file. A deadline bounds the drain; past it the worker is killed and the session
+fails with the file kept up to its last complete fragment.
+
+A worker that dies on its own (a libav crash, an out-of-memory kill) fails this
+session alone; the service and other sessions never notice.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import trio
+
+from edge_recorder.errors import ParseError, SessionError
+from edge_recorder.media import wire
+from edge_recorder.rtp.assembler import AssembledFrame
+from edge_recorder.session.ports import PortAllocator
+from edge_recorder.session.state import SessionStatus, transition
+from edge_recorder.session.stream import StreamReceiver, StreamSpec
+
+log = logging.getLogger(__name__)
+
+WORKER_READY_TIMEOUT_S = 30.0
+STDERR_LINES_KEPT = 20
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class OutputOptions:
+    """Per-recording output settings (``recording.start`` ``output``), defaults from config."""
+
+    width: int
+    height: int
+    fps: int
+    video_bitrate_kbps: int
+    audio_bitrate_kbps: int
+    x264_preset: str
+    keyframe_interval_s: float
+    x264_threads: int
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "OutputOptions":
+        o = settings.output
+        return cls(
+            width=o.width_px,
+            height=o.height_px,
+            fps=o.fps,
+            video_bitrate_kbps=o.video_bitrate_kbps,
+            audio_bitrate_kbps=o.audio_bitrate_kbps,
+            x264_preset=o.x264_preset,
+            keyframe_interval_s=o.keyframe_interval_s,
+            x264_threads=o.x264_threads,
+        )
+
+
+@dataclass
+class _StreamHandle:
+    spec: StreamSpec
+    receiver: StreamReceiver
+    scope: trio.CancelScope
+    ports: tuple[int, ...]
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+
+
+class RecordingSession:
+    """One recording of one room.
+
+    Args:
+        session_id: the recording's id (generated when None).
+        room_id: the room it records.
+        settings: the service settings (``edge_recorder.config.Settings``).
+        ports: the shared port allocator.
+        layout: "pip" or "grid"; default from settings.
+        output: output overrides; default from settings.
+        on_change: called after every status change (state record consumers).
+        on_keyframe_request: called with (session, spec) whenever a stream asks
+            for a keyframe (the control plane forwards it to the SFU).
+        drain_timeout_s: how long a graceful stop may take to finalise.
+        clock: monotonic seconds, shared with the worker process.
+    """
+
+    def __init__(
+        self,
+        *,
+        session_id: str | None,
+        room_id: str,
+        settings: Any,
+        ports: PortAllocator,
+        layout: str | None = None,
+        output: OutputOptions | None = None,
+        on_change: Callable[["RecordingSession"], None] | None = None,
+        on_keyframe_request: Callable[["RecordingSession", StreamSpec], None] | None = None,
+        drain_timeout_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.session_id = session_id or str(uuid.uuid4())
+        self.room_id = room_id
+        self.settings = settings
+        self.layout = layout or settings.layout
+        self.output = output or OutputOptions.from_settings(settings)
+        self.path = Path(settings.tmp_dir) / f"{self.session_id}.mp4"
+        self._ports = ports
+        self._on_change = on_change
+        self._on_keyframe_request = on_keyframe_request
+        self._drain_timeout_s = drain_timeout_s
+        self._clock = clock
+
+        self.status = SessionStatus.STARTING
+        self.previous_status: SessionStatus | None = None
+        self.reason: str | None = None
+        self.error: str | None = None
+        self.started_at = _utc_now()
+        self.updated_at = self.started_at
+        self.stopped_at: str | None = None
+        self.active_speaker: str | None = None
+        self.location: str | None = None
+        self.size_bytes: int | None = None
+
+        self.t0: float | None = None
+        self.first_packet_monotonic: float | None = None
+        self.first_frame_monotonic: float | None = None
+        self.worker_stats: dict[str, Any] = {}
+        self.worker_pid: int | None = None
+        self.complete_bytes = 0  # bytes of the file that end on a fragment boundary
+        self.complete_media_s = 0.0
+
+        self._streams: dict[str, _StreamHandle] = {}
+        self._retired_stats: list[Any] = []
+        self._next_index = 0
+        self._nursery: trio.Nursery | None = None
+        self._pipe_send, self._pipe_receive = trio.open_memory_channel[bytes](
+            settings.ingest.stream_queue_packets
+        )
+        self._ready = trio.Event()
+        self._recording = trio.Event()
+        self._finished = trio.Event()
+        self._stopping = False
+        self._worker_error: str | None = None
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_KEPT)
+
+    # -- status ------------------------------------------------------------------
+
+    def _move(self, target: SessionStatus, *, error: str | None = None) -> None:
+        self.status, self.previous_status = transition(self.status, target), self.status
+        self.updated_at = _utc_now()
+        if error is not None:
+            self.error = error
+        log.info(
+            "Recording session status changed",
+            extra={"sessionId": self.session_id, "roomId": self.room_id, "status": target.value, "error": error},
+        )
+        if self._on_change is not None:
+            self._on_change(self)
+
+    def state_record(self) -> dict[str, Any]:
+        """The protocol's state record for this session."""
+        record: dict[str, Any] = {
+            "sessionId": self.session_id,
+            "roomId": self.room_id,
+            "status": self.status.value,
+            "previousStatus": self.previous_status.value if self.previous_status else None,
+            "startedAt": self.started_at,
+            "updatedAt": self.updated_at,
+            "serverId": self.settings.server_id,
+            "layout": self.layout,
+            "streams": [
+                {"producerId": h.spec.producer_id, "peerId": h.spec.peer_id, "kind": h.spec.kind, "source": h.spec.source}
+                for h in self._streams.values()
+            ],
+        }
+        if self.reason:
+            record["reason"] = self.reason
+        if self.error:
+            record["error"] = self.error
+        if self.stopped_at:
+            record["stoppedAt"] = self.stopped_at
+        if self.location:
+            record["asset"] = {"bucket": None, "key": None, "size": self.size_bytes, "url": self.location}
+        return record
+
+    @property
+    def streams(self) -> list[StreamReceiver]:
+        return [h.receiver for h in self._streams.values()]
+
+    def receiver_stats(self) -> list[Any]:
+        """Stats of every stream this session has had, current and removed."""
+        return [h.receiver.stats for h in self._streams.values()] + self._retired_stats
+
+    # -- life ----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Record until stopped; started with ``nursery.start`` (returns once RECORDING).
+
+        Never raises for media failures: the session moves to FAILED and
+        returns, so one session cannot take down the manager's nursery.
+        Cancellation (a forced stop) kills the worker, keeps the file, and
+        marks the session FAILED.
+        """
+        Path(self.settings.tmp_dir).mkdir(parents=True, exist_ok=True)
+        process: trio.Process | None = None
+        try:
+            process = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "edge_recorder.media.worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            self.worker_pid = process.pid
+            log.info(
+                "Recording session initialised",
+                extra={"sessionId": self.session_id, "roomId": self.room_id, "path": str(self.path), "pid": process.pid},
+            )
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                assert process.stdout is not None and process.stderr is not None and process.stdin is not None
+                nursery.start_soon(self._read_events, process.stdout)
+                nursery.start_soon(self._read_stderr, process.stderr)
+                nursery.start_soon(self._write_pipe, process.stdin)
+                await self._pipe_send.send(wire.encode_control("configure", **self._worker_config()))
+                with trio.move_on_after(WORKER_READY_TIMEOUT_S):
+                    await self._ready.wait()
+                if not self._ready.is_set():
+                    raise SessionError(f"media worker not ready after {WORKER_READY_TIMEOUT_S:.0f} s")
+                self.t0 = self._clock()
+                await self._pipe_send.send(wire.encode_control("start", t0_monotonic=self.t0))
+                self._move(SessionStatus.RECORDING)
+                self._recording.set()
+                task_status.started()
+                returncode = await process.wait()
+                nursery.cancel_scope.cancel()
+            self._finish(returncode)
+        except (SessionError, OSError) as exc:
+            self._fail(self._failure_text(f"the media worker could not start: {exc}", process))
+            task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                self._close_streams()
+                if process is not None and process.returncode is None:
+                    process.kill()
+                    with trio.move_on_after(5):
+                        await process.wait()
+                if not self.status.terminal:
+                    self._fail(self._failure_text("the recording was cancelled", process))
+                self._finished.set()
+
+    def _worker_config(self) -> dict[str, Any]:
+        o = self.output
+        s = self.settings
+        return {
+            "path": str(self.path),
+            "layout": self.layout,
+            "playout_delay_s": s.ingest.playout_delay_ms / 1000,
+            "encoder": {
+                "width": o.width,
+                "height": o.height,
+                "fps": o.fps,
+                "video_bitrate_kbps": o.video_bitrate_kbps,
+                "x264_preset": o.x264_preset,
+                "keyframe_interval_s": o.keyframe_interval_s,
+                "audio_bitrate_kbps": o.audio_bitrate_kbps,
+                "x264_threads": o.x264_threads,
+            },
+            "overlay": {
+                "overlay_width_pct": s.overlay.width_pct,
+                "overlay_corner": s.overlay.corner,
+                "overlay_margin_px": s.overlay.margin_px,
+            },
+        }
+
+    def _finish(self, returncode: int) -> None:
+        """The worker exited: decide COMPLETED or FAILED."""
+        self.stopped_at = self.stopped_at or _utc_now()
+        if returncode == 0 and self._stopping and self._worker_error is None:
+            self._move(SessionStatus.UPLOADING)
+            # No destination configured yet: the local directory is the
+            # destination, and the session completes with a file:// location.
+            self.size_bytes = self.path.stat().st_size if self.path.exists() else 0
+            self.location = self.path.resolve().as_uri()
+            self._move(SessionStatus.COMPLETED)
+            return
+        if returncode == 0 and not self._stopping:
+            why = "the media worker exited without being asked to stop"
+        elif returncode < 0:
+            why = f"the media worker died of signal {signal.Signals(-returncode).name}"
+        else:
+            why = f"the media worker failed (exit {returncode})"
+        if self._worker_error:
+            why += f": {self._worker_error}"
+        self._truncate_to_fragment()
+        self._fail(self._failure_text(why, None))
+
+    def _truncate_to_fragment(self) -> None:
+        """Cut a partial trailing fragment so the kept file plays cleanly to its end."""
+        try:
+            if self.complete_bytes and self.path.stat().st_size > self.complete_bytes:
+                os.truncate(self.path, self.complete_bytes)
+        except OSError as exc:
+            log.warning("could not truncate %s: %s", self.path, exc)
+
+    def _failure_text(self, why: str, process: trio.Process | None) -> str:
+        kept = (
+            f"; the recording is kept up to its last complete fragment ({self.complete_media_s:.1f} s, "
+            f"{self.complete_bytes} bytes) at {self.path}"
+            if self.complete_bytes
+            else f"; no complete fragment was written to {self.path}"
+        )
+        tail = f"; worker stderr: {' | '.join(self._stderr_tail)}" if self._stderr_tail else ""
+        return why + kept + tail
+
+    def _fail(self, error: str) -> None:
+        if self.status.terminal:
+            return
+        self.stopped_at = self.stopped_at or _utc_now()
+        self.reason = self.reason or "error"
+        self.size_bytes = self.path.stat().st_size if self.path.exists() else None
+        self._move(SessionStatus.FAILED, error=error)
+        log.error("Recording session failed", extra={"sessionId": self.session_id, "roomId": self.room_id, "error": error})
+
+    # -- worker pipe -------------------------------------------------------------
+
+    async def _write_pipe(self, stdin: trio.abc.SendStream) -> None:
+        async with stdin:
+            async for chunk in self._pipe_receive:
+                try:
+                    await stdin.send_all(chunk)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return  # the worker is gone; run() sees its exit status
+
+    async def _read_events(self, stdout: trio.abc.ReceiveStream) -> None:
+        reader = wire.EventReader()
+        async for data in stdout:
+            try:
+                events = reader.feed(data)
+            except ParseError as exc:
+                log.warning("bad event from worker: %s", exc)
+                continue
+            for event in events:
+                self._handle_event(event)
+
+    def _handle_event(self, event: dict[str, Any]) -> None:
+        name = event.get("event")
+        if name == "ready":
+            self._ready.set()
+        elif name == "first_frame":
+            self.first_frame_monotonic = float(event["monotonic"])
+        elif name == "fragment":
+            self.complete_bytes = int(event["bytes"])
+            self.complete_media_s = float(event["media_end_s"])
+        elif name in ("stats", "finished"):
+            self.worker_stats = event
+        elif name == "keyframe_needed":
+            for handle in self._streams.values():
+                if handle.receiver.index == event.get("index"):
+                    handle.receiver.request_keyframe()
+        elif name == "error":
+            self._worker_error = str(event.get("message"))
+            log.error("media worker error", extra={"sessionId": self.session_id, "error": self._worker_error})
+        elif name == "warning":
+            log.warning("media worker: %s", event.get("message"))
+
+    async def _read_stderr(self, stderr: trio.abc.ReceiveStream) -> None:
+        pending = b""
+        async for data in stderr:
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                text = line.decode("utf-8", "replace").strip()
+                if text:
+                    self._stderr_tail.append(text[:300])
+                    log.debug("worker stderr: %s", text)
+            pending = pending[-4096:]
+
+    def _deliver(self, receiver: StreamReceiver, media_time_s: float, frame: AssembledFrame) -> bool:
+        if self.first_packet_monotonic is None:
+            self.first_packet_monotonic = receiver.stats.first_packet_monotonic
+        try:
+            self._pipe_send.send_nowait(wire.encode_media(receiver.index, media_time_s, frame.keyframe, frame.data))
+        except trio.WouldBlock:
+            return False
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return True  # stopping: the frame is past the stop instant anyway
+        return True
+
+    # -- streams -----------------------------------------------------------------
+
+    async def add_stream(self, spec: StreamSpec) -> dict[str, Any]:
+        """Bind the stream's socket(s) and start receiving.
+
+        Returns:
+            ``{ip, port, rtcpPort}`` for the SFU's ``transport.connect``.
+
+        Raises:
+            SessionError: the session is not recording.
+            PortsExhaustedError: no free port; nothing was bound.
+        """
+        if self.status is SessionStatus.STARTING:
+            await self._recording.wait()
+        if self.status is not SessionStatus.RECORDING or self._stopping or self._nursery is None:
+            raise SessionError(f"session {self.session_id} is {self.status.value}, not RECORDING")
+        if spec.producer_id in self._streams:
+            # The same producer again (replaced under its id): the new
+            # description replaces the old stream.
+            await self.remove_stream(spec.producer_id)
+        rtp_socket, rtp_port = await self._ports.bind()
+        rtcp_socket: Any = None
+        rtcp_port = rtp_port
+        if not spec.rtcp_mux:
+            try:
+                rtcp_socket, rtcp_port = await self._ports.bind()
+            except BaseException:
+                rtp_socket.close()
+                self._ports.release(rtp_port)
+                raise
+        index = self._next_index
+        self._next_index += 1
+        assert self.t0 is not None
+        ingest = self.settings.ingest
+        receiver = StreamReceiver(
+            spec,
+            index,
+            rtp_socket,
+            rtcp_socket,
+            t0_monotonic=self.t0,
+            deliver=self._deliver,
+            on_keyframe_request=self._keyframe_requested,
+            max_wait_s=(ingest.video_jitter_ms if spec.kind == "video" else ingest.audio_jitter_ms) / 1000,
+            keyframe_request_interval_s=ingest.keyframe_request_interval_ms / 1000,
+            clock=self._clock,
+        )
+        handle = _StreamHandle(spec, receiver, trio.CancelScope(), (rtp_port,) if rtcp_socket is None else (rtp_port, rtcp_port))
+        self._streams[spec.producer_id] = handle
+        await self._pipe_send.send(
+            wire.encode_control(
+                "add_stream",
+                index=index,
+                key=spec.producer_id,
+                kind=spec.kind,
+                source=spec.source,
+                peer_id=spec.peer_id,
+                display_name=spec.display_name,
+                codec=spec.codec_name,
+            )
+        )
+        self._nursery.start_soon(self._run_stream, handle)
+        log.info(
+            "Recording stream added",
+            extra={"sessionId": self.session_id, "producerId": spec.producer_id, "kind": spec.kind, "port": rtp_port},
+        )
+        return {"ip": self._ports.bind_ip, "port": rtp_port, "rtcpPort": rtcp_port}
+
+    async def _run_stream(self, handle: _StreamHandle) -> None:
+        try:
+            with handle.scope:
+                await handle.receiver.run()
+        finally:
+            self._release_stream(handle)
+            handle.done.set()
+
+    def _release_stream(self, handle: _StreamHandle) -> None:
+        """Close the stream's sockets and return its ports. Safe to call twice."""
+        handle.receiver.rtp_socket.close()
+        if handle.receiver.rtcp_socket is not None:
+            handle.receiver.rtcp_socket.close()
+        for port in handle.ports:
+            self._ports.release(port)
+
+    def _keyframe_requested(self, spec: StreamSpec) -> None:
+        if self._on_keyframe_request is not None:
+            self._on_keyframe_request(self, spec)
+
+    async def remove_stream(self, producer_id: str) -> None:
+        """Stop receiving one stream; its picture leaves the layout."""
+        handle = self._streams.pop(producer_id, None)
+        if handle is None:
+            return
+        self._retired_stats.append(handle.receiver.stats)
+        handle.scope.cancel()
+        self._release_stream(handle)
+        if not self._stopping:
+            try:
+                await self._pipe_send.send(wire.encode_control("remove_stream", index=handle.receiver.index))
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+
+    async def set_active_speaker(self, peer_id: str | None) -> None:
+        """Point the overlay at this peer's camera."""
+        self.active_speaker = peer_id
+        if not self._stopping and self.status is SessionStatus.RECORDING:
+            await self._pipe_send.send(wire.encode_control("active_speaker", peer_id=peer_id))
+
+    async def set_layout(self, layout: str) -> None:
+        self.layout = layout
+        if not self._stopping and self.status is SessionStatus.RECORDING:
+            await self._pipe_send.send(wire.encode_control("layout", layout=layout))
+
+    def _close_streams(self) -> None:
+        for handle in list(self._streams.values()):
+            handle.scope.cancel()
+            self._release_stream(handle)
+
+    # -- stop --------------------------------------------------------------------
+
+    async def stop(self, reason: str = "host") -> None:
+        """Stop gracefully and wait until the media is finalised.
+
+        The stop instant is now: media up to it is in the file. A second call
+        waits for the first. Cancellation of the caller does not cancel the
+        finalisation (it belongs to the session's nursery), only the wait.
+        """
+        if self._stopping or self.status.terminal:
+            await self._finished.wait()
+            return
+        if self.status is SessionStatus.STARTING:
+            await self._recording.wait()
+        self._stopping = True
+        self.reason = reason
+        self.stopped_at = _utc_now()
+        assert self.t0 is not None
+        at_s = self._clock() - self.t0
+        for handle in list(self._streams.values()):
+            handle.scope.cancel()
+        try:
+            await self._pipe_send.send(wire.encode_control("stop", at_s=at_s))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+        await self._pipe_send.aclose()
+        with trio.move_on_after(self._drain_timeout_s) as scope:
+            await self._finished.wait()
+        if scope.cancelled_caught and self._nursery is not None:
+            self._worker_error = f"finalising took longer than {self._drain_timeout_s:.0f} s"
+            self._nursery.cancel_scope.cancel()
+            await self._finished.wait()
+
+    async def wait_finished(self) -> None:
+        await self._finished.wait()
+
+    @property
+    def first_frame_latency_s(self) -> float | None:
+        """Time from the first packet to the first composited frame showing video."""
+        if self.first_frame_monotonic is None or self.first_packet_monotonic is None:
+            return None
+        return self.first_frame_monotonic - self.first_packet_monotonic
