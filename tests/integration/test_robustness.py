@@ -23,6 +23,7 @@ from edge_recorder.session.manager import SessionManager
 from edge_recorder.session.session import RecordingSession
 from edge_recorder.session.state import SessionStatus
 from edge_recorder.session.stream import StreamSpec
+from tests.integration.udp_proxy import UdpProxy
 
 pytestmark = pytest.mark.integration
 
@@ -154,3 +155,39 @@ async def test_a_crashed_worker_fails_its_session_alone_and_keeps_the_file(manag
     # The other session never noticed.
     assert survivor.status is SessionStatus.COMPLETED, survivor.error
     assert _decoded_video_frames(survivor.path) > 0
+
+
+async def test_lost_first_keyframe_is_recovered_by_pli_and_nothing_garbled_is_shown(
+    manager: SessionManager, nursery: trio.Nursery
+) -> None:
+    """The first second of video is lost on the way: the recorder shows nothing
+    decoded from a missing reference, sends RTCP PLI back through the path, the
+    sender answers with a keyframe, and the camera appears."""
+    cam = demo_producers()["bob-cam"]
+    session = await manager.start("room-pli")
+    ports = await session.add_stream(StreamSpec.from_params(cam.add_stream_params(session.session_id)))
+    proxy = UdpProxy((ports["ip"], ports["port"]), drop=lambda data, t: t < 1.0)
+    relay = await nursery.start(proxy.run)
+    async with trio.open_nursery() as senders:
+        senders.start_soon(partial(run_producer, cam, relay))
+        await trio.sleep(3.0)
+        senders.cancel_scope.cancel()
+    worker_streams = dict(session.worker_stats.get("streams", {}))
+    await session.stop("host")
+
+    receiver = session.receiver_stats()[0]
+    assert proxy.dropped > 0
+    assert receiver.keyframe_requests >= 1 and proxy.returned >= 1
+    assert cam.keyframe_requests >= 1, "the PLI did not reach the sender"
+    assert worker_streams[cam.producer_id]["decode_errors"] == 0
+    assert session.status is SessionStatus.COMPLETED
+    # The camera shows up after the recovery keyframe (full canvas, no share).
+    with av.open(str(session.path)) as container:
+        last = None
+        for frame in container.decode(video=0):
+            last = frame
+        assert last is not None
+        rgb = last.to_ndarray(format="rgb24")
+    h, w, _ = rgb.shape
+    r, g, b = (int(c) for c in rgb[h // 2, w // 2])
+    assert b > 150 and r < 100, f"expected Bob's blue camera, got {(r, g, b)}"
