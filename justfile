@@ -25,6 +25,6 @@ test *args:
 bench *args:
     @bash scripts/dev bench "$@"
 
-# Byte-compile the package and tests, syntax-check the scripts.
+# Byte-compile, syntax-check the scripts, type-check the package (mypy --strict).
 lint:
     @bash scripts/dev lint

@@ -18,9 +18,11 @@ import functools
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import cast
 
 import av
 import numpy as np
+from av.video.codeccontext import VideoCodecContext
 from PIL import Image, ImageDraw, ImageFont
 
 FONT_CANDIDATES = (
@@ -52,7 +54,7 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 def text_mask(text: str, size: int) -> np.ndarray:
     """A uint8 alpha mask of ``text`` (even width and height), cached per string."""
     font = _font(size)
-    left, top, right, bottom = font.getbbox(text)
+    left, top, right, bottom = (int(v) for v in font.getbbox(text))
     w, h = right - left + 8, bottom - top + 8
     w += w % 2
     h += h % 2
@@ -75,7 +77,7 @@ def _new_frame(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> av.VideoFrame:
     h, w = y.shape
     frame = av.VideoFrame(w, h, "yuv420p")
     for plane, data in zip(frame.planes, (y, u, v)):
-        view = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+        view = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
         view[:, : data.shape[1]] = data
     return frame
 
@@ -155,7 +157,7 @@ class VideoEncoder:
     def __init__(self, codec: str, width: int, height: int, fps: int, bitrate_kbps: int, *, keyframe_interval_s: float = 3.0) -> None:
         name = {"vp8": "libvpx", "h264": "libx264"}[codec]
         self.codec = codec
-        self.context = av.CodecContext.create(name, "w")
+        self.context = cast(VideoCodecContext, av.CodecContext.create(name, "w"))
         self.context.width = width
         self.context.height = height
         self.context.pix_fmt = "yuv420p"
