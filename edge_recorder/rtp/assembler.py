@@ -15,9 +15,10 @@ The rules, and why:
   drops frames until a keyframe, raising a keyframe request (PLI, RFC 4585
   §6.3.1) so the decoder never sees a frame whose references are gone.
 - Video starts gated: the first frame emitted is a keyframe.
+- The stream's first packet is held ``max_wait_s`` once, so packets sent before
+  it but arriving after it are not lost; nothing else is delayed.
 - Audio (Opus, RFC 7587): every packet is a frame; a missing packet is skipped
-  after ``max_wait_s``; no gating (the decoder conceals). The stream's first
-  packet is held up to ``max_wait_s`` in case an earlier one arrives reordered.
+  after ``max_wait_s``; no gating (the decoder conceals).
 - Memory is bounded: the window of sequence numbers held (received or missing)
   never exceeds ``max_packets``; on overflow the oldest frames are dropped and
   video gates on a keyframe.
@@ -291,15 +292,16 @@ class FrameAssembler:
             self.stats.duplicates += 1
             return self._advance(arrival)
         self._bad_seq = None
+        out: list[AssembledFrame] = []
         if seq - self._next + 1 > self._max_packets:
-            self._overflow(seq)
+            out = self._overflow(seq, arrival)
         self._packets[seq] = _Entry(packet, arrival, self._ts_unwrapper.unwrap(packet.timestamp))
         self._missing.pop(seq, None)
         if seq > self._highest:
             for missing in range(self._highest + 1, seq):
                 self._missing[missing] = arrival
             self._highest = seq
-        return self._advance(arrival)
+        return out + self._advance(arrival)
 
     def poll(self, now: float) -> list[AssembledFrame]:
         """Give up on gaps open longer than ``max_wait_s`` and return what that frees.
@@ -417,13 +419,25 @@ class FrameAssembler:
         self._startup = False
         self._enter_gate()
 
-    def _overflow(self, seq: int) -> None:
+    def _overflow(self, seq: int, now: float) -> list[AssembledFrame]:
         """Make room for ``seq``: drop the oldest packets so the window fits.
+
+        Complete frames held only by the start-up wait are emitted first.
 
         Args:
             seq: the sequence number about to be stored (above the window).
+            now: the current time.
+
+        Returns:
+            Frames emitted by ending the start-up wait early.
         """
+        out: list[AssembledFrame] = []
+        if self._startup:
+            self._startup = False
+            out = self._advance(now)
         assert self._next is not None and self._highest is not None
+        if seq - self._next + 1 <= self._max_packets:
+            return out
         new_next = seq - self._max_packets + 1
         if new_next > self._highest:
             new_next = seq  # nothing held in between: restart the window at seq
@@ -436,6 +450,7 @@ class FrameAssembler:
         self._prev = None
         self._startup = False
         self._enter_gate()
+        return out
 
     def _restart(self) -> None:
         """Forget the stream after a sender restart (RFC 3550 §A.1) and gate."""
@@ -477,21 +492,18 @@ class FrameAssembler:
                     return out
                 self._give_up_gap(head_seq)
                 continue
+            if self._startup and now < head.arrival + self._max_wait_s:
+                # The stream's first packet waits once, in case earlier ones arrive
+                # reordered (an H.264 AUD behind its keyframe, an Opus packet);
+                # after that, frames leave as soon as they are complete.
+                self._deadline = head.arrival + self._max_wait_s
+                return out
             if not self._video:
                 # RFC 7587 §4.2: one Opus packet per RTP packet, one frame each.
-                if self._startup and now < head.arrival + self._max_wait_s:
-                    # The very first packet waits once, in case an earlier one
-                    # arrives reordered; after that, packets flow without delay.
-                    self._deadline = head.arrival + self._max_wait_s
-                    return out
                 self._emit(head_seq, [self._consume(head_seq)], out)
                 continue
             if not self._is_frame_start(head):
-                # At the start, the frame's first packet may still arrive reordered.
-                if self._startup and self._prev is None and now < head.arrival + self._max_wait_s:
-                    self._deadline = head.arrival + self._max_wait_s
-                    return out
-                # The frame's start was lost: this packet is an orphan.
+                # The frame's start was lost (or never came): this packet is an orphan.
                 self._discard(head_seq)
                 self._enter_gate()
                 continue

@@ -38,12 +38,11 @@ _FU_S_BIT = 0x80
 _FU_E_BIT = 0x40
 _FU_R_BIT = 0x20
 
-# NAL unit types that begin an access unit whatever came before them. H.264
-# §7.4.1.2.3: an AUD, when present, is the first NAL unit of an access unit; an SPS
-# can be preceded only by an AUD, SEI or PPS, and senders (x264, libwebrtc) put
-# it first. A slice with first_mb_in_slice == 0 is NOT enough: the SPS/PPS/SEI
+# Which NAL units begin an access unit whatever came before them (is_frame_start):
+# H.264 §7.4.1.2.3 makes an AUD, when present, the first NAL unit of an access
+# unit; an SPS may follow only an AUD, SEI or PPS, and senders (x264, libwebrtc)
+# put it first. A slice with first_mb_in_slice == 0 is NOT enough: the SPS/PPS/SEI
 # packet in front of an IDR slice may be the one that was lost.
-_CONTEXT_FREE_START_TYPES = frozenset({NAL_AUD, NAL_SPS})
 _KEYFRAME_TYPES = frozenset({NAL_IDR, NAL_SPS})
 _UNSUPPORTED = {
     NAL_STAP_B: "STAP-B",
@@ -117,6 +116,9 @@ class H264Depacketizer:
         if packetization_mode not in (0, 1):
             raise ValueError(f"packetization_mode must be 0 or 1, not {packetization_mode}")
         self.packetization_mode = packetization_mode
+        # Once the stream has shown an AUD, an SPS no longer proves a frame start:
+        # it may be the AUD's packet that was lost (H.264 §7.4.1.2.3).
+        self._stream_uses_aud = False
 
     def is_frame_start(self, payload: bytes) -> bool:
         """Tell whether the payload begins an access unit with no context at all.
@@ -126,8 +128,9 @@ class H264Depacketizer:
         after a marker (RFC 6184 §5.1), or a timestamp change. It asks this only
         when the previous packet is unknown (lost, or at the start), and then
         only a packet whose first NAL unit is an AUD or SPS qualifies (single NAL,
-        first unit of a STAP-A, or FU-A with S=1). That resumes at the keyframes
-        the assembler is gated on anyway after a loss.
+        first unit of a STAP-A, or FU-A with S=1), and an SPS only until the
+        stream has shown an AUD. That resumes at the keyframes the assembler is
+        gated on anyway after a loss.
 
         Args:
             payload: one RTP payload (untrusted).
@@ -135,24 +138,38 @@ class H264Depacketizer:
         Returns:
             True if it begins an access unit; False otherwise or if malformed.
         """
+        first = self._first_nal_type(payload)
+        if first == NAL_AUD:
+            self._stream_uses_aud = True
+            return True
+        return first == NAL_SPS and not self._stream_uses_aud
+
+    @staticmethod
+    def _first_nal_type(payload: bytes) -> int | None:
+        """The type of the first NAL unit a payload carries, if it starts one.
+
+        Args:
+            payload: one RTP payload (untrusted).
+
+        Returns:
+            The type for a single NAL unit, the first unit of a STAP-A, or an FU-A
+            with S=1; None otherwise or if malformed.
+        """
         if len(payload) < 2 or payload[0] & _F_BIT:
-            return False
+            return None
         nal_type = payload[0] & _TYPE_MASK
         if 1 <= nal_type <= 23:
-            return nal_type in _CONTEXT_FREE_START_TYPES
+            return nal_type
         if nal_type == NAL_STAP_A:
             if len(payload) < 4:
-                return False
+                return None
             size = (payload[1] << 8) | payload[2]
             if size == 0 or 3 + size > len(payload):
-                return False
-            return payload[3] & _TYPE_MASK in _CONTEXT_FREE_START_TYPES
-        if nal_type == NAL_FU_A:
-            fu_header = payload[1]
-            return (
-                bool(fu_header & _FU_S_BIT) and fu_header & _TYPE_MASK in _CONTEXT_FREE_START_TYPES
-            )
-        return False
+                return None
+            return payload[3] & _TYPE_MASK
+        if nal_type == NAL_FU_A and payload[1] & _FU_S_BIT:
+            return payload[1] & _TYPE_MASK
+        return None
 
     def is_keyframe(self, payload: bytes) -> bool:
         """Tell whether a payload carries an SPS or the start of an IDR slice.
@@ -249,10 +266,14 @@ class H264Depacketizer:
             if fu_parts is not None:
                 raise DepacketizeError("H264: FU-A interrupted before its end fragment")
             if 1 <= nal_type <= 23:
+                if nal_type == NAL_AUD:
+                    self._stream_uses_aud = True
                 out.append(START_CODE)
                 out.append(payload)
             elif nal_type == NAL_STAP_A:
                 for nal in _iter_stap_a_untrusted(payload):
+                    if nal[0] & _TYPE_MASK == NAL_AUD:
+                        self._stream_uses_aud = True
                     out.append(START_CODE)
                     out.append(nal)
             elif nal_type in _UNSUPPORTED:

@@ -242,7 +242,6 @@ def test_h264_fu_a_path() -> None:
 def test_h264_context_free_frame_start_is_aud_or_sps() -> None:
     """Without the previous packet, only an AUD or SPS surely begins an access unit."""
     dep = H264Depacketizer()
-    assert dep.is_frame_start(bytes((0x09, 0xF0)))  # AUD
     assert dep.is_frame_start(SPS)
     assert dep.is_frame_start(bytes((0x18, 0, len(SPS))) + SPS)  # STAP-A, SPS first
     assert dep.is_frame_start(bytes((0x7C, 0x87)) + SPS[1:])  # FU-A S=1 of an SPS
@@ -254,6 +253,13 @@ def test_h264_context_free_frame_start_is_aud_or_sps() -> None:
     assert not dep.is_frame_start(b"\x67")  # too short
     second_slice_fu = bytes((0x7C, 0x85, 0x08, 0x00))  # FU-A S=1 IDR, first_mb != 0
     assert dep.is_keyframe(second_slice_fu)
+    # Once the stream has shown an AUD, only an AUD proves a start: the SPS may
+    # follow a lost AUD packet (GStreamer's rtph264pay sends the AUD alone).
+    assert dep.is_frame_start(bytes((0x09, 0xF0)))
+    assert not dep.is_frame_start(SPS)
+    dep = H264Depacketizer()
+    dep.depacketize([bytes((0x18, 0, 2, 0x09, 0xF0, 0, len(SPS))) + SPS])  # AUD in a STAP-A
+    assert not dep.is_frame_start(SPS)
 
 
 @pytest.mark.parametrize(
