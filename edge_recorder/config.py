@@ -41,7 +41,9 @@ from edge_recorder.errors import ConfigError
 
 __all__ = [
     "KNOWN_VARIABLES",
+    "ControlSettings",
     "IngestSettings",
+    "LifecycleSettings",
     "OutputSettings",
     "OverlaySettings",
     "S3Settings",
@@ -110,10 +112,24 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "RECORDING_S3_ENDPOINT",
     "RECORDING_S3_SSE",
     "RECORDING_S3_SSE_KMS_KEY_ID",
+    "RECORDING_CONTROL_HOST",
+    "RECORDING_CONTROL_PORT",
+    "RECORDING_CONTROL_PATH",
+    "RECORDING_CONTROL_TOKEN",
+    "RECORDING_CONTROL_ALLOW_INSECURE",
+    "RECORDING_CONTROL_DIAL_URL",
+    "RECORDING_CONTROL_RATE_LIMIT",
+    "RECORDING_METRICS_HOST",
+    "RECORDING_METRICS_PORT",
+    "RECORDING_MEDIA_TIMEOUT_S",
+    "RECORDING_ROOM_EMPTY_GRACE_S",
+    "RECORDING_CONTROLLER_GRACE_S",
+    "RECORDING_MAX_DURATION_S",
+    "RECORDING_DRAIN_TIMEOUT_S",
     FFMPEG_PATH_VARIABLE,
 )
 
-_SECRET_VARIABLES = frozenset({"AWS_SECRET_ACCESS_KEY"})
+_SECRET_VARIABLES = frozenset({"AWS_SECRET_ACCESS_KEY", "RECORDING_CONTROL_TOKEN"})
 
 
 class Secret:
@@ -226,6 +242,50 @@ class S3Settings:
 
 
 @dataclass(frozen=True)
+class ControlSettings:
+    """The control plane: the SFU's WebSocket and the HTTP health/metrics endpoint."""
+
+    # Address the control WebSocket listens on.
+    host: str = "127.0.0.1"
+    # TCP port of the control WebSocket; 0 picks a free one (tests).
+    port: int = 8765
+    # URL path of the control WebSocket.
+    path: str = "/control"
+    # Bearer token every control handshake must carry; None accepts any.
+    token: Secret | None = None
+    # Allow a non-loopback control address without a token (explicit opt-out).
+    allow_insecure: bool = False
+    # ws:// or wss:// URL of an SFU to dial out to (edge boxes behind NAT).
+    dial_url: str | None = None
+    # Requests per second one connection may send (burst twice that) before
+    # getting "rate limited" errors.
+    rate_limit_per_s: int = 50
+    # Address and port of /metrics, /healthz and /readyz; port 0 picks one.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
+
+
+@dataclass(frozen=True)
+class LifecycleSettings:
+    """When sessions stop by themselves, and how long stopping may take."""
+
+    # Stop (reason media-timeout) when no stream has delivered a packet for
+    # this many seconds; 0 disables.
+    media_timeout_s: float = 30.0
+    # Stop (reason room-empty) this many seconds after the last stream was
+    # removed, unless one is added meanwhile.
+    room_empty_grace_s: float = 10.0
+    # Stop (reason controller-lost) when every control connection that drove
+    # a session has been gone this long.
+    controller_grace_s: float = 30.0
+    # Stop (reason max-duration) after this many seconds; 0 means no limit.
+    max_duration_s: float = 0.0
+    # Longest a graceful stop may take to finalise one session, and the
+    # service's drain deadline on SIGTERM.
+    drain_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything edge-recorder reads from its configuration, validated."""
 
@@ -253,6 +313,10 @@ class Settings:
     ingest: IngestSettings = dataclasses.field(default_factory=IngestSettings)
     # Upload destination.
     s3: S3Settings = dataclasses.field(default_factory=S3Settings)
+    # Control WebSocket and HTTP endpoints.
+    control: ControlSettings = dataclasses.field(default_factory=ControlSettings)
+    # Auto-stop rules and drain deadlines.
+    lifecycle: LifecycleSettings = dataclasses.field(default_factory=LifecycleSettings)
     # The TOML file these settings were loaded from, if any (for the start-up log).
     config_file: Path | None = None
 
@@ -632,7 +696,40 @@ def _build(r: _Reader, config_file: Path | None) -> Settings:
         overlay=overlay,
         ingest=ingest,
         s3=s3,
+        control=_build_control(r),
+        lifecycle=LifecycleSettings(
+            media_timeout_s=r.number("RECORDING_MEDIA_TIMEOUT_S", 30.0, 0.0, 86_400.0),
+            room_empty_grace_s=r.number("RECORDING_ROOM_EMPTY_GRACE_S", 10.0, 0.0, 86_400.0),
+            controller_grace_s=r.number("RECORDING_CONTROLLER_GRACE_S", 30.0, 0.0, 86_400.0),
+            max_duration_s=r.number("RECORDING_MAX_DURATION_S", 0.0, 0.0, 7 * 86_400.0),
+            drain_timeout_s=r.number("RECORDING_DRAIN_TIMEOUT_S", 30.0, 1.0, 3_600.0),
+        ),
         config_file=config_file,
+    )
+
+
+def _ws_url(text: str) -> str | None:
+    if not text:
+        return None
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(text)
+    parts.port  # noqa: B018 - raises ValueError for a bad port
+    return text
+
+
+def _build_control(r: _Reader) -> ControlSettings:
+    token = r.optional("RECORDING_CONTROL_TOKEN", r"[\x21-\x7e]{16,256}", "16..256 printable characters without spaces")
+    return ControlSettings(
+        host=r.parsed("RECORDING_CONTROL_HOST", "127.0.0.1", _ip_literal, "an IPv4 or IPv6 address literal"),
+        port=r.integer("RECORDING_CONTROL_PORT", 8765, 0, 65535),
+        path=r.string("RECORDING_CONTROL_PATH", "/control", r"/[A-Za-z0-9._~/-]{0,127}", "a URL path starting with /"),
+        token=None if token is None else Secret(token),
+        allow_insecure=r.boolean("RECORDING_CONTROL_ALLOW_INSECURE", False),
+        dial_url=r.parsed("RECORDING_CONTROL_DIAL_URL", None, _ws_url, "a ws:// or wss:// URL, or empty"),
+        rate_limit_per_s=r.integer("RECORDING_CONTROL_RATE_LIMIT", 50, 1, 100_000),
+        metrics_host=r.parsed("RECORDING_METRICS_HOST", "127.0.0.1", _ip_literal, "an IPv4 or IPv6 address literal"),
+        metrics_port=r.integer("RECORDING_METRICS_PORT", 9464, 0, 65535),
     )
 
 

@@ -484,3 +484,34 @@ def test_ffmpeg_path_is_accepted_and_ignored(caplog: pytest.LogCaptureFixture) -
     assert [r.getMessage() for r in caplog.records] == [
         "RECORDING_FFMPEG_PATH no longer applies: edge-recorder encodes in-process with PyAV"
     ]
+
+
+@pytest.mark.parametrize(
+    "variable,value",
+    [
+        ("RECORDING_CONTROL_PORT", "70000"),
+        ("RECORDING_CONTROL_HOST", "localhost"),
+        ("RECORDING_CONTROL_PATH", "control"),
+        ("RECORDING_CONTROL_TOKEN", "short"),
+        ("RECORDING_CONTROL_DIAL_URL", "http://sfu.example.com/"),
+        ("RECORDING_CONTROL_ALLOW_INSECURE", "maybe"),
+        ("RECORDING_METRICS_PORT", "-1"),
+        ("RECORDING_MEDIA_TIMEOUT_S", "-5"),
+        ("RECORDING_DRAIN_TIMEOUT_S", "0"),
+        ("RECORDING_MAX_DURATION_S", "forever"),
+    ],
+)
+def test_control_and_lifecycle_values_are_checked(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={variable: value}, config_file=None)
+    assert info.value.variable == variable
+
+
+def test_control_token_is_a_secret() -> None:
+    token = "s3cr3t-token-0123456789"
+    settings = load_settings(environ={"RECORDING_CONTROL_TOKEN": token}, config_file=None)
+    assert settings.control.token is not None and settings.control.token.reveal() == token
+    assert token not in repr(settings) and token not in str(settings.describe())
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"RECORDING_CONTROL_TOKEN": "x y"}, config_file=None)
+    assert "x y" not in str(info.value)
