@@ -17,9 +17,17 @@ catch our names only::
     ├── MediaError                  decode, composite, encode or mux failed
     │   ├── DecodeError             one input frame could not be decoded (recoverable)
     │   └── WorkerCrashedError      a session's media worker process died
+    ├── ProtocolError               a control message was refused; the connection lives on
+    │   └── JsonRpcError            carries the JSON-RPC error code, message, data and id
     └── SessionError                a session-level failure
         ├── SessionFailedError      the session moved to FAILED (carries the reason)
-        └── IllegalTransitionError  a lifecycle move the state machine refuses
+        ├── IllegalTransitionError  a lifecycle move the state machine refuses
+        ├── RecordingDisabledError  RECORDING_ENABLED is false on this node
+        ├── UnknownSessionError     no session with that id (or room)
+        ├── RoomAlreadyRecordingError  the room has an active session (names it)
+        ├── AtCapacityError         this node runs as many sessions as it may
+        ├── SessionNotActiveError   the session is stopping or ended
+        └── ShuttingDownError       the service is draining and takes no new work
 
 ``is_destination_error`` (later, with storage) separates failures of the user's
 destination (bad bucket, 403, quota) from ours; it drives log level, the metric
@@ -93,6 +101,39 @@ class WorkerCrashedError(MediaError):
     """A session's media worker process exited unexpectedly."""
 
 
+class ProtocolError(EdgeRecorderError):
+    """A control-protocol message was refused. Never fatal to the connection."""
+
+
+class JsonRpcError(ProtocolError):
+    """A JSON-RPC 2.0 error, ready to be sent back as ``{"error": {code, message, data}}``.
+
+    Raised by the control protocol's parsers for untrusted messages (codes
+    -32700, -32600, -32601, -32602) and by the control server for application
+    errors (the ``ErrorCode`` values of ``edge_recorder.control.protocol``).
+
+    Attributes:
+        code: the JSON-RPC error code (an ``int``; see ``ErrorCode``).
+        message: one sentence for a human; never secrets or stack traces.
+        data: structured detail, e.g. ``{"field": "output.width"}``; None when absent.
+        id: the request's id when it could be read, else None (the reply then
+            carries ``"id": null``, as JSON-RPC 2.0 §5 asks).
+    """
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        data: object = None,
+        id: str | int | None = None,  # noqa: A002 - the JSON-RPC member's name
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.data = data
+        self.id = id
+
+
 class SessionError(EdgeRecorderError):
     """A session-level failure."""
 
@@ -107,3 +148,37 @@ class SessionFailedError(SessionError):
 
 class IllegalTransitionError(SessionError):
     """The lifecycle state machine refused a move."""
+
+
+class RecordingDisabledError(SessionError):
+    """``RECORDING_ENABLED`` is false: this node answers but records nothing."""
+
+
+class UnknownSessionError(SessionError):
+    """No session with that id (or no session for that room)."""
+
+
+class RoomAlreadyRecordingError(SessionError):
+    """The room already has an active recording; ``session_id`` names it."""
+
+    def __init__(self, room_id: str, session_id: str) -> None:
+        super().__init__(f"room {room_id} is already being recorded by session {session_id}")
+        self.room_id = room_id
+        self.session_id = session_id
+
+
+class AtCapacityError(SessionError):
+    """This node already runs ``max_sessions`` recordings."""
+
+    def __init__(self, active: int, maximum: int) -> None:
+        super().__init__(f"at capacity: {active} of {maximum} sessions active (RECORDING_MAX_SESSIONS)")
+        self.active = active
+        self.maximum = maximum
+
+
+class SessionNotActiveError(SessionError):
+    """The session is stopping or has ended; it takes no new streams."""
+
+
+class ShuttingDownError(SessionError):
+    """The service is draining (SIGTERM) and starts nothing new."""

@@ -1,23 +1,46 @@
 """The session manager: owns every recording's nursery.
 
 A control connection asks the manager to start, change or stop a session; it
-never owns one, so a dropped WebSocket cannot end a recording. The manager's
-own nursery is opened by the service (or the demo) and lives as long as it.
+never owns one, so a dropped WebSocket cannot end a recording. Connections
+that drive a session are recorded as its *controllers*: when all of them have
+been gone for ``RECORDING_CONTROLLER_GRACE_S``, the watchdog stops the session
+with reason ``controller-lost`` and it is finalised like any other stop.
+
+The manager's nursery is opened by the service (or the demo) and lives as long
+as it; each session runs in it next to its watchdog task.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import trio
 
-from edge_recorder.errors import SessionError
+from edge_recorder.errors import (
+    AtCapacityError,
+    RecordingDisabledError,
+    RoomAlreadyRecordingError,
+    SessionError,
+    ShuttingDownError,
+    UnknownSessionError,
+)
+from edge_recorder.session.autostop import AutoStopRules
 from edge_recorder.session.ports import PortAllocator
 from edge_recorder.session.session import OutputOptions, RecordingSession
+from edge_recorder.session.state import SessionStatus
 from edge_recorder.session.stream import StreamSpec
 
 log = logging.getLogger(__name__)
+
+WATCHDOG_INTERVAL_S = 0.5
+# How long ended sessions stay answerable from memory (recording.get/list)
+# before they are forgotten; shared state in Redis keeps them longer (issue #4).
+ENDED_SESSIONS_KEPT = 256
+
+StateListener = Callable[[RecordingSession], None]
+KeyframeListener = Callable[[RecordingSession, StreamSpec], None]
 
 
 class SessionManager:
@@ -25,16 +48,20 @@ class SessionManager:
 
     Args:
         settings: the service settings.
-        on_change: called after every status change of any session.
+        on_change: called after every status change of any session (more can
+            be added with :meth:`add_state_listener`).
         on_keyframe_request: called when any stream asks for a keyframe.
+        enforce_enabled: refuse starts when ``RECORDING_ENABLED`` is false (the
+            service); the demo records regardless.
     """
 
     def __init__(
         self,
         settings: Any,
         *,
-        on_change: Callable[[RecordingSession], None] | None = None,
-        on_keyframe_request: Callable[[RecordingSession, StreamSpec], None] | None = None,
+        on_change: StateListener | None = None,
+        on_keyframe_request: KeyframeListener | None = None,
+        enforce_enabled: bool = False,
     ) -> None:
         self.settings = settings
         self.ports = PortAllocator(
@@ -44,9 +71,38 @@ class SessionManager:
             receive_buffer_bytes=settings.ingest.udp_receive_buffer_bytes,
         )
         self.sessions: dict[str, RecordingSession] = {}
-        self._on_change = on_change
-        self._on_keyframe_request = on_keyframe_request
+        self.accepting = True
+        self._enforce_enabled = enforce_enabled
+        self._state_listeners: list[StateListener] = [on_change] if on_change else []
+        self._keyframe_listeners: list[KeyframeListener] = [on_keyframe_request] if on_keyframe_request else []
+        self._controllers: dict[str, set[str]] = {}
         self._nursery: trio.Nursery | None = None
+
+    # -- listeners -------------------------------------------------------------------
+
+    def add_state_listener(self, listener: StateListener) -> None:
+        self._state_listeners.append(listener)
+
+    def add_keyframe_listener(self, listener: KeyframeListener) -> None:
+        self._keyframe_listeners.append(listener)
+
+    def _changed(self, session: RecordingSession) -> None:
+        for listener in self._state_listeners:
+            try:
+                listener(session)
+            except Exception:
+                # A broken listener (metrics, a notifier) must not break the
+                # session that reported the change.
+                log.exception("state listener failed", extra={"sessionId": session.session_id})
+
+    def _keyframe(self, session: RecordingSession, spec: StreamSpec) -> None:
+        for listener in self._keyframe_listeners:
+            try:
+                listener(session, spec)
+            except Exception:
+                log.exception("keyframe listener failed", extra={"sessionId": session.session_id})
+
+    # -- life ------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the sessions' nursery until cancelled (which fails open sessions)."""
@@ -58,6 +114,22 @@ class SessionManager:
     def active(self) -> list[RecordingSession]:
         return [s for s in self.sessions.values() if not s.status.terminal]
 
+    def capacity(self) -> dict[str, Any]:
+        """``recorder.info``'s capacity block."""
+        active = len(self.active())
+        maximum = self.settings.max_sessions
+        return {"activeSessions": active, "maxSessions": maximum, "load": round(active / maximum, 3)}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether this node accepts a new recording now, and why not."""
+        checks = {
+            "enabled": bool(self.settings.recording_enabled) or not self._enforce_enabled,
+            "accepting": self.accepting,
+            "capacity": len(self.active()) < self.settings.max_sessions,
+            "ports": len(self.ports.in_use) < self.ports.capacity,
+        }
+        return all(checks.values()), checks
+
     async def start(
         self,
         room_id: str,
@@ -65,14 +137,38 @@ class SessionManager:
         session_id: str | None = None,
         layout: str | None = None,
         output: OutputOptions | None = None,
+        controller: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> RecordingSession:
-        """Start a recording and return once it is RECORDING (or FAILED).
+        """Start a recording (or return the one with this id) once it is RECORDING.
+
+        Returns:
+            The session. A repeated start with the same ``session_id`` returns
+            the existing session, whatever its state (idempotent).
 
         Raises:
-            SessionError: the manager is not running.
+            RecordingDisabledError, ShuttingDownError, RoomAlreadyRecordingError,
+            AtCapacityError: as their names say; nothing was started.
         """
         if self._nursery is None:
             raise SessionError("the session manager is not running")
+        if session_id is not None and session_id in self.sessions:
+            existing = self.sessions[session_id]
+            if existing.room_id != room_id:
+                raise RoomAlreadyRecordingError(existing.room_id, session_id)
+            if controller is not None:
+                self.attach_controller(session_id, controller)
+            return existing
+        if self._enforce_enabled and not self.settings.recording_enabled:
+            raise RecordingDisabledError("recording is disabled on this node (RECORDING_ENABLED=false)")
+        if not self.accepting:
+            raise ShuttingDownError("the recorder is shutting down and starts no new recordings")
+        for other in self.active():
+            if other.room_id == room_id:
+                raise RoomAlreadyRecordingError(room_id, other.session_id)
+        active = len(self.active())
+        if active >= self.settings.max_sessions:
+            raise AtCapacityError(active, self.settings.max_sessions)
         session = RecordingSession(
             session_id=session_id,
             room_id=room_id,
@@ -80,21 +176,108 @@ class SessionManager:
             ports=self.ports,
             layout=layout,
             output=output,
-            on_change=self._on_change,
-            on_keyframe_request=self._on_keyframe_request,
+            on_change=self._changed,
+            on_keyframe_request=self._keyframe,
+            drain_timeout_s=self.settings.lifecycle.drain_timeout_s,
         )
+        session.metadata = metadata or {}
         self.sessions[session.session_id] = session
+        if controller is not None:
+            self.attach_controller(session.session_id, controller)
+        self._forget_old_sessions()
         await self._nursery.start(self._run_session, session)
         return session
 
     async def _run_session(self, session: RecordingSession, *, task_status: trio.TaskStatus[None]) -> None:
+        """The session and its watchdog, side by side; both end when the session does."""
         try:
-            await session.run(task_status=task_status)
-        except Exception:  # noqa: BLE001 - a bug in one session must not end the others
+            async with trio.open_nursery() as nursery:
+
+                async def supervise(*, task_status: trio.TaskStatus[None]) -> None:
+                    try:
+                        await session.run(task_status=task_status)
+                    finally:
+                        nursery.cancel_scope.cancel()  # the watchdog has nothing left to watch
+
+                await nursery.start(supervise)
+                nursery.start_soon(self._watch, session)
+                task_status.started()
+        except Exception:
+            # A bug in one session must not end the others.
             log.exception("session crashed", extra={"sessionId": session.session_id})
+
+    async def _watch(self, session: RecordingSession) -> None:
+        """Auto-stop: sample the session and stop it when a rule says so."""
+        lifecycle = self.settings.lifecycle
+        rules = AutoStopRules(
+            room_empty_grace_s=lifecycle.room_empty_grace_s,
+            media_timeout_s=lifecycle.media_timeout_s,
+            controller_grace_s=lifecycle.controller_grace_s,
+            max_duration_s=lifecycle.max_duration_s,
+            started_at=trio.current_time(),
+        )
+        while session.status is SessionStatus.STARTING:
+            await trio.sleep(WATCHDOG_INTERVAL_S)
+        while session.status is SessionStatus.RECORDING and not session.stopping:
+            reason = rules.observe(
+                trio.current_time(),
+                packets=sum(s.packets for s in session.receiver_stats()),
+                streams=len(session.streams),
+                controllers=len(self._controllers.get(session.session_id, ())),
+            )
+            if reason is not None:
+                log.info(
+                    "Recording auto-stopped",
+                    extra={"sessionId": session.session_id, "roomId": session.room_id, "reason": reason},
+                )
+                await session.stop(reason)
+                return
+            await trio.sleep(WATCHDOG_INTERVAL_S)
+
+    def _forget_old_sessions(self) -> None:
+        ended = [s for s in self.sessions.values() if s.status.terminal]
+        for session in ended[: max(0, len(ended) - ENDED_SESSIONS_KEPT)]:
+            del self.sessions[session.session_id]
+            self._controllers.pop(session.session_id, None)
+
+    # -- lookups ---------------------------------------------------------------------
 
     def get(self, session_id: str) -> RecordingSession | None:
         return self.sessions.get(session_id)
+
+    def require(self, session_id: str) -> RecordingSession:
+        """The session with this id.
+
+        Raises:
+            UnknownSessionError: there is none.
+        """
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise UnknownSessionError(f"unknown session {session_id}")
+        return session
+
+    def by_room(self, room_id: str) -> RecordingSession | None:
+        """The room's active session, else its most recent one."""
+        candidates = [s for s in self.sessions.values() if s.room_id == room_id]
+        active = [s for s in candidates if not s.status.terminal]
+        chosen = active or candidates
+        return chosen[-1] if chosen else None
+
+    # -- controllers -------------------------------------------------------------------
+
+    def attach_controller(self, session_id: str, connection_id: str) -> None:
+        """Record that a control connection drives this session."""
+        self._controllers.setdefault(session_id, set()).add(connection_id)
+
+    def detach_connection(self, connection_id: str) -> None:
+        """A control connection is gone: it no longer drives any session."""
+        for controllers in self._controllers.values():
+            controllers.discard(connection_id)
+
+    def controllers(self, session_id: str) -> Iterable[str]:
+        return tuple(self._controllers.get(session_id, ()))
+
+    # -- stopping ----------------------------------------------------------------------
 
     async def stop_all(self, reason: str) -> None:
         """Stop every active session concurrently and wait for all of them."""

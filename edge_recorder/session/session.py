@@ -149,6 +149,8 @@ class RecordingSession:
         self.active_speaker: str | None = None
         self.location: str | None = None
         self.size_bytes: int | None = None
+        # Free-form metadata from recording.start, kept with the session.
+        self.metadata: dict[str, Any] = {}
 
         self.t0: float | None = None
         self.first_packet_monotonic: float | None = None
@@ -211,6 +213,11 @@ class RecordingSession:
         if self.location:
             record["asset"] = {"bucket": None, "key": None, "size": self.size_bytes, "url": self.location}
         return record
+
+    @property
+    def stopping(self) -> bool:
+        """A stop was asked for; the media is being finalised."""
+        return self._stopping
 
     @property
     def streams(self) -> list[StreamReceiver]:
