@@ -281,7 +281,8 @@ class RecordingSession:
                     with trio.move_on_after(5):
                         await process.wait()
                 if not self.status.terminal:
-                    self._fail(self._failure_text("the recording was cancelled", process))
+                    self._truncate_to_fragment()
+                    self._fail(self._failure_text(self._worker_error or "the recording was cancelled", process))
                 self._finished.set()
 
     def _worker_config(self) -> dict[str, Any]:
@@ -545,32 +546,35 @@ class RecordingSession:
         """Stop gracefully and wait until the media is finalised.
 
         The stop instant is now: media up to it is in the file. A second call
-        waits for the first. Cancellation of the caller does not cancel the
-        finalisation (it belongs to the session's nursery), only the wait.
+        waits for the first. The drain runs in the session's own nursery, so
+        cancelling the caller (a control connection that drops mid-stop)
+        cancels only its wait, never the finalisation.
         """
-        if self._stopping or self.status.terminal:
-            await self._finished.wait()
-            return
         if self.status is SessionStatus.STARTING:
             await self._recording.wait()
-        self._stopping = True
-        self.reason = reason
-        self.stopped_at = _utc_now()
-        assert self.t0 is not None
-        at_s = self._clock() - self.t0
-        for handle in list(self._streams.values()):
-            handle.scope.cancel()
+        if not self._stopping and not self.status.terminal and self._nursery is not None:
+            self._stopping = True
+            self.reason = reason
+            self.stopped_at = _utc_now()
+            assert self.t0 is not None
+            for handle in list(self._streams.values()):
+                handle.scope.cancel()
+            self._nursery.start_soon(self._drain, self._clock() - self.t0)
+        await self._finished.wait()
+
+    async def _drain(self, at_s: float) -> None:
+        """Tell the worker the stop instant, close its pipe, bound the wait."""
         try:
             await self._pipe_send.send(wire.encode_control("stop", at_s=at_s))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
         await self._pipe_send.aclose()
-        with trio.move_on_after(self._drain_timeout_s) as scope:
+        with trio.move_on_after(self._drain_timeout_s):
             await self._finished.wait()
-        if scope.cancelled_caught and self._nursery is not None:
-            self._worker_error = f"finalising took longer than {self._drain_timeout_s:.0f} s"
-            self._nursery.cancel_scope.cancel()
-            await self._finished.wait()
+            return
+        self._worker_error = f"finalising took longer than {self._drain_timeout_s:.0f} s (RECORDING_DRAIN_TIMEOUT_S)"
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
 
     async def wait_finished(self) -> None:
         await self._finished.wait()
