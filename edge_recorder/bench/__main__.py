@@ -1,0 +1,172 @@
+"""``python -m edge_recorder.bench``: the recorder vs the ffmpeg CLI, then an N sweep.
+
+Steps: pre-encode the inputs (cached), run the ffmpeg baseline, then for each N
+in ``--sessions`` record N concurrent sessions of the replayed room, stopping at
+the first N that is not real time. Prints a table and, for a full run, writes
+it into docs/benchmarks.md between the ``bench`` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import trio
+
+from edge_recorder.bench.ffmpeg import BaselineSettings, run_baseline
+from edge_recorder.bench.inputs import prepare_inputs
+from edge_recorder.bench.measure import machine_info
+from edge_recorder.bench.report import (
+    Baseline,
+    PointResult,
+    Report,
+    format_table,
+    render_markdown,
+    replace_marked_section,
+)
+from edge_recorder.bench.sweep import run_point
+from edge_recorder.config import load_settings
+
+DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
+QUICK_SECONDS = 8.0
+PORT_MIN, PORT_MAX = 41000, 41999
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _sessions(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from None
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError("session counts must be positive")
+    return values
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m edge_recorder.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=_sessions, default=(1, 2, 3, 4, 5, 6), help="N to sweep, e.g. 1,2,4 (default 1..6)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="media seconds replayed per session (default 20)")
+    parser.add_argument("--quick", action="store_true", help=f"smoke test: N=1, {QUICK_SECONDS:g} s, docs left alone")
+    parser.add_argument("--doc", type=Path, default=DOC_PATH, help="Markdown file to update (default docs/benchmarks.md)")
+    parser.add_argument("--no-doc", action="store_true", help="do not write the Markdown file")
+    parser.add_argument("--keep", action="store_true", help="keep the recordings and the ffmpeg output")
+    parser.add_argument("--ffmpeg", default="ffmpeg", help="the ffmpeg CLI to compare with")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sessions = (1,)
+        args.seconds = QUICK_SECONDS
+        args.no_doc = True
+    if args.seconds < 2:
+        parser.error("--seconds must be at least 2")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    started = time.monotonic()
+    machine = machine_info(args.ffmpeg)
+    work = Path(tempfile.mkdtemp(prefix="edge-recorder-bench-"))
+    try:
+        settings = load_settings(
+            environ={
+                "RECORDING_TMP_DIR": str(work / "recordings"),
+                "RECORDING_PORT_MIN": str(PORT_MIN),
+                "RECORDING_PORT_MAX": str(PORT_MAX),
+                "RECORDING_OUTPUT_WIDTH": "1280",
+                "RECORDING_OUTPUT_HEIGHT": "720",
+                "RECORDING_OUTPUT_FPS": "30",
+                "RECORDING_X264_PRESET": "veryfast",
+                "RECORDING_KEYFRAME_INTERVAL_S": "2",
+                "RECORDING_X264_THREADS": "1",
+                "RECORDING_MAX_SESSIONS": "64",
+            },
+            config_file=None,
+        )
+        baseline_settings = BaselineSettings.from_settings(settings)
+
+        _say(f"edge-recorder bench: {machine.cpu_model}, {machine.logical_cores} cores; N = {', '.join(map(str, args.sessions))}, {args.seconds:g} s each")
+        t = time.monotonic()
+        inputs = prepare_inputs(args.seconds)
+        _say(
+            f"inputs {'from cache' if inputs.cached else f'encoded in {time.monotonic() - t:.1f} s'} ({inputs.root}): "
+            + ", ".join(f"{s.definition.key} {s.bitrate_kbps:.0f} kbps" for s in inputs.streams)
+        )
+
+        _say("ffmpeg CLI baseline (same inputs, same settings, as fast as it goes)...")
+        result = run_baseline(inputs, baseline_settings, work / "ffmpeg.mp4", ffmpeg=args.ffmpeg)
+        if result.returncode != 0 or result.frames == 0:
+            _say(f"ffmpeg failed (exit {result.returncode}): {result.stderr}")
+            return 1
+        baseline = Baseline(result.cpu_s, result.media_s, result.wall_s, result.peak_rss_bytes, " ".join(result.command))
+        _say(f"  {result.cpu_s:.2f} CPU-s for {result.media_s:.1f} media-s = {baseline.cpu_per_media_s:.3f} CPU-s/media-s ({result.speed:.1f}x real time)")
+
+        points: list[PointResult] = []
+
+        async def sweep() -> None:
+            for n in args.sessions:
+                point = await run_point(settings, inputs, n, args.seconds, say=_say)
+                points.append(point)
+                for i, s in enumerate(point.sessions):
+                    if s.status.lower() != "completed":
+                        _say(f"  session {i}: {s.status}: {s.error}")
+                _say(
+                    f"  N={n}: {'real time' if point.realtime else 'NOT real time'}; {point.cpu_per_media_s:.3f} CPU-s/media-s per session, "
+                    f"{point.frames_dropped} of {point.frames} frames dropped, max lag {point.max_lag_s:.2f} s, "
+                    f"machine {point.machine_busy_fraction * 100:.0f} % busy with us, {point.other_busy_fraction * 100:.0f} % with others"
+                )
+                if not point.realtime:
+                    break
+
+        trio.run(sweep)
+
+        report = Report(
+            date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            seconds=args.seconds,
+            machine=dataclasses.asdict(machine),
+            settings=dataclasses.asdict(baseline_settings),
+            inputs=[
+                {
+                    "key": s.definition.key,
+                    "codec": s.definition.codec,
+                    "width": s.definition.width,
+                    "height": s.definition.height,
+                    "fps": s.definition.fps,
+                    "kbps": s.bitrate_kbps,
+                }
+                for s in inputs.streams
+            ],
+            baseline=baseline,
+            points=tuple(points),
+            sweep=args.sessions,
+        )
+        _say("")
+        _say(format_table(report))
+        _say(f"\n(total {time.monotonic() - started:.0f} s)")
+        if not args.no_doc:
+            document = args.doc.read_text(encoding="utf-8") if args.doc.exists() else ""
+            args.doc.parent.mkdir(parents=True, exist_ok=True)
+            args.doc.write_text(replace_marked_section(document, render_markdown(report)), encoding="utf-8")
+            _say(f"wrote {args.doc}")
+        return 0
+    finally:
+        if args.keep:
+            _say(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
