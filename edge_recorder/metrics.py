@@ -1,0 +1,373 @@
+"""Prometheus metrics for one recorder service, on a registry of its own.
+
+Two kinds of numbers live here:
+
+* **Lifecycle** metrics, named exactly as the runbook names them, moved by the
+  service when a session starts, completes or fails (``recordings_active``,
+  ``recordings_started_total``, ``recordings_completed_total``,
+  ``recordings_failed_total``, plus ``recording_duration_seconds`` and the
+  reason breakdown ``recordings_failed_by_reason_total``).
+* **Ingest and pipeline** metrics, read from the live sessions *at scrape time*
+  by :class:`_SessionCollector`. The hot paths (one UDP packet, one frame) only
+  bump plain ints on their stats objects (``ReceiverStats``, the worker's
+  stats event); nothing on the media path ever touches a Prometheus object.
+
+Counters read from sessions must never go backwards when a session ends and
+leaves the live set, so :meth:`RecorderMetrics.retire_session` folds a finished
+session's last values into running totals, once. A high-water mark per series
+guards the window between a session leaving the live set and being retired.
+
+Every metric carries ``server="<server_id>"``. The registry is per instance
+(never prometheus_client's global ``REGISTRY``), so tests and several services
+in one process never collide.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import weakref
+from collections import Counter as _Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CONTENT_TYPE", "DURATION_BUCKETS_S", "RecorderMetrics"]
+
+# The classic text format, which generate_latest writes (names escaped to
+# underscores). prometheus_client >= 0.22 labels its output "version=1.0.0",
+# which Prometheus 2.x scrapers do not all expect; every scraper reads 0.0.4.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Recordings last minutes to hours: 1, 2, 5, 10, 15, 30, 45 min, 1, 1.5, 2, 3, 4 h.
+DURATION_BUCKETS_S: tuple[float, ...] = (
+    60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 2700.0, 3600.0, 5400.0, 7200.0, 10800.0, 14400.0,
+)
+
+# Failure reasons become a label value: keep the vocabulary small and safe.
+_MAX_FAILURE_REASONS = 32
+_REASON_RE = re.compile(r"[^a-z0-9_-]+")
+_OTHER_REASON = "other"
+
+# Keys of the media worker's ``stats``/``finished`` event (edge_recorder.media.worker).
+_WORKER_COUNTERS: tuple[tuple[str, str], ...] = (
+    ("frames_encoded", "video_frames_encoded"),
+    ("frames_dropped", "video_frames_dropped"),
+    ("audio_blocks", "audio_frames_encoded"),
+    ("fragments", "output_fragments_written"),
+    ("bytes", "output_bytes_written"),
+)
+# Attributes of ``ReceiverStats`` (edge_recorder.session.stream), summed over streams.
+_RECEIVER_COUNTERS: tuple[tuple[str, str], ...] = (
+    ("packets", "rtp_packets_received"),
+    ("bytes", "rtp_bytes_received"),
+    ("rtcp_packets", "rtcp_packets_received"),
+    ("keyframe_requests", "keyframe_requests"),
+    ("frames_dropped_queue_full", "ingest_frames_dropped"),
+)
+
+# name (without _total) -> help text, in exposition order.
+_SESSION_COUNTER_HELP: dict[str, str] = {
+    "rtp_packets_received": "RTP packets accepted by the recorder's stream receivers.",
+    "rtp_bytes_received": "Bytes of accepted RTP packets (UDP payload).",
+    "rtcp_packets_received": "RTCP packets accepted by the recorder's stream receivers.",
+    "keyframe_requests": "Keyframe requests (PLI/FIR) sent to senders.",
+    "ingest_frames_dropped": "Complete frames dropped because the media worker's pipe was full.",
+    "video_frames_encoded": "Composite video frames encoded by media workers.",
+    "video_frames_dropped": "Composite video frames skipped because the encoder fell behind.",
+    "audio_frames_encoded": "Audio frames (AAC blocks) encoded by media workers.",
+    "output_fragments_written": "Fragmented-MP4 fragments written by media workers.",
+    "output_bytes_written": "Bytes of fragmented MP4 written by media workers.",
+}
+_DROPS = "rtp_packets_dropped"
+
+
+def _num(value: object) -> float:
+    """A stats value as a float; anything missing or malformed counts as 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    return float(value)
+
+
+def _session_values(session: Any) -> tuple[dict[str, float], dict[str, float]]:
+    """One session's cumulative counters, and its packet drops by reason.
+
+    Args:
+        session: anything with ``receiver_stats()`` and ``worker_stats``
+            (a :class:`~edge_recorder.session.session.RecordingSession` or a fake).
+
+    Returns:
+        (counters by metric name, drops by reason). Missing values count as 0.
+    """
+    counters = dict.fromkeys(_SESSION_COUNTER_HELP, 0.0)
+    drops: dict[str, float] = {}
+    for stats in session.receiver_stats():
+        for attr, name in _RECEIVER_COUNTERS:
+            counters[name] += _num(getattr(stats, attr, 0))
+        reasons: Mapping[str, object] = getattr(stats, "drops", None) or {}
+        for reason, n in reasons.items():
+            drops[str(reason)] = drops.get(str(reason), 0.0) + _num(n)
+    worker: Mapping[str, object] = getattr(session, "worker_stats", None) or {}
+    for key, name in _WORKER_COUNTERS:
+        counters[name] += _num(worker.get(key))
+    return counters, drops
+
+
+def _is_terminal(session: Any) -> bool:
+    return bool(getattr(getattr(session, "status", None), "terminal", False))
+
+
+class _SessionCollector(Collector):
+    """Reads ingest and pipeline metrics from live sessions when scraped.
+
+    Args:
+        server_id: the ``server`` label value.
+    """
+
+    def __init__(self, server_id: str) -> None:
+        self._server_id = server_id
+        self._live: Callable[[], Iterable[Any]] = lambda: ()
+        self._lock = threading.Lock()
+        self._retired_counters: dict[str, float] = dict.fromkeys(_SESSION_COUNTER_HELP, 0.0)
+        self._retired_drops: _Counter[str] = _Counter()
+        # Sessions already folded into the totals. Weak, so a long-lived
+        # service does not keep every finished session alive for this.
+        self._retired: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Highest value exposed per (metric, reason): counters never go back,
+        # even between a session leaving the live set and being retired.
+        self._high_water: dict[tuple[str, str], float] = {}
+
+    def attach(self, live_sessions: Callable[[], Iterable[Any]]) -> None:
+        self._live = live_sessions
+
+    def retire(self, session: Any) -> bool:
+        """Fold a finished session's final values into the totals, once.
+
+        Returns:
+            False when the session had already been retired.
+        """
+        try:
+            counters, drops = _session_values(session)
+        except Exception:  # noqa: BLE001 - called from status-change hooks: never raise into a session
+            log.exception("could not read a finished session's stats for metrics")
+            counters, drops = {}, {}
+        with self._lock:
+            if session in self._retired:
+                return False
+            self._retired.add(session)
+            for name, value in counters.items():
+                self._retired_counters[name] += value
+            self._retired_drops.update(drops)
+        return True
+
+    def describe(self) -> Iterable[Metric]:
+        # Declared so that registering does not call collect() (and the
+        # live-sessions callable) at construction time.
+        return ()
+
+    def _monotonic(self, name: str, label: str, value: float) -> float:
+        key = (name, label)
+        value = max(value, self._high_water.get(key, 0.0))
+        self._high_water[key] = value
+        return value
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the session metrics (called by the registry on every scrape).
+
+        Must run where sessions are mutated (the Trio thread) or while they
+        are quiescent: it iterates the live-sessions callable's result.
+        """
+        try:
+            live = [s for s in self._live() if s not in self._retired]
+        except Exception:  # noqa: BLE001 - a scrape must not fail; counters hold their high-water marks
+            log.exception("could not list live sessions for metrics")
+            live = []
+        with self._lock:
+            totals = dict(self._retired_counters)
+            drops: dict[str, float] = dict(self._retired_drops)
+            lag: float = 0.0
+            skews: list[float] = []
+            for session in live:
+                try:
+                    counters, session_drops = _session_values(session)
+                except Exception:  # noqa: BLE001 - one odd session must not hide the others
+                    log.exception("could not read session stats for metrics")
+                    continue
+                for name, value in counters.items():
+                    totals[name] += value
+                for reason, value in session_drops.items():
+                    drops[reason] = drops.get(reason, 0.0) + value
+                if _is_terminal(session):
+                    continue  # a finished worker's lag and skew are history
+                worker: Mapping[str, object] = getattr(session, "worker_stats", None) or {}
+                lag = max(lag, _num(worker.get("lag_s")))
+                skew = worker.get("av_skew_s")
+                if isinstance(skew, (int, float)) and not isinstance(skew, bool):
+                    skews.append(float(skew))
+
+            server = self._server_id
+            for name, help_text in _SESSION_COUNTER_HELP.items():
+                family = CounterMetricFamily(name, help_text, labels=["server"])
+                family.add_metric([server], self._monotonic(name, "", totals[name]))
+                yield family
+            dropped = CounterMetricFamily(
+                _DROPS, "RTP/RTCP packets dropped before assembly, by reason.", labels=["server", "reason"]
+            )
+            for reason in sorted(set(drops) | {r for (n, r) in self._high_water if n == _DROPS}):
+                dropped.add_metric([server, reason], self._monotonic(_DROPS, reason, drops.get(reason, 0.0)))
+            yield dropped
+
+        encode_lag = GaugeMetricFamily(
+            "encode_lag_seconds",
+            "How far the slowest recording's encoder is behind real time.",
+            labels=["server"],
+        )
+        encode_lag.add_metric([server], lag)
+        yield encode_lag
+        if skews:
+            # The skew farthest from zero, sign kept (positive: audio leads video).
+            worst = max(skews, key=abs)
+            av_skew = GaugeMetricFamily(
+                "av_skew_seconds",
+                "Largest audio/video skew reported by an active recording (positive: audio leads).",
+                labels=["server"],
+            )
+            av_skew.add_metric([server], worst)
+            yield av_skew
+
+
+class RecorderMetrics:
+    """The recorder's Prometheus metrics, on a registry of their own.
+
+    Args:
+        server_id: the ``server`` label of every metric (``RECORDING_SERVER_ID``).
+        registry: the registry to register on; a new one when None. Never the
+            global default registry, so several instances can coexist.
+
+    Raises:
+        ValueError: the registry already holds metrics of the same names.
+    """
+
+    def __init__(self, server_id: str, registry: CollectorRegistry | None = None) -> None:
+        self.server_id = server_id
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        # The runbook's names. prometheus_client adds the ``_total`` suffix to
+        # counters itself, so they are declared without it.
+        self._active = Gauge(
+            "recordings_active", "Recordings in progress on this server.", ["server"], registry=r
+        ).labels(server=server_id)
+        self._started = Counter(
+            "recordings_started", "Recordings started on this server.", ["server"], registry=r
+        ).labels(server=server_id)
+        self._completed = Counter(
+            "recordings_completed", "Recordings finished and stored at their destination.", ["server"], registry=r
+        ).labels(server=server_id)
+        self._failed = Counter(
+            "recordings_failed", "Recordings that failed (media worker, upload, cancellation).", ["server"], registry=r
+        ).labels(server=server_id)
+        self._failed_by_reason = Counter(
+            "recordings_failed_by_reason",
+            "Failed recordings by failure class.",
+            ["server", "reason"],
+            registry=r,
+        )
+        self._duration = Histogram(
+            "recording_duration_seconds",
+            "Length of completed recordings.",
+            ["server"],
+            buckets=DURATION_BUCKETS_S,
+            registry=r,
+        ).labels(server=server_id)
+        self._reasons: set[str] = set()
+        self._sessions = _SessionCollector(server_id)
+        r.register(self._sessions)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def session_started(self) -> None:
+        """Count a recording that started (``recordings_started_total``)."""
+        self._started.inc()
+
+    def session_completed(self, duration_s: float) -> None:
+        """Count a recording stored at its destination and observe its length.
+
+        Args:
+            duration_s: the recording's length in seconds (negative counts as 0).
+        """
+        self._completed.inc()
+        self._duration.observe(max(0.0, duration_s))
+
+    def session_failed(self, reason: str) -> None:
+        """Count a failed recording, in total and by reason.
+
+        Args:
+            reason: a failure class such as ``"worker"``, ``"upload"``,
+                ``"destination"`` or ``"cancelled"`` — not an error message.
+                It is lower-cased and reduced to ``[a-z0-9_-]`` (64 characters);
+                past 32 distinct reasons, new ones count as ``"other"`` so a
+                caller passing free text cannot explode the series count.
+        """
+        self._failed.inc()
+        self._failed_by_reason.labels(server=self.server_id, reason=self._reason_label(reason)).inc()
+
+    def _reason_label(self, reason: str) -> str:
+        label = _REASON_RE.sub("_", reason.strip().lower()).strip("_")[:64] or "unknown"
+        if label not in self._reasons:
+            if len(self._reasons) >= _MAX_FAILURE_REASONS:
+                return _OTHER_REASON
+            self._reasons.add(label)
+        return label
+
+    def set_active(self, n: int) -> None:
+        """Set ``recordings_active`` to the number of recordings in progress."""
+        self._active.set(n)
+
+    # -- sessions ----------------------------------------------------------------
+
+    def attach(self, live_sessions: Callable[[], Iterable[Any]]) -> None:
+        """Read ingest and pipeline metrics from these sessions at scrape time.
+
+        Args:
+            live_sessions: returns the sessions to read (for example
+                ``manager.active`` or ``lambda: manager.sessions.values()``).
+                Each has ``receiver_stats()`` (objects with ``packets``,
+                ``bytes``, ``rtcp_packets``, ``keyframe_requests``,
+                ``frames_dropped_queue_full``, ``drops``), ``worker_stats``
+                (a dict) and ``status`` (with ``.terminal``). Sessions must be
+                weak-referenceable. Called on every scrape, on the scraping
+                thread: keep it cheap and call :meth:`render` on the Trio thread.
+        """
+        self._sessions.attach(live_sessions)
+
+    def retire_session(self, session: Any) -> None:
+        """Fold a session's final stats into the running totals.
+
+        Call once when the session reaches a terminal state (calling it again
+        for the same session does nothing). From then on the session is
+        ignored even if ``live_sessions`` still returns it, so its values are
+        counted exactly once and no counter goes backwards when it leaves.
+
+        Never raises: it is meant to be called from status-change hooks; a
+        session whose stats cannot be read is logged and retired with nothing.
+
+        Args:
+            session: the finished session.
+        """
+        self._sessions.retire(session)
+
+    # -- exposition ----------------------------------------------------------------
+
+    def render(self) -> tuple[bytes, str]:
+        """The registry in the Prometheus text format.
+
+        Returns:
+            (body, content type) for an HTTP response.
+        """
+        return generate_latest(self.registry), CONTENT_TYPE
