@@ -2,12 +2,12 @@
 
 Subcommands:
     demo    record a synthetic room for ~15 s; needs no Redis, S3 or database.
+    serve   the service: the SFU's control WebSocket, /metrics, /healthz, /readyz.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 import trio
@@ -25,17 +25,19 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="record a synthetic room (no services needed)")
     demo.add_argument("--duration", type=float, default=15.0, help="seconds to record (default 15)")
     demo.add_argument("--layout", choices=("pip", "grid"), help="override RECORDING_LAYOUT")
+    sub.add_parser("serve", help="run the recorder service (control WebSocket, /metrics, sessions)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     from edge_recorder.config import load_settings
+    from edge_recorder.logs import configure_logging
+
+    # The service logs JSON lines (human lines on a terminal); the demo talks
+    # to a person and logs only warnings.
+    default_level = "INFO" if args.command == "serve" else "WARNING"
+    configure_logging(level="DEBUG" if args.verbose else default_level)
 
     try:
         settings = load_settings(config_file=args.config)
@@ -51,4 +53,13 @@ def main(argv: list[str] | None = None) -> int:
             settings = dataclasses.replace(settings, layout=args.layout)
         session = trio.run(lambda: run_demo(settings, duration_s=args.duration))
         return 0 if session.status.value == "COMPLETED" else 1
+    if args.command == "serve":
+        from edge_recorder.service import serve
+
+        try:
+            trio.run(serve, settings)
+        except ConfigError as exc:
+            print(f"edge-recorder: refusing to start: {exc}", file=sys.stderr)
+            return 2
+        return 0
     return 2

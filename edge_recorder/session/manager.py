@@ -139,6 +139,7 @@ class SessionManager:
         output: OutputOptions | None = None,
         controller: str | None = None,
         metadata: dict[str, Any] | None = None,
+        host_peer_id: str | None = None,
     ) -> RecordingSession:
         """Start a recording (or return the one with this id) once it is RECORDING.
 
@@ -181,6 +182,7 @@ class SessionManager:
             drain_timeout_s=self.settings.lifecycle.drain_timeout_s,
         )
         session.metadata = metadata or {}
+        session.host_peer_id = host_peer_id
         self.sessions[session.session_id] = session
         if controller is not None:
             self.attach_controller(session.session_id, controller)

@@ -151,6 +151,8 @@ class RecordingSession:
         self.size_bytes: int | None = None
         # Free-form metadata from recording.start, kept with the session.
         self.metadata: dict[str, Any] = {}
+        # The peer whose departure the SFU reports as "host-disconnected".
+        self.host_peer_id: str | None = None
 
         self.t0: float | None = None
         self.first_packet_monotonic: float | None = None
@@ -578,6 +580,11 @@ class RecordingSession:
 
     async def wait_finished(self) -> None:
         await self._finished.wait()
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds of media in the recording so far (what the encoders produced)."""
+        return float(self.worker_stats.get("duration_s") or self.worker_stats.get("frames_encoded", 0) / self.output.fps)
 
     @property
     def first_frame_latency_s(self) -> float | None:

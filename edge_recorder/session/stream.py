@@ -24,89 +24,22 @@ from typing import Any, Callable, Mapping
 
 import trio
 
-from edge_recorder.errors import ParseError, RtpParametersError, UnsupportedCodecError
+from edge_recorder.errors import ParseError, UnsupportedCodecError
 from edge_recorder.media.timebase import StreamClock
 from edge_recorder.rtp.assembler import AssembledFrame, FrameAssembler
 from edge_recorder.rtp.depacketize import depacketizer_for
 from edge_recorder.rtp.packet import is_rtcp_untrusted, parse_rtp_untrusted
-from edge_recorder.rtp.parameters import RtpParameters
 from edge_recorder.rtp.rtcp import Fir, Pli, SenderReport, parse_rtcp_untrusted, serialize_rtcp
+from edge_recorder.session.spec import KINDS, SOURCES, StreamSpec
+
+__all__ = ["KINDS", "SOURCES", "ReceiverStats", "StreamReceiver", "StreamSpec"]
 
 log = logging.getLogger(__name__)
 
-KINDS = ("audio", "video")
-SOURCES = ("camera", "screen", "microphone", "screen-audio")
 # Our own SSRC in RTCP feedback (RFC 4585 §6.1 "packet sender"); any fixed value
 # that is not a media SSRC of the session will do.
 RECORDER_SSRC = 0x5EC0DE01
 MAX_DATAGRAM = 65535
-
-
-@dataclass(frozen=True, slots=True)
-class StreamSpec:
-    """A stream to record, as ``recording.addStream`` describes it."""
-
-    producer_id: str
-    peer_id: str
-    kind: str
-    source: str
-    display_name: str
-    rtp_parameters: RtpParameters
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "StreamSpec":
-        """Validate ``recording.addStream`` params (untrusted JSON).
-
-        Raises:
-            RtpParametersError: a field is missing or wrong; ``field`` names it.
-            UnsupportedCodecError: the media codec is not one we decode.
-        """
-
-        def text(name: str, *, required: bool = True, default: str = "") -> str:
-            value = params.get(name, None)
-            if value is None:
-                if required:
-                    raise RtpParametersError(name, "is required")
-                return default
-            if not isinstance(value, str) or (required and not value):
-                raise RtpParametersError(name, "must be a non-empty string")
-            return value
-
-        kind = text("kind")
-        if kind not in KINDS:
-            raise RtpParametersError("kind", f"must be one of {', '.join(KINDS)}")
-        source = text("source", required=False, default="camera" if kind == "video" else "microphone")
-        if source not in SOURCES:
-            raise RtpParametersError("source", f"must be one of {', '.join(SOURCES)}")
-        if "rtpParameters" not in params:
-            raise RtpParametersError("rtpParameters", "is required")
-        rtp = RtpParameters.from_mediasoup(params["rtpParameters"])
-        codec = rtp.media_codec
-        if codec is None:
-            raise RtpParametersError("rtpParameters.codecs", "has no media codec")
-        if not codec.mime_type.lower().startswith(kind + "/"):
-            raise RtpParametersError("rtpParameters.codecs[0].mimeType", f"is not a {kind} codec")
-        depacketizer_for(codec.mime_type, codec.parameters)  # raises UnsupportedCodecError
-        peer_id = text("peerId")
-        return cls(
-            producer_id=text("producerId"),
-            peer_id=peer_id,
-            kind=kind,
-            source=source,
-            display_name=text("displayName", required=False, default=peer_id),
-            rtp_parameters=rtp,
-        )
-
-    @property
-    def codec_name(self) -> str:
-        """The PyAV decoder name for this stream's codec."""
-        codec = self.rtp_parameters.media_codec
-        assert codec is not None
-        return depacketizer_for(codec.mime_type, codec.parameters).codec
-
-    @property
-    def rtcp_mux(self) -> bool:
-        return self.rtp_parameters.rtcp.mux
 
 
 @dataclass

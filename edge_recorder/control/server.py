@@ -1,0 +1,335 @@
+"""The control plane's Trio shell: WebSocket connections speaking JSON-RPC 2.0.
+
+The parsing, params and error mapping are pure (``control/protocol.py``);
+this module only moves frames. One :class:`ControlHub` serves every
+connection, listening ones (:func:`serve_control`) and the dial-out one
+(:func:`dial_out`) alike:
+
+* a connection asks the :class:`~edge_recorder.session.manager.SessionManager`
+  and never owns a session, so a dropped WebSocket ends no recording; the
+  connections that drove a session are its controllers (see the manager);
+* every reply and notification for a connection goes through its bounded
+  outbox and one writer task, so notifications arrive in order. Policy when an
+  outbox is full: the peer is not reading, and dropping a state notification
+  would leave it with a wrong picture, so the connection is closed (1008) and
+  the SFU reconnects and re-reads state with ``recording.list``;
+* each request runs in its own task (``recording.stop`` waits for the media to
+  be finalised; others need not wait behind it), at most
+  ``MAX_IN_FLIGHT`` per connection; past that, and past the token bucket, the
+  reply is ``RATE_LIMITED`` and nothing runs;
+* a bad frame gets an error reply and the connection carries on.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, open_websocket_url, serve_websocket
+
+from edge_recorder import __version__
+from edge_recorder.control import protocol as rpc
+from edge_recorder.errors import EdgeRecorderError, SessionNotActiveError, UnknownSessionError
+from edge_recorder.rtp.parameters import recorder_rtp_capabilities
+from edge_recorder.session.manager import SessionManager
+from edge_recorder.session.session import OutputOptions, RecordingSession
+from edge_recorder.session.stream import StreamSpec
+
+log = logging.getLogger(__name__)
+
+OUTBOX_MESSAGES = 1024
+MAX_IN_FLIGHT = 32
+# trio-websocket closes the connection (1009) on frames past its own limit; we
+# set it well above MAX_MESSAGE_BYTES so oversized requests get a JSON-RPC
+# error reply instead, and only absurd frames cost the connection.
+WEBSOCKET_FRAME_LIMIT = 4 * 1024 * 1024
+
+
+@dataclass(eq=False)
+class _Connection:
+    id: str
+    ws: WebSocketConnection
+    send: trio.MemorySendChannel[str]
+    receive: trio.MemoryReceiveChannel[str]
+    limiter: rpc.RateLimiter
+    in_flight: int = 0
+    remote: str = ""
+    closed: bool = field(default=False)
+    # Close code once the outbox is drained: 1008 for a peer that stopped
+    # reading, 1001 ("going away") when the service shuts down.
+    close_code: int = 1008
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+class ControlHub:
+    """Dispatches JSON-RPC requests to the session manager; fans out notifications.
+
+    Args:
+        manager: the session manager (owned by the service, not by us).
+        settings: the service settings.
+        clock: seconds for the rate limiter (Trio's clock by default).
+    """
+
+    def __init__(self, manager: SessionManager, settings: Any, *, clock: Callable[[], float] = trio.current_time) -> None:
+        self.manager = manager
+        self.settings = settings
+        self._clock = clock
+        self.connections: dict[str, _Connection] = {}
+        self._ids = itertools.count(1)
+        manager.add_state_listener(self._on_state)
+        manager.add_keyframe_listener(self._on_keyframe_request)
+
+    # -- notifications (called synchronously, in order, from the sessions) -----------
+
+    def _on_state(self, session: RecordingSession) -> None:
+        self.broadcast(rpc.state_notification(session.state_record()))
+
+    def _on_keyframe_request(self, session: RecordingSession, spec: StreamSpec) -> None:
+        self.broadcast(rpc.keyframe_request_notification(session.session_id, spec.producer_id))
+
+    def broadcast(self, message: str) -> None:
+        """Queue one notification for every connection, in order."""
+        for conn in list(self.connections.values()):
+            self._queue(conn, message)
+
+    def _queue(self, conn: _Connection, message: str) -> None:
+        if conn.closed:
+            return
+        try:
+            conn.send.send_nowait(message)
+        except trio.WouldBlock:
+            # The peer is not reading; see the module docstring for why we
+            # close rather than drop.
+            log.warning("control connection not reading; closing it", extra={"connection": conn.id})
+            conn.closed = True
+            conn.send.close()
+        except trio.ClosedResourceError:
+            conn.closed = True
+
+    async def close_all(self) -> None:
+        """Shutdown: deliver what is queued (the final state notifications), then
+        close every connection with 1001. Bounded by the caller's deadline."""
+        conns = list(self.connections.values())
+        for conn in conns:
+            conn.close_code = 1001
+            conn.closed = True
+            conn.send.close()
+        for conn in conns:
+            await conn.done.wait()
+
+    # -- connections ---------------------------------------------------------------------
+
+    async def serve_connection(self, ws: WebSocketConnection, *, remote: str = "") -> None:
+        """Serve one connection until it closes. Never raises for the peer's sake."""
+        send, receive = trio.open_memory_channel[str](OUTBOX_MESSAGES)
+        limiter = rpc.RateLimiter(rate_per_s=self.settings.control.rate_limit_per_s, burst=2 * self.settings.control.rate_limit_per_s)
+        conn = _Connection(f"c{next(self._ids)}", ws, send, receive, limiter, remote=remote)
+        self.connections[conn.id] = conn
+        log.info("Control connection opened", extra={"connection": conn.id, "remote": remote})
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_loop, conn, nursery.cancel_scope)
+                await self._read_loop(conn, nursery)
+                nursery.cancel_scope.cancel()
+        except ConnectionClosed:
+            pass
+        finally:
+            conn.closed = True
+            conn.done.set()
+            self.connections.pop(conn.id, None)
+            # The sessions it drove carry on; the manager's watchdog ends them
+            # only if no controller comes back within the grace period.
+            self.manager.detach_connection(conn.id)
+            log.info("Control connection closed", extra={"connection": conn.id})
+
+    async def _write_loop(self, conn: _Connection, scope: trio.CancelScope) -> None:
+        async with conn.receive:
+            async for message in conn.receive:
+                try:
+                    await conn.ws.send_message(message)
+                except ConnectionClosed:
+                    break
+        # The outbox was closed (peer not reading, or shutdown after the last
+        # notification) or the socket died.
+        with trio.move_on_after(2, shield=True):
+            await conn.ws.aclose(code=conn.close_code, reason="going away" if conn.close_code == 1001 else "not reading")
+        scope.cancel()
+
+    async def _read_loop(self, conn: _Connection, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                frame = await conn.ws.get_message()
+            except ConnectionClosed:
+                return
+            try:
+                message = rpc.parse_message_untrusted(frame)
+            except rpc.JsonRpcError as exc:
+                self._queue(conn, rpc.error_message(exc.id, exc.code, exc.message, exc.data))
+                continue
+            if not isinstance(message, rpc.Request):
+                continue  # notifications and responses from the peer need no answer
+            if not conn.limiter.allow(self._clock()) or conn.in_flight >= MAX_IN_FLIGHT:
+                err = rpc.rate_limited_error(message.id, rate_per_s=conn.limiter.rate_per_s, burst=conn.limiter.burst)
+                self._queue(conn, rpc.error_message(err.id, err.code, err.message, err.data))
+                continue
+            conn.in_flight += 1
+            nursery.start_soon(self._answer, conn, message)
+
+    async def _answer(self, conn: _Connection, request: rpc.Request) -> None:
+        try:
+            result = await self.dispatch(conn.id, request)
+            reply = rpc.result_message(request.id, result)
+        except EdgeRecorderError as exc:
+            err = rpc.error_from_exception(exc, request.id)
+            if err.code == rpc.ErrorCode.INTERNAL_ERROR:
+                log.exception("control request failed", extra={"method": request.method, "connection": conn.id})
+            reply = rpc.error_message(err.id, err.code, err.message, err.data)
+        except Exception:
+            log.exception("control request failed", extra={"method": request.method, "connection": conn.id})
+            reply = rpc.error_message(request.id, rpc.ErrorCode.INTERNAL_ERROR, "internal error")
+        finally:
+            conn.in_flight -= 1
+        self._queue(conn, reply)
+
+    # -- methods ---------------------------------------------------------------------------
+
+    async def dispatch(self, connection_id: str, request: rpc.Request) -> Any:
+        """Run one request; returns its result or raises one of our errors."""
+        params = rpc.parse_request_params(request.method, request.params, request.id)
+        if isinstance(params, rpc.InfoParams):
+            return {
+                "serverId": self.settings.server_id,
+                "version": __version__,
+                "rtpCapabilities": recorder_rtp_capabilities(),
+                "capacity": self.manager.capacity(),
+            }
+        if isinstance(params, rpc.StartParams):
+            session = await self.manager.start(
+                params.room_id,
+                session_id=params.session_id,
+                layout=params.layout,
+                output=self._output(params.output),
+                controller=connection_id,
+                metadata=params.metadata,
+                host_peer_id=params.host_peer_id,
+            )
+            return {"sessionId": session.session_id, "status": session.status.value}
+        if isinstance(params, rpc.ListParams):
+            return {"sessions": [s.state_record() for s in self.manager.sessions.values()]}
+        if isinstance(params, rpc.GetParams):
+            found = (
+                self.manager.get(params.session_id) if params.session_id is not None else self.manager.by_room(params.room_id or "")
+            )
+            if found is None:
+                raise UnknownSessionError(f"unknown session {params.session_id or 'for room ' + str(params.room_id)}")
+            return found.state_record()
+        session = self.manager.require(params.session_id)
+        if isinstance(params, rpc.StopParams):
+            await session.stop(params.reason)
+            return {"sessionId": session.session_id, "status": session.status.value}
+        if session.stopping or session.status.terminal:
+            raise SessionNotActiveError(f"session {session.session_id} is {session.status.value}{' and stopping' if session.stopping else ''}")
+        self.manager.attach_controller(session.session_id, connection_id)
+        if isinstance(params, rpc.AddStreamParams):
+            return await session.add_stream(params.spec)
+        if isinstance(params, rpc.RemoveStreamParams):
+            await session.remove_stream(params.producer_id)
+            return {}
+        if isinstance(params, rpc.SetActiveSpeakerParams):
+            await session.set_active_speaker(params.peer_id)
+            return {}
+        raise AssertionError(f"unhandled params {type(params).__name__}")
+
+    def _output(self, output: rpc.OutputParams | None) -> OutputOptions | None:
+        if output is None:
+            return None
+        base = OutputOptions.from_settings(self.settings)
+        return OutputOptions(
+            width=output.width or base.width,
+            height=output.height or base.height,
+            fps=output.fps or base.fps,
+            video_bitrate_kbps=(output.video_bitrate // 1000) if output.video_bitrate else base.video_bitrate_kbps,
+            audio_bitrate_kbps=(output.audio_bitrate // 1000) if output.audio_bitrate else base.audio_bitrate_kbps,
+            x264_preset=base.x264_preset,
+            keyframe_interval_s=base.keyframe_interval_s,
+            x264_threads=base.x264_threads,
+        )
+
+
+def _authorized(request: WebSocketRequest, token: str | None) -> bool:
+    if token is None:
+        return True
+    for name, value in request.headers:
+        if name.lower() == b"authorization":
+            scheme, _, presented = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode()):
+                return True
+    return False
+
+
+async def serve_control(hub: ControlHub, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Listen for SFU connections until cancelled; reports the bound (host, port).
+
+    A handshake on another path gets 404; with a token configured, one without
+    ``Authorization: Bearer <token>`` gets 401 before any message is read.
+    """
+    control = hub.settings.control
+    token = control.token.reveal() if control.token is not None else None
+
+    async def handler(request: WebSocketRequest) -> None:
+        peer = request.remote
+        remote = peer if isinstance(peer, str) else f"{peer.address}:{peer.port}"
+        if request.path.split("?", 1)[0] != control.path:
+            await request.reject(404, body=b"unknown path\n")
+            return
+        if not _authorized(request, token):
+            log.warning("Control handshake refused: missing or wrong bearer token", extra={"remote": remote})
+            await request.reject(401, extra_headers=[(b"WWW-Authenticate", b"Bearer")], body=b"unauthorized\n")
+            return
+        ws = await request.accept()
+        await hub.serve_connection(ws, remote=remote)
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            lambda task_status: serve_websocket(
+                handler,
+                control.host,
+                control.port,
+                ssl_context=None,
+                max_message_size=WEBSOCKET_FRAME_LIMIT,
+                task_status=task_status,
+            )
+        )
+        port = server.port
+        log.info("Control WebSocket listening", extra={"host": control.host, "port": port, "path": control.path})
+        task_status.started((control.host, port))
+
+
+async def dial_out(hub: ControlHub, url: str) -> None:
+    """Keep one connection to an SFU open, reconnecting with jittered backoff.
+
+    The recorder is still the JSON-RPC server on this connection. Backoff grows
+    0.5 s → 30 s, with full jitter, and resets after a connection that stayed
+    up for 30 s. Runs until cancelled.
+    """
+    token = hub.settings.control.token
+    headers = [(b"Authorization", f"Bearer {token.reveal()}".encode())] if token is not None else []
+    delay = 0.5
+    while True:
+        began = trio.current_time()
+        try:
+            async with open_websocket_url(url, extra_headers=headers, max_message_size=WEBSOCKET_FRAME_LIMIT) as ws:
+                log.info("Dialled out to SFU", extra={"url": url})
+                await hub.serve_connection(ws, remote=url)
+        except Exception as exc:  # noqa: BLE001 - refused, reset, handshake failed: keep dialling
+            log.warning("Dial-out connection failed: %s", type(exc).__name__, extra={"url": url})
+        if trio.current_time() - began > 30:
+            delay = 0.5
+        await trio.sleep(random.uniform(0, delay))
+        delay = min(30.0, delay * 2)
