@@ -26,12 +26,14 @@ import hmac
 import itertools
 import logging
 import random
+import ssl
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, open_websocket_url, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket, wrap_client_stream
 
 from edge_recorder import __version__
 from edge_recorder.control import protocol as rpc
@@ -324,12 +326,35 @@ async def dial_out(hub: ControlHub, url: str) -> None:
     while True:
         began = trio.current_time()
         try:
-            async with open_websocket_url(url, extra_headers=headers, max_message_size=WEBSOCKET_FRAME_LIMIT) as ws:
-                log.info("Dialled out to SFU", extra={"url": url})
-                await hub.serve_connection(ws, remote=url)
+            await _dial_once(hub, url, headers)
         except Exception as exc:  # noqa: BLE001 - refused, reset, handshake failed: keep dialling
             log.warning("Dial-out connection failed: %s", type(exc).__name__, extra={"url": url})
         if trio.current_time() - began > 30:
             delay = 0.5
         await trio.sleep(random.uniform(0, delay))
         delay = min(30.0, delay * 2)
+
+
+async def _dial_once(hub: ControlHub, url: str, headers: list[tuple[bytes, bytes]]) -> None:
+    """One dial-out connection, from TCP connect to close.
+
+    We open and close the TCP stream ourselves: when the peer closes the
+    WebSocket, trio-websocket's client waits for a TCP close it then never
+    performs, which would leave the socket to the garbage collector.
+    """
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = await trio.open_tcp_stream(host, port)
+    if parts.scheme == "wss":
+        stream = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=host, https_compatible=True)
+    async with stream:
+        async with trio.open_nursery() as nursery:
+            ws = await wrap_client_stream(
+                nursery, stream, host, resource, extra_headers=headers, max_message_size=WEBSOCKET_FRAME_LIMIT
+            )
+            log.info("Dialled out to SFU", extra={"url": url})
+            await hub.serve_connection(ws, remote=url)
+            await ws.aclose()
+            nursery.cancel_scope.cancel()
