@@ -346,9 +346,10 @@ async def _dial_once(hub: ControlHub, url: str, headers: list[tuple[bytes, bytes
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "wss" else 80)
     resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = await trio.open_tcp_stream(host, port)
+    tcp = await trio.open_tcp_stream(host, port)
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
     if parts.scheme == "wss":
-        stream = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=host, https_compatible=True)
+        stream = trio.SSLStream(tcp, ssl.create_default_context(), server_hostname=host, https_compatible=True)
     async with stream:
         async with trio.open_nursery() as nursery:
             ws = await wrap_client_stream(
