@@ -21,6 +21,8 @@ directory and opens no socket.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import difflib
 import hmac
@@ -48,6 +50,7 @@ __all__ = [
     "OverlaySettings",
     "S3Settings",
     "Secret",
+    "StateSettings",
     "Settings",
     "load_settings",
 ]
@@ -56,7 +59,7 @@ logger = logging.getLogger(__name__)
 
 Layout = Literal["pip", "grid"]
 Corner = Literal["top-left", "top-right", "bottom-left", "bottom-right"]
-SseMode = Literal["none", "AES256", "aws:kms"]
+SseMode = Literal["none", "AES256", "aws:kms", "SSE-C"]
 X264Preset = Literal[
     "ultrafast",
     "superfast",
@@ -126,10 +129,31 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "RECORDING_CONTROLLER_GRACE_S",
     "RECORDING_MAX_DURATION_S",
     "RECORDING_DRAIN_TIMEOUT_S",
+    "RECORDING_S3_SSE_C_KEY",
+    "RECORDING_S3_PART_SIZE_MIB",
+    "RECORDING_UPLOAD_RETRY_S",
+    "RECORDING_S3_PRESIGN_EXPIRY_S",
+    "RECORDING_S3_PRESIGN_IN_STATE",
+    "RECORDING_DATABASE_URL",
+    "RECORDING_REDIS_URL",
+    "RECORDING_LEASE_TTL_S",
+    "RECORDING_HEARTBEAT_INTERVAL_S",
+    "RECORDING_WEBHOOK_URLS",
+    "RECORDING_WEBHOOK_SECRET",
+    "RECORDING_CLEANUP_OLDER_THAN_S",
     FFMPEG_PATH_VARIABLE,
 )
 
-_SECRET_VARIABLES = frozenset({"AWS_SECRET_ACCESS_KEY", "RECORDING_CONTROL_TOKEN"})
+_SECRET_VARIABLES = frozenset(
+    {
+        "AWS_SECRET_ACCESS_KEY",
+        "RECORDING_CONTROL_TOKEN",
+        "RECORDING_S3_SSE_C_KEY",
+        "RECORDING_DATABASE_URL",  # may carry a password
+        "RECORDING_REDIS_URL",  # may carry a password
+        "RECORDING_WEBHOOK_SECRET",
+    }
+)
 
 
 class Secret:
@@ -239,6 +263,39 @@ class S3Settings:
     sse: SseMode = "none"
     # KMS key for "aws:kms"; None uses the bucket's (or AWS-managed) default key.
     sse_kms_key_id: str | None = None
+    # Customer key for "SSE-C": 32 bytes, given base64-encoded. Needs https.
+    sse_customer_key: Secret | None = None
+    # Size of each uploaded piece while recording, MiB (S3's minimum part is 5).
+    part_size_mib: int = 8
+    # How long an upload is retried (with backoff) before the session fails
+    # with the artifact kept on disk, seconds.
+    upload_retry_s: float = 300.0
+    # Lifetime of presigned GET URLs, seconds (S3 allows up to 7 days).
+    presign_expiry_s: int = 3600
+    # Put a presigned URL in recording.get / the state record's asset.url.
+    presign_in_state: bool = False
+
+
+@dataclass(frozen=True)
+class StateSettings:
+    """Metadata (SQL), shared state (Redis), webhooks and housekeeping."""
+
+    # SQLAlchemy URL of the metadata database; None: SQLite at
+    # <RECORDING_TMP_DIR>/edge-recorder.sqlite3.
+    database_url: Secret | None = None
+    # Redis URL for shared state (redis://host:port/db); None: in-memory, this node only.
+    redis_url: Secret | None = None
+    # Seconds a node's lease on a recording lasts without renewal.
+    lease_ttl_s: float = 15.0
+    # Seconds between heartbeats (node registration, lease renewal).
+    heartbeat_interval_s: float = 5.0
+    # URLs that receive every state change as signed JSON.
+    webhook_urls: tuple[str, ...] = ()
+    # HMAC-SHA256 key for the webhook signature header.
+    webhook_secret: Secret | None = None
+    # Local artifacts older than this are removed by the scheduled cleanup
+    # (never unless safely uploaded), seconds; 0 disables the schedule.
+    cleanup_older_than_s: float = 7 * 86_400.0
 
 
 @dataclass(frozen=True)
@@ -317,6 +374,8 @@ class Settings:
     control: ControlSettings = dataclasses.field(default_factory=ControlSettings)
     # Auto-stop rules and drain deadlines.
     lifecycle: LifecycleSettings = dataclasses.field(default_factory=LifecycleSettings)
+    # Metadata database, shared state, webhooks, cleanup.
+    state: StateSettings = dataclasses.field(default_factory=StateSettings)
     # The TOML file these settings were loaded from, if any (for the start-up log).
     config_file: Path | None = None
 
@@ -697,6 +756,7 @@ def _build(r: _Reader, config_file: Path | None) -> Settings:
         ingest=ingest,
         s3=s3,
         control=_build_control(r),
+        state=_build_state(r),
         lifecycle=LifecycleSettings(
             media_timeout_s=r.number("RECORDING_MEDIA_TIMEOUT_S", 30.0, 0.0, 86_400.0),
             room_empty_grace_s=r.number("RECORDING_ROOM_EMPTY_GRACE_S", 10.0, 0.0, 86_400.0),
@@ -716,6 +776,48 @@ def _ws_url(text: str) -> str | None:
         raise ValueError(text)
     parts.port  # noqa: B018 - raises ValueError for a bad port
     return text
+
+
+def _sse_c_key(text: str) -> Secret:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not base64") from None
+    if len(raw) != 32:
+        raise ValueError("not 32 bytes")
+    return Secret(text)
+
+
+def _url_list(text: str) -> tuple[str, ...]:
+    urls = tuple(u.strip() for u in text.split(",") if u.strip())
+    for url in urls:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(url)
+    return urls
+
+
+def _build_state(r: _Reader) -> StateSettings:
+    database = r.optional("RECORDING_DATABASE_URL", r"[a-z0-9+]+://\S*", "an SQLAlchemy URL such as postgresql+psycopg://user@host/db or sqlite:///path")
+    redis = r.optional("RECORDING_REDIS_URL", r"(redis|rediss|unix)://\S+", "a redis:// or rediss:// URL")
+    secret = r.optional("RECORDING_WEBHOOK_SECRET", r"\S{16,256}", "16..256 characters without spaces")
+    lease = r.number("RECORDING_LEASE_TTL_S", 15.0, 2.0, 3600.0)
+    heartbeat = r.number("RECORDING_HEARTBEAT_INTERVAL_S", 5.0, 0.5, 600.0)
+    if heartbeat * 2 > lease:
+        raise r.fail(
+            "RECORDING_HEARTBEAT_INTERVAL_S",
+            f"is too long for RECORDING_LEASE_TTL_S={lease:g}: a lease must survive a missed heartbeat",
+            "at most half of RECORDING_LEASE_TTL_S",
+        )
+    return StateSettings(
+        database_url=None if database is None else Secret(database),
+        redis_url=None if redis is None else Secret(redis),
+        lease_ttl_s=lease,
+        heartbeat_interval_s=heartbeat,
+        webhook_urls=r.parsed("RECORDING_WEBHOOK_URLS", (), _url_list, "comma-separated http(s) URLs"),
+        webhook_secret=None if secret is None else Secret(secret),
+        cleanup_older_than_s=r.number("RECORDING_CLEANUP_OLDER_THAN_S", 7 * 86_400.0, 0.0, 365 * 86_400.0),
+    )
 
 
 def _build_control(r: _Reader) -> ControlSettings:
@@ -755,6 +857,27 @@ def _build_s3(r: _Reader) -> S3Settings:
             f"is set but RECORDING_S3_SSE is {sse!r}",
             "a KMS key id only with RECORDING_S3_SSE=aws:kms",
         )
+    sse_c = r.parsed("RECORDING_S3_SSE_C_KEY", None, _sse_c_key, "32 random bytes, base64-encoded")
+    if (sse == "SSE-C") != (sse_c is not None):
+        culprit = "RECORDING_S3_SSE_C_KEY" if sse_c is not None else "RECORDING_S3_SSE"
+        raise r.fail(
+            culprit,
+            f"does not match: RECORDING_S3_SSE={sse!r} with{'' if sse_c is not None else 'out'} a customer key",
+            "RECORDING_S3_SSE=SSE-C together with RECORDING_S3_SSE_C_KEY, or neither",
+        )
+    endpoint = r.parsed(
+        "RECORDING_S3_ENDPOINT",
+        None,
+        _endpoint_url,
+        "an http:// or https:// URL with a host and optional port and no path, "
+        "e.g. http://127.0.0.1:9000, or empty for AWS",
+    )
+    if sse == "SSE-C" and endpoint is not None and endpoint.startswith("http://"):
+        raise r.fail(
+            "RECORDING_S3_SSE",
+            "is SSE-C over plain http: S3 refuses customer keys without TLS",
+            "an https:// RECORDING_S3_ENDPOINT with SSE-C",
+        )
     return S3Settings(
         bucket=r.optional("RECORDING_S3_BUCKET", _BUCKET_RE, _BUCKET_ALLOWED),
         prefix=r.parsed(
@@ -766,13 +889,12 @@ def _build_s3(r: _Reader) -> S3Settings:
         region=r.optional("AWS_REGION", r"[A-Za-z0-9-]{1,64}", "a region name such as eu-west-1"),
         access_key_id=access_key_id,
         secret_access_key=None if secret_text is None else Secret(secret_text),
-        endpoint=r.parsed(
-            "RECORDING_S3_ENDPOINT",
-            None,
-            _endpoint_url,
-            "an http:// or https:// URL with a host and optional port and no path, "
-            "e.g. http://127.0.0.1:9000, or empty for AWS",
-        ),
+        endpoint=endpoint,
         sse=sse,
         sse_kms_key_id=kms_key_id,
+        sse_customer_key=sse_c,
+        part_size_mib=r.integer("RECORDING_S3_PART_SIZE_MIB", 8, 5, 5120),
+        upload_retry_s=r.number("RECORDING_UPLOAD_RETRY_S", 300.0, 0.0, 7 * 86_400.0),
+        presign_expiry_s=r.integer("RECORDING_S3_PRESIGN_EXPIRY_S", 3600, 1, 7 * 86_400),
+        presign_in_state=r.boolean("RECORDING_S3_PRESIGN_IN_STATE", False),
     )

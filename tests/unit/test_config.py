@@ -419,8 +419,10 @@ def test_shipped_example_with_everything_uncommented_loads(
 ) -> None:
     # The commented-out examples must be valid values too.
     text = re.sub(r"^# ([A-Z0-9_]+ = )", r"\1", EXAMPLE_FILE.read_text(), flags=re.MULTILINE)
-    # The KMS key id example is only valid with SSE-KMS switched on.
+    # The KMS key id example is only valid with SSE-KMS switched on, and the
+    # SSE-C key only with SSE-C: one file cannot have both.
     text = text.replace('RECORDING_S3_SSE = "none"', 'RECORDING_S3_SSE = "aws:kms"')
+    text = re.sub(r"^RECORDING_S3_SSE_C_KEY = .*$", "", text, flags=re.MULTILINE)
     path = write_toml(tmp_path, text)
     with caplog.at_level(logging.WARNING):
         settings = load_settings(environ={}, config_file=path)
@@ -515,3 +517,44 @@ def test_control_token_is_a_secret() -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(environ={"RECORDING_CONTROL_TOKEN": "x y"}, config_file=None)
     assert "x y" not in str(info.value)
+
+
+def test_storage_and_state_settings() -> None:
+    import base64
+
+    key = base64.b64encode(bytes(range(32))).decode()
+    s = load_settings(
+        environ={
+            "RECORDING_S3_SSE": "SSE-C",
+            "RECORDING_S3_SSE_C_KEY": key,
+            "RECORDING_S3_ENDPOINT": "https://s3.example.com",
+            "RECORDING_DATABASE_URL": "postgresql+psycopg://u:pw@db/rec",
+            "RECORDING_REDIS_URL": "redis://:pw@127.0.0.1:6379/0",
+            "RECORDING_WEBHOOK_URLS": "https://a.example/hook, http://b.example/x",
+            "RECORDING_WEBHOOK_SECRET": "0123456789abcdef0123",
+        },
+        config_file=None,
+    )
+    assert s.s3.sse_customer_key is not None and s.s3.sse_customer_key.reveal() == key
+    assert s.state.webhook_urls == ("https://a.example/hook", "http://b.example/x")
+    for secret in (key, "u:pw", ":pw@", "0123456789abcdef0123"):
+        assert secret not in repr(s) and secret not in str(s.describe())
+
+
+@pytest.mark.parametrize(
+    "env,variable",
+    [
+        ({"RECORDING_S3_SSE": "SSE-C"}, "RECORDING_S3_SSE"),
+        ({"RECORDING_S3_SSE_C_KEY": "AAAA"}, "RECORDING_S3_SSE_C_KEY"),
+        ({"RECORDING_S3_SSE": "SSE-C", "RECORDING_S3_SSE_C_KEY": "c2hvcnQ="}, "RECORDING_S3_SSE_C_KEY"),
+        ({"RECORDING_S3_PART_SIZE_MIB": "4"}, "RECORDING_S3_PART_SIZE_MIB"),
+        ({"RECORDING_S3_PRESIGN_EXPIRY_S": "700000"}, "RECORDING_S3_PRESIGN_EXPIRY_S"),
+        ({"RECORDING_REDIS_URL": "http://x"}, "RECORDING_REDIS_URL"),
+        ({"RECORDING_WEBHOOK_URLS": "ftp://x"}, "RECORDING_WEBHOOK_URLS"),
+        ({"RECORDING_HEARTBEAT_INTERVAL_S": "10", "RECORDING_LEASE_TTL_S": "15"}, "RECORDING_HEARTBEAT_INTERVAL_S"),
+    ],
+)
+def test_invalid_storage_combinations_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ=env, config_file=None)
+    assert info.value.variable == variable
