@@ -42,9 +42,10 @@ from typing import Any, Callable
 
 import trio
 
-from edge_recorder.errors import ParseError, SessionError
+from edge_recorder.errors import EdgeRecorderError, ParseError, SessionError
 from edge_recorder.media import wire
 from edge_recorder.rtp.assembler import AssembledFrame
+from edge_recorder.session.destination import Asset, Destination, LocalDestination
 from edge_recorder.session.ports import PortAllocator
 from edge_recorder.session.state import SessionStatus, transition
 from edge_recorder.session.stream import StreamReceiver, StreamSpec
@@ -126,6 +127,7 @@ class RecordingSession:
         on_keyframe_request: Callable[["RecordingSession", StreamSpec], None] | None = None,
         drain_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        destination: Callable[[str, Path], Destination] | None = None,
     ) -> None:
         self.session_id = session_id or str(uuid.uuid4())
         self.room_id = room_id
@@ -133,6 +135,10 @@ class RecordingSession:
         self.layout = layout or settings.layout
         self.output = output or OutputOptions.from_settings(settings)
         self.path = Path(settings.tmp_dir) / f"{self.session_id}.mp4"
+        self.destination: Destination = (
+            destination(self.session_id, self.path) if destination is not None else LocalDestination(self.path)
+        )
+        self.asset: Asset | None = None
         self._ports = ports
         self._on_change = on_change
         self._on_keyframe_request = on_keyframe_request
@@ -172,6 +178,10 @@ class RecordingSession:
         self._ready = trio.Event()
         self._recording = trio.Event()
         self._finished = trio.Event()
+        # Set when a stop may report back: the media is final (UPLOADING to a
+        # remote destination) or the session ended.
+        self._settled = trio.Event()
+        self._worker_exited = trio.Event()
         self._stopping = False
         self._worker_error: str | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_KEPT)
@@ -181,6 +191,8 @@ class RecordingSession:
     def _move(self, target: SessionStatus, *, error: str | None = None) -> None:
         self.status, self.previous_status = transition(self.status, target), self.status
         self.updated_at = _utc_now()
+        if target.terminal or (target is SessionStatus.UPLOADING and self.destination.removes_spool):
+            self._settled.set()
         if error is not None:
             self.error = error
         log.info(
@@ -212,8 +224,8 @@ class RecordingSession:
             record["error"] = self.error
         if self.stopped_at:
             record["stoppedAt"] = self.stopped_at
-        if self.location:
-            record["asset"] = {"bucket": None, "key": None, "size": self.size_bytes, "url": self.location}
+        if self.asset is not None:
+            record["asset"] = self.asset.record()
         return record
 
     @property
@@ -269,9 +281,16 @@ class RecordingSession:
                 self._move(SessionStatus.RECORDING)
                 self._recording.set()
                 task_status.started()
+                uploading = trio.CancelScope()
+                nursery.start_soon(self._run_destination, uploading)
                 returncode = await process.wait()
+                self._worker_exited.set()
+                uploading.cancel()
+                if self._media_final(returncode):
+                    await self._deliver_artifact()
+                else:
+                    self._fail_worker(returncode)
                 nursery.cancel_scope.cancel()
-            self._finish(returncode)
         except (SessionError, OSError) as exc:
             self._fail(self._failure_text(f"the media worker could not start: {exc}", process))
             task_status.started()
@@ -285,6 +304,7 @@ class RecordingSession:
                 if not self.status.terminal:
                     self._truncate_to_fragment()
                     self._fail(self._failure_text(self._worker_error or "the recording was cancelled", process))
+                self._settled.set()
                 self._finished.set()
 
     def _worker_config(self) -> dict[str, Any]:
@@ -311,17 +331,39 @@ class RecordingSession:
             },
         }
 
-    def _finish(self, returncode: int) -> None:
-        """The worker exited: decide COMPLETED or FAILED."""
+    async def _run_destination(self, scope: trio.CancelScope) -> None:
+        with scope:
+            await self.destination.run()
+
+    def _media_final(self, returncode: int) -> bool:
+        """The worker exited: True when it finalised the file because we asked."""
         self.stopped_at = self.stopped_at or _utc_now()
-        if returncode == 0 and self._stopping and self._worker_error is None:
-            self._move(SessionStatus.UPLOADING)
-            # No destination configured yet: the local directory is the
-            # destination, and the session completes with a file:// location.
-            self.size_bytes = self.path.stat().st_size if self.path.exists() else 0
-            self.location = self.path.resolve().as_uri()
-            self._move(SessionStatus.COMPLETED)
+        return returncode == 0 and self._stopping and self._worker_error is None
+
+    async def _deliver_artifact(self) -> None:
+        """UPLOADING → COMPLETED, or FAILED with the artifact kept and named."""
+        self._move(SessionStatus.UPLOADING)
+        total = self.path.stat().st_size if self.path.exists() else 0
+        try:
+            asset = await self.destination.finish(total)
+        except EdgeRecorderError as exc:
+            self.reason = "upload-failed"
+            self._fail(
+                f"upload failed: {exc}; the recording is kept at {self.path} "
+                f"({total} bytes); run `edge-recorder retry-upload {self.session_id}` to finish it"
+            )
             return
+        self.asset = asset
+        self.size_bytes = asset.size_bytes
+        self.location = asset.url
+        if self.destination.removes_spool:
+            try:
+                self.path.unlink()
+            except OSError as exc:
+                log.warning("could not remove the uploaded spool %s: %s", self.path, exc)
+        self._move(SessionStatus.COMPLETED)
+
+    def _fail_worker(self, returncode: int) -> None:
         if returncode == 0 and not self._stopping:
             why = "the media worker exited without being asked to stop"
         elif returncode < 0:
@@ -390,6 +432,7 @@ class RecordingSession:
         elif name == "fragment":
             self.complete_bytes = int(event["bytes"])
             self.complete_media_s = float(event["media_end_s"])
+            self.destination.fragment_written(self.complete_bytes)
         elif name in ("stats", "finished"):
             self.worker_stats = event
         elif name == "keyframe_needed":
@@ -562,7 +605,7 @@ class RecordingSession:
             for handle in list(self._streams.values()):
                 handle.scope.cancel()
             self._nursery.start_soon(self._drain, self._clock() - self.t0)
-        await self._finished.wait()
+        await self._settled.wait()
 
     async def _drain(self, at_s: float) -> None:
         """Tell the worker the stop instant, close its pipe, bound the wait."""
@@ -572,7 +615,7 @@ class RecordingSession:
             pass
         await self._pipe_send.aclose()
         with trio.move_on_after(self._drain_timeout_s):
-            await self._finished.wait()
+            await self._worker_exited.wait()
             return
         self._worker_error = f"finalising took longer than {self._drain_timeout_s:.0f} s (RECORDING_DRAIN_TIMEOUT_S)"
         assert self._nursery is not None
