@@ -19,15 +19,19 @@ catch our names only::
     │   └── WorkerCrashedError      a session's media worker process died
     ├── ProtocolError               a control message was refused; the connection lives on
     │   └── JsonRpcError            carries the JSON-RPC error code, message, data and id
-    └── SessionError                a session-level failure
-        ├── SessionFailedError      the session moved to FAILED (carries the reason)
-        ├── IllegalTransitionError  a lifecycle move the state machine refuses
-        ├── RecordingDisabledError  RECORDING_ENABLED is false on this node
-        ├── UnknownSessionError     no session with that id (or room)
-        ├── RoomAlreadyRecordingError  the room has an active session (names it)
-        ├── AtCapacityError         this node runs as many sessions as it may
-        ├── SessionNotActiveError   the session is stopping or ended
-        └── ShuttingDownError       the service is draining and takes no new work
+    ├── SessionError                a session-level failure
+    │   ├── SessionFailedError      the session moved to FAILED (carries the reason)
+    │   ├── IllegalTransitionError  a lifecycle move the state machine refuses
+    │   ├── RecordingDisabledError  RECORDING_ENABLED is false on this node
+    │   ├── UnknownSessionError     no session with that id (or room)
+    │   ├── RoomAlreadyRecordingError  the room has an active session (names it)
+    │   ├── AtCapacityError         this node runs as many sessions as it may
+    │   ├── SessionNotActiveError   the session is stopping or ended
+    │   └── ShuttingDownError       the service is draining and takes no new work
+    ├── SharedStateError            the shared state store (Redis) failed or did not answer
+    ├── StorageError                an object-store request failed (``destination`` says whose fault)
+    │   └── UploadFailedError       retries ran out; the spool file is kept (names its path)
+    └── MetadataError               the metadata database (SQL) refused a request or is unreachable
 
 ``is_destination_error`` (later, with storage) separates failures of the user's
 destination (bad bucket, 403, quota) from ours; it drives log level, the metric
@@ -182,3 +186,69 @@ class SessionNotActiveError(SessionError):
 
 class ShuttingDownError(SessionError):
     """The service is draining (SIGTERM) and starts nothing new."""
+
+
+class StorageError(EdgeRecorderError):
+    """An object-store (S3/MinIO) request failed.
+
+    Raised by ``edge_recorder.sink.s3`` for every foreign failure (minio's
+    ``S3Error``, urllib3 and socket errors), chained with ``from``.
+
+    Attributes:
+        destination: True when the user's destination is at fault (no such
+            bucket, access denied, bad credentials or signature, quota, KMS
+            key refused); False for ours or transient ones (connection
+            refused or reset, timeouts, 5xx, ``SlowDown``). It drives the log
+            level, the metric label and the words an operator sees.
+        code: the S3 error code (``"NoSuchBucket"``) when there was one.
+    """
+
+    def __init__(self, message: str, *, destination: bool, code: str | None = None) -> None:
+        super().__init__(message)
+        self.destination = destination
+        self.code = code
+
+
+class UploadFailedError(StorageError):
+    """Uploading a recording failed for longer than ``RECORDING_UPLOAD_RETRY_S``.
+
+    The spool file is kept; ``edge-recorder retry-upload <sessionId>`` re-runs
+    the upload from the chunks already in the store.
+
+    Attributes:
+        spool_path: the local artifact that is kept (also in the message).
+    """
+
+    def __init__(
+        self, message: str, *, destination: bool, spool_path: str, code: str | None = None
+    ) -> None:
+        super().__init__(f"{message}; the recording is kept at {spool_path}", destination=destination, code=code)
+        self.spool_path = spool_path
+
+
+class SharedStateError(EdgeRecorderError):
+    """The shared state store (Redis) failed or did not answer in time.
+
+    Raised by :class:`~edge_recorder.state.redis.RedisStateStore`, which
+    translates redis-py's errors with ``raise SharedStateError(...) from exc``.
+    :class:`~edge_recorder.state.redis.ResilientStateStore` never lets it reach a
+    recording: writes are kept locally and resynced, reads fall back to its cache.
+    """
+
+
+class MetadataError(EdgeRecorderError):
+    """The metadata database (SQLite or PostgreSQL) failed a request.
+
+    Raised by ``edge_recorder.metadata`` for every SQLAlchemy error, chained
+    with ``from``, and for a state record it cannot store.
+
+    Attributes:
+        retryable: True when trying again may succeed (connection lost or
+            refused, SQLite busy past its timeout); False when the request
+            itself is wrong (constraint violated, malformed record, schema
+            missing).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable

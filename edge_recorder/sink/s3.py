@@ -1,0 +1,575 @@
+"""The object store (S3 or MinIO) behind one blocking adapter and one async door.
+
+Design (docs/storage.md has the whole story): while recording, the spool file
+is uploaded as **chunk objects** ``<prefix><sessionId>/chunks/<start>-<end>``
+(see :mod:`edge_recorder.sink.plan`); at stop they are joined **server-side**
+into ``<prefix><sessionId>/composite.mp4`` with minio's public
+``compose_object`` (S3 ``UploadPartCopy``), then deleted.
+
+Why not ``put_object(length=-1)`` streaming one multipart upload: minio keeps
+that upload's id in memory only, so a crash orphans every part uploaded so far
+(invisible until a lifecycle rule aborts it), and its multipart calls
+(``_create_multipart_upload``, ``_upload_part``...) are private, so a restart
+cannot resume it. Chunk objects are durable progress that any process can list
+from the store itself. ``compose_object`` still uses a multipart upload, but a
+short-lived one at stop; a crash in that window leaves an incomplete upload
+for the bucket's ``AbortIncompleteMultipartUpload`` lifecycle rule. Chunks
+nobody composes (a recording never retried, a failed delete) are expired by a
+second rule after N days, which filters on the object tag
+``edge-recorder-object=chunk`` that every chunk carries (the composed object
+is tagged ``recording``). docs/storage.md has both rules' JSON.
+
+:class:`ObjectStore` is blocking (minio is). Trio code uses
+:class:`AsyncObjectStore`, which runs every call in a worker thread under its
+own ``CapacityLimiter(4)`` (house style: blocking work goes through one door,
+and a slow store must not take the threads other work needs).
+
+Every foreign exception (minio ``S3Error``/``ServerError``/
+``InvalidResponseError``, urllib3 and socket errors, a credential chain that
+finds nothing) becomes :class:`~edge_recorder.errors.StorageError`, with
+``destination=True`` when the user's side refused (no bucket, access denied,
+bad credentials, quota, KMS key) and False for ours or transient failures.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import io
+import logging
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, ParamSpec, TypeVar
+
+import certifi
+import trio
+import urllib3
+from minio import Minio
+from minio.commonconfig import ComposeSource, Tags
+from minio.credentials.credentials import Credentials
+from minio.credentials.providers import (
+    AWSConfigProvider,
+    ChainedProvider,
+    EnvAWSProvider,
+    IamAwsProvider,
+    Provider,
+)
+from minio.deleteobjects import DeleteObject
+from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+from minio.sse import Sse, SseCustomerKey, SseKMS, SseS3
+
+from edge_recorder.config import S3Settings
+from edge_recorder.errors import StorageError
+from edge_recorder.sink.plan import (
+    MAX_COMPOSE_SOURCES,
+    Chunk,
+    chunk_key,
+    chunks_prefix,
+    composite_key,
+    parse_chunk_key,
+)
+
+__all__ = ["OBJECT_KIND_TAG", "AsyncObjectStore", "ObjectInfo", "ObjectStore", "classify_s3_error"]
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# Object tag that tells chunks from recordings: S3 lifecycle filters match key
+# prefixes only, and "<prefix>*/chunks/" is not a prefix, so the rule that
+# expires stray chunks filters on this tag (docs/storage.md).
+OBJECT_KIND_TAG = "edge-recorder-object"
+
+
+def _kind_tags(kind: str) -> Tags:
+    tags = Tags.new_object_tags()
+    tags[OBJECT_KIND_TAG] = kind
+    return tags
+
+
+# S3's largest single PUT (and largest part): 5 GiB.
+_MAX_SINGLE_PUT_BYTES = 5 * 1024**3
+# Worker threads one store may occupy at once (house style §5: its own limiter).
+STORE_THREADS = 4
+
+# S3 error codes that mean the user's destination refused us: retrying does
+# not help until someone fixes the bucket, the credentials or the key.
+_DESTINATION_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AccountProblem",
+        "AllAccessDisabled",
+        "AuthorizationHeaderMalformed",
+        "ExpiredToken",
+        "InvalidAccessKeyId",
+        "InvalidBucketName",
+        "InvalidBucketState",
+        "InvalidObjectState",
+        "InvalidSecurity",
+        "InvalidToken",
+        "KMS.DisabledException",
+        "KMS.KMSInvalidStateException",
+        "KMS.NotFoundException",
+        "KMSAccessDenied",
+        "NoSuchBucket",
+        "NotSignedUp",
+        "PermanentRedirect",
+        "QuotaExceeded",
+        "ServiceQuotaExceeded",
+        "SignatureDoesNotMatch",
+        "TokenRefreshRequired",
+        "XMinioAdminBucketQuotaExceeded",
+        "XMinioStorageFull",
+    }
+)
+# Codes that are transient whatever their HTTP status says.
+_TRANSIENT_CODES = frozenset(
+    {"InternalError", "OperationAborted", "RequestTimeout", "ServiceUnavailable", "SlowDown", "RequestTimeTooSkewed"}
+)
+
+
+def classify_s3_error(code: str | None, status: int | None) -> bool:
+    """Whether an S3 error response is the destination's fault (True) or ours/transient (False).
+
+    Known codes decide; otherwise a 4xx status is the destination's and
+    anything else (5xx, none) is transient.
+    """
+    if code in _DESTINATION_CODES:
+        return True
+    if code in _TRANSIENT_CODES:
+        return False
+    return status is not None and 400 <= status < 500
+
+
+def _translate(what: str, exc: BaseException) -> StorageError:
+    """One foreign exception as a :class:`StorageError` (the caller raises it ``from exc``)."""
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, S3Error):
+        status = getattr(exc.response, "status", None)
+        destination = classify_s3_error(exc.code, status)
+        return StorageError(f"{what}: {exc.code}: {exc.message}", destination=destination, code=exc.code)
+    if isinstance(exc, ServerError):
+        return StorageError(f"{what}: server error {exc.status_code}", destination=False)
+    if isinstance(exc, InvalidResponseError):
+        return StorageError(f"{what}: the store sent an invalid response: {exc}", destination=False)
+    if isinstance(exc, urllib3.exceptions.MaxRetryError):
+        return StorageError(f"{what}: cannot reach the store: {exc.reason}", destination=False)
+    if isinstance(exc, (urllib3.exceptions.HTTPError, OSError, MinioException)):
+        return StorageError(f"{what}: {type(exc).__name__}: {exc}", destination=False)
+    return StorageError(f"{what}: unexpected {type(exc).__name__}: {exc}", destination=False)
+
+
+def _translated(what: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """Decorator: translate foreign exceptions raised by a store method."""
+
+    def decorate(func: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return func(*args, **kwargs)
+            except StorageError:
+                raise
+            except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+                raise _translate(what, exc) from exc
+
+        return wrapper
+
+    return decorate
+
+
+class _CredentialChain(Provider):
+    """minio's default chain (env, ~/.aws config, IAM), failing as a StorageError.
+
+    ``ChainedProvider`` raises ``ValueError("All providers fail...")``, which
+    would look like a bug; no credentials is the destination's problem.
+    """
+
+    def __init__(self) -> None:
+        self._chain = ChainedProvider([EnvAWSProvider(), AWSConfigProvider(), IamAwsProvider()])
+
+    def retrieve(self) -> Credentials:
+        try:
+            credentials: Credentials = self._chain.retrieve()
+        except (ValueError, MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageError(
+                f"no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                f"or provide them to the default chain (environment, ~/.aws, IAM role): {exc}",
+                destination=True,
+                code="NoCredentials",
+            ) from exc
+        return credentials
+
+
+class _SseKmsDefaultKey(Sse):
+    """SSE-KMS with the bucket's (or AWS-managed) default key: no key-id header."""
+
+    def headers(self) -> dict[str, str]:
+        return {"X-Amz-Server-Side-Encryption": "aws:kms"}
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """An object in the store.
+
+    Attributes:
+        bucket: the bucket.
+        key: the object key.
+        size: bytes.
+        etag: the ETag without quotes (a multipart one ends in ``-<parts>``).
+        headers: the response headers of the HEAD request, names lowercased
+            (e.g. ``x-amz-server-side-encryption``); empty when not from a stat.
+    """
+
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _unquote(etag: str | None) -> str:
+    return (etag or "").strip('"')
+
+
+class ObjectStore:
+    """Blocking adapter over ``minio.Minio`` for one bucket and prefix.
+
+    Every method may block on the network; from Trio use :class:`AsyncObjectStore`.
+
+    Args:
+        settings: ``settings.s3``; ``bucket`` must be set.
+        connect_timeout_s: TCP connect timeout per request.
+        read_timeout_s: socket read timeout per request (a compose of many
+            chunks is many requests, each bounded by this).
+        http_retries: urllib3 retries of one request (connection errors and
+            500/502/503/504) before the error reaches the caller, who retries
+            with its own backoff.
+
+    Raises:
+        ValueError: ``settings.bucket`` is None or the endpoint is unusable.
+    """
+
+    def __init__(
+        self,
+        settings: S3Settings,
+        *,
+        connect_timeout_s: float = 10.0,
+        read_timeout_s: float = 120.0,
+        http_retries: int = 2,
+    ) -> None:
+        if settings.bucket is None:
+            raise ValueError("RECORDING_S3_BUCKET is not set")
+        self.bucket: str = settings.bucket
+        self.prefix = settings.prefix
+        self.sse_mode = settings.sse
+        if settings.endpoint is None:
+            host, secure = "s3.amazonaws.com", True
+        else:
+            parts = urllib.parse.urlsplit(settings.endpoint)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"bad S3 endpoint {settings.endpoint!r}")
+            host, secure = parts.netloc, parts.scheme == "https"
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s),
+            maxsize=STORE_THREADS * 2,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=certifi.where(),
+            retries=urllib3.Retry(
+                total=http_retries,
+                backoff_factor=0.2,
+                status_forcelist=[500, 502, 503, 504],
+            ),
+        )
+        if settings.access_key_id is not None and settings.secret_access_key is not None:
+            self._client = Minio(
+                host,
+                access_key=settings.access_key_id,
+                secret_key=settings.secret_access_key.reveal(),
+                secure=secure,
+                region=settings.region,
+                http_client=http,
+            )
+        else:
+            self._client = Minio(host, secure=secure, region=settings.region, http_client=http, credentials=_CredentialChain())
+        # Server-side encryption: ``_sse`` on writes (puts and the compose
+        # destination); ``_ssec`` on every read of an SSE-C object (stat, get,
+        # and the copy *source* of compose), which S3 cannot decrypt otherwise.
+        self._sse: Sse | None
+        self._ssec: SseCustomerKey | None = None
+        if settings.sse == "AES256":
+            self._sse = SseS3()
+        elif settings.sse == "aws:kms":
+            key_id = settings.sse_kms_key_id
+            self._sse = SseKMS(key_id, {}) if key_id is not None else _SseKmsDefaultKey()
+        elif settings.sse == "SSE-C":
+            if settings.sse_customer_key is None:
+                raise ValueError("SSE-C needs RECORDING_S3_SSE_C_KEY")
+            self._ssec = SseCustomerKey(base64.b64decode(settings.sse_customer_key.reveal()))
+            self._sse = self._ssec
+        else:
+            self._sse = None
+
+    # -- keys -----------------------------------------------------------------
+
+    def chunk_key(self, session_id: str, chunk: Chunk) -> str:
+        """The key of one chunk of ``session_id``."""
+        return chunk_key(self.prefix, session_id, chunk)
+
+    def composite_key(self, session_id: str) -> str:
+        """The key of the composed recording of ``session_id``."""
+        return composite_key(self.prefix, session_id)
+
+    # -- operations -----------------------------------------------------------
+
+    @_translated("creating the bucket")
+    def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist (tests and development).
+
+        Raises:
+            StorageError: the bucket could not be checked or created.
+        """
+        if not self._client.bucket_exists(self.bucket):
+            try:
+                self._client.make_bucket(self.bucket)
+            except S3Error as exc:
+                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
+    @_translated("uploading a chunk")
+    def put_chunk(self, key: str, data: bytes) -> str:
+        """Store ``data`` as object ``key`` (one PUT), encrypted per the settings.
+
+        Chunks are at most 5 GiB (``RECORDING_S3_PART_SIZE_MIB`` is at most
+        5120 MiB; a chunk may exceed it by one fragment).
+
+        Returns:
+            The object's ETag.
+
+        Raises:
+            StorageError: the store refused or could not be reached.
+        """
+        result = self._client.put_object(
+            self.bucket,
+            key,
+            io.BytesIO(data),
+            len(data),
+            content_type="application/octet-stream",
+            sse=self._sse,
+            # One PUT, never minio's own multipart upload: a chunk is the unit
+            # of durable progress, and a multipart upload cut by a crash would
+            # only leave invisible parts behind.
+            part_size=_MAX_SINGLE_PUT_BYTES,
+            tags=_kind_tags("chunk"),
+        )
+        return _unquote(result.etag)
+
+    @_translated("listing chunks")
+    def list_chunks(self, session_id: str) -> list[Chunk]:
+        """The chunks of ``session_id`` in the store, sorted by start.
+
+        Keys under the chunk prefix that are not chunk keys are logged and skipped.
+
+        Raises:
+            StorageError: the listing failed.
+        """
+        chunks: list[Chunk] = []
+        for obj in self._client.list_objects(self.bucket, prefix=chunks_prefix(self.prefix, session_id), recursive=True):
+            name = obj.object_name
+            try:
+                chunks.append(parse_chunk_key(name))
+            except ValueError:
+                log.warning("ignoring %r under the chunk prefix: not a chunk key", name)
+        chunks.sort()
+        return chunks
+
+    @_translated("composing the recording")
+    def compose(self, session_id: str, chunks: Sequence[Chunk]) -> ObjectInfo:
+        """Join ``chunks`` server-side into ``<prefix><sessionId>/composite.mp4``.
+
+        One source is a server-side copy; more use a multipart upload of
+        ``UploadPartCopy`` requests (minio ``compose_object``), which checks
+        each source's size (all but the last at least 5 MiB) with a HEAD
+        first. SSE-C: the customer key goes on every source read and on the
+        destination.
+
+        Returns:
+            The composed object as the store reports it (size from a HEAD).
+
+        Raises:
+            StorageError: the store refused, or more than 10 000 chunks (ours).
+            ValueError: ``chunks`` is empty.
+        """
+        if not chunks:
+            raise ValueError("nothing to compose")
+        if len(chunks) > MAX_COMPOSE_SOURCES:
+            raise StorageError(
+                f"{len(chunks)} chunks exceed the {MAX_COMPOSE_SOURCES} compose sources S3 allows; "
+                "raise RECORDING_S3_PART_SIZE_MIB",
+                destination=False,
+            )
+        key = self.composite_key(session_id)
+        sources = [ComposeSource(self.bucket, self.chunk_key(session_id, c), ssec=self._ssec) for c in chunks]
+        result = self._client.compose_object(
+            self.bucket,
+            key,
+            sources,
+            sse=self._sse,
+            metadata={"Content-Type": "video/mp4"},
+            # Replaces the chunk tag (a one-chunk compose is a CopyObject,
+            # which would copy it), so the chunk-expiry rule never matches.
+            tags=_kind_tags("recording"),
+        )
+        info = self.stat(key)
+        return ObjectInfo(self.bucket, key, info.size, _unquote(result.etag) or info.etag, info.headers)
+
+    @_translated("deleting chunks")
+    def delete_chunks(self, session_id: str, chunks: Sequence[Chunk]) -> None:
+        """Delete the chunk objects (one multi-object DELETE per 1000 keys).
+
+        Missing keys are not an error (S3 deletes are idempotent).
+
+        Raises:
+            StorageError: the request failed, or the store refused some keys.
+        """
+        keys = sorted({self.chunk_key(session_id, c) for c in chunks})
+        if not keys:
+            return
+        errors = list(self._client.remove_objects(self.bucket, [DeleteObject(k) for k in keys]))
+        if errors:
+            first = errors[0]
+            raise StorageError(
+                f"deleting chunks: {len(errors)} of {len(keys)} refused, e.g. {first.name}: {first.code} {first.message}",
+                destination=classify_s3_error(first.code, None),
+                code=first.code,
+            )
+
+    @_translated("reading object tags")
+    def tags(self, key: str) -> dict[str, str]:
+        """The object's tags (tests and verification).
+
+        Raises:
+            StorageError: no such object or the request failed.
+        """
+        tags = self._client.get_object_tags(self.bucket, key)
+        return dict(tags or {})
+
+    @_translated("reading object metadata")
+    def stat(self, key: str) -> ObjectInfo:
+        """HEAD one object (with the SSE-C key when configured).
+
+        Raises:
+            StorageError: no such object (``code="NoSuchKey"``) or the request failed.
+        """
+        obj = self._client.stat_object(self.bucket, key, ssec=self._ssec)
+        headers = {str(k).lower(): str(v) for k, v in (obj.metadata or {}).items()}
+        return ObjectInfo(self.bucket, key, int(obj.size or 0), _unquote(obj.etag), headers)
+
+    @_translated("downloading an object")
+    def get_bytes(self, key: str) -> bytes:
+        """The whole object in memory (tests and verification only).
+
+        Raises:
+            StorageError: no such object or the request failed.
+        """
+        response = self._client.get_object(self.bucket, key, ssec=self._ssec)
+        try:
+            data: bytes = response.read()
+        finally:
+            response.close()
+            response.release_conn()
+        return data
+
+    @_translated("presigning a URL")
+    def presign(self, key: str, expiry_s: int) -> str:
+        """A presigned GET URL served as ``video/mp4``.
+
+        No request is made (the region must be known or is looked up once).
+        An SSE-C object still needs the customer-key headers on the GET, so
+        its URL does not play in a browser (docs/storage.md).
+
+        Args:
+            key: the object key.
+            expiry_s: lifetime, 1 s to 7 days.
+
+        Raises:
+            ValueError: ``expiry_s`` is out of range.
+            StorageError: the region lookup failed.
+        """
+        url: str = self._client.presigned_get_object(
+            self.bucket,
+            key,
+            expires=timedelta(seconds=expiry_s),
+            response_headers={"response-content-type": "video/mp4"},
+        )
+        return url
+
+
+class AsyncObjectStore:
+    """The Trio door to an :class:`ObjectStore`: each call in a worker thread.
+
+    Calls share one ``CapacityLimiter(4)`` owned by this adapter. On
+    cancellation the call waits for its thread to finish the request (minio
+    cannot be interrupted; requests are bounded by the HTTP timeouts), then
+    raises ``trio.Cancelled``; the request's outcome is lost, which is safe
+    because every operation here is idempotent.
+    """
+
+    def __init__(self, store: ObjectStore, *, threads: int = STORE_THREADS) -> None:
+        self.store = store
+        self.limiter = trio.CapacityLimiter(threads)
+
+    @property
+    def bucket(self) -> str:
+        """The bucket."""
+        return self.store.bucket
+
+    def composite_key(self, session_id: str) -> str:
+        """The key of the composed recording of ``session_id``."""
+        return self.store.composite_key(session_id)
+
+    def chunk_key(self, session_id: str, chunk: Chunk) -> str:
+        """The key of one chunk of ``session_id``."""
+        return self.store.chunk_key(session_id, chunk)
+
+    async def _run(self, func: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(func, *args, limiter=self.limiter)
+
+    async def ensure_bucket(self) -> None:
+        """See :meth:`ObjectStore.ensure_bucket`."""
+        await self._run(self.store.ensure_bucket)
+
+    async def put_chunk(self, key: str, data: bytes) -> str:
+        """See :meth:`ObjectStore.put_chunk`."""
+        return await self._run(self.store.put_chunk, key, data)
+
+    async def list_chunks(self, session_id: str) -> list[Chunk]:
+        """See :meth:`ObjectStore.list_chunks`."""
+        return await self._run(self.store.list_chunks, session_id)
+
+    async def compose(self, session_id: str, chunks: Sequence[Chunk]) -> ObjectInfo:
+        """See :meth:`ObjectStore.compose`."""
+        return await self._run(self.store.compose, session_id, list(chunks))
+
+    async def delete_chunks(self, session_id: str, chunks: Sequence[Chunk]) -> None:
+        """See :meth:`ObjectStore.delete_chunks`."""
+        await self._run(self.store.delete_chunks, session_id, list(chunks))
+
+    async def tags(self, key: str) -> dict[str, str]:
+        """See :meth:`ObjectStore.tags`."""
+        return await self._run(self.store.tags, key)
+
+    async def stat(self, key: str) -> ObjectInfo:
+        """See :meth:`ObjectStore.stat`."""
+        return await self._run(self.store.stat, key)
+
+    async def get_bytes(self, key: str) -> bytes:
+        """See :meth:`ObjectStore.get_bytes`."""
+        return await self._run(self.store.get_bytes, key)
+
+    async def presign(self, key: str, expiry_s: int) -> str:
+        """See :meth:`ObjectStore.presign`."""
+        return await self._run(self.store.presign, key, expiry_s)

@@ -1,0 +1,366 @@
+"""Upload the spool file while it is recorded; compose it at stop (the Trio shell).
+
+:class:`SpoolUploader` drives a :class:`~edge_recorder.sink.plan.ChunkPlan`:
+
+* while recording, :meth:`SpoolUploader.fragment_written` (sync, cheap, on the
+  session's event loop) reports each complete fragment; :meth:`run` uploads
+  every chunk the plan allows as soon as it is complete, reading its bytes
+  back from the spool file. A failing store is retried with jittered
+  exponential backoff (0.5 s doubling to 30 s) **forever while recording**:
+  the spool on disk is the buffer, so a slow or down store never grows memory
+  (at most one chunk is in memory) and the upload catches up when it returns.
+* at stop, :meth:`finish` uploads what is left (the tail), composes the chunks
+  into ``composite.mp4`` server-side, checks its size, hashes the spool and
+  deletes the chunks, retrying for ``retry_s`` before it raises
+  :class:`~edge_recorder.errors.UploadFailedError` naming the kept spool file.
+* after a crash or a failed finish, :meth:`resume_and_finish` lists the chunks
+  already in the store, continues the plan from them and finishes.
+
+Why chunk objects and server-side compose rather than one streamed multipart
+upload: see :mod:`edge_recorder.sink.s3` and docs/storage.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+
+from edge_recorder.errors import StorageError, UploadFailedError
+from edge_recorder.sink.plan import S3_MIN_PART_BYTES, Chunk, ChunkPlan, validate_chunks
+from edge_recorder.sink.s3 import AsyncObjectStore
+
+__all__ = ["BACKOFF_FIRST_S", "BACKOFF_MAX_S", "SpoolUploader", "UploadResult", "backoff_s"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# First retry delay after a failed store request, seconds.
+BACKOFF_FIRST_S = 0.5
+# Longest retry delay, seconds: a returning store is noticed within this.
+BACKOFF_MAX_S = 30.0
+
+
+def backoff_s(attempt: int, rng: random.Random) -> float:
+    """Delay before retry number ``attempt`` (1-based): exponential, capped, jittered.
+
+    "Equal jitter": half the exponential step fixed, half random, so retries
+    of many sessions spread out but never come back sooner than half the step.
+    """
+    step = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2.0 ** max(0, attempt - 1))
+    return step / 2 + rng.uniform(0, step / 2)
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """The recording in the store, verified.
+
+    Attributes:
+        bucket: the bucket.
+        key: ``<prefix><sessionId>/composite.mp4``.
+        size: bytes, equal to the spool file's.
+        sha256_hex: SHA-256 of the spool file (the object is byte-identical).
+        etag: the composed object's ETag (a multipart ETag, not an MD5).
+        chunks: how many chunk objects were composed.
+    """
+
+    bucket: str
+    key: str
+    size: int
+    sha256_hex: str
+    etag: str
+    chunks: int
+
+
+def _read_range(path: Path, start: int, end: int) -> bytes:
+    with path.open("rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    if len(data) != end - start:
+        raise OSError(f"{path}: expected {end - start} bytes at {start}, read {len(data)} (truncated?)")
+    return data
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class SpoolUploader:
+    """Streams one session's spool file to the store as chunks; composes at stop.
+
+    Args:
+        store: the object store's Trio door.
+        spool_path: ``RECORDING_TMP_DIR/<sessionId>.mp4``.
+        session_id: names the objects.
+        part_size_bytes: least chunk size (``RECORDING_S3_PART_SIZE_MIB`` MiB,
+            at least 5 MiB).
+        retry_s: how long :meth:`finish` retries before giving up
+            (``RECORDING_UPLOAD_RETRY_S``).
+        clock: Trio time, injectable for tests.
+        rng: jitter source, injectable for tests.
+        min_part_bytes: the floor for ``part_size_bytes`` (S3's 5 MiB); only
+            tests against a fake store lower it.
+
+    Attributes:
+        chunks_uploaded_during_recording: chunks :meth:`run` stored.
+        failures: store requests that failed and were retried.
+    """
+
+    def __init__(
+        self,
+        store: AsyncObjectStore,
+        spool_path: str | os.PathLike[str],
+        session_id: str,
+        part_size_bytes: int,
+        *,
+        retry_s: float,
+        clock: Callable[[], float] = trio.current_time,
+        rng: random.Random | None = None,
+        min_part_bytes: int = S3_MIN_PART_BYTES,
+    ) -> None:
+        self._store = store
+        self.spool_path = Path(spool_path)
+        self.session_id = session_id
+        self._retry_s = retry_s
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
+        self._min_part_bytes = min_part_bytes
+        self._plan = ChunkPlan(part_size_bytes, min_part_bytes=min_part_bytes)
+        self._wakeup = trio.Event()
+        # Held while a chunk is chosen, uploaded and committed, so run() and
+        # finish() never upload at once.
+        self._lock = trio.Lock()
+        self._sha256: str | None = None
+        # Chunks found in the store that the resumed plan does not use.
+        self._stale: list[Chunk] = []
+        self.chunks_uploaded_during_recording = 0
+        self.failures = 0
+
+    # -- progress -------------------------------------------------------------
+
+    @property
+    def uploaded_bytes(self) -> int:
+        """Bytes of the spool safely stored as chunks (from offset 0)."""
+        return self._plan.committed_bytes
+
+    @property
+    def uploaded_chunks(self) -> list[Chunk]:
+        """The chunks stored so far, in order."""
+        return self._plan.committed
+
+    # -- while recording ------------------------------------------------------
+
+    def fragment_written(self, complete_bytes: int) -> None:
+        """The spool's first ``complete_bytes`` bytes end a complete fragment.
+
+        Sync and cheap: call it from the session's event loop (from the
+        muxing thread, via ``trio.from_thread.run_sync``).
+        """
+        self._plan.fragment_end(complete_bytes)
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Upload each chunk as soon as the plan allows; retry failures forever.
+
+        Runs until cancelled (the session cancels it at stop, then calls
+        :meth:`finish`). On cancellation an upload in flight finishes in its
+        thread and its result is dropped; the chunk is uploaded again later
+        (same key, same bytes).
+        """
+        while True:
+            if self._plan.next_chunk() is None:
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                continue
+            attempt = 0
+            while True:
+                try:
+                    async with self._lock:
+                        chunk = self._plan.next_chunk()
+                        if chunk is None:  # finish() got there first
+                            break
+                        await self._upload(chunk)
+                        self.chunks_uploaded_during_recording += 1
+                    break
+                except StorageError as exc:
+                    attempt += 1
+                    delay = backoff_s(attempt, self._rng)
+                    self._log_failure(exc, f"retrying in {delay:.1f} s (attempt {attempt})")
+                    await trio.sleep(delay)
+
+    # -- at stop --------------------------------------------------------------
+
+    async def finish(self, total_bytes: int) -> UploadResult:
+        """Upload the rest, compose, verify, hash, delete the chunks.
+
+        Each failed step is retried with backoff until ``retry_s`` has passed
+        since the call; progress (chunks stored) is kept across attempts.
+
+        Args:
+            total_bytes: the finished spool file's size.
+
+        Returns:
+            The verified object.
+
+        Raises:
+            UploadFailedError: the store kept failing for ``retry_s``, or the
+                composed object has the wrong size; the spool is kept and named.
+                On cancellation, chunks stored so far remain for
+                :meth:`resume_and_finish`.
+        """
+        return await self._retrying(lambda: self._finish_once(total_bytes))
+
+    async def resume_and_finish(self, total_bytes: int | None = None) -> UploadResult:
+        """Finish from the chunks already in the store (recovery, ``retry-upload``).
+
+        Lists the session's chunks, continues the plan after them (a short
+        trailing chunk that does not end the file is uploaded again as part of
+        a longer one) and finishes as :meth:`finish` does.
+
+        Args:
+            total_bytes: the spool's size; None reads it from the file.
+
+        Raises:
+            UploadFailedError: as :meth:`finish`, or the stored chunks do not
+                fit the spool file (it is shorter, or they have gaps).
+        """
+        if total_bytes is None:
+            try:
+                total_bytes = (await trio.to_thread.run_sync(os.stat, self.spool_path)).st_size
+            except OSError as exc:
+                raise UploadFailedError(
+                    f"cannot read the spool file: {exc}", destination=False, spool_path=str(self.spool_path)
+                ) from exc
+        total = total_bytes
+        deadline = self._clock() + self._retry_s
+        listed = await self._retrying(lambda: self._store.list_chunks(self.session_id), deadline=deadline)
+        async with self._lock:
+            try:
+                stale = self._plan.resume(listed, total_bytes=total)
+            except ValueError as exc:
+                raise UploadFailedError(
+                    f"the chunks in the store do not fit the spool file: {exc}",
+                    destination=False,
+                    spool_path=str(self.spool_path),
+                ) from exc
+        log.info(
+            "session %s: resuming upload after %d stored chunks (%d of %d bytes)",
+            self.session_id,
+            len(listed) - len(stale),
+            self._plan.committed_bytes,
+            total,
+        )
+        self._stale = stale
+        return await self._retrying(lambda: self._finish_once(total), deadline=deadline)
+
+    # -- internals ------------------------------------------------------------
+
+    async def _upload(self, chunk: Chunk) -> None:
+        """Read one chunk from the spool and store it; commit it in the plan."""
+        start, end = chunk
+        try:
+            data = await trio.to_thread.run_sync(_read_range, self.spool_path, start, end)
+        except OSError as exc:
+            raise UploadFailedError(
+                f"cannot read bytes [{start}, {end}) of the spool file: {exc}",
+                destination=False,
+                spool_path=str(self.spool_path),
+            ) from exc
+        await self._store.put_chunk(self._store.chunk_key(self.session_id, chunk), data)
+        del data
+        self._plan.commit(chunk)
+        log.debug("session %s: stored chunk [%d, %d)", self.session_id, start, end)
+
+    async def _finish_once(self, total_bytes: int) -> UploadResult:
+        async with self._lock:
+            while (chunk := self._plan.final_chunk(total_bytes)) is not None:
+                await self._upload(chunk)
+            chunks = self._plan.committed
+        try:
+            validate_chunks(chunks, total_bytes, min_part_bytes=self._min_part_bytes)
+        except ValueError as exc:
+            raise UploadFailedError(
+                f"internal error, the chunks do not cover the file: {exc}",
+                destination=False,
+                spool_path=str(self.spool_path),
+            ) from exc
+        info = await self._store.compose(self.session_id, chunks)
+        if info.size != total_bytes:
+            raise UploadFailedError(
+                f"the composed object {info.key} has {info.size} bytes, the spool {total_bytes}",
+                destination=False,
+                spool_path=str(self.spool_path),
+            )
+        if self._sha256 is None:
+            try:
+                self._sha256 = await trio.to_thread.run_sync(_sha256_file, self.spool_path)
+            except OSError as exc:
+                raise UploadFailedError(
+                    f"cannot hash the spool file: {exc}", destination=False, spool_path=str(self.spool_path)
+                ) from exc
+        # The recording is safe now; leftover chunks only cost storage, and the
+        # bucket's lifecycle rule expires them, so a failed delete is a warning.
+        doomed = sorted(set(chunks) | set(self._stale))
+        try:
+            await self._store.delete_chunks(self.session_id, doomed)
+        except StorageError as exc:
+            self._log_failure(exc, "chunks left for the lifecycle rule to expire")
+        return UploadResult(
+            bucket=info.bucket,
+            key=info.key,
+            size=info.size,
+            sha256_hex=self._sha256,
+            etag=info.etag,
+            chunks=len(chunks),
+        )
+
+    async def _retrying(self, step: Callable[[], Awaitable[T]], *, deadline: float | None = None) -> T:
+        """Run ``step`` until it succeeds; retry StorageError with backoff until the deadline."""
+        if deadline is None:
+            deadline = self._clock() + self._retry_s
+        attempt = 0
+        while True:
+            try:
+                return await step()
+            except UploadFailedError:
+                raise
+            except StorageError as exc:
+                attempt += 1
+                delay = backoff_s(attempt, self._rng)
+                now = self._clock()
+                if now >= deadline:
+                    raise UploadFailedError(
+                        f"upload of session {self.session_id} failed for {self._retry_s:g} s "
+                        f"(RECORDING_UPLOAD_RETRY_S), last error: {exc}",
+                        destination=exc.destination,
+                        spool_path=str(self.spool_path),
+                        code=exc.code,
+                    ) from exc
+                delay = min(delay, max(0.0, deadline - now))
+                self._log_failure(exc, f"retrying in {delay:.1f} s (attempt {attempt})")
+                await trio.sleep(delay)
+
+    def _log_failure(self, exc: StorageError, what: str) -> None:
+        self.failures += 1
+        # The destination's faults need an operator; ours are expected blips.
+        level = logging.ERROR if exc.destination else logging.WARNING
+        log.log(
+            level,
+            "session %s: %s store error: %s; %s",
+            self.session_id,
+            "destination" if exc.destination else "transient",
+            exc,
+            what,
+        )

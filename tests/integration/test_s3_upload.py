@@ -1,0 +1,435 @@
+"""The spool goes to S3 while recording, is composed at stop, and survives outages and crashes.
+
+Runs against moto_server over real HTTP (or a real MinIO/S3, see
+``tests/integration/s3_support.py``), with S3's real 5 MiB part minimum: the
+recording is a real fragmented MP4 of random-noise video at a high bitrate
+(about 16 MB in under a second of encoding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import httpx
+import numpy as np
+import pytest
+import trio
+
+from edge_recorder.config import S3Settings, Secret
+from edge_recorder.errors import StorageError, UploadFailedError
+from edge_recorder.media.encode import EncoderSettings, FragmentedMp4Writer
+from edge_recorder.sink.plan import S3_MIN_PART_BYTES, Chunk
+from edge_recorder.sink.s3 import AsyncObjectStore, ObjectStore
+from edge_recorder.sink.uploader import SpoolUploader
+from tests.integration.s3_support import S3Target, StoreOutage, moto, s3_settings
+
+__all__ = ["moto"]  # the fixture, imported so pytest finds it here
+
+pytestmark = pytest.mark.integration
+
+PART = S3_MIN_PART_BYTES  # S3's real minimum
+ENCODER = EncoderSettings(
+    width=640, height=360, fps=30, video_bitrate_kbps=20_000, x264_preset="ultrafast", keyframe_interval_s=0.5
+)
+FRAMES = 180  # 6 s
+
+
+def _frames() -> Callable[[int], av.VideoFrame]:
+    rng = np.random.default_rng(7)
+    noise = [rng.integers(0, 256, (360, 640, 3), dtype=np.uint8) for _ in range(8)]
+
+    def frame(i: int) -> av.VideoFrame:
+        return av.VideoFrame.from_ndarray(np.roll(noise[i % 8], i, axis=1), format="rgb24")
+
+    return frame
+
+
+def _tone(second: int) -> np.ndarray:
+    t = np.arange(48_000, dtype=np.float32) / 48_000 + second
+    return np.repeat((0.1 * np.sin(2 * np.pi * 440 * t))[:, None], 2, axis=1).astype(np.float32)
+
+
+def encode_recording(path: Path, on_fragment: Callable[[int, float], None]) -> int:
+    """Encode 6 s of noise video + a tone into ``path`` as fMP4; returns its size."""
+    frame = _frames()
+    writer = FragmentedMp4Writer(path, ENCODER, on_fragment=on_fragment)
+    try:
+        for i in range(FRAMES):
+            if i % 30 == 0:
+                writer.encode_audio(_tone(i // 30), (i // 30) * 48_000)
+            writer.encode_video(frame(i), i)
+    finally:
+        writer.close()
+    return path.stat().st_size
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A finished real recording and where its fragments ended."""
+
+    data: bytes
+    fragment_ends: list[int]
+
+
+@pytest.fixture(scope="session")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> Recording:
+    ends: list[int] = []
+    path = tmp_path_factory.mktemp("recording") / "source.mp4"
+    encode_recording(path, lambda n, _t: ends.append(n))
+    data = path.read_bytes()
+    assert len(data) > 2 * PART + PART // 2, "the recording must span at least two chunks and a tail"
+    return Recording(data, ends)
+
+
+def decode(data: bytes) -> tuple[int, float]:
+    """Video frames decoded from an MP4 in memory, and the last frame's time."""
+    frames, last = 0, 0.0
+    with av.open(io.BytesIO(data), mode="r") as container:
+        for f in container.decode(video=0):
+            frames += 1
+            last = float(f.time or 0.0)
+    return frames, last
+
+
+class CountingStore(AsyncObjectStore):
+    """The real store, remembering which chunk keys were PUT."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        super().__init__(store)
+        self.put_keys: list[str] = []
+
+    async def put_chunk(self, key: str, data: bytes) -> str:
+        etag = await super().put_chunk(key, data)
+        self.put_keys.append(key)
+        return etag
+
+
+def make_store(target: S3Target, **overrides: object) -> CountingStore:
+    # Short timeouts and one urllib3 retry: outages surface to our backoff quickly.
+    return CountingStore(ObjectStore(s3_settings(target, **overrides), connect_timeout_s=2, read_timeout_s=20, http_retries=1))
+
+
+def session_id() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+async def replay(
+    spool: Path, rec: Recording, uploader: SpoolUploader, *, pace_s: float, upto: int | None = None
+) -> int:
+    """Append the recording to ``spool`` fragment by fragment, reporting each; returns the bytes written.
+
+    ``upto``: stop after the fragment ending at or after this offset (a crash);
+    otherwise the trailer after the last fragment is written too.
+    """
+    written = 0
+    with spool.open("ab") as f:
+        for end in rec.fragment_ends:
+            f.write(rec.data[written:end])
+            f.flush()
+            written = end
+            uploader.fragment_written(end)
+            await trio.sleep(pace_s)
+            if upto is not None and end >= upto:
+                return written
+        f.write(rec.data[written:])
+    return len(rec.data)
+
+
+async def caught_up(uploader: SpoolUploader, complete_bytes: int) -> None:
+    """Wait until run() has stored every chunk the plan allows for ``complete_bytes``."""
+    with trio.fail_after(60):
+        # complete_bytes is itself a fragment end, so a chunk is pending
+        # exactly while a part size or more of it is not stored yet.
+        while complete_bytes - uploader.uploaded_bytes >= PART:
+            await trio.sleep(0.05)
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+async def test_live_recording_streams_chunks_then_composes_a_playable_object(
+    moto: S3Target, tmp_path: Path
+) -> None:
+    store = make_store(moto, sse="AES256")
+    sid = session_id()
+    spool = tmp_path / f"{sid}.mp4"
+    uploader = SpoolUploader(store, spool, sid, PART, retry_s=30)
+    ends: list[int] = []
+    listed_before_finish: list[Chunk] = []
+
+    def on_fragment(complete_bytes: int, _media_end_s: float) -> None:
+        ends.append(complete_bytes)
+        trio.from_thread.run_sync(uploader.fragment_written, complete_bytes)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(uploader.run)
+        total = await trio.to_thread.run_sync(encode_recording, spool, on_fragment)
+        await caught_up(uploader, ends[-1])
+        listed_before_finish = await store.list_chunks(sid)
+        nursery.cancel_scope.cancel()
+
+    # Chunks were in the store before stop, each ending on a fragment.
+    assert uploader.chunks_uploaded_during_recording >= 2
+    assert listed_before_finish == uploader.uploaded_chunks
+    assert all(end in ends for _start, end in listed_before_finish)
+    assert all(end - start >= PART for start, end in listed_before_finish)
+
+    result = await uploader.finish(total)
+
+    data = spool.read_bytes()
+    assert result.size == total == len(data)
+    assert result.key == f"recordings/{sid}/composite.mp4"
+    assert result.bucket == moto.bucket
+    assert result.sha256_hex == hashlib.sha256(data).hexdigest()
+    assert result.chunks == len(listed_before_finish) + 1
+    assert await store.get_bytes(result.key) == data
+    info = await store.stat(result.key)
+    assert info.headers["x-amz-server-side-encryption"] == "AES256"
+    assert info.headers["content-type"] == "video/mp4"
+    # Tagged so the lifecycle rule that expires stray chunks never matches it.
+    assert await store.tags(result.key) == {"edge-recorder-object": "recording"}
+    # The chunks are gone.
+    assert await store.list_chunks(sid) == []
+
+    # The presigned URL downloads it, and it decodes.
+    url = await store.presign(result.key, 300)
+    async with httpx.AsyncClient() as client:
+        response = await client.get(url)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "video/mp4"
+    assert response.content == data
+    frames, last = await trio.to_thread.run_sync(decode, response.content)
+    assert frames == FRAMES
+    assert last == pytest.approx((FRAMES - 1) / 30, abs=0.05)
+
+
+async def test_store_down_mid_recording_then_catches_up_with_no_byte_lost(
+    moto: S3Target, recording: Recording, tmp_path: Path
+) -> None:
+    sid = session_id()
+    spool = tmp_path / f"{sid}.mp4"
+    async with trio.open_nursery() as nursery:
+        outage = StoreOutage(moto.host, moto.port)
+        port = await nursery.start(outage.run)
+        store = make_store(moto.via(port))
+        uploader = SpoolUploader(store, spool, sid, PART, retry_s=30)
+        async with trio.open_nursery() as recording_nursery:
+            recording_nursery.start_soon(uploader.run)
+
+            # Record until the first chunk is stored, then lose the store.
+            written = await replay(spool, recording, uploader, pace_s=0.05, upto=PART + 1)
+            await caught_up(uploader, written)
+            assert uploader.uploaded_bytes > 0
+            await outage.down()
+            stored_when_down = uploader.uploaded_bytes
+
+            # Keep recording through a 5 s outage: nothing gets through, nothing is lost.
+            with spool.open("ab") as f:
+                for end in [e for e in recording.fragment_ends if e > written]:
+                    f.write(recording.data[written:end])
+                    f.flush()
+                    written = end
+                    uploader.fragment_written(end)
+                f.write(recording.data[written:])
+            total = len(recording.data)
+            await trio.sleep(5)
+            assert uploader.uploaded_bytes == stored_when_down
+            assert uploader.failures >= 2
+
+            await outage.up()
+            await caught_up(uploader, recording.fragment_ends[-1])
+            assert uploader.uploaded_bytes > stored_when_down  # caught up before stop
+            recording_nursery.cancel_scope.cancel()
+
+        result = await uploader.finish(total)
+        assert await store.get_bytes(result.key) == recording.data
+        assert result.sha256_hex == hashlib.sha256(recording.data).hexdigest()
+        assert await store.list_chunks(sid) == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_store_down_at_finish_fails_after_retry_s_then_resume_completes(
+    moto: S3Target, recording: Recording, tmp_path: Path
+) -> None:
+    sid = session_id()
+    spool = tmp_path / f"{sid}.mp4"
+    async with trio.open_nursery() as nursery:
+        outage = StoreOutage(moto.host, moto.port)
+        port = await nursery.start(outage.run)
+        store = make_store(moto.via(port))
+        uploader = SpoolUploader(store, spool, sid, PART, retry_s=2.0)
+        async with trio.open_nursery() as recording_nursery:
+            recording_nursery.start_soon(uploader.run)
+            total = await replay(spool, recording, uploader, pace_s=0.02)
+            await caught_up(uploader, recording.fragment_ends[-1])
+            during = uploader.uploaded_chunks
+            assert during
+            await outage.down()
+            recording_nursery.cancel_scope.cancel()
+
+        started = trio.current_time()
+        with pytest.raises(UploadFailedError) as failed:
+            await uploader.finish(total)
+        elapsed = trio.current_time() - started
+        assert 2.0 <= elapsed < 10.0
+        assert str(spool) in str(failed.value)
+        assert failed.value.spool_path == str(spool)
+        assert failed.value.destination is False
+        assert uploader.failures >= 2
+
+        # The store comes back; retry-upload resumes from what is stored.
+        await outage.up()
+        retry_store = make_store(moto.via(port))
+        again = SpoolUploader(retry_store, spool, sid, PART, retry_s=30)
+        result = await again.resume_and_finish()
+        nursery.cancel_scope.cancel()
+
+    assert again.uploaded_chunks[: len(during)] == during
+    assert all(store.chunk_key(sid, c) not in retry_store.put_keys for c in during)
+    assert result.size == total
+    direct = make_store(moto)
+    assert await direct.get_bytes(result.key) == recording.data
+    assert await direct.list_chunks(sid) == []
+
+
+async def test_new_uploader_after_a_crash_resumes_from_the_listed_chunks(
+    moto: S3Target, recording: Recording, tmp_path: Path
+) -> None:
+    sid = session_id()
+    spool = tmp_path / f"{sid}.mp4"
+    store = make_store(moto)
+    crashed = SpoolUploader(store, spool, sid, PART, retry_s=30)
+    # "Crash": the recorder dies after two chunks are stored; no finish().
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(crashed.run)
+        written = await replay(spool, recording, crashed, pace_s=0.02, upto=2 * PART + 1)
+        await caught_up(crashed, written)
+        nursery.cancel_scope.cancel()
+    stored = crashed.uploaded_chunks
+    assert len(stored) == 2
+    assert await store.list_chunks(sid) == stored
+
+    # The recovered spool (its complete prefix, plus the rest as if recovery
+    # appended nothing more: a truncated recording is playable to its last fragment).
+    fresh_store = make_store(moto)
+    recovered = SpoolUploader(fresh_store, spool, sid, PART, retry_s=30)
+    result = await recovered.resume_and_finish()
+
+    assert recovered.uploaded_chunks[:2] == stored
+    assert [fresh_store.store.chunk_key(sid, c) for c in recovered.uploaded_chunks[2:]] == fresh_store.put_keys
+    prefix = recording.data[:written]
+    assert result.size == written
+    composed = await fresh_store.get_bytes(result.key)
+    assert composed == prefix
+    frames, _last = await trio.to_thread.run_sync(decode, composed)
+    assert 0 < frames < FRAMES
+    assert await fresh_store.list_chunks(sid) == []
+
+
+async def test_resume_replaces_a_short_stray_chunk(moto: S3Target, tmp_path: Path) -> None:
+    """A short chunk that is not the file's tail (a tail from a shorter, earlier attempt) is superseded."""
+    sid = session_id()
+    spool = tmp_path / f"{sid}.mp4"
+    data = np.random.default_rng(3).integers(0, 256, PART + 4096, dtype=np.uint8).tobytes()
+    spool.write_bytes(data)
+    store = make_store(moto)
+    await store.put_chunk(store.chunk_key(sid, (0, 1000)), data[:1000])
+    result = await SpoolUploader(store, spool, sid, PART, retry_s=10).resume_and_finish()
+    assert result.size == len(data) and result.chunks == 1
+    assert await store.get_bytes(result.key) == data
+    assert await store.tags(result.key) == {"edge-recorder-object": "recording"}
+    assert await store.list_chunks(sid) == []
+
+
+async def test_a_recording_smaller_than_a_part_is_one_chunk(moto: S3Target, tmp_path: Path) -> None:
+    sid = session_id()
+    spool = tmp_path / f"{sid}.mp4"
+    data = b"\x00\x00\x00\x10ftypisom" + bytes(range(256)) * 10
+    spool.write_bytes(data)
+    store = make_store(moto)
+    uploader = SpoolUploader(store, spool, sid, PART, retry_s=10)
+    uploader.fragment_written(len(data))
+    await store.put_chunk(store.chunk_key(sid, (0, len(data))), data)
+    assert await store.tags(store.chunk_key(sid, (0, len(data)))) == {"edge-recorder-object": "chunk"}
+    result = await uploader.finish(len(data))
+    assert result.chunks == 1
+    assert await store.get_bytes(result.key) == data
+    # One chunk is a CopyObject, which would copy the chunk's tag: it is replaced.
+    assert await store.tags(result.key) == {"edge-recorder-object": "recording"}
+
+
+async def test_sse_kms_headers_on_the_composed_object(moto: S3Target, recording: Recording, tmp_path: Path) -> None:
+    if not moto.is_moto:
+        pytest.skip("SSE-KMS needs a KMS configured on the real store")
+    sid = session_id()
+    spool = tmp_path / f"{sid}.mp4"
+    spool.write_bytes(recording.data)
+    store = make_store(moto, sse="aws:kms", sse_kms_key_id="test-key-id")
+    result = await SpoolUploader(store, spool, sid, PART, retry_s=10).resume_and_finish()
+    info = await store.stat(result.key)
+    assert info.headers["x-amz-server-side-encryption"] == "aws:kms"
+    assert info.headers["x-amz-server-side-encryption-aws-kms-key-id"] == "test-key-id"
+
+
+async def test_sse_c_key_on_sources_destination_and_reads(
+    moto: S3Target, recording: Recording, tmp_path: Path
+) -> None:
+    if not moto.endpoint.startswith("https://") and not moto.is_moto:
+        pytest.skip("a real store refuses SSE-C over plain http")
+    sid = session_id()
+    spool = tmp_path / f"{sid}.mp4"
+    spool.write_bytes(recording.data)
+    key = Secret("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")  # base64 of 32 bytes
+    store = make_store(moto, sse="SSE-C", sse_customer_key=key)
+    result = await SpoolUploader(store, spool, sid, PART, retry_s=10).resume_and_finish()
+    assert result.chunks == 3  # 5 MiB, 5 MiB, and a tail under 2 x 5 MiB
+    assert await store.get_bytes(result.key) == recording.data
+
+
+async def test_a_missing_bucket_is_the_destinations_fault(moto: S3Target, tmp_path: Path) -> None:
+    store = make_store(moto, bucket="edge-recorder-no-such-bucket")
+    with pytest.raises(StorageError) as raised:
+        await store.put_chunk("recordings/x/chunks/000000000000-000000000001", b"x")
+    assert raised.value.destination is True
+    assert raised.value.code == "NoSuchBucket"
+
+
+async def test_an_unreachable_store_is_transient(moto: S3Target) -> None:
+    with socket_closed_port() as port:
+        store = make_store(moto.via(port))
+        with pytest.raises(StorageError) as raised:
+            await store.put_chunk("recordings/x/chunks/000000000000-000000000001", b"x")
+    assert raised.value.destination is False
+    assert not isinstance(raised.value, UploadFailedError)
+
+
+def socket_closed_port() -> _ClosedPort:
+    return _ClosedPort()
+
+
+class _ClosedPort:
+    """A port nothing listens on (bound, never listening, for the duration)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        port: int = self._sock.getsockname()[1]
+        return port
+
+    def __exit__(self, *exc: object) -> None:
+        self._sock.close()
+
+
+def test_settings_build_a_client_without_network(moto: S3Target) -> None:
+    # No keys: minio's default chain; no request is made at construction.
+    settings = S3Settings(bucket="b-ucket", endpoint="https://s3.example.test:9443", region="eu-west-1")
+    store = ObjectStore(settings)
+    assert store.composite_key("s1") == "recordings/s1/composite.mp4"
