@@ -1,0 +1,535 @@
+"""The metadata tables on real databases: SQLite (a temporary file) and PostgreSQL.
+
+Every test runs against both backends. PostgreSQL is the server on
+127.0.0.1:5432 (or ``EDGE_RECORDER_TEST_POSTGRES_URL``, an admin URL with
+trust or a password); each test gets a fresh, uniquely named database,
+dropped afterwards. Without a reachable server the PostgreSQL half is
+skipped, except when ``CI`` is set: CI must test both.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+import random
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import trio
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from psycopg import sql
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import make_url
+
+from edge_recorder.config import Settings, load_settings
+from edge_recorder.errors import MetadataError
+from edge_recorder.metadata import (
+    AsyncMetadataRepository,
+    MetadataRepository,
+    create_metadata_engine,
+    default_database_url,
+    normalize_url,
+    upgrade_to_head,
+)
+from edge_recorder.metadata.migrations import VERSION_TABLE, alembic_config
+from edge_recorder.metadata.models import Base
+
+pytestmark = pytest.mark.integration
+
+ADMIN_URL = os.environ.get("EDGE_RECORDER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+UTC = dt.timezone.utc
+T0 = dt.datetime(2025, 3, 1, 12, 0, 0, 123000, tzinfo=UTC)
+
+
+def _iso(t: dt.datetime) -> str:
+    # The state record's spelling (session._utc_now): milliseconds and "Z".
+    return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _record(
+    session_id: str,
+    status: str,
+    *,
+    previous: str | None = None,
+    server_id: str = "node-a",
+    at_s: float = 0.0,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A state record as ``RecordingSession.state_record()`` builds it."""
+    record: dict[str, Any] = {
+        "sessionId": session_id,
+        "roomId": f"room-of-{session_id}",
+        "status": status,
+        "previousStatus": previous,
+        "startedAt": _iso(T0),
+        "updatedAt": _iso(T0 + dt.timedelta(seconds=at_s)),
+        "serverId": server_id,
+        "layout": "pip",
+        "streams": [{"producerId": "p1", "peerId": "alice", "kind": "video", "source": "camera"}],
+    }
+    record.update(extra)
+    return record
+
+
+def _postgres_database() -> Iterator[str]:
+    try:
+        admin = psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {make_url(ADMIN_URL).render_as_string()} is unreachable and CI is set: {exc}")
+        pytest.skip(f"PostgreSQL unreachable: {exc}")
+    name = f"edge_recorder_test_{uuid.uuid4().hex[:16]}"
+    with admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        try:
+            yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        finally:
+            # FORCE (PostgreSQL 13+): a connection a failed test leaked must not keep it alive.
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db' / 'edge-recorder.sqlite3'}"
+    else:
+        yield from _postgres_database()
+
+
+@pytest.fixture
+def repo(database_url: str) -> Iterator[MetadataRepository]:
+    upgrade_to_head(database_url)
+    repository = MetadataRepository(database_url)
+    yield repository
+    repository.close()
+
+
+# -- migrations ------------------------------------------------------------------
+
+
+def test_one_revision_ships_with_the_package() -> None:
+    scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    assert scripts.get_heads() == ["0001"]
+    package = Path(scripts.dir)
+    assert (package / "script.py.mako").is_file()
+    assert (package / "env.py").is_file()
+
+
+def test_migrations_from_empty_and_rerun(database_url: str) -> None:
+    upgrade_to_head(database_url)
+    upgrade_to_head(database_url)  # idempotent: nothing to do the second time
+
+    engine = create_metadata_engine(database_url)
+    try:
+        inspector = inspect(engine)
+        assert {"RecordingSession", "RecordingAsset", VERSION_TABLE} <= set(inspector.get_table_names())
+        indexes = {ix["name"]: ix["column_names"] for ix in inspector.get_indexes("RecordingSession")}
+        assert indexes["RecordingSession_serverId_status_idx"] == ["serverId", "status"]
+        assert indexes["RecordingSession_roomId_idx"] == ["roomId"]
+        uniques = inspector.get_unique_constraints("RecordingAsset")
+        assert [u["column_names"] for u in uniques] == [["sessionId", "kind"]]
+        (fk,) = inspector.get_foreign_keys("RecordingAsset")
+        assert fk["referred_table"] == "RecordingSession" and fk["constrained_columns"] == ["sessionId"]
+        with engine.connect() as conn:
+            assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0001"]
+            # The revision and models.py describe the same schema.
+            context = MigrationContext.configure(conn, opts={"compare_type": True, "version_table": VERSION_TABLE})
+            assert compare_metadata(context, Base.metadata) == []
+    finally:
+        engine.dispose()
+
+
+async def test_concurrent_migrations_are_serialised(database_url: str) -> None:
+    # Nodes starting at once on one database (processes), and threads of one
+    # process: all succeed, one creates the tables.
+    script = "import sys; from edge_recorder.metadata import upgrade_to_head; upgrade_to_head(sys.argv[1])"
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(functools.partial(trio.run_process, [sys.executable, "-c", script, database_url]))
+        for _ in range(2):
+            nursery.start_soon(trio.to_thread.run_sync, upgrade_to_head, database_url)
+    repository = MetadataRepository(database_url)
+    try:
+        assert repository.list_sessions() == []
+    finally:
+        repository.close()
+
+
+def test_missing_tables_are_a_metadata_error(database_url: str) -> None:
+    repository = MetadataRepository(database_url)
+    try:
+        with pytest.raises(MetadataError) as info:
+            repository.get_session("nope")
+        assert info.value.retryable is False
+    finally:
+        repository.close()
+
+
+# -- sessions ----------------------------------------------------------------------
+
+
+def test_status_changes_written_in_order(repo: MetadataRepository) -> None:
+    steps = [
+        _record("s1", "STARTING"),
+        _record("s1", "RECORDING", previous="STARTING", at_s=1),
+        _record("s1", "UPLOADING", previous="RECORDING", at_s=61, stoppedAt=_iso(T0 + dt.timedelta(seconds=60))),
+        _record(
+            "s1",
+            "COMPLETED",
+            previous="UPLOADING",
+            at_s=65,
+            stoppedAt=_iso(T0 + dt.timedelta(seconds=60)),
+            asset={"bucket": "recs", "key": "recordings/s1/composite.mp4", "size": 4096, "url": "s3://recs/x"},
+        ),
+    ]
+    for step in steps:
+        repo.save_session(step)
+        row = repo.get_session("s1")
+        assert row is not None
+        assert (row["status"], row["previousStatus"]) == (step["status"], step["previousStatus"])
+        assert row["updatedAt"] == dt.datetime.fromisoformat(step["updatedAt"])
+
+    row = repo.get_session("s1")
+    assert row is not None
+    assert row["roomId"] == "room-of-s1" and row["serverId"] == "node-a" and row["layout"] == "pip"
+    assert row["durationS"] == pytest.approx(60.0)
+    assert row["uploadedAt"] == T0 + dt.timedelta(seconds=65)
+    asset = row["asset"]
+    assert asset is not None
+    assert (asset["kind"], asset["bucket"], asset["key"], asset["sizeBytes"], asset["uploadedBytes"]) == (
+        "composite",
+        "recs",
+        "recordings/s1/composite.mp4",
+        4096,
+        4096,
+    )
+    assert repo.get_session("unknown") is None
+
+
+def test_extra_keys_are_kept_and_local_assets_are_not_uploaded(repo: MetadataRepository) -> None:
+    repo.save_session(_record("s1", "STARTING", hostPeerId="alice", metadata={"title": "Standup", "n": [1, 2]}))
+    repo.save_session(_record("s1", "RECORDING", previous="STARTING", at_s=1))  # neither key: both kept
+    repo.save_session(
+        _record(
+            "s1",
+            "COMPLETED",
+            previous="UPLOADING",
+            at_s=9,
+            durationS=7.5,
+            asset={"bucket": None, "key": None, "size": 10, "url": "file:///tmp/s1.mp4"},
+        )
+    )
+    row = repo.get_session("s1")
+    assert row is not None
+    assert row["hostPeerId"] == "alice"
+    assert row["metadata"] == {"title": "Standup", "n": [1, 2]}
+    assert row["durationS"] == 7.5
+    assert row["uploadedAt"] is None  # the file stayed on the node
+    assert row["asset"]["url"] == "file:///tmp/s1.mp4" and row["asset"]["uploadedBytes"] is None
+
+
+@pytest.mark.parametrize("terminal", ["FAILED", "COMPLETED"])
+def test_terminal_rows_are_not_reverted(
+    repo: MetadataRepository, terminal: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo.save_session(_record("s1", "RECORDING", previous="STARTING", at_s=1))
+    repo.save_session(_record("s1", terminal, previous="RECORDING", at_s=2, reason="stopped", error="boom"))
+    # Late writes from a slower writer, even with newer timestamps and an asset.
+    with caplog.at_level("INFO", logger="edge_recorder.metadata.repository"):
+        for late in ("STARTING", "RECORDING", "UPLOADING"):
+            repo.save_session(
+                _record("s1", late, previous="RECORDING", at_s=100, asset={"bucket": "b", "key": "k", "size": 1})
+            )
+    assert [r.getMessage() for r in caplog.records].count("Ignored a stale status write: the row is further along") == 3
+    row = repo.get_session("s1")
+    assert row is not None
+    assert (row["status"], row["previousStatus"], row["error"], row["asset"]) == (terminal, "RECORDING", "boom", None)
+    assert row["updatedAt"] == T0 + dt.timedelta(seconds=2)
+    assert repo.nonterminal_sessions("node-a") == []
+
+
+def test_completed_is_final_and_failed_may_complete(repo: MetadataRepository) -> None:
+    repo.save_session(_record("done", "COMPLETED", previous="UPLOADING", at_s=5))
+    repo.save_session(_record("done", "FAILED", previous="UPLOADING", at_s=6, error="late"))
+    assert repo.get_session("done")["status"] == "COMPLETED"  # type: ignore[index]
+
+    # retry-upload finishes an upload that had failed: FAILED → COMPLETED.
+    repo.save_session(_record("retried", "FAILED", previous="UPLOADING", at_s=5, reason="upload-failed"))
+    repo.save_session(
+        _record(
+            "retried",
+            "COMPLETED",
+            previous="FAILED",
+            at_s=600,
+            reason="upload-failed",
+            asset={"bucket": "recs", "key": "k", "size": 7, "url": "s3://recs/k"},
+        )
+    )
+    row = repo.get_session("retried")
+    assert row is not None
+    assert row["status"] == "COMPLETED" and row["uploadedAt"] == T0 + dt.timedelta(seconds=600)
+
+
+def test_a_stale_write_does_not_move_a_row_back(repo: MetadataRepository) -> None:
+    repo.save_session(_record("s1", "UPLOADING", previous="RECORDING", at_s=3))
+    repo.save_session(_record("s1", "RECORDING", previous="STARTING", at_s=1))
+    repo.save_session(_record("s1", "UPLOADING", previous="RECORDING", at_s=4, error="slow store"))  # same status: written
+    row = repo.get_session("s1")
+    assert row is not None
+    assert (row["status"], row["error"]) == ("UPLOADING", "slow store")
+
+
+def test_malformed_records_are_refused(repo: MetadataRepository) -> None:
+    with pytest.raises(MetadataError, match="unknown status"):
+        repo.save_session(_record("s1", "PAUSED"))
+    with pytest.raises(MetadataError, match="roomId"):
+        repo.save_session({k: v for k, v in _record("s1", "STARTING").items() if k != "roomId"})
+    with pytest.raises(MetadataError, match="offset"):
+        repo.save_session(_record("s1", "STARTING", startedAt="2025-03-01T12:00:00"))
+    assert repo.get_session("s1") is None
+
+
+# -- assets ----------------------------------------------------------------------------
+
+
+def test_asset_upsert_and_progress(repo: MetadataRepository) -> None:
+    repo.save_session(_record("s1", "RECORDING", previous="STARTING"))
+    repo.record_upload_progress("s1", 5 * 2**20)  # creates the row
+    repo.record_upload_progress("s1", 15 * 2**20)
+    repo.record_upload_progress("s1", 10 * 2**20)  # late: ignored, progress only grows
+    asset = repo.get_session("s1")["asset"]  # type: ignore[index]
+    assert asset["uploadedBytes"] == 15 * 2**20 and asset["bucket"] is None
+    created = asset["createdAt"]
+
+    big = 6 * 2**30  # past 32 bits: the columns are BIGINT
+    fields: dict[str, Any] = dict(
+        bucket="recs",
+        key="recordings/s1/composite.mp4",
+        url="s3://recs/recordings/s1/composite.mp4",
+        size_bytes=big,
+        sha256="ab" * 32,
+        sse_mode="aws:kms",
+        duration_s=3600.5,
+        local_path="/tmp/recordings/s1.mp4",
+        uploaded_bytes=big,
+    )
+    repo.save_asset("s1", **fields)
+    repo.save_asset("s1", **{**fields, "local_path": None})  # spool removed after upload
+    asset = repo.get_session("s1")["asset"]  # type: ignore[index]
+    assert asset == {
+        "id": asset["id"],
+        "sessionId": "s1",
+        "kind": "composite",
+        "bucket": "recs",
+        "key": "recordings/s1/composite.mp4",
+        "url": "s3://recs/recordings/s1/composite.mp4",
+        "sizeBytes": big,
+        "sha256": "ab" * 32,
+        "sseMode": "aws:kms",
+        "durationS": 3600.5,
+        "localPath": None,
+        "uploadedBytes": big,
+        "createdAt": created,  # the upsert kept the first row
+        "updatedAt": asset["updatedAt"],
+    }
+    assert asset["updatedAt"] >= created
+
+    with pytest.raises(MetadataError) as info:
+        repo.record_upload_progress("no-such-session", 1)  # foreign key
+    assert info.value.retryable is False
+
+
+def test_nonterminal_sessions_for_a_server(repo: MetadataRepository) -> None:
+    plan = {
+        ("a1", "node-a"): ["STARTING"],
+        ("a2", "node-a"): ["STARTING", "RECORDING"],
+        ("a3", "node-a"): ["STARTING", "RECORDING", "UPLOADING"],
+        ("a4", "node-a"): ["STARTING", "RECORDING", "FAILED"],
+        ("a5", "node-a"): ["STARTING", "RECORDING", "UPLOADING", "COMPLETED"],
+        ("b1", "node-b"): ["STARTING", "RECORDING"],
+    }
+    for (sid, server), statuses in plan.items():
+        previous = None
+        for i, status in enumerate(statuses):
+            repo.save_session(_record(sid, status, previous=previous, server_id=server, at_s=i))
+            previous = status
+    repo.record_upload_progress("a3", 123)
+
+    unfinished = repo.nonterminal_sessions("node-a")
+    assert [(r["sessionId"], r["status"]) for r in unfinished] == [
+        ("a1", "STARTING"),
+        ("a2", "RECORDING"),
+        ("a3", "UPLOADING"),
+    ]
+    assert unfinished[2]["asset"]["uploadedBytes"] == 123
+    assert [r["sessionId"] for r in repo.nonterminal_sessions("node-b")] == ["b1"]
+    assert repo.nonterminal_sessions("node-c") == []
+    assert len(repo.list_sessions()) == 6
+    assert len(repo.list_sessions(limit=2)) == 2
+
+
+def test_timestamps_round_trip_as_utc(repo: MetadataRepository) -> None:
+    paris = dt.timezone(dt.timedelta(hours=2))
+    started = dt.datetime(2025, 6, 30, 23, 59, 59, 999000, tzinfo=paris)
+    record = _record("s1", "FAILED", previous="RECORDING")
+    record.update(
+        startedAt=started.isoformat(),  # "+02:00", not "Z"
+        updatedAt=_iso(started + dt.timedelta(seconds=1)),
+        stoppedAt=started + dt.timedelta(seconds=1),  # an aware datetime is accepted too
+    )
+    repo.save_session(record)
+    row = repo.get_session("s1")
+    assert row is not None
+    for key in ("startedAt", "updatedAt", "stoppedAt"):
+        assert row[key].utcoffset() == dt.timedelta(0), key
+    assert row["startedAt"] == started
+    assert row["startedAt"].hour == 21 and row["startedAt"].microsecond == 999000
+    assert row["stoppedAt"] - row["startedAt"] == dt.timedelta(seconds=1)
+
+
+# -- the Trio wrapper ------------------------------------------------------------------
+
+
+async def test_async_wrapper(repo: MetadataRepository) -> None:
+    arepo = AsyncMetadataRepository(repo)
+    assert arepo.limiter.total_tokens == (1 if repo.dialect_name == "sqlite" else 4)
+    assert AsyncMetadataRepository(repo).limiter is not arepo.limiter  # each its own door
+
+    await arepo.save_session(_record("s1", "STARTING"))
+    await arepo.save_session(_record("s1", "RECORDING", previous="STARTING", at_s=1))
+    await arepo.record_upload_progress("s1", 42)
+    await arepo.save_asset(
+        "s1",
+        bucket=None,
+        key=None,
+        url="file:///tmp/s1.mp4",
+        size_bytes=42,
+        sha256=None,
+        sse_mode=None,
+        duration_s=None,
+        local_path="/tmp/s1.mp4",
+        uploaded_bytes=None,
+    )
+    row = await arepo.get_session("s1")
+    assert row is not None and row["status"] == "RECORDING" and row["asset"]["localPath"] == "/tmp/s1.mp4"
+    assert [r["sessionId"] for r in await arepo.nonterminal_sessions("node-a")] == ["s1"]
+    assert len(await arepo.list_sessions()) == 1
+    with pytest.raises(MetadataError):
+        await arepo.record_upload_progress("nope", 1)
+
+
+async def test_async_cancellation(database_url: str, repo: MetadataRepository) -> None:
+    started, proceed = threading.Event(), threading.Event()
+
+    class Slow(MetadataRepository):
+        """save_session blocks in its thread until the test lets it go."""
+
+        def save_session(self, record: Any) -> None:
+            started.set()
+            proceed.wait(10)
+            super().save_session(record)
+
+    slow = Slow(database_url)
+    try:
+        await _check_cancellation(AsyncMetadataRepository(slow), repo, started, proceed)
+    finally:
+        slow.close()
+
+
+async def _check_cancellation(
+    arepo: AsyncMetadataRepository, repo: MetadataRepository, started: threading.Event, proceed: threading.Event
+) -> None:
+
+    # Cancelled before its thread starts: nothing is written.
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await arepo.save_session(_record("early", "STARTING"))
+    assert not started.is_set()
+    assert repo.get_session("early") is None
+
+    # Cancelled while the thread runs: the call completes as if synchronous
+    # (the write is committed) and Cancelled arrives at the next checkpoint.
+    returned = after_checkpoint = False
+
+    async def write(*, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED) -> None:
+        nonlocal returned, after_checkpoint
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            await arepo.save_session(_record("late", "STARTING"))
+            returned = True
+            await trio.lowlevel.checkpoint()
+            after_checkpoint = True
+
+    async with trio.open_nursery() as nursery:
+        scope = await nursery.start(write)
+        await trio.to_thread.run_sync(started.wait, 10)
+        scope.cancel()
+        proceed.set()
+    assert returned and not after_checkpoint
+    row = repo.get_session("late")
+    assert row is not None and row["status"] == "STARTING"
+
+
+async def test_concurrent_writes_from_trio_tasks(database_url: str, repo: MetadataRepository) -> None:
+    # Two wrappers with their own engines: two writers contending for one row,
+    # as two processes would (SQLite's busy timeout, PostgreSQL's row lock).
+    other = MetadataRepository(database_url)
+    writers = [AsyncMetadataRepository(repo), AsyncMetadataRepository(other)]
+    lifecycle = ["STARTING", "RECORDING", "UPLOADING", "COMPLETED"]
+    rng = random.Random(1234)
+
+    async def one_session(n: int) -> None:
+        previous = None
+        for i, status in enumerate(lifecycle if n % 3 else lifecycle[:2] + ["FAILED"]):
+            await writers[n % 2].save_session(_record(f"s{n}", status, previous=previous, at_s=i))
+            await writers[(n + 1) % 2].record_upload_progress(f"s{n}", i * 1000)
+            previous = status
+
+    async def scrambled(status: str) -> None:
+        await trio.sleep(rng.random() / 100)
+        await writers[rng.randrange(2)].save_session(_record("shared", status, at_s=rng.random()))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for n in range(12):
+                nursery.start_soon(one_session, n)
+            for status in lifecycle[:3] * 4 + ["FAILED"] + lifecycle[:3] * 4:
+                nursery.start_soon(scrambled, status)
+    finally:
+        other.close()
+
+    rows = {r["sessionId"]: r for r in repo.list_sessions(limit=1000)}
+    assert len(rows) == 13
+    for n in range(12):
+        row = rows[f"s{n}"]
+        assert row["status"] == ("COMPLETED" if n % 3 else "FAILED")
+        assert row["asset"]["uploadedBytes"] == (3000 if n % 3 else 2000)
+    # Whatever order they landed in, the terminal write wins.
+    assert rows["shared"]["status"] == "FAILED"
+
+
+# -- URLs ------------------------------------------------------------------------------
+
+
+def test_default_database_url(settings: Settings, tmp_path: Path) -> None:
+    url = default_database_url(settings)
+    assert url == f"sqlite:///{(Path(settings.tmp_dir) / 'edge-recorder.sqlite3').resolve()}"
+    upgrade_to_head(url)  # creates the directory
+    assert (Path(settings.tmp_dir) / "edge-recorder.sqlite3").is_file()
+
+    configured = load_settings(
+        environ={"RECORDING_DATABASE_URL": "postgresql://rec:s3cret@db/rec", "RECORDING_TMP_DIR": str(tmp_path)},
+        config_file=None,
+    )
+    assert default_database_url(configured) == "postgresql://rec:s3cret@db/rec"
+    assert normalize_url("postgres://rec:s3cret@db/rec") == "postgresql+psycopg://rec:s3cret@db/rec"
+    assert normalize_url("postgresql+psycopg://db/rec") == "postgresql+psycopg://db/rec"
