@@ -1,8 +1,11 @@
 """``edge-recorder``: the command line.
 
 Subcommands:
-    demo    record a synthetic room for ~15 s; needs no Redis, S3 or database.
-    serve   the service: the SFU's control WebSocket, /metrics, /healthz, /readyz.
+    demo          record a synthetic room for ~15 s; needs no Redis, S3 or database.
+    serve         the service: the SFU's control WebSocket, /metrics, /healthz, /readyz.
+    retry-upload  finish a failed upload from the recording kept on disk.
+    cleanup       remove old local recordings (only safely uploaded ones unless forced).
+    presign       print a presigned GET URL of a recording.
 """
 
 from __future__ import annotations
@@ -26,6 +29,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=15.0, help="seconds to record (default 15)")
     demo.add_argument("--layout", choices=("pip", "grid"), help="override RECORDING_LAYOUT")
     sub.add_parser("serve", help="run the recorder service (control WebSocket, /metrics, sessions)")
+    retry = sub.add_parser("retry-upload", help="re-run a failed upload from the kept recording; marks it COMPLETED")
+    retry.add_argument("session_id")
+    clean = sub.add_parser("cleanup", help="remove old local recordings that are safely uploaded")
+    clean.add_argument("--older-than", required=True, help="age such as 30m, 12h, 7d")
+    clean.add_argument("--force", action="store_true", help="also remove recordings that are not safely uploaded")
+    sign = sub.add_parser("presign", help="print a presigned GET URL of a recording")
+    sign.add_argument("session_id")
+    sign.add_argument("--expiry", type=int, help="seconds (default RECORDING_S3_PRESIGN_EXPIRY_S)")
     return parser
 
 
@@ -62,4 +73,38 @@ def main(argv: list[str] | None = None) -> int:
             print(f"edge-recorder: refusing to start: {exc}", file=sys.stderr)
             return 2
         return 0
-    return 2
+    from edge_recorder import housekeeping
+    from edge_recorder.errors import EdgeRecorderError
+
+    try:
+        if args.command == "retry-upload":
+            record = trio.run(housekeeping.run_with_parts, settings, housekeeping.retry_upload, args.session_id)
+            print(f"{args.session_id}: {record['status']} {record.get('asset', {}).get('url', '')}".rstrip())
+        elif args.command == "presign":
+            print(trio.run(housekeeping.run_with_parts, settings, _presign, args.session_id, args.expiry))
+        elif args.command == "cleanup":
+            age = housekeeping.parse_age(args.older_than)
+            report = trio.run(housekeeping.run_with_parts, settings, _cleanup, age, args.force)
+            for path in report.removed:
+                print(f"removed {path}")
+            for path, why in report.kept.items():
+                print(f"kept {path}: {why}")
+    except ValueError as exc:
+        print(f"edge-recorder: {exc}", file=sys.stderr)
+        return 2
+    except EdgeRecorderError as exc:
+        print(f"edge-recorder: {args.command} failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _presign(settings: object, parts: object, bookkeeper: object, session_id: str, expiry: int | None) -> str:
+    from edge_recorder.housekeeping import presign
+
+    return await presign(settings, parts, session_id, expiry)
+
+
+async def _cleanup(settings: object, parts: object, bookkeeper: object, age: float, force: bool) -> object:
+    from edge_recorder.housekeeping import cleanup
+
+    return await cleanup(settings, getattr(parts, "metadata"), older_than_s=age, force=force)

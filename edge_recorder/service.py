@@ -8,6 +8,13 @@
     ├── serve_control           the SFU's WebSocket (JSON-RPC 2.0)
     └── dial_out                optional: the same protocol over a connection we open
 
+Around the sessions (issue #4): every status change goes through the
+:class:`~edge_recorder.bookkeeping.Bookkeeper` to SQL, shared state and
+webhooks; sessions stream their spool to the bucket while recording; at
+start-up, sessions a previous run left unfinished are recovered in the
+background; a scheduled cleanup removes old local artifacts (never ones that
+are not safely uploaded).
+
 Shutdown (SIGTERM or SIGINT, or ``shutdown`` set in tests): stop accepting
 work (``/readyz`` turns 503, starts get ``SHUTTING_DOWN``), stop every session
 with reason ``shutdown`` and wait for their files within
@@ -23,10 +30,12 @@ import logging
 import signal
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
 
+from edge_recorder.bookkeeping import Bookkeeper
 from edge_recorder.control.server import ControlHub, dial_out, serve_control
 from edge_recorder.errors import ConfigError
 from edge_recorder.http import health_routes, serve_http
@@ -92,15 +101,31 @@ async def serve(
         ConfigError: the control exposure check failed (before anything binds).
     """
     check_control_exposure(settings)
+    parts = await build_parts(settings)
     metrics = RecorderMetrics(settings.server_id)
-    manager = SessionManager(settings, enforce_enabled=True)
+    manager = SessionManager(settings, enforce_enabled=True, destination=parts.destination)
     manager.add_state_listener(partial(_track, metrics, manager))
+    bookkeeper = Bookkeeper(
+        settings,
+        metadata=parts.metadata,
+        state=parts.state,
+        webhooks=parts.webhooks,
+        active_sessions=manager.active,
+        capacity=manager.capacity,
+    )
+    manager.add_state_listener(bookkeeper.on_change)
     metrics.attach(manager.active)
-    hub = ControlHub(manager, settings)
+    hub = ControlHub(manager, settings, state=parts.state, store=parts.store)
     alive = True
     control = settings.control
     async with trio.open_nursery() as top:
+        if hasattr(parts.state, "run"):
+            await top.start(parts.state.run)
+        if parts.webhooks is not None:
+            await top.start(parts.webhooks.run)
+        top.start_soon(bookkeeper.run)
         await top.start(manager.run)
+        top.start_soon(_recover_then_clean, settings, parts, bookkeeper)
         routes = health_routes(metrics, lambda: alive, manager.readiness)
         http_address = await top.start(serve_http, control.metrics_host, control.metrics_port, routes)
         control_address = await top.start(serve_control, hub)
@@ -142,3 +167,77 @@ async def serve(
                 await hub.close_all()
             alive = False
             top.cancel_scope.cancel()
+    with trio.move_on_after(5, shield=True):
+        await parts.aclose()
+
+
+@dataclass
+class ServiceParts:
+    """The service's adapters to the outside, built from settings."""
+
+    metadata: Any
+    state: Any
+    webhooks: Any
+    store: Any
+    uploader_for: Any
+    destination: Any
+
+    async def aclose(self) -> None:
+        await self.metadata.aclose()
+        await self.state.close()
+
+
+async def build_parts(settings: Any) -> ServiceParts:
+    """Open the metadata database (migrated), shared state, webhooks and the bucket."""
+    from edge_recorder.metadata import AsyncMetadataRepository, default_database_url, upgrade_to_head
+    from edge_recorder.session.destination import S3Destination
+    from edge_recorder.sink.s3 import AsyncObjectStore, ObjectStore
+    from edge_recorder.sink.uploader import SpoolUploader
+    from edge_recorder.state.memory import MemoryStateStore
+    from edge_recorder.state.redis import RedisStateStore, ResilientStateStore
+    from edge_recorder.webhooks import WebhookNotifier
+
+    Path(settings.tmp_dir).mkdir(parents=True, exist_ok=True)
+    url = settings.state.database_url.reveal() if settings.state.database_url is not None else default_database_url(settings)
+    await trio.to_thread.run_sync(upgrade_to_head, url)
+    metadata = AsyncMetadataRepository.from_url(url)
+    if settings.state.redis_url is not None:
+        state: Any = ResilientStateStore(RedisStateStore(settings.state.redis_url.reveal(), lease_ttl_s=settings.state.lease_ttl_s))
+    else:
+        state = MemoryStateStore(lease_ttl_s=settings.state.lease_ttl_s)
+    webhooks = None
+    if settings.state.webhook_urls:
+        secret = settings.state.webhook_secret.reveal() if settings.state.webhook_secret is not None else None
+        webhooks = WebhookNotifier(settings.state.webhook_urls, secret)
+    store = uploader_for = destination = None
+    if settings.s3.bucket:
+        store = AsyncObjectStore(ObjectStore(settings.s3))
+        part_size = settings.s3.part_size_mib << 20
+
+        def uploader_for(session_id: str, path: Path) -> SpoolUploader:
+            return SpoolUploader(store, path, session_id, part_size, retry_s=settings.s3.upload_retry_s)
+
+        def destination(session_id: str, path: Path) -> S3Destination:
+            return S3Destination(uploader_for(session_id, path), bucket=settings.s3.bucket, sse_mode=settings.s3.sse)
+
+    return ServiceParts(metadata, state, webhooks, store, uploader_for, destination)
+
+
+async def _recover_then_clean(settings: Any, parts: ServiceParts, bookkeeper: Bookkeeper) -> None:
+    """Recover what a previous run left, then clean up old artifacts on a schedule."""
+    from edge_recorder.housekeeping import cleanup
+    from edge_recorder.recovery import recover
+
+    try:
+        await recover(settings, metadata=parts.metadata, bookkeeper=bookkeeper, uploader_for=parts.uploader_for)
+    except Exception:
+        log.exception("recovery failed; the sessions stay as the database says")
+    interval = settings.state.cleanup_older_than_s
+    if interval <= 0:
+        return
+    while True:
+        try:
+            await cleanup(settings, parts.metadata, older_than_s=interval, force=False)
+        except Exception:
+            log.exception("scheduled cleanup failed")
+        await trio.sleep(min(3600.0, interval))

@@ -78,9 +78,21 @@ class ControlHub:
         clock: seconds for the rate limiter (Trio's clock by default).
     """
 
-    def __init__(self, manager: SessionManager, settings: Any, *, clock: Callable[[], float] = trio.current_time) -> None:
+    def __init__(
+        self,
+        manager: SessionManager,
+        settings: Any,
+        *,
+        clock: Callable[[], float] = trio.current_time,
+        state: Any = None,
+        store: Any = None,
+    ) -> None:
         self.manager = manager
         self.settings = settings
+        # Shared state answers for sessions of other nodes (and ended ones
+        # this node forgot); the store presigns asset URLs when enabled.
+        self._state = state
+        self._store = store
         self._clock = clock
         self.connections: dict[str, _Connection] = {}
         self._ids = itertools.count(1)
@@ -223,14 +235,25 @@ class ControlHub:
             )
             return {"sessionId": session.session_id, "status": session.status.value}
         if isinstance(params, rpc.ListParams):
-            return {"sessions": [s.state_record() for s in self.manager.sessions.values()]}
+            records = {s.session_id: s.state_record() for s in self.manager.sessions.values()}
+            if self._state is not None:
+                for record in await self._state.list(500):
+                    records.setdefault(record["sessionId"], record)
+            return {"sessions": list(records.values())}
         if isinstance(params, rpc.GetParams):
             found = (
                 self.manager.get(params.session_id) if params.session_id is not None else self.manager.by_room(params.room_id or "")
             )
-            if found is None:
+            record = found.state_record() if found is not None else None
+            if record is None and self._state is not None:
+                record = (
+                    await self._state.get(params.session_id)
+                    if params.session_id is not None
+                    else await self._state.by_room(params.room_id or "")
+                )
+            if record is None:
                 raise UnknownSessionError(f"unknown session {params.session_id or 'for room ' + str(params.room_id)}")
-            return found.state_record()
+            return await self._with_presigned_url(record)
         session = self.manager.require(params.session_id)
         if isinstance(params, rpc.StopParams):
             await session.stop(params.reason)
@@ -247,6 +270,13 @@ class ControlHub:
             await session.set_active_speaker(params.peer_id)
             return {}
         raise AssertionError(f"unhandled params {type(params).__name__}")
+
+    async def _with_presigned_url(self, record: dict[str, Any]) -> dict[str, Any]:
+        asset = record.get("asset")
+        if self._store is None or not self.settings.s3.presign_in_state or not asset or not asset.get("key"):
+            return record
+        url = await self._store.presign(asset["key"], self.settings.s3.presign_expiry_s)
+        return {**record, "asset": {**asset, "url": url}}
 
     def _output(self, output: rpc.OutputParams | None) -> OutputOptions | None:
         if output is None:

@@ -62,8 +62,11 @@ class SessionManager:
         on_change: StateListener | None = None,
         on_keyframe_request: KeyframeListener | None = None,
         enforce_enabled: bool = False,
+        destination: Any = None,
     ) -> None:
         self.settings = settings
+        # Builds each session's destination (bucket or local directory).
+        self._destination = destination
         self.ports = PortAllocator(
             settings.bind_ip,
             settings.port_min,
@@ -180,6 +183,7 @@ class SessionManager:
             on_change=self._changed,
             on_keyframe_request=self._keyframe,
             drain_timeout_s=self.settings.lifecycle.drain_timeout_s,
+            destination=self._destination,
         )
         session.metadata = metadata or {}
         session.host_peer_id = host_peer_id

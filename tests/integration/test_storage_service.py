@@ -1,0 +1,233 @@
+"""Issue #4 through the service: the recording lands in the bucket, rows and
+shared state say COMPLETED, and the faults (store down at stop, SIGKILL of the
+recorder, Redis killed) end as the rules say."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import av
+import httpx
+import pytest
+import trio
+from trio_websocket import connect_websocket_url
+
+from edge_recorder.config import Secret
+from edge_recorder.demo.sfu import demo_producers, run_producer
+from edge_recorder.housekeeping import retry_upload, run_with_parts
+from edge_recorder.metadata import MetadataRepository, default_database_url
+from edge_recorder.service import serve
+from edge_recorder.sink.s3 import ObjectStore
+from tests.integration.redis_support import RedisServer, redis_server  # noqa: F401 - fixture
+from tests.integration.s3_support import S3Target, StoreOutage, moto, s3_settings  # noqa: F401 - fixture
+from tests.integration.sfu_client import SfuClient
+from tests.integration.test_control import Service, service_settings
+
+pytestmark = pytest.mark.integration
+
+
+def _settings(settings: Any, target: S3Target, **s3: Any) -> Any:
+    base = service_settings(settings)
+    return dataclasses.replace(
+        base,
+        s3=s3_settings(target, sse="AES256", upload_retry_s=3.0, **s3),
+    )
+
+
+async def _client(url: str, nursery: trio.Nursery) -> SfuClient:
+    client = SfuClient(await connect_websocket_url(nursery, url))
+    nursery.start_soon(client.run)
+    return client
+
+
+async def _record(sfu: SfuClient, sid: str, nursery: trio.Nursery, seconds: float) -> None:
+    await sfu.call("recording.start", {"roomId": f"room-{sid}", "sessionId": sid})
+    async with trio.open_nursery() as senders:
+        for key in ("alice-cam", "alice-mic"):
+            producer = demo_producers()[key]
+            ports = await sfu.call("recording.addStream", producer.add_stream_params(sid))
+            senders.start_soon(partial(run_producer, producer, (ports["ip"], ports["port"])))
+        await trio.sleep(seconds)
+        senders.cancel_scope.cancel()
+
+
+async def test_recording_lands_in_the_bucket_with_rows_and_state_completed(
+    settings: Any, moto: S3Target, redis_server: RedisServer, nursery: trio.Nursery  # noqa: F811
+) -> None:
+    svc_settings = dataclasses.replace(
+        _settings(settings, moto),
+        state=dataclasses.replace(settings.state, redis_url=Secret(redis_server.url)),
+    )
+    shutdown = trio.Event()
+    addresses = await nursery.start(partial(serve, svc_settings, shutdown=shutdown))
+    sfu = await _client(Service(addresses, shutdown, svc_settings).url, nursery)
+    await _record(sfu, "s3-e2e", nursery, 3.0)
+    stopped = await sfu.call("recording.stop", {"sessionId": "s3-e2e"})
+    assert stopped["status"] in ("UPLOADING", "COMPLETED")
+    await sfu.wait_for_state("s3-e2e", "COMPLETED")
+    record = await sfu.call("recording.get", {"sessionId": "s3-e2e"})
+    key = f"{svc_settings.s3.prefix}s3-e2e/composite.mp4"
+    assert record["asset"]["bucket"] == moto.bucket and record["asset"]["key"] == key
+
+    store = ObjectStore(svc_settings.s3)
+    info = await trio.to_thread.run_sync(store.stat, key)
+    assert info.headers.get("x-amz-server-side-encryption") == "AES256"
+    body = await trio.to_thread.run_sync(store.get_bytes, key)
+    # The spool is gone after a verified upload; the row keeps its digest.
+    assert not (Path(svc_settings.tmp_dir) / "s3-e2e.mp4").exists()
+    row = MetadataRepository(default_database_url(svc_settings)).get_session("s3-e2e")
+    assert row is not None and row["status"] == "COMPLETED"
+    assert row["asset"]["sha256"] == hashlib.sha256(body).hexdigest() and row["asset"]["sizeBytes"] == len(body)
+    # Any node answers from Redis.
+    assert '"COMPLETED"' in redis_server.client().hget("edge:session:s3-e2e", "record")
+    # The presigned URL downloads the same bytes, and they play.
+    url = await trio.to_thread.run_sync(store.presign, key, 60)
+    async with httpx.AsyncClient() as client:
+        downloaded = (await client.get(url)).content
+    assert downloaded == body
+    path = Path(svc_settings.tmp_dir) / "downloaded.mp4"
+    path.write_bytes(downloaded)
+    with av.open(str(path)) as container:
+        assert sum(1 for _ in container.decode(video=0)) >= 2.5 * 30
+    await sfu.ws.aclose()
+    shutdown.set()
+
+
+async def test_store_down_at_stop_fails_keeping_the_file_and_retry_upload_completes(
+    settings: Any, moto: S3Target, nursery: trio.Nursery  # noqa: F811
+) -> None:
+    outage = StoreOutage(moto.host, moto.port)
+    proxy_port = await nursery.start(outage.run)
+    svc_settings = _settings(settings, moto.via(proxy_port))
+    shutdown = trio.Event()
+    addresses = await nursery.start(partial(serve, svc_settings, shutdown=shutdown))
+    sfu = await _client(Service(addresses, shutdown, svc_settings).url, nursery)
+    await _record(sfu, "s3-down", nursery, 2.0)
+    await outage.down()
+    await sfu.call("recording.stop", {"sessionId": "s3-down"})
+    await sfu.wait_for_state("s3-down", "FAILED")
+    record = await sfu.call("recording.get", {"sessionId": "s3-down"})
+    spool = Path(svc_settings.tmp_dir) / "s3-down.mp4"
+    assert record["reason"] == "upload-failed" and str(spool) in record["error"] and "retry-upload" in record["error"]
+    assert spool.exists()
+    await outage.up()
+    final = await run_with_parts(svc_settings, retry_upload, "s3-down")
+    assert final["status"] == "COMPLETED"
+    row = MetadataRepository(default_database_url(svc_settings)).get_session("s3-down")
+    assert row is not None and row["status"] == "COMPLETED" and row["asset"]["bucket"] == moto.bucket
+    assert not spool.exists()
+    await sfu.ws.aclose()
+    shutdown.set()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # test client socket, see test_service_lifecycle
+async def test_sigkill_mid_recording_is_recovered_at_restart(
+    settings: Any, moto: S3Target, tmp_path: Path, nursery: trio.Nursery  # noqa: F811
+) -> None:
+    env = dict(os.environ)
+    env.update(
+        RECORDING_ENABLED="true",
+        RECORDING_TMP_DIR=str(tmp_path / "svc"),
+        RECORDING_PORT_MIN=str(settings.port_min),
+        RECORDING_PORT_MAX=str(settings.port_max),
+        RECORDING_CONTROL_PORT=str(settings.port_min),
+        RECORDING_METRICS_PORT=str(settings.port_min + 1),
+        RECORDING_OUTPUT_WIDTH="640",
+        RECORDING_OUTPUT_HEIGHT="360",
+        RECORDING_X264_PRESET="ultrafast",
+        RECORDING_KEYFRAME_INTERVAL_S="1",
+        RECORDING_SERVER_ID="crash-node",
+        RECORDING_S3_BUCKET=moto.bucket,
+        RECORDING_S3_ENDPOINT=moto.endpoint,
+        AWS_ACCESS_KEY_ID=moto.access_key,
+        AWS_SECRET_ACCESS_KEY=moto.secret_key,
+        AWS_REGION="us-east-1",
+    )
+
+    async def start() -> trio.Process:
+        return await trio.lowlevel.open_process(
+            [sys.executable, "-m", "edge_recorder", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    async def connect() -> SfuClient:
+        with trio.fail_after(20):
+            while True:
+                try:
+                    return await _client(f"ws://127.0.0.1:{settings.port_min}/control", nursery)
+                except OSError:
+                    await trio.sleep(0.2)
+
+    proc = await start()
+    try:
+        sfu = await connect()
+        await _record(sfu, "crashed", nursery, 4.0)
+        os.kill(proc.pid, signal.SIGKILL)  # the whole recorder, mid-recording
+        await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    # The orphaned worker finalises the spool on EOF; give it a moment.
+    await trio.sleep(1.5)
+    proc = await start()
+    try:
+        sfu = await connect()
+        with trio.fail_after(30):
+            while True:
+                record = await sfu.call("recording.get", {"sessionId": "crashed"})
+                if record["status"] in ("COMPLETED", "FAILED"):
+                    break
+                await trio.sleep(0.3)
+        assert record["status"] == "COMPLETED" and record["reason"] == "recovered", record
+        body = ObjectStore(s3_settings(moto)).get_bytes(record["asset"]["key"])
+        path = tmp_path / "recovered.mp4"
+        path.write_bytes(body)
+        with av.open(str(path)) as container:
+            frames = sum(1 for _ in container.decode(video=0))
+        # At most about 2 s of the 4 s recorded may be lost.
+        assert frames >= (4.0 - 2.0) * 30, frames
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_redis_killed_mid_session_the_recording_completes_and_state_resyncs(
+    settings: Any, redis_server: RedisServer, nursery: trio.Nursery  # noqa: F811
+) -> None:
+    svc_settings = dataclasses.replace(
+        service_settings(settings), state=dataclasses.replace(settings.state, redis_url=Secret(redis_server.url))
+    )
+    shutdown = trio.Event()
+    addresses = await nursery.start(partial(serve, svc_settings, shutdown=shutdown))
+    sfu = await _client(Service(addresses, shutdown, svc_settings).url, nursery)
+    await sfu.call("recording.start", {"roomId": "room-redis", "sessionId": "redis-kill"})
+    async with trio.open_nursery() as senders:
+        producer = demo_producers()["alice-cam"]
+        ports = await sfu.call("recording.addStream", producer.add_stream_params("redis-kill"))
+        senders.start_soon(partial(run_producer, producer, (ports["ip"], ports["port"])))
+        await trio.sleep(1.0)
+        await trio.to_thread.run_sync(redis_server.kill)
+        await trio.sleep(1.5)
+        stopped = await sfu.call("recording.stop", {"sessionId": "redis-kill"})
+        senders.cancel_scope.cancel()
+    assert stopped["status"] == "COMPLETED"
+    await trio.to_thread.run_sync(redis_server.restart)
+    with trio.fail_after(15):
+        while True:
+            raw = await trio.to_thread.run_sync(lambda: redis_server.client().hget("edge:session:redis-kill", "record"))
+            if raw is not None and '"COMPLETED"' in str(raw):
+                break
+            await trio.sleep(0.3)
+    await sfu.ws.aclose()
+    shutdown.set()
