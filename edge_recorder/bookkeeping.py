@@ -136,8 +136,15 @@ class Bookkeeper:
                 capacity = dict(self._capacity())
                 capacity["version"] = __version__
                 await self.state.heartbeat(self.settings.server_id, capacity)
-                ids = [s.session_id for s in self._active()]
-                await self.state.renew_leases(self.settings.server_id, ids)
+                active = self._active()
+                await self.state.renew_leases(self.settings.server_id, [s.session_id for s in active])
+                if self.metadata is not None:
+                    # Upload progress (bytes safely in the store) for operators;
+                    # the chunk objects themselves are what recovery trusts.
+                    for session in active:
+                        uploaded = getattr(session.destination, "uploaded_bytes", None)
+                        if uploaded:
+                            await self.metadata.record_upload_progress(session.session_id, uploaded)
                 for lost in await self.state.sweep_expired(utc_now_iso()):
                     log.error(
                         "Recording lost with its node",

@@ -101,6 +101,11 @@ class S3Destination:
     def fragment_written(self, complete_bytes: int) -> None:
         self._uploader.fragment_written(complete_bytes)
 
+    @property
+    def uploaded_bytes(self) -> int:
+        """Bytes of the recording safely in the store so far."""
+        return int(self._uploader.uploaded_bytes)
+
     async def run(self) -> None:
         await self._uploader.run()
 
