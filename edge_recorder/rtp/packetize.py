@@ -215,8 +215,10 @@ def split_annex_b(access_unit: bytes) -> list[bytes]:
     return nals
 
 
-class H264Packetizer:
-    """Packetize H.264 access units, RFC 6184 packetization-mode 1."""
+class _SimplePacketizer:
+    """Shared constructor of the packetizers whose only state is the RTP sequencer."""
+
+    _MIN_PAYLOAD = 1
 
     def __init__(
         self,
@@ -245,8 +247,15 @@ class H264Packetizer:
             mtu=mtu,
             initial_sequence=initial_sequence,
             initial_timestamp=initial_timestamp,
-            min_payload=3,  # FU indicator + FU header + one byte
+            min_payload=self._MIN_PAYLOAD,
         )
+
+
+class H264Packetizer(_SimplePacketizer):
+    """Packetize H.264 access units, RFC 6184 packetization-mode 1."""
+
+    # FU indicator + FU header + one byte (RFC 6184 §5.8).
+    _MIN_PAYLOAD = 3
 
     def packetize(self, frame: bytes, timestamp: int, *, keyframe: bool = False) -> list[RtpPacket]:
         """Split one Annex-B access unit into RTP packets.
@@ -334,38 +343,10 @@ class H264Packetizer:
         return out
 
 
-class OpusPacketizer:
+class OpusPacketizer(_SimplePacketizer):
     """Packetize Opus packets (RFC 7587): one per RTP packet, marker always False."""
 
-    def __init__(
-        self,
-        *,
-        payload_type: int,
-        ssrc: int,
-        mtu: int = 1200,
-        initial_sequence: int | None = None,
-        initial_timestamp: int = 0,
-    ) -> None:
-        """Create a packetizer.
-
-        Args:
-            payload_type: RTP payload type.
-            ssrc: RTP SSRC.
-            mtu: largest RTP packet, header included.
-            initial_sequence: first sequence number, or None for a random one.
-            initial_timestamp: the stream's first RTP timestamp (informational).
-
-        Raises:
-            ValueError: a parameter is out of range.
-        """
-        self._rtp = _RtpSequencer(
-            payload_type=payload_type,
-            ssrc=ssrc,
-            mtu=mtu,
-            initial_sequence=initial_sequence,
-            initial_timestamp=initial_timestamp,
-            min_payload=1,
-        )
+    _MIN_PAYLOAD = 1
 
     def packetize(self, frame: bytes, timestamp: int, *, keyframe: bool = False) -> list[RtpPacket]:
         """Wrap one Opus packet in an RTP packet.
