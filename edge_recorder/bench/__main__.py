@@ -3,7 +3,10 @@
 Steps: pre-encode the inputs (cached), run the ffmpeg baseline, then for each N
 in ``--sessions`` record N concurrent sessions of the replayed room, stopping at
 the first N that is not real time. Prints a table and, for a full run, writes
-it into docs/benchmarks.md between the ``bench`` markers.
+it into docs/benchmarks.md between the ``bench`` markers. Then (unless
+``--no-upload``) the upload benchmark (:mod:`edge_recorder.bench.upload`): stop →
+COMPLETED for a 10-minute recording, streaming vs whole file after stop,
+written between the ``upload`` markers. ``--upload`` runs only that one.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import trio
 
 from edge_recorder.bench.ffmpeg import BaselineSettings, run_baseline
 from edge_recorder.bench.inputs import prepare_inputs
-from edge_recorder.bench.measure import machine_info
+from edge_recorder.bench import upload as upload_bench
+from edge_recorder.bench.measure import MachineInfo, machine_info
 from edge_recorder.bench.report import (
     Baseline,
     PointResult,
@@ -33,11 +37,25 @@ from edge_recorder.bench.report import (
     replace_marked_section,
 )
 from edge_recorder.bench.sweep import run_point
-from edge_recorder.config import load_settings
+from edge_recorder.config import Settings, load_settings
+from edge_recorder.media.encode import EncoderSettings
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
 QUICK_SECONDS = 8.0
+QUICK_UPLOAD_SECONDS = 60.0
 PORT_MIN, PORT_MAX = 41000, 41999
+# The settings of every run (the session sweep adds its RECORDING_TMP_DIR).
+BENCH_ENV = {
+    "RECORDING_PORT_MIN": str(PORT_MIN),
+    "RECORDING_PORT_MAX": str(PORT_MAX),
+    "RECORDING_OUTPUT_WIDTH": "1280",
+    "RECORDING_OUTPUT_HEIGHT": "720",
+    "RECORDING_OUTPUT_FPS": "30",
+    "RECORDING_X264_PRESET": "veryfast",
+    "RECORDING_KEYFRAME_INTERVAL_S": "2",
+    "RECORDING_X264_THREADS": "1",
+    "RECORDING_MAX_SESSIONS": "64",
+}
 
 
 def _say(line: str) -> None:
@@ -63,14 +81,57 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-doc", action="store_true", help="do not write the Markdown file")
     parser.add_argument("--keep", action="store_true", help="keep the recordings and the ffmpeg output")
     parser.add_argument("--ffmpeg", default="ffmpeg", help="the ffmpeg CLI to compare with")
+    upload = parser.add_mutually_exclusive_group()
+    upload.add_argument("--upload", action="store_true", help="run only the upload-latency benchmark (10-minute recording, streaming vs whole file)")
+    upload.add_argument("--no-upload", action="store_true", help="skip the upload-latency benchmark after the session sweep")
     args = parser.parse_args(argv)
+    args.upload_seconds = upload_bench.RECORDING_S
     if args.quick:
         args.sessions = (1,)
         args.seconds = QUICK_SECONDS
         args.no_doc = True
+        # A smoke test: the upload benchmark only when asked for, on 1 minute.
+        args.no_upload = not args.upload
+        args.upload_seconds = QUICK_UPLOAD_SECONDS
     if args.seconds < 2:
         parser.error("--seconds must be at least 2")
     return args
+
+
+def _machine_line(machine: MachineInfo) -> str:
+    return f"{machine.cpu_model}, {machine.logical_cores} logical cores, {machine.memory_gib} GiB RAM, load average before {machine.load_average[0]:.2f}"
+
+
+def _run_upload(args: argparse.Namespace, machine: MachineInfo, settings: Settings) -> None:
+    """The upload-latency benchmark; writes its section of the doc unless told not to."""
+    _say(f"upload latency: stop → COMPLETED for {args.upload_seconds / 60:g} min of recording, streaming chunks vs whole file after stop")
+    o = settings.output
+    encoder = EncoderSettings(
+        width=o.width_px,
+        height=o.height_px,
+        fps=o.fps,
+        video_bitrate_kbps=o.video_bitrate_kbps,
+        x264_preset=o.x264_preset,
+        keyframe_interval_s=o.keyframe_interval_s,
+        audio_bitrate_kbps=o.audio_bitrate_kbps,
+        x264_threads=o.x264_threads,
+    )
+    report = upload_bench.run_upload_bench(
+        _say,
+        machine=_machine_line(machine),
+        encoder=encoder,
+        part_size_mib=settings.s3.part_size_mib,
+        recording_s=args.upload_seconds,
+    )
+    _say("")
+    _say(upload_bench.format_upload_table(report))
+    if not args.no_doc:
+        document = args.doc.read_text(encoding="utf-8") if args.doc.exists() else ""
+        args.doc.parent.mkdir(parents=True, exist_ok=True)
+        args.doc.write_text(
+            upload_bench.replace_upload_section(document, upload_bench.render_upload_markdown(report)), encoding="utf-8"
+        )
+        _say(f"wrote {args.doc} (upload section)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,23 +139,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     started = time.monotonic()
     machine = machine_info(args.ffmpeg)
+    if args.upload:
+        _run_upload(args, machine, load_settings(environ=dict(BENCH_ENV), config_file=None))
+        _say(f"\n(total {time.monotonic() - started:.0f} s)")
+        return 0
     work = Path(tempfile.mkdtemp(prefix="edge-recorder-bench-"))
     try:
-        settings = load_settings(
-            environ={
-                "RECORDING_TMP_DIR": str(work / "recordings"),
-                "RECORDING_PORT_MIN": str(PORT_MIN),
-                "RECORDING_PORT_MAX": str(PORT_MAX),
-                "RECORDING_OUTPUT_WIDTH": "1280",
-                "RECORDING_OUTPUT_HEIGHT": "720",
-                "RECORDING_OUTPUT_FPS": "30",
-                "RECORDING_X264_PRESET": "veryfast",
-                "RECORDING_KEYFRAME_INTERVAL_S": "2",
-                "RECORDING_X264_THREADS": "1",
-                "RECORDING_MAX_SESSIONS": "64",
-            },
-            config_file=None,
-        )
+        settings = load_settings(environ={**BENCH_ENV, "RECORDING_TMP_DIR": str(work / "recordings")}, config_file=None)
         baseline_settings = BaselineSettings.from_settings(settings)
 
         _say(f"edge-recorder bench: {machine.cpu_model}, {machine.logical_cores} cores; N = {', '.join(map(str, args.sessions))}, {args.seconds:g} s each")
@@ -160,6 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.doc.parent.mkdir(parents=True, exist_ok=True)
             args.doc.write_text(replace_marked_section(document, render_markdown(report)), encoding="utf-8")
             _say(f"wrote {args.doc}")
+        if not args.no_upload:
+            _say("")
+            _run_upload(args, machine, settings)
+            _say(f"\n(total {time.monotonic() - started:.0f} s)")
         return 0
     finally:
         if args.keep:

@@ -14,7 +14,8 @@
   deletes the chunks, retrying for ``retry_s`` before it raises
   :class:`~edge_recorder.errors.UploadFailedError` naming the kept spool file.
 * after a crash or a failed finish, :meth:`resume_and_finish` lists the chunks
-  already in the store, continues the plan from them and finishes.
+  already in the store, aborts any multipart upload a compose killed midway
+  left for ``composite.mp4``, continues the plan from them and finishes.
 
 Why chunk objects and server-side compose rather than one streamed multipart
 upload: see :mod:`edge_recorder.sink.s3` and docs/storage.md.
@@ -145,6 +146,9 @@ class SpoolUploader:
         self._sha256: str | None = None
         # Chunks found in the store that the resumed plan does not use.
         self._stale: list[Chunk] = []
+        # A compose failed since the last successful one: it may have left its
+        # multipart upload behind (see _finish_once).
+        self._compose_failed = False
         self.chunks_uploaded_during_recording = 0
         self.failures = 0
 
@@ -225,7 +229,9 @@ class SpoolUploader:
     async def resume_and_finish(self, total_bytes: int | None = None) -> UploadResult:
         """Finish from the chunks already in the store (recovery, ``retry-upload``).
 
-        Lists the session's chunks, continues the plan after them (a short
+        Lists the session's chunks, aborts the in-progress multipart uploads of
+        its ``composite.mp4`` (a compose cut by a crash; best effort, see
+        :meth:`_abort_incomplete_uploads`), continues the plan after them (a short
         trailing chunk that does not end the file is uploaded again as part of
         a longer one) and finishes as :meth:`finish` does.
 
@@ -246,6 +252,9 @@ class SpoolUploader:
         total = total_bytes
         deadline = self._clock() + self._retry_s
         listed = await self._retrying(lambda: self._store.list_chunks(self.session_id), deadline=deadline)
+        # A process killed mid-compose leaves compose_object's multipart
+        # upload behind; nothing else would ever complete or abort it.
+        await self._abort_incomplete_uploads()
         async with self._lock:
             try:
                 stale = self._plan.resume(listed, total_bytes=total)
@@ -296,7 +305,16 @@ class SpoolUploader:
                 destination=False,
                 spool_path=str(self.spool_path),
             ) from exc
-        info = await self._store.compose(self.session_id, chunks)
+        try:
+            info = await self._store.compose(self.session_id, chunks)
+        except StorageError:
+            # compose_object aborts its multipart upload on failure, but the
+            # abort is a request too and fails when the store is unreachable.
+            self._compose_failed = True
+            raise
+        if self._compose_failed:
+            self._compose_failed = False
+            await self._abort_incomplete_uploads()
         if info.size != total_bytes:
             raise UploadFailedError(
                 f"the composed object {info.key} has {info.size} bytes, the spool {total_bytes}",
@@ -325,6 +343,21 @@ class SpoolUploader:
             etag=info.etag,
             chunks=len(chunks),
         )
+
+    async def _abort_incomplete_uploads(self) -> None:
+        """Abort this session's dangling compose uploads; best effort (one attempt).
+
+        Never fails the upload: an upload left behind only costs storage until
+        the bucket's AbortIncompleteMultipartUpload lifecycle rule removes it.
+        Called only when no compose of this session runs.
+        """
+        try:
+            aborted = await self._store.abort_incomplete_uploads(self.session_id)
+        except StorageError as exc:
+            self._log_failure(exc, "incomplete multipart uploads left for the lifecycle rule to abort")
+            return
+        if aborted:
+            log.info("session %s: aborted %d incomplete multipart upload(s) of a previous compose", self.session_id, aborted)
 
     async def _retrying(self, step: Callable[[], Awaitable[T]], *, deadline: float | None = None) -> T:
         """Run ``step`` until it succeeds; retry StorageError with backoff until the deadline."""

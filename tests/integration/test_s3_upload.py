@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +26,8 @@ from edge_recorder.config import S3Settings, Secret
 from edge_recorder.errors import StorageError, UploadFailedError
 from edge_recorder.media.encode import EncoderSettings, FragmentedMp4Writer
 from edge_recorder.sink.plan import S3_MIN_PART_BYTES, Chunk
-from edge_recorder.sink.s3 import AsyncObjectStore, ObjectStore
-from edge_recorder.sink.uploader import SpoolUploader
+from edge_recorder.sink.s3 import AsyncObjectStore, ObjectInfo, ObjectStore
+from edge_recorder.sink.uploader import BACKOFF_MAX_S, SpoolUploader
 from tests.integration.s3_support import S3Target, StoreOutage, moto, s3_settings
 
 __all__ = ["moto"]  # the fixture, imported so pytest finds it here
@@ -55,12 +56,12 @@ def _tone(second: int) -> np.ndarray:
     return np.repeat((0.1 * np.sin(2 * np.pi * 440 * t))[:, None], 2, axis=1).astype(np.float32)
 
 
-def encode_recording(path: Path, on_fragment: Callable[[int, float], None]) -> int:
-    """Encode 6 s of noise video + a tone into ``path`` as fMP4; returns its size."""
+def encode_recording(path: Path, on_fragment: Callable[[int, float], None], frames: int = FRAMES) -> int:
+    """Encode ``frames`` frames (6 s by default) of noise video + a tone into ``path`` as fMP4; returns its size."""
     frame = _frames()
     writer = FragmentedMp4Writer(path, ENCODER, on_fragment=on_fragment)
     try:
-        for i in range(FRAMES):
+        for i in range(frames):
             if i % 30 == 0:
                 writer.encode_audio(_tone(i // 30), (i // 30) * 48_000)
             writer.encode_video(frame(i), i)
@@ -148,6 +149,26 @@ async def caught_up(uploader: SpoolUploader, complete_bytes: int) -> None:
         # exactly while a part size or more of it is not stored yet.
         while complete_bytes - uploader.uploaded_bytes >= PART:
             await trio.sleep(0.05)
+
+
+def in_progress_uploads(store: AsyncObjectStore, key: str) -> list[str]:
+    """Upload ids of the multipart uploads in progress for exactly ``key`` (minio's private API, as the store does)."""
+    client = store.store._client
+    listed = client._list_multipart_uploads(store.bucket, prefix=key)
+    return [u.upload_id for u in listed.uploads if u.object_name == key]
+
+
+def start_multipart_upload(store: AsyncObjectStore, key: str) -> str:
+    """What compose_object's first request does (and a crash right after leaves behind)."""
+    upload_id: str = store.store._client._create_multipart_upload(store.bucket, key, {"Content-Type": "video/mp4"})
+    return upload_id
+
+
+class ShortestJitter(random.Random):
+    """Equal jitter at its low end: each retry delay is exactly half its step (deterministic timing)."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return a
 
 
 # ----------------------------------------------------------------------------- tests
@@ -254,6 +275,95 @@ async def test_store_down_mid_recording_then_catches_up_with_no_byte_lost(
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.slow
+async def test_store_down_for_a_full_minute_mid_recording_catches_up_with_no_byte_lost(
+    moto: S3Target, tmp_path: Path
+) -> None:
+    """The issue's case: the store is down for 60 s while the spool grows by several chunks."""
+    # A longer real recording than the shared one: 18 s, about 9 chunks.
+    ends: list[int] = []
+    source = tmp_path / "source.mp4"
+    await trio.to_thread.run_sync(lambda: encode_recording(source, lambda n, _t: ends.append(n), 3 * FRAMES))
+    rec = Recording(source.read_bytes(), ends)
+    assert rec.fragment_ends[-1] > 7 * PART
+
+    outage_s = 60.0
+    sid = session_id()
+    spool = tmp_path / f"{sid}.mp4"
+    async with trio.open_nursery() as nursery:
+        outage = StoreOutage(moto.host, moto.port)
+        port = await nursery.start(outage.run)
+        store = make_store(moto.via(port))
+        # The shortest jitter makes the retry times deterministic (0.25, 0.75,
+        # 1.75 ... 45.75, 60.75 s after the first failure); jitter only decides
+        # *when* the store's return is noticed (within BACKOFF_MAX_S), not what.
+        uploader = SpoolUploader(store, spool, sid, PART, retry_s=30, rng=ShortestJitter())
+        fragments = iter(rec.fragment_ends)
+        written = 0
+
+        def append(end: int) -> None:
+            nonlocal written
+            with spool.open("ab") as f:
+                f.write(rec.data[written:end])
+            written = end
+            uploader.fragment_written(end)
+
+        async with trio.open_nursery() as recording_nursery:
+            recording_nursery.start_soon(uploader.run)
+
+            # Record until the first chunk is stored, then lose the store.
+            for end in fragments:
+                append(end)
+                if end > PART:
+                    break
+            await caught_up(uploader, written)
+            stored_when_down = uploader.uploaded_bytes
+            assert stored_when_down > 0
+            await outage.down()
+            down_at = trio.current_time()
+
+            # Keep recording through the outage: a chunk is due at once, then the
+            # rest of the recording lands spread over the first 50 s.
+            for end in fragments:
+                append(end)
+                if written - stored_when_down >= PART:
+                    break
+            rest = list(fragments)
+            for i, end in enumerate(rest):
+                await trio.sleep_until(down_at + 50.0 * (i + 1) / len(rest))
+                append(end)
+            with spool.open("ab") as f:  # the trailer after the last fragment
+                f.write(rec.data[written:])
+            total = len(rec.data)
+            await trio.sleep_until(down_at + outage_s)
+
+            # A minute later: nothing got through, nothing was lost, several
+            # chunks' worth wait in the spool.
+            assert uploader.uploaded_bytes == stored_when_down
+            assert rec.fragment_ends[-1] - stored_when_down >= 5 * PART
+            assert uploader.failures >= 6
+            assert spool.read_bytes() == rec.data
+
+            await outage.up()
+            up_at = trio.current_time()
+            await caught_up(uploader, rec.fragment_ends[-1])
+            caught_up_s = trio.current_time() - up_at
+            assert caught_up_s < BACKOFF_MAX_S + 15.0  # noticed within one longest backoff
+            assert uploader.chunks_uploaded_during_recording >= 6  # caught up before stop
+            recording_nursery.cancel_scope.cancel()
+
+        result = await uploader.finish(total)
+        composed = await store.get_bytes(result.key)
+        nursery.cancel_scope.cancel()
+
+    assert result.size == total
+    assert composed == rec.data
+    assert result.sha256_hex == hashlib.sha256(rec.data).hexdigest()
+    assert await make_store(moto).list_chunks(sid) == []
+    frames, _last = await trio.to_thread.run_sync(decode, composed)
+    assert frames == 3 * FRAMES
+
+
 async def test_store_down_at_finish_fails_after_retry_s_then_resume_completes(
     moto: S3Target, recording: Recording, tmp_path: Path
 ) -> None:
@@ -330,6 +440,69 @@ async def test_new_uploader_after_a_crash_resumes_from_the_listed_chunks(
     frames, _last = await trio.to_thread.run_sync(decode, composed)
     assert 0 < frames < FRAMES
     assert await fresh_store.list_chunks(sid) == []
+
+
+async def test_resume_aborts_a_multipart_upload_left_by_a_crash_mid_compose(
+    moto: S3Target, recording: Recording, tmp_path: Path
+) -> None:
+    sid = session_id()
+    spool = tmp_path / f"{sid}.mp4"
+    spool.write_bytes(recording.data)
+    store = make_store(moto)
+    key = store.composite_key(sid)
+    # Stored while recording: the first chunk. Then, at stop, the process died
+    # inside compose_object after its CreateMultipartUpload: no abort ran.
+    first_end = next(e for e in recording.fragment_ends if e >= PART)
+    await store.put_chunk(store.chunk_key(sid, (0, first_end)), recording.data[:first_end])
+    crashed = await trio.to_thread.run_sync(start_multipart_upload, store, key)
+    # Another session's compose in flight must be left alone.
+    other_sid = session_id()
+    other_key = store.composite_key(other_sid)
+    other = await trio.to_thread.run_sync(start_multipart_upload, store, other_key)
+    assert await trio.to_thread.run_sync(in_progress_uploads, store, key) == [crashed]
+
+    result = await SpoolUploader(store, spool, sid, PART, retry_s=10).resume_and_finish()
+
+    assert await trio.to_thread.run_sync(in_progress_uploads, store, key) == []
+    assert await trio.to_thread.run_sync(in_progress_uploads, store, other_key) == [other]
+    assert result.size == len(recording.data)
+    assert await store.get_bytes(result.key) == recording.data
+    assert await store.list_chunks(sid) == []
+    # Nothing left to abort now; the other session's upload is still its own.
+    assert await store.abort_incomplete_uploads(sid) == 0
+    assert await store.abort_incomplete_uploads(other_sid) == 1
+
+
+class ComposeCutOnce(CountingStore):
+    """The first compose fails the way an outage makes it: its multipart upload stays (the abort failed too)."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        super().__init__(store)
+        self.composes = 0
+
+    async def compose(self, session_id: str, chunks: Sequence[Chunk]) -> ObjectInfo:
+        self.composes += 1
+        if self.composes == 1:
+            await trio.to_thread.run_sync(start_multipart_upload, self, self.composite_key(session_id))
+            raise StorageError("composing the recording: connection reset (simulated)", destination=False)
+        return await super().compose(session_id, chunks)
+
+
+async def test_finish_aborts_the_upload_a_failed_compose_left(
+    moto: S3Target, recording: Recording, tmp_path: Path
+) -> None:
+    sid = session_id()
+    spool = tmp_path / f"{sid}.mp4"
+    spool.write_bytes(recording.data)
+    store = ComposeCutOnce(ObjectStore(s3_settings(moto), connect_timeout_s=2, read_timeout_s=20, http_retries=1))
+    uploader = SpoolUploader(store, spool, sid, PART, retry_s=30, rng=ShortestJitter())
+    for end in recording.fragment_ends:
+        uploader.fragment_written(end)
+    result = await uploader.finish(len(recording.data))
+    assert store.composes == 2
+    assert uploader.failures == 1
+    assert await trio.to_thread.run_sync(in_progress_uploads, store, result.key) == []
+    assert await store.get_bytes(result.key) == recording.data
 
 
 async def test_resume_replaces_a_short_stray_chunk(moto: S3Target, tmp_path: Path) -> None:
