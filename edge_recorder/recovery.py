@@ -15,8 +15,10 @@ mid-upload). For each:
    webhooks), so the row tells the truth again.
 
 Chunk objects of an upload that cannot be completed are left for a later
-``retry-upload`` (they are the progress); composing uses short-lived
-multipart uploads that complete or abort within the call, so none dangles.
+``retry-upload`` (they are the progress). A process killed in the middle of
+composing leaves that compose's multipart upload open: resuming aborts every
+in-progress multipart upload of the session's composite key first (best
+effort; the bucket's AbortIncompleteMultipartUpload rule is the backstop).
 """
 
 from __future__ import annotations
