@@ -24,7 +24,9 @@ server the integration tests use; no real S3 is touched):
    reported with ``SpoolUploader.fragment_written`` while ``run()`` uploads
    chunks in the background, as a session does. Before the last fragment the
    benchmark waits until ``run()`` has stored every chunk that was due (a
-   real-time recording gives it 2 s per fragment; the wait is reported). Then
+   real-time recording gives it 2 s per fragment; the wait is reported), and
+   until it has done every roll-up that was due (chunks rolled up server-side,
+   ``ROLLUP_FANOUT`` at a time: docs/storage.md). Then
    the last fragment and the trailer land, ``run()`` is cancelled and
    ``finish(total)`` runs: tail upload, compose, size check, SHA-256, chunk
    delete. Its wall time, from "stop" to the verified object, is the figure.
@@ -76,7 +78,7 @@ from edge_recorder.config import S3Settings, Secret
 from edge_recorder.media.encode import EncoderSettings, FragmentedMp4Writer, Mp4BoxScanner
 from edge_recorder.sink.plan import Chunk
 from edge_recorder.sink.s3 import AsyncObjectStore, ObjectInfo, ObjectStore
-from edge_recorder.sink.uploader import SpoolUploader
+from edge_recorder.sink.uploader import ROLLUP_FANOUT, SpoolUploader
 
 __all__ = [
     "FPUT_PARALLEL",
@@ -199,6 +201,9 @@ class UploadReport:
     link_rtt_ms: float
     fput_part_bytes: int = FPUT_PART_BYTES
     fput_parallel: int = FPUT_PARALLEL
+    rollup_fanout: int = 0  # objects joined per roll-up while recording (0: none)
+    rollups: int = 0  # roll-ups done while recording
+    rollup_busy_s: float = 0.0  # summed wall time of those roll-ups (compose + delete of the sources)
 
     @property
     def finish_other_s(self) -> float:
@@ -254,7 +259,11 @@ def table_rows(r: UploadReport) -> list[tuple[str, str, str, str]]:
     """(design, after stop, bytes sent after stop, stop → COMPLETED) rows."""
     return [
         (
-            f"streaming chunks + compose ({r.chunks_total} chunks)",
+            (
+                f"streaming chunks + roll-ups (fanout {r.rollup_fanout}) + compose ({r.chunks_total} objects at stop)"
+                if r.rollups
+                else f"streaming chunks + compose ({r.chunks_total} chunks)"
+            ),
             f"{r.finish_s:.2f} s",
             _mb(r.tail_bytes),
             f"{r.stop_to_completed_s:.2f} s",
@@ -301,6 +310,14 @@ def render_upload_markdown(r: UploadReport) -> str:
         f"- Spool grown in {r.write_wall_s:.1f} s ({r.recording_s / r.write_wall_s:.0f}x real time); "
         f"{r.chunks_during_recording} chunks ({_mb(r.chunk_put_bytes)}) stored while recording; "
         f"wait for the upload to catch up before the last fragment: {r.catch_up_s:.2f} s",
+        *(
+            [
+                f"- Roll-ups while recording (fanout {r.rollup_fanout}): {r.rollups}, {r.rollup_busy_s:.2f} s of store time "
+                f"in all ({r.rollup_busy_s / r.rollups:.2f} s each), so {r.chunks_total} objects were composed at stop"
+            ]
+            if r.rollups
+            else []
+        ),
         "",
         "| design | upload after stop | sent after stop | stop → COMPLETED |",
         "|---|---:|---:|---:|",
@@ -565,6 +582,12 @@ class TimedStore(AsyncObjectStore):
         self.calls.append(_Call("compose", started, trio.current_time()))
         return info
 
+    async def roll_up(self, session_id: str, chunks: Sequence[Chunk]) -> ObjectInfo:
+        started = trio.current_time()
+        info = await super().roll_up(session_id, chunks)
+        self.calls.append(_Call("roll_up", started, trio.current_time()))
+        return info
+
     async def delete_chunks(self, session_id: str, chunks: Sequence[Chunk]) -> None:
         started = trio.current_time()
         await super().delete_chunks(session_id, chunks)
@@ -590,6 +613,9 @@ class _Streamed:
     finish_tail_s: float
     finish_compose_s: float
     finish_delete_s: float
+    rollup_fanout: int
+    rollups: int
+    rollup_busy_s: float
 
 
 async def _stream(
@@ -599,9 +625,10 @@ async def _stream(
     real: RealEncode,
     sizes: Sequence[int],
     write_wall_s: float,
+    rollup_fanout: int = ROLLUP_FANOUT,
 ) -> _Streamed:
     sid = f"bench-{uuid.uuid4().hex[:12]}"
-    uploader = SpoolUploader(store, spool, sid, part_size_bytes, retry_s=120)
+    uploader = SpoolUploader(store, spool, sid, part_size_bytes, retry_s=120, rollup_fanout=rollup_fanout)
     pool = np.random.default_rng(11).integers(0, 256, 2 * max(sizes) + 4 * _MIB, dtype=np.uint8).tobytes()
     offsets = random.Random(13)
     interval = write_wall_s / len(sizes)
@@ -630,7 +657,7 @@ async def _stream(
             # A real-time recording gives run() 2 s per fragment; here it may lag
             # the accelerated writer, so let it store what is due, as it would have.
             caught = trio.current_time()
-            while written - uploader.uploaded_bytes >= part_size_bytes:
+            while written - uploader.uploaded_bytes >= part_size_bytes or uploader.rollup_due:
                 await trio.sleep(0.01)
             catch_up_s = trio.current_time() - caught
             during = uploader.chunks_uploaded_during_recording
@@ -660,6 +687,9 @@ async def _stream(
         finish_tail_s=store.busy_s("put", since=stop),
         finish_compose_s=store.busy_s("compose", since=stop),
         finish_delete_s=store.busy_s("delete", since=stop),
+        rollup_fanout=uploader.rollup_fanout,
+        rollups=uploader.rollups,
+        rollup_busy_s=store.busy_s("roll_up") + store.busy_s("delete", before=stop),
     )
 
 
@@ -703,6 +733,7 @@ def run_upload_bench(
     write_wall_s: float = WRITE_WALL_S,
     link_mbps: float = LINK_MBPS,
     link_rtt_ms: float = LINK_RTT_MS,
+    rollup_fanout: int = ROLLUP_FANOUT,
 ) -> UploadReport:
     """Run both designs against a fresh moto_server (blocking, about a minute for 10 minutes of media).
 
@@ -738,10 +769,11 @@ def run_upload_bench(
                         f"  streaming: {recording_s / 60:g} min at {kbps:.0f} kbps ({len(sizes)} fragments) grown over ~{write_wall_s:g} s, "
                         f"chunks of ≥ {part_size_mib} MiB uploaded meanwhile..."
                     )
-                    streamed = await _stream(store, spool, part_size_bytes, real, sizes, write_wall_s)
+                    streamed = await _stream(store, spool, part_size_bytes, real, sizes, write_wall_s, rollup_fanout)
                     say(
                         f"  streaming: finish() {streamed.finish_s:.2f} s after stop ({_mb(streamed.tail_bytes)} tail, "
-                        f"{streamed.chunks_total} chunks; upload caught up {streamed.catch_up_s:.2f} s after the writer)"
+                        f"{streamed.chunks_total} chunks composed after {streamed.rollups} roll-ups; "
+                        f"upload caught up {streamed.catch_up_s:.2f} s after the writer)"
                     )
                     say(f"  whole file: fput_object of {_mb(spool.stat().st_size)} ({FPUT_PART_BYTES // _MIB} MiB parts × {FPUT_PARALLEL})...")
                     key = f"recordings/runbook-{uuid.uuid4().hex[:12]}/composite.mp4"

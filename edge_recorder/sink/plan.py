@@ -23,6 +23,21 @@ After stop the file is complete and every offset is a valid cut, so
 ``part_size_bytes`` with a last piece (the tail) of any size from 1 byte to
 just under twice the part size.
 
+**Roll-ups** (``rollup_fanout`` ≥ 2): while recording, whenever
+``rollup_fanout`` consecutive committed objects have the same *level* (an
+uploaded chunk is level 0), :meth:`ChunkPlan.next_rollup` names them; the
+uploader composes them server-side into one chunk object covering their whole
+range (level + 1) and :meth:`ChunkPlan.commit_rollup` replaces them. Done
+eagerly, this is a base-``fanout`` counter: levels never increase left to
+right and each level holds at most ``fanout - 1`` objects, so a recording of
+``n`` chunks is at most ``(fanout - 1) × (log_fanout(n) + 1)`` objects at stop.
+
+After a crash the store may hold overlapping objects (a roll-up and some of
+its sources, a chunk whose upload was cut before it was committed, a short
+tail of an earlier attempt). :func:`choose_cover` picks the cover to resume
+from: contiguous from 0, as far as the objects reach, with the fewest (so the
+largest) objects; everything else is redundant and deleted after the compose.
+
 Object keys (see docs/storage.md)::
 
     <prefix><sessionId>/chunks/<start:012d>-<end:012d>   one chunk, bytes [start, end)
@@ -45,6 +60,7 @@ __all__ = [
     "ChunkPlan",
     "chunk_key",
     "chunks_prefix",
+    "choose_cover",
     "composite_key",
     "parse_chunk_key",
     "validate_chunks",
@@ -148,17 +164,26 @@ class ChunkPlan:
         part_size_bytes: the least size of every chunk but the last.
         min_part_bytes: the floor ``part_size_bytes`` must respect, S3's
             5 MiB; tests of the pure logic pass smaller numbers.
+        rollup_fanout: how many consecutive committed objects of one level
+            :meth:`next_rollup` joins; 0 (the default) never rolls up.
 
     Raises:
-        ValueError: ``part_size_bytes`` is below ``min_part_bytes``.
+        ValueError: ``part_size_bytes`` is below ``min_part_bytes``, or
+            ``rollup_fanout`` is 1, negative or above :data:`MAX_COMPOSE_SOURCES`.
     """
 
-    def __init__(self, part_size_bytes: int, *, min_part_bytes: int = S3_MIN_PART_BYTES) -> None:
+    def __init__(
+        self, part_size_bytes: int, *, min_part_bytes: int = S3_MIN_PART_BYTES, rollup_fanout: int = 0
+    ) -> None:
         if min_part_bytes < 1 or part_size_bytes < min_part_bytes:
             raise ValueError(f"part size {part_size_bytes} is below the minimum {min_part_bytes}")
+        if rollup_fanout != 0 and not 2 <= rollup_fanout <= MAX_COMPOSE_SOURCES:
+            raise ValueError(f"roll-up fanout {rollup_fanout} must be 0 (none) or 2 to {MAX_COMPOSE_SOURCES}")
         self.part_size_bytes = part_size_bytes
         self.min_part_bytes = min_part_bytes
+        self.rollup_fanout = rollup_fanout
         self._committed: list[Chunk] = []
+        self._levels: list[int] = []  # level of each committed object (0: an uploaded chunk)
         self._end = 0  # end of the last committed chunk
         self._complete = 0  # highest complete-fragment end seen
         self._boundaries: list[int] = []  # fragment ends > self._end, ascending
@@ -169,6 +194,11 @@ class ChunkPlan:
     def committed(self) -> list[Chunk]:
         """Chunks committed so far, in order (a copy)."""
         return list(self._committed)
+
+    @property
+    def committed_levels(self) -> list[int]:
+        """The level of each committed object (0: uploaded, k + 1: a roll-up of level-k objects), a copy."""
+        return list(self._levels)
 
     @property
     def committed_bytes(self) -> int:
@@ -258,51 +288,162 @@ class ChunkPlan:
         if start != self._end or end <= start:
             raise ValueError(f"chunk [{start}, {end}) does not continue the plan at {self._end}")
         self._committed.append(chunk)
+        self._levels.append(0)
         self._end = end
         self._boundaries = [b for b in self._boundaries if b > end]
 
-    def resume(self, uploaded: Iterable[Chunk], *, total_bytes: int | None = None) -> list[Chunk]:
-        """Continue from chunks found in the store (after a crash or a failed finish).
+    # -- roll-ups -------------------------------------------------------------
 
-        The chunks must be contiguous from 0. Every chunk but the last must be
-        at least ``min_part_bytes`` (a compose source rule). A last chunk
-        shorter than that cannot be followed by another, so it is *not*
-        resumed: it is returned, to be re-uploaded as part of a later chunk
-        and deleted (its key is overwritten or superseded).
-
-        Args:
-            uploaded: the chunks listed in the store, in any order.
-            total_bytes: the finished file's size when known: a short last
-                chunk that ends exactly there is the complete tail and is kept.
+    def next_rollup(self) -> list[Chunk] | None:
+        """The committed objects to join into one next, if any (does not move the plan).
 
         Returns:
-            The chunks dropped (at most one, the short last one).
+            The leftmost run of ``rollup_fanout`` consecutive committed objects
+            of the same level, each at least ``min_part_bytes`` (a compose
+            source rule); None when there is none or roll-ups are off.
+        """
+        fanout = self.rollup_fanout
+        if fanout < 2:
+            return None
+        run = 0
+        for i, (start, end) in enumerate(self._committed):
+            if end - start < self.min_part_bytes:
+                run = 0
+                continue
+            run = run + 1 if run and self._levels[i] == self._levels[i - 1] else 1
+            if run == fanout:
+                return self._committed[i - fanout + 1 : i + 1]
+        return None
+
+    def commit_rollup(self, sources: Sequence[Chunk]) -> Chunk:
+        """Replace ``sources`` (consecutive committed objects) by the one object that joins them.
+
+        Call it once the joined object is stored (and before its sources are deleted).
+
+        Returns:
+            The joined range ``(sources[0] start, sources[-1] end)``; its level
+            is one more than the highest of the sources'.
 
         Raises:
-            ValueError: the plan already moved, or the chunks overlap, leave a
-                gap, do not start at 0, or break the size rule.
+            ValueError: fewer than two sources, or not consecutive committed objects.
+        """
+        if len(sources) < 2:
+            raise ValueError("a roll-up joins at least two objects")
+        try:
+            i = self._committed.index(sources[0])
+        except ValueError:
+            raise ValueError(f"{sources[0]} is not a committed object") from None
+        if self._committed[i : i + len(sources)] != list(sources):
+            raise ValueError("roll-up sources are not consecutive committed objects")
+        joined = (sources[0][0], sources[-1][1])
+        level = max(self._levels[i : i + len(sources)]) + 1
+        self._committed[i : i + len(sources)] = [joined]
+        self._levels[i : i + len(sources)] = [level]
+        return joined
+
+    def resume(self, uploaded: Iterable[Chunk], *, total_bytes: int | None = None) -> list[Chunk]:
+        """Continue from the objects found in the store (after a crash or a failed finish).
+
+        The plan continues after the cover :func:`choose_cover` picks from
+        them: contiguous from 0, reaching as far as they allow, with the
+        fewest objects. Every other object is redundant and returned, to be
+        deleted once the recording is composed: a roll-up's sources left by a
+        crash between its compose and their delete, a chunk superseded by a
+        longer one, a short last chunk that does not end the file (a tail from
+        an earlier attempt; its bytes are uploaded again as part of a longer
+        chunk), objects past a gap.
+
+        Args:
+            uploaded: the objects listed in the store, in any order.
+            total_bytes: the finished file's size when known: a short object
+                that ends exactly there is the complete tail and may be used.
+
+        Returns:
+            The redundant objects, sorted.
+
+        Raises:
+            ValueError: the plan already moved, or an object ends beyond
+                ``total_bytes`` (the store does not hold this spool's bytes).
         """
         if self._committed or self._complete:
             raise ValueError("resume() must come before any other use of the plan")
-        chunks = sorted(uploaded)
-        expected = 0
-        for i, (start, end) in enumerate(chunks):
-            if start != expected or end <= start:
-                raise ValueError(
-                    f"uploaded chunks are not contiguous from 0: [{start}, {end}) where {expected} was expected"
-                )
-            if i < len(chunks) - 1 and end - start < self.min_part_bytes:
-                raise ValueError(f"uploaded chunk [{start}, {end}) is shorter than {self.min_part_bytes} bytes")
-            expected = end
-        dropped: list[Chunk] = []
-        if total_bytes is not None and expected > total_bytes:
-            raise ValueError(f"uploaded chunks end at {expected}, beyond the file's {total_bytes} bytes")
-        if chunks and chunks[-1][1] - chunks[-1][0] < self.min_part_bytes and chunks[-1][1] != total_bytes:
-            dropped.append(chunks.pop())
-        for chunk in chunks:
+        cover, redundant = choose_cover(uploaded, min_part_bytes=self.min_part_bytes, total_bytes=total_bytes)
+        for chunk in cover:
             self.commit(chunk)
+        # Levels are not in the keys; infer them from sizes (they only steer later roll-ups).
+        self._levels = [_level_of(end - start, self.part_size_bytes, self.rollup_fanout) for start, end in cover]
         self._complete = self._end
-        return dropped
+        return redundant
+
+
+def _level_of(size: int, part_size_bytes: int, fanout: int) -> int:
+    level = 0
+    if fanout >= 2:
+        while size >= part_size_bytes * fanout ** (level + 1):
+            level += 1
+    return level
+
+
+def choose_cover(
+    objects: Iterable[Chunk], *, min_part_bytes: int = S3_MIN_PART_BYTES, total_bytes: int | None = None
+) -> tuple[list[Chunk], list[Chunk]]:
+    """Which stored objects to compose, and which are redundant (pure).
+
+    The objects may overlap in any way (see the module doc). The cover is a
+    chain ``[0, a), [a, b), ...`` of them that
+
+    * reaches the farthest offset any such chain reaches (the fewest bytes to
+      upload again),
+    * among those, has the fewest objects (so it prefers roll-ups to their
+      sources), ties going to the chain whose later objects are larger, and
+    * has every object but the last at least ``min_part_bytes`` long; a
+      shorter one is usable only as the last, and only when it ends at
+      ``total_bytes`` (the file's tail).
+
+    Every byte of ``[0, cover end)`` is in exactly one object of the cover.
+
+    Args:
+        objects: ``(start, end)`` ranges, any order, duplicates ignored.
+        min_part_bytes: the compose rule for every source but the last.
+        total_bytes: the file's size, when known.
+
+    Returns:
+        ``(cover, redundant)``: the cover in order (empty when nothing usable
+        starts at 0), and every other object, sorted.
+
+    Raises:
+        ValueError: a range is empty or negative, or ends beyond ``total_bytes``.
+    """
+    unique = sorted(set(objects))
+    edges: dict[int, list[int]] = {}
+    for start, end in unique:
+        if not 0 <= start < end:
+            raise ValueError(f"bad object range [{start}, {end})")
+        if total_bytes is not None and end > total_bytes:
+            raise ValueError(f"an object [{start}, {end}) ends beyond the file's {total_bytes} bytes")
+        if end - start >= min_part_bytes or end == total_bytes:
+            edges.setdefault(start, []).append(end)
+    # Shortest paths from 0 in a DAG whose nodes are offsets (edges go forward):
+    # best[offset] = (objects to reach it, the previous offset).
+    best: dict[int, tuple[int, int]] = {0: (0, -1)}
+    for start in sorted(edges):
+        if start not in best:
+            continue
+        count = best[start][0] + 1
+        for end in edges[start]:
+            known = best.get(end)
+            # Fewer objects wins; on a tie the larger last object (smaller start).
+            if known is None or count < known[0] or (count == known[0] and start < known[1]):
+                best[end] = (count, start)
+    cover: list[Chunk] = []
+    end = max(best)
+    while end > 0:
+        start = best[end][1]
+        cover.append((start, end))
+        end = start
+    cover.reverse()
+    used = set(cover)
+    return cover, [c for c in unique if c not in used]
 
 
 def validate_chunks(chunks: Sequence[Chunk], total_bytes: int, *, min_part_bytes: int = S3_MIN_PART_BYTES) -> None:

@@ -4,7 +4,9 @@ Design (docs/storage.md has the whole story): while recording, the spool file
 is uploaded as **chunk objects** ``<prefix><sessionId>/chunks/<start>-<end>``
 (see :mod:`edge_recorder.sink.plan`); at stop they are joined **server-side**
 into ``<prefix><sessionId>/composite.mp4`` with minio's public
-``compose_object`` (S3 ``UploadPartCopy``), then deleted.
+``compose_object`` (S3 ``UploadPartCopy``), then deleted. While recording,
+:meth:`ObjectStore.roll_up` joins consecutive chunks into one chunk object
+with the same compose code (a roll-up), so few objects remain at stop.
 
 Why not ``put_object(length=-1)`` streaming one multipart upload: minio keeps
 that upload's id in memory only, so a crash orphans every part uploaded so far
@@ -398,7 +400,7 @@ class ObjectStore:
         ``UploadPartCopy`` requests (minio ``compose_object``), which checks
         each source's size (all but the last at least 5 MiB) with a HEAD
         first. SSE-C: the customer key goes on every source read and on the
-        destination.
+        destination. Tagged ``recording``, served as ``video/mp4``.
 
         Returns:
             The composed object as the store reports it (size from a HEAD).
@@ -407,6 +409,36 @@ class ObjectStore:
             StorageError: the store refused, or more than 10 000 chunks (ours).
             ValueError: ``chunks`` is empty.
         """
+        return self._compose(
+            self.composite_key(session_id), session_id, chunks, content_type="video/mp4", kind="recording"
+        )
+
+    @_translated("rolling chunks up")
+    def roll_up(self, session_id: str, chunks: Sequence[Chunk]) -> ObjectInfo:
+        """Join consecutive ``chunks`` server-side into one chunk object spanning them.
+
+        The destination is the chunk key of ``(chunks[0] start, chunks[-1]
+        end)``, tagged ``chunk`` (the stray-chunk lifecycle rule applies to
+        it) and stored like a chunk (``application/octet-stream``); SSE and
+        SSE-C exactly as :meth:`compose`. The sources are left in place: the
+        caller deletes them once it has recorded the roll-up.
+
+        Returns:
+            The roll-up object as the store reports it (size from a HEAD).
+
+        Raises:
+            StorageError: the store refused, or more than 10 000 chunks (ours).
+            ValueError: fewer than two chunks, or they are not consecutive.
+        """
+        if len(chunks) < 2 or any(a[1] != b[0] for a, b in zip(chunks, chunks[1:])):
+            raise ValueError("a roll-up joins two or more consecutive chunks")
+        key = self.chunk_key(session_id, (chunks[0][0], chunks[-1][1]))
+        return self._compose(key, session_id, chunks, content_type="application/octet-stream", kind="chunk")
+
+    def _compose(
+        self, key: str, session_id: str, chunks: Sequence[Chunk], *, content_type: str, kind: str
+    ) -> ObjectInfo:
+        """``compose_object`` of ``session_id``'s ``chunks`` into ``key``, then a HEAD of it."""
         if not chunks:
             raise ValueError("nothing to compose")
         if len(chunks) > MAX_COMPOSE_SOURCES:
@@ -415,17 +447,17 @@ class ObjectStore:
                 "raise RECORDING_S3_PART_SIZE_MIB",
                 destination=False,
             )
-        key = self.composite_key(session_id)
         sources = [ComposeSource(self.bucket, self.chunk_key(session_id, c), ssec=self._ssec) for c in chunks]
         result = self._client.compose_object(
             self.bucket,
             key,
             sources,
             sse=self._sse,
-            metadata={"Content-Type": "video/mp4"},
-            # Replaces the chunk tag (a one-chunk compose is a CopyObject,
-            # which would copy it), so the chunk-expiry rule never matches.
-            tags=_kind_tags("recording"),
+            metadata={"Content-Type": content_type},
+            # Set explicitly: a one-source compose is a CopyObject, which would
+            # otherwise copy the source's tag (a recording must never carry the
+            # chunk tag the expiry rule matches).
+            tags=_kind_tags(kind),
         )
         info = self.stat(key)
         return ObjectInfo(self.bucket, key, info.size, _unquote(result.etag) or info.etag, info.headers)
@@ -447,12 +479,14 @@ class ObjectStore:
 
     @_translated("aborting incomplete multipart uploads")
     def abort_incomplete_uploads(self, session_id: str) -> int:
-        """Abort every in-progress multipart upload of ``session_id``'s ``composite.mp4``.
+        """Abort every in-progress multipart upload of ``session_id``'s ``composite.mp4`` and roll-ups.
 
-        Only this session's composite key is touched (keys that merely start
-        with it are skipped). Safe when nothing is in progress. Must not run
-        while this session's compose does (the uploader calls it before
-        resuming, and after a compose that succeeded following a failed one).
+        Only this session's keys are touched: its composite key and its chunk
+        keys (a roll-up is a compose into a chunk key); other keys under
+        ``<prefix><sessionId>/`` are skipped. Safe when nothing is in
+        progress. Must not run while this session composes (the uploader
+        calls it before resuming, and after a compose that succeeded following
+        a failed one or a failed roll-up, once roll-ups have stopped).
 
         Needs ``s3:ListBucketMultipartUploads`` and ``s3:AbortMultipartUpload``.
 
@@ -463,23 +497,38 @@ class ObjectStore:
             StorageError: the listing or an abort failed.
         """
         key = self.composite_key(session_id)
+        session_prefix = key[: -len("composite.mp4")]
+        chunk_prefix = chunks_prefix(self.prefix, session_id)
+
+        def ours(name: str) -> bool:
+            if name == key:
+                return True
+            if not name.startswith(chunk_prefix):
+                return False
+            try:
+                parse_chunk_key(name)
+            except ValueError:
+                return False
+            return True
+
         aborted = 0
         # Aborted uploads leave the listing, so each round lists from the start
         # again instead of paging with markers (minio 7.2.20's result also drops
         # NextUploadIdMarker: it stores it under a misspelled attribute).
-        # Within a prefix the listing is sorted by key and ``key`` sorts first,
-        # so a page without one of ours means none is left.
+        # Only this session writes under its prefix, so a page without one of
+        # ours means none is left.
         for _round in range(_ABORT_ROUNDS_MAX):
-            listed = self._client._list_multipart_uploads(self.bucket, prefix=key, max_uploads=1000)
-            ids = [u.upload_id for u in listed.uploads if u.object_name == key and u.upload_id]
-            for upload_id in ids:
+            listed = self._client._list_multipart_uploads(self.bucket, prefix=session_prefix, max_uploads=1000)
+            found = [(u.object_name, u.upload_id) for u in listed.uploads if u.upload_id and ours(u.object_name)]
+            for name, upload_id in found:
                 try:
-                    self._client._abort_multipart_upload(self.bucket, key, upload_id)
+                    self._client._abort_multipart_upload(self.bucket, name, upload_id)
                 except S3Error as exc:
                     if exc.code != "NoSuchUpload":  # gone meanwhile: what we wanted
                         raise
                 aborted += 1
-                log.warning("aborted an incomplete multipart upload of %s (upload id %s)", key, upload_id)
+                log.warning("aborted an incomplete multipart upload of %s (upload id %s)", name, upload_id)
+            ids = [upload_id for _name, upload_id in found]
             if not ids or not listed.is_truncated:
                 break
         return aborted
@@ -611,6 +660,10 @@ class AsyncObjectStore:
     async def compose(self, session_id: str, chunks: Sequence[Chunk]) -> ObjectInfo:
         """See :meth:`ObjectStore.compose`."""
         return await self._run(self.store.compose, session_id, list(chunks))
+
+    async def roll_up(self, session_id: str, chunks: Sequence[Chunk]) -> ObjectInfo:
+        """See :meth:`ObjectStore.roll_up`."""
+        return await self._run(self.store.roll_up, session_id, list(chunks))
 
     async def abort_incomplete_uploads(self, session_id: str) -> int:
         """See :meth:`ObjectStore.abort_incomplete_uploads`."""

@@ -9,6 +9,11 @@
   exponential backoff (0.5 s doubling to 30 s) **forever while recording**:
   the spool on disk is the buffer, so a slow or down store never grows memory
   (at most one chunk is in memory) and the upload catches up when it returns.
+  Between uploads :meth:`run` also **rolls chunks up**: whenever
+  :data:`ROLLUP_FANOUT` consecutive stored objects have the same level, it
+  composes them server-side into one chunk object spanning them and deletes
+  them, so the compose at stop has O(fanout × log n) sources however long the
+  recording (docs/storage.md, "Roll-ups").
 * at stop, :meth:`finish` uploads what is left (the tail), composes the chunks
   into ``composite.mp4`` server-side, checks its size, hashes the spool and
   deletes the chunks, retrying for ``retry_s`` before it raises
@@ -38,7 +43,7 @@ from edge_recorder.errors import StorageError, UploadFailedError
 from edge_recorder.sink.plan import S3_MIN_PART_BYTES, Chunk, ChunkPlan, validate_chunks
 from edge_recorder.sink.s3 import AsyncObjectStore
 
-__all__ = ["BACKOFF_FIRST_S", "BACKOFF_MAX_S", "SpoolUploader", "UploadResult", "backoff_s"]
+__all__ = ["BACKOFF_FIRST_S", "BACKOFF_MAX_S", "ROLLUP_FANOUT", "SpoolUploader", "UploadResult", "backoff_s"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,11 @@ T = TypeVar("T")
 BACKOFF_FIRST_S = 0.5
 # Longest retry delay, seconds: a returning store is noticed within this.
 BACKOFF_MAX_S = 30.0
+# Objects of one level joined by one roll-up while recording (docs/storage.md):
+# at stop at most (fanout - 1) per level remain, plus the tail. With 4, a
+# 10-minute recording (23 chunks of 8 MiB) composes 5 sources at stop (8 would
+# leave 9, 2 would copy each byte twice as often while recording).
+ROLLUP_FANOUT = 4
 
 
 def backoff_s(attempt: int, rng: random.Random) -> float:
@@ -70,7 +80,7 @@ class UploadResult:
         size: bytes, equal to the spool file's.
         sha256_hex: SHA-256 of the spool file (the object is byte-identical).
         etag: the composed object's ETag (a multipart ETag, not an MD5).
-        chunks: how many chunk objects were composed.
+        chunks: how many chunk objects (roll-ups count as one) were composed.
     """
 
     bucket: str
@@ -113,9 +123,12 @@ class SpoolUploader:
         rng: jitter source, injectable for tests.
         min_part_bytes: the floor for ``part_size_bytes`` (S3's 5 MiB); only
             tests against a fake store lower it.
+        rollup_fanout: objects joined per roll-up while recording; 0 turns
+            roll-ups off.
 
     Attributes:
         chunks_uploaded_during_recording: chunks :meth:`run` stored.
+        rollups: roll-ups :meth:`run` stored (and recorded in the plan).
         failures: store requests that failed and were retried.
     """
 
@@ -130,6 +143,7 @@ class SpoolUploader:
         clock: Callable[[], float] = trio.current_time,
         rng: random.Random | None = None,
         min_part_bytes: int = S3_MIN_PART_BYTES,
+        rollup_fanout: int = ROLLUP_FANOUT,
     ) -> None:
         self._store = store
         self.spool_path = Path(spool_path)
@@ -138,18 +152,28 @@ class SpoolUploader:
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._min_part_bytes = min_part_bytes
-        self._plan = ChunkPlan(part_size_bytes, min_part_bytes=min_part_bytes)
+        self._plan = ChunkPlan(part_size_bytes, min_part_bytes=min_part_bytes, rollup_fanout=rollup_fanout)
         self._wakeup = trio.Event()
-        # Held while a chunk is chosen, uploaded and committed, so run() and
-        # finish() never upload at once.
+        # Held while a chunk is chosen, uploaded and committed, and for a whole
+        # roll-up (compose, commit, delete of its sources), so run() and
+        # finish() never change the plan or the store's objects at once.
         self._lock = trio.Lock()
         self._sha256: str | None = None
-        # Chunks found in the store that the resumed plan does not use.
-        self._stale: list[Chunk] = []
-        # A compose failed since the last successful one: it may have left its
-        # multipart upload behind (see _finish_once).
+        # Objects that may be in the store but are not in the plan: chunks the
+        # resumed plan does not use, a roll-up whose compose was cut or not
+        # recorded, roll-up sources whose delete failed. Deleted after the
+        # compose at stop (deleting a missing key is no error).
+        self._stale: set[Chunk] = set()
+        # A compose (or roll-up) failed since the last successful compose: it
+        # may have left its multipart upload behind (see _finish_once).
         self._compose_failed = False
+        # Set by finish(): run() starts no roll-up after it.
+        self._finishing = False
+        # Roll-ups back off on their own, so a failing one never delays chunks.
+        self._rollup_attempt = 0
+        self._rollup_not_before = float("-inf")
         self.chunks_uploaded_during_recording = 0
+        self.rollups = 0
         self.failures = 0
 
     # -- progress -------------------------------------------------------------
@@ -161,8 +185,18 @@ class SpoolUploader:
 
     @property
     def uploaded_chunks(self) -> list[Chunk]:
-        """The chunks stored so far, in order."""
+        """The chunk objects (uploaded chunks and roll-ups) that cover the stored bytes, in order."""
         return self._plan.committed
+
+    @property
+    def rollup_fanout(self) -> int:
+        """Objects joined per roll-up while recording (0: none)."""
+        return self._plan.rollup_fanout
+
+    @property
+    def rollup_due(self) -> bool:
+        """Whether a roll-up is waiting (run() does it when no chunk is due)."""
+        return not self._finishing and self._plan.next_rollup() is not None
 
     # -- while recording ------------------------------------------------------
 
@@ -176,33 +210,99 @@ class SpoolUploader:
         self._wakeup.set()
 
     async def run(self) -> None:
-        """Upload each chunk as soon as the plan allows; retry failures forever.
+        """Upload each chunk as soon as the plan allows, rolling chunks up in between; retry forever.
+
+        One task does both, so the plan has a single writer: a due chunk is
+        always uploaded first, and a roll-up (about ``2 × fanout + 3``
+        requests, no media bytes sent) only starts when no chunk is due, so it
+        delays the next chunk by at most one roll-up. A failed upload is
+        retried with backoff; a failed roll-up backs off on its own schedule
+        and never holds chunks back.
 
         Runs until cancelled (the session cancels it at stop, then calls
-        :meth:`finish`). On cancellation an upload in flight finishes in its
-        thread and its result is dropped; the chunk is uploaded again later
-        (same key, same bytes).
+        :meth:`finish`). On cancellation a request in flight finishes in its
+        thread and its result is dropped: an unrecorded chunk is uploaded
+        again later, and an unrecorded roll-up object is deleted after the
+        compose at stop.
         """
         while True:
-            if self._plan.next_chunk() is None:
-                await self._wakeup.wait()
-                self._wakeup = trio.Event()
+            if not self._work_due():
+                with trio.move_on_at(self._rollup_not_before if self._rollup_waiting() else float("inf")):
+                    await self._wakeup.wait()
+                    self._wakeup = trio.Event()
                 continue
             attempt = 0
             while True:
                 try:
                     async with self._lock:
                         chunk = self._plan.next_chunk()
-                        if chunk is None:  # finish() got there first
-                            break
-                        await self._upload(chunk)
-                        self.chunks_uploaded_during_recording += 1
+                        if chunk is not None:
+                            await self._upload(chunk)
+                            self.chunks_uploaded_during_recording += 1
+                        elif self._rollup_ready() and (sources := self._plan.next_rollup()) is not None:
+                            await self._rollup_or_back_off(sources)
                     break
                 except StorageError as exc:
                     attempt += 1
                     delay = backoff_s(attempt, self._rng)
                     self._log_failure(exc, f"retrying in {delay:.1f} s (attempt {attempt})")
                     await trio.sleep(delay)
+
+    def _rollup_waiting(self) -> bool:
+        return not self._finishing and self._plan.next_rollup() is not None
+
+    def _rollup_ready(self) -> bool:
+        return not self._finishing and self._clock() >= self._rollup_not_before
+
+    def _work_due(self) -> bool:
+        if self._plan.next_chunk() is not None:
+            return True
+        return self._rollup_ready() and self._plan.next_rollup() is not None
+
+    async def _rollup_or_back_off(self, sources: list[Chunk]) -> None:
+        """One roll-up; a StorageError schedules the next try instead of propagating."""
+        try:
+            await self._rollup(sources)
+        except StorageError as exc:
+            self._rollup_attempt += 1
+            delay = backoff_s(self._rollup_attempt, self._rng)
+            self._rollup_not_before = self._clock() + delay
+            self._log_failure(exc, f"roll-up retried in {delay:.1f} s (attempt {self._rollup_attempt}); chunks go on")
+        else:
+            self._rollup_attempt = 0
+            self._rollup_not_before = float("-inf")
+
+    async def _rollup(self, sources: list[Chunk]) -> None:
+        """Compose ``sources`` into one chunk object, record it in the plan, delete the sources.
+
+        Crash-safe in this order: until the plan records the roll-up the
+        sources are the truth; once it does, the roll-up is (it is stored and
+        verified). A crash in between leaves both in the store, and
+        :func:`~edge_recorder.sink.plan.choose_cover` prefers the roll-up on
+        resume; the leftovers are deleted after the compose at stop.
+        """
+        joined = (sources[0][0], sources[-1][1])
+        self._stale.add(joined)  # exists from the compose on, until recorded
+        try:
+            info = await self._store.roll_up(self.session_id, sources)
+        except StorageError:
+            self._compose_failed = True
+            raise
+        if info.size != joined[1] - joined[0]:
+            raise StorageError(
+                f"roll-up {info.key} has {info.size} bytes, its sources {joined[1] - joined[0]}", destination=False
+            )
+        self._plan.commit_rollup(sources)
+        self._stale.discard(joined)
+        self.rollups += 1
+        self._stale.update(sources)
+        log.debug("session %s: rolled %d chunks up into [%d, %d)", self.session_id, len(sources), *joined)
+        try:
+            await self._store.delete_chunks(self.session_id, sources)
+        except StorageError as exc:
+            self._log_failure(exc, "roll-up sources left for the delete after the compose at stop")
+            return
+        self._stale.difference_update(sources)
 
     # -- at stop --------------------------------------------------------------
 
@@ -271,7 +371,7 @@ class SpoolUploader:
             self._plan.committed_bytes,
             total,
         )
-        self._stale = stale
+        self._stale.update(stale)
         return await self._retrying(lambda: self._finish_once(total), deadline=deadline)
 
     # -- internals ------------------------------------------------------------
@@ -294,6 +394,8 @@ class SpoolUploader:
 
     async def _finish_once(self, total_bytes: int) -> UploadResult:
         async with self._lock:
+            # No roll-up may start now: it would delete sources this compose reads.
+            self._finishing = True
             while (chunk := self._plan.final_chunk(total_bytes)) is not None:
                 await self._upload(chunk)
             chunks = self._plan.committed
@@ -330,7 +432,7 @@ class SpoolUploader:
                 ) from exc
         # The recording is safe now; leftover chunks only cost storage, and the
         # bucket's lifecycle rule expires them, so a failed delete is a warning.
-        doomed = sorted(set(chunks) | set(self._stale))
+        doomed = sorted(set(chunks) | self._stale)
         try:
             await self._store.delete_chunks(self.session_id, doomed)
         except StorageError as exc:

@@ -27,7 +27,7 @@ from edge_recorder.errors import StorageError, UploadFailedError
 from edge_recorder.media.encode import EncoderSettings, FragmentedMp4Writer
 from edge_recorder.sink.plan import S3_MIN_PART_BYTES, Chunk
 from edge_recorder.sink.s3 import AsyncObjectStore, ObjectInfo, ObjectStore
-from edge_recorder.sink.uploader import BACKOFF_MAX_S, SpoolUploader
+from edge_recorder.sink.uploader import BACKOFF_MAX_S, ROLLUP_FANOUT, SpoolUploader
 from tests.integration.s3_support import S3Target, StoreOutage, moto, s3_settings
 
 __all__ = ["moto"]  # the fixture, imported so pytest finds it here
@@ -155,7 +155,7 @@ def in_progress_uploads(store: AsyncObjectStore, key: str) -> list[str]:
     """Upload ids of the multipart uploads in progress for exactly ``key`` (minio's private API, as the store does)."""
     client = store.store._client
     listed = client._list_multipart_uploads(store.bucket, prefix=key)
-    return [u.upload_id for u in listed.uploads if u.object_name == key]
+    return [u.upload_id for u in listed.uploads if u.object_name == key and u.upload_id is not None]
 
 
 def start_multipart_upload(store: AsyncObjectStore, key: str) -> str:
@@ -228,6 +228,96 @@ async def test_live_recording_streams_chunks_then_composes_a_playable_object(
     frames, last = await trio.to_thread.run_sync(decode, response.content)
     assert frames == FRAMES
     assert last == pytest.approx((FRAMES - 1) / 30, abs=0.05)
+
+
+async def test_a_long_live_recording_rolls_chunks_up_before_stop(moto: S3Target, tmp_path: Path) -> None:
+    """More than fanout chunks while recording: roll-ups keep the objects few, the result is exact."""
+    store = make_store(moto, sse="AES256")
+    sid = session_id()
+    spool = tmp_path / f"{sid}.mp4"
+    uploader = SpoolUploader(store, spool, sid, PART, retry_s=30)
+    ends: list[int] = []
+    most_objects = 0
+
+    def on_fragment(complete_bytes: int, _media_end_s: float) -> None:
+        ends.append(complete_bytes)
+        trio.from_thread.run_sync(uploader.fragment_written, complete_bytes)
+
+    async def count_objects() -> None:
+        nonlocal most_objects
+        while True:
+            most_objects = max(most_objects, len(await store.list_chunks(sid)))
+            await trio.sleep(0.2)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(uploader.run)
+        nursery.start_soon(count_objects)
+        total = await trio.to_thread.run_sync(lambda: encode_recording(spool, on_fragment, 3 * FRAMES))
+        await caught_up(uploader, ends[-1])
+        with trio.fail_after(60):
+            while uploader.rollup_due:
+                await trio.sleep(0.05)
+        listed_before_finish = await store.list_chunks(sid)
+        nursery.cancel_scope.cancel()
+
+    uploaded = uploader.chunks_uploaded_during_recording
+    assert total > ROLLUP_FANOUT * PART and uploaded > ROLLUP_FANOUT
+    # Rolled up while recording: fanout chunks became one object, twice here.
+    assert uploader.rollups >= uploaded // ROLLUP_FANOUT
+    assert listed_before_finish == uploader.uploaded_chunks
+    assert len(listed_before_finish) <= uploaded % ROLLUP_FANOUT + uploader.rollups
+    assert len(listed_before_finish) < uploaded
+    # At any moment at most one roll-up's sources and its result beside the rest.
+    assert most_objects <= ROLLUP_FANOUT + 1 + 1
+    biggest = max(listed_before_finish, key=lambda c: c[1] - c[0])
+    assert biggest[1] - biggest[0] >= ROLLUP_FANOUT * PART
+    # A roll-up is a chunk: the chunk tag (the stray-chunk rule expires it) and the SSE.
+    rollup_key = store.chunk_key(sid, biggest)
+    assert await store.tags(rollup_key) == {"edge-recorder-object": "chunk"}
+    assert (await store.stat(rollup_key)).headers["x-amz-server-side-encryption"] == "AES256"
+    assert await store.get_bytes(rollup_key) == spool.read_bytes()[biggest[0] : biggest[1]]
+
+    result = await uploader.finish(total)
+    data = spool.read_bytes()
+    assert result.chunks == len(listed_before_finish) + 1
+    assert result.size == total == len(data)
+    assert result.sha256_hex == hashlib.sha256(data).hexdigest()
+    assert await store.get_bytes(result.key) == data
+    assert await store.tags(result.key) == {"edge-recorder-object": "recording"}
+    assert await store.list_chunks(sid) == []
+
+
+async def test_resume_after_a_crash_mid_rollup_prefers_the_rollup_and_deletes_every_chunk(
+    moto: S3Target, recording: Recording, tmp_path: Path
+) -> None:
+    """The roll-up was composed, its sources not yet deleted (nor a later roll-up's upload finished)."""
+    sid = session_id()
+    spool = tmp_path / f"{sid}.mp4"
+    spool.write_bytes(recording.data)
+    data = recording.data
+    store = make_store(moto)
+    cuts = [0, PART, 2 * PART, 3 * PART]
+    assert len(data) > cuts[-1]
+    chunks = list(zip(cuts, cuts[1:]))
+    for chunk in chunks:
+        await store.put_chunk(store.chunk_key(sid, chunk), data[chunk[0] : chunk[1]])
+    rolled = await store.roll_up(sid, chunks[:2])
+    assert rolled.key == store.chunk_key(sid, (0, 2 * PART)) and rolled.size == 2 * PART
+    # And a later roll-up cut mid-compose: its multipart upload is left behind.
+    cut_key = store.chunk_key(sid, (0, 3 * PART))
+    cut = await trio.to_thread.run_sync(start_multipart_upload, store, cut_key)
+    assert await trio.to_thread.run_sync(in_progress_uploads, store, cut_key) == [cut]
+
+    fresh = make_store(moto)
+    resumed = SpoolUploader(fresh, spool, sid, PART, retry_s=10)
+    result = await resumed.resume_and_finish()
+
+    assert resumed.uploaded_chunks[:2] == [(0, 2 * PART), chunks[2]]
+    assert result.chunks == 3  # the roll-up, the third chunk, the tail
+    assert fresh.put_keys == [fresh.chunk_key(sid, (3 * PART, len(data)))]  # only the tail was sent
+    assert await fresh.get_bytes(result.key) == data
+    assert await fresh.list_chunks(sid) == []
+    assert await trio.to_thread.run_sync(in_progress_uploads, store, cut_key) == []
 
 
 async def test_store_down_mid_recording_then_catches_up_with_no_byte_lost(

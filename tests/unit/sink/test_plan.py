@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import random
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,6 +14,7 @@ from edge_recorder.sink.plan import (
     S3_MIN_PART_BYTES,
     Chunk,
     ChunkPlan,
+    choose_cover,
     chunk_key,
     composite_key,
     parse_chunk_key,
@@ -123,18 +127,33 @@ def test_resume_keeps_a_short_tail() -> None:
 
 
 @pytest.mark.parametrize(
-    ("uploaded", "why"),
+    ("uploaded", "cover", "redundant"),
     [
-        ([(1, 20)], "contiguous from 0"),
-        ([(0, 12), (13, 30)], "contiguous"),
-        ([(0, 12), (10, 30)], "contiguous"),
-        ([(0, 5), (5, 30)], "shorter"),
-        ([(0, 12), (12, 50)], "beyond"),
+        # Nothing at 0 (e.g. the first chunks expired): start over, delete the rest.
+        ([(1, 20)], [], [(1, 20)]),
+        # Past a gap: unusable.
+        ([(0, 12), (13, 30)], [(0, 12)], [(13, 30)]),
+        # Overlapping but not nested: the farthest chain.
+        ([(0, 12), (10, 30)], [(0, 12)], [(10, 30)]),
+        # A short object can only be the file's tail.
+        ([(0, 5), (5, 30)], [], [(0, 5), (5, 30)]),
+        # A roll-up and its sources (a crash between compose and delete): the roll-up.
+        ([(0, 10), (10, 20), (20, 30), (0, 30)], [(0, 30)], [(0, 10), (10, 20), (20, 30)]),
+        # Some sources deleted, a later chunk after the roll-up.
+        ([(10, 20), (0, 30), (30, 40)], [(0, 30), (30, 40)], [(10, 20)]),
     ],
 )
-def test_resume_refuses_chunks_that_do_not_compose(uploaded: list[Chunk], why: str) -> None:
-    with pytest.raises(ValueError, match=why):
-        ChunkPlan(10, min_part_bytes=10).resume(uploaded, total_bytes=40)
+def test_resume_picks_a_cover_and_returns_the_rest(
+    uploaded: list[Chunk], cover: list[Chunk], redundant: list[Chunk]
+) -> None:
+    plan = ChunkPlan(10, min_part_bytes=10, rollup_fanout=3)
+    assert plan.resume(uploaded, total_bytes=40) == redundant
+    assert plan.committed == cover
+
+
+def test_resume_refuses_objects_beyond_the_file() -> None:
+    with pytest.raises(ValueError, match="beyond"):
+        ChunkPlan(10, min_part_bytes=10).resume([(0, 12), (12, 50)], total_bytes=40)
 
 
 def test_resume_only_on_a_fresh_plan() -> None:
@@ -208,3 +227,179 @@ def test_parse_chunk_key_raises_only_value_error(key: str) -> None:
 def test_parse_chunk_key_refuses(key: str) -> None:
     with pytest.raises(ValueError):
         parse_chunk_key(key)
+
+
+# ----------------------------------------------------------------------------- roll-ups
+
+
+def test_rollup_joins_fanout_objects_of_one_level() -> None:
+    plan = ChunkPlan(10, min_part_bytes=10, rollup_fanout=2)
+    plan.commit((0, 10))
+    assert plan.next_rollup() is None
+    plan.commit((10, 22))
+    assert plan.next_rollup() == [(0, 10), (10, 22)]
+    assert plan.next_rollup() == [(0, 10), (10, 22)]  # asking again does not move the plan
+    assert plan.commit_rollup([(0, 10), (10, 22)]) == (0, 22)
+    assert plan.committed == [(0, 22)] and plan.committed_levels == [1]
+    plan.commit((22, 32))
+    assert plan.next_rollup() is None  # levels 1 and 0
+    plan.commit((32, 42))
+    assert plan.commit_rollup(plan.next_rollup() or []) == (22, 42)
+    assert plan.commit_rollup(plan.next_rollup() or []) == (0, 42)
+    assert plan.committed_levels == [2]
+    assert plan.committed_bytes == 42
+
+
+def test_rollups_off_by_default_and_refusals() -> None:
+    plan = ChunkPlan(10, min_part_bytes=10)
+    plan.commit((0, 10))
+    plan.commit((10, 20))
+    assert plan.next_rollup() is None
+    with pytest.raises(ValueError, match="consecutive"):
+        plan.commit_rollup([(0, 10), (20, 30)])
+    with pytest.raises(ValueError, match="at least two"):
+        plan.commit_rollup([(0, 10)])
+    with pytest.raises(ValueError, match="fanout"):
+        ChunkPlan(10, min_part_bytes=10, rollup_fanout=1)
+
+
+def test_a_short_object_is_never_a_rollup_source() -> None:
+    plan = ChunkPlan(10, min_part_bytes=10, rollup_fanout=2)
+    plan.commit((0, 10))
+    plan.commit((10, 13))  # the tail, after stop
+    assert plan.next_rollup() is None
+
+
+@settings(max_examples=200)
+@given(st.integers(2, 8), st.integers(1, 300))
+def test_eager_rollups_keep_the_object_count_logarithmic(fanout: int, chunks: int) -> None:
+    plan = ChunkPlan(10, min_part_bytes=10, rollup_fanout=fanout)
+    most = 0
+    for i in range(chunks):
+        plan.commit((plan.committed_bytes, plan.committed_bytes + 10 + i % 3))
+        while (sources := plan.next_rollup()) is not None:
+            plan.commit_rollup(sources)
+        levels = plan.committed_levels
+        # A base-fanout counter: levels never increase, at most fanout - 1 of each.
+        assert levels == sorted(levels, reverse=True)
+        assert all(levels.count(level) < fanout for level in set(levels))
+        most = max(most, len(levels))
+    log_n = 0
+    while fanout ** (log_n + 1) <= chunks:
+        log_n += 1
+    assert most <= (fanout - 1) * (log_n + 1)
+    assert sum(fanout ** level for level in plan.committed_levels) == chunks
+    validate_chunks(plan.committed, plan.committed_bytes, min_part_bytes=10)
+
+
+# One step of the uploader's life, as the store sees it.
+_UPLOAD, _UPLOAD_CUT, _ROLLUP, _ROLLUP_CUT, _ROLLUP_PARTIAL_DELETE = range(5)
+
+
+@settings(max_examples=400)
+@given(
+    part_sizes,
+    fragment_sizes,
+    trailers,
+    st.integers(2, 6),
+    st.lists(st.tuples(st.integers(0, 4), st.randoms(use_true_random=False)), min_size=1, max_size=80),
+    st.integers(0, 200),
+    st.booleans(),
+)
+def test_any_interrupted_sequence_of_uploads_and_rollups_resumes_from_a_cover(
+    part: int,
+    sizes: list[int],
+    trailer: int,
+    fanout: int,
+    steps: list[tuple[int, random.Random]],
+    crash_at: int,
+    crash_in_finish: bool,
+) -> None:
+    """The store after a crash anywhere: chunks, roll-ups, their undeleted sources, cut uploads.
+
+    Whatever the mix, resume finds a cover from 0, every byte of it in exactly
+    one object, reaching at least as far as the crashed plan with no more
+    objects, and finishing from it composes the whole file.
+    """
+    plan = ChunkPlan(part, min_part_bytes=part, rollup_fanout=fanout)
+    store: set[Chunk] = set()
+    ends = list(itertools.accumulate(sizes))
+    total = ends[-1] + trailer
+    fragments = iter(ends)
+    step_no = 0
+
+    def crashed() -> bool:
+        nonlocal step_no
+        step_no += 1
+        return step_no > crash_at
+
+    done = False
+    for kind, rng in itertools.cycle(steps):
+        if done or crashed():
+            break
+        end = next(fragments, None)
+        if end is not None:
+            plan.fragment_end(end)
+        chunk = plan.next_chunk()
+        if chunk is not None and kind in (_UPLOAD, _UPLOAD_CUT):
+            store.add(chunk)  # the PUT landed...
+            if kind == _UPLOAD:
+                plan.commit(chunk)  # ...and, unless cut, was recorded
+            continue
+        sources = plan.next_rollup()
+        if sources is not None and kind in (_ROLLUP, _ROLLUP_CUT, _ROLLUP_PARTIAL_DELETE):
+            store.add((sources[0][0], sources[-1][1]))  # the compose landed
+            if kind == _ROLLUP_CUT:
+                continue  # not recorded: the plan still has the sources
+            plan.commit_rollup(sources)
+            if kind == _ROLLUP_PARTIAL_DELETE:
+                store.difference_update(rng.sample(sources, rng.randrange(len(sources))))
+            else:
+                store.difference_update(sources)
+            continue
+        if chunk is not None:
+            store.add(chunk)
+            plan.commit(chunk)
+        elif end is None:
+            done = True
+    if crash_in_finish or done:
+        # Stop: the tail pieces, the last perhaps cut before it was recorded.
+        while (chunk := plan.final_chunk(total)) is not None and not crashed():
+            store.add(chunk)
+            plan.commit(chunk)
+    # The plan never records an object that is not stored.
+    assert set(plan.committed) <= store
+
+    resumed = ChunkPlan(part, min_part_bytes=part)
+    redundant = resumed.resume(sorted(store, reverse=True), total_bytes=total)
+    cover = resumed.committed
+    assert sorted(cover + redundant) == sorted(store)
+    assert set(cover) <= store
+    # Contiguous from 0: every byte of [0, end) in exactly one object.
+    position = 0
+    for start, end in cover:
+        assert start == position and end > start
+        position = end
+    assert resumed.committed_bytes == position
+    assert all(end - start >= part for start, end in cover[:-1])
+    # No progress lost, and the largest objects preferred.
+    assert position >= plan.committed_bytes
+    if position == plan.committed_bytes:
+        assert len(cover) <= len(plan.committed)
+    # Finishing from it composes exactly [0, total).
+    while (chunk := resumed.final_chunk(total)) is not None:
+        resumed.commit(chunk)
+    validate_chunks(resumed.committed, total, min_part_bytes=part)
+
+
+@given(st.lists(st.integers(0, 60).flatmap(lambda a: st.tuples(st.just(a), st.integers(a + 1, 70))), max_size=30), st.integers(1, 20))
+def test_choose_cover_of_any_intervals_is_a_chain_from_0(objects: list[Chunk], min_part: int) -> None:
+    cover, redundant = choose_cover(objects, min_part_bytes=min_part, total_bytes=70)
+    assert sorted(cover + redundant) == sorted(set(objects))
+    position = 0
+    for start, end in cover:
+        assert start == position
+        assert end - start >= min_part or end == 70
+        position = end
+    # Nothing usable reaches farther: no object continues the chain.
+    assert not any(start == position and (end - start >= min_part or end == 70) for start, end in objects if end > position)
