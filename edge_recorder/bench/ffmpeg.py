@@ -12,6 +12,7 @@ CPU and peak RSS come from ``wait4()``'s rusage of exactly that child.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import time
@@ -22,6 +23,7 @@ from typing import Any
 import av
 
 from edge_recorder.bench.inputs import Inputs
+from edge_recorder.session.session import OutputOptions
 
 __all__ = ["BaselineResult", "BaselineSettings", "ffmpeg_command", "run_baseline"]
 
@@ -48,16 +50,11 @@ class BaselineSettings:
 
     @classmethod
     def from_settings(cls, settings: Any) -> "BaselineSettings":
-        o = settings.output
+        # The same output options a session takes from these settings, so the
+        # two contenders cannot drift apart.
+        output = dataclasses.asdict(OutputOptions.from_settings(settings))
         return cls(
-            width=o.width_px,
-            height=o.height_px,
-            fps=o.fps,
-            video_bitrate_kbps=o.video_bitrate_kbps,
-            audio_bitrate_kbps=o.audio_bitrate_kbps,
-            x264_preset=o.x264_preset,
-            keyframe_interval_s=o.keyframe_interval_s,
-            x264_threads=o.x264_threads,
+            **output,
             overlay_width_pct=settings.overlay.width_pct,
             overlay_margin_px=settings.overlay.margin_px,
             overlay_corner=settings.overlay.corner,
