@@ -60,6 +60,7 @@ logger = logging.getLogger(__name__)
 Layout = Literal["pip", "grid"]
 Corner = Literal["top-left", "top-right", "bottom-left", "bottom-right"]
 SseMode = Literal["none", "AES256", "aws:kms", "SSE-C"]
+UploadMode = Literal["multipart", "chunks"]
 X264Preset = Literal[
     "ultrafast",
     "superfast",
@@ -131,6 +132,7 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "RECORDING_DRAIN_TIMEOUT_S",
     "RECORDING_S3_SSE_C_KEY",
     "RECORDING_S3_PART_SIZE_MIB",
+    "RECORDING_S3_UPLOAD_MODE",
     "RECORDING_UPLOAD_RETRY_S",
     "RECORDING_S3_PRESIGN_EXPIRY_S",
     "RECORDING_S3_PRESIGN_IN_STATE",
@@ -267,6 +269,10 @@ class S3Settings:
     sse_customer_key: Secret | None = None
     # Size of each uploaded piece while recording, MiB (S3's minimum part is 5).
     part_size_mib: int = 8
+    # How the spool reaches the bucket while recording: "multipart" (one S3
+    # multipart upload, completed at stop) or "chunks" (chunk objects composed
+    # server-side at stop). docs/storage.md compares them.
+    upload_mode: UploadMode = "multipart"
     # How long an upload is retried (with backoff) before the session fails
     # with the artifact kept on disk, seconds.
     upload_retry_s: float = 300.0
@@ -894,6 +900,7 @@ def _build_s3(r: _Reader) -> S3Settings:
         sse_kms_key_id=kms_key_id,
         sse_customer_key=sse_c,
         part_size_mib=r.integer("RECORDING_S3_PART_SIZE_MIB", 8, 5, 5120),
+        upload_mode=r.choice("RECORDING_S3_UPLOAD_MODE", "multipart", get_args(UploadMode)),
         upload_retry_s=r.number("RECORDING_UPLOAD_RETRY_S", 300.0, 0.0, 7 * 86_400.0),
         presign_expiry_s=r.integer("RECORDING_S3_PRESIGN_EXPIRY_S", 3600, 1, 7 * 86_400),
         presign_in_state=r.boolean("RECORDING_S3_PRESIGN_IN_STATE", False),

@@ -191,6 +191,7 @@ async def build_parts(settings: Any) -> ServiceParts:
     """Open the metadata database (migrated), shared state, webhooks and the bucket."""
     from edge_recorder.metadata import AsyncMetadataRepository, default_database_url, upgrade_to_head
     from edge_recorder.session.destination import S3Destination
+    from edge_recorder.sink.multipart import MultipartSpoolUploader
     from edge_recorder.sink.s3 import AsyncObjectStore, ObjectStore
     from edge_recorder.sink.uploader import SpoolUploader
     from edge_recorder.state.memory import MemoryStateStore
@@ -214,8 +215,11 @@ async def build_parts(settings: Any) -> ServiceParts:
         store = AsyncObjectStore(ObjectStore(settings.s3))
         part_size = settings.s3.part_size_mib << 20
 
-        def uploader_for(session_id: str, path: Path) -> SpoolUploader:
-            return SpoolUploader(store, path, session_id, part_size, retry_s=settings.s3.upload_retry_s)
+        # RECORDING_S3_UPLOAD_MODE: one multipart upload (default) or chunks + compose.
+        uploader_class = MultipartSpoolUploader if settings.s3.upload_mode == "multipart" else SpoolUploader
+
+        def uploader_for(session_id: str, path: Path) -> SpoolUploader | MultipartSpoolUploader:
+            return uploader_class(store, path, session_id, part_size, retry_s=settings.s3.upload_retry_s)
 
         def destination(session_id: str, path: Path) -> S3Destination:
             return S3Destination(uploader_for(session_id, path), bucket=settings.s3.bucket, sse_mode=settings.s3.sse)

@@ -82,8 +82,14 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the recordings and the ffmpeg output")
     parser.add_argument("--ffmpeg", default="ffmpeg", help="the ffmpeg CLI to compare with")
     upload = parser.add_mutually_exclusive_group()
-    upload.add_argument("--upload", action="store_true", help="run only the upload-latency benchmark (10-minute recording, streaming vs whole file)")
+    upload.add_argument("--upload", action="store_true", help="run only the upload-latency benchmark (10-minute recording, multipart and chunks streaming vs whole file)")
     upload.add_argument("--no-upload", action="store_true", help="skip the upload-latency benchmark after the session sweep")
+    parser.add_argument(
+        "--upload-mode",
+        choices=("both", *upload_bench.UPLOAD_MODES),
+        default="both",
+        help="streaming designs the upload benchmark runs (RECORDING_S3_UPLOAD_MODE values; default both, plus the whole-file baseline)",
+    )
     args = parser.parse_args(argv)
     args.upload_seconds = upload_bench.RECORDING_S
     if args.quick:
@@ -104,7 +110,7 @@ def _machine_line(machine: MachineInfo) -> str:
 
 def _run_upload(args: argparse.Namespace, machine: MachineInfo, settings: Settings) -> None:
     """The upload-latency benchmark; writes its section of the doc unless told not to."""
-    _say(f"upload latency: stop → COMPLETED for {args.upload_seconds / 60:g} min of recording, streaming chunks vs whole file after stop")
+    _say(f"upload latency: stop → COMPLETED for {args.upload_seconds / 60:g} min of recording, streaming ({args.upload_mode}) vs whole file after stop")
     o = settings.output
     encoder = EncoderSettings(
         width=o.width_px,
@@ -122,6 +128,7 @@ def _run_upload(args: argparse.Namespace, machine: MachineInfo, settings: Settin
         encoder=encoder,
         part_size_mib=settings.s3.part_size_mib,
         recording_s=args.upload_seconds,
+        modes=upload_bench.UPLOAD_MODES if args.upload_mode == "both" else (args.upload_mode,),
     )
     _say("")
     _say(upload_bench.format_upload_table(report))

@@ -1,4 +1,4 @@
-"""``python -m edge_recorder.bench --upload``: stop → COMPLETED upload latency, two designs, one run.
+"""``python -m edge_recorder.bench --upload``: stop → COMPLETED upload latency, three designs, one run.
 
 The question (the upload-latency issue): how long after stop is a 10-minute
 recording in the store as ``composite.mp4``, with this project's design
@@ -31,6 +31,13 @@ server the integration tests use; no real S3 is touched):
    ``finish(total)`` runs: tail upload, compose, size check, SHA-256, chunk
    delete. Its wall time, from "stop" to the verified object, is the figure.
    stop → COMPLETED is that plus the media finalisation.
+2b. **Multipart design** (``RECORDING_S3_UPLOAD_MODE=multipart``, the
+   default): the same growing spool, uploaded by
+   :class:`~edge_recorder.sink.multipart.MultipartSpoolUploader` as the parts
+   of one multipart upload; at stop ``finish(total)`` sends the tail as the
+   last part and completes the upload (no server-side copy), checks the size
+   and hashes the spool. ``--upload-mode`` picks which streaming designs run
+   (default both).
 3. **Runbook design:** the finished file is uploaded with minio's
    ``fput_object`` (multipart, 16 MiB parts, 3 parallel uploads, the same SSE)
    and timed.
@@ -67,6 +74,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -76,6 +84,7 @@ from minio.sse import SseS3
 
 from edge_recorder.config import S3Settings, Secret
 from edge_recorder.media.encode import EncoderSettings, FragmentedMp4Writer, Mp4BoxScanner
+from edge_recorder.sink.multipart import MultipartSpoolUploader
 from edge_recorder.sink.plan import Chunk
 from edge_recorder.sink.s3 import AsyncObjectStore, ObjectInfo, ObjectStore
 from edge_recorder.sink.uploader import ROLLUP_FANOUT, SpoolUploader
@@ -83,6 +92,8 @@ from edge_recorder.sink.uploader import ROLLUP_FANOUT, SpoolUploader
 __all__ = [
     "FPUT_PARALLEL",
     "FPUT_PART_BYTES",
+    "UPLOAD_MODES",
+    "MultipartFigures",
     "TARGET_S",
     "UPLOAD_BEGIN",
     "UPLOAD_END",
@@ -113,6 +124,9 @@ LINK_MBPS = 100.0
 LINK_RTT_MS = 20.0
 # Each GOP's size varies by up to this fraction around the mean.
 FRAGMENT_JITTER = 0.15
+
+# The streaming designs --upload-mode can pick (RECORDING_S3_UPLOAD_MODE values).
+UPLOAD_MODES = ("multipart", "chunks")
 
 UPLOAD_BEGIN = "<!-- upload:begin -->"
 UPLOAD_END = "<!-- upload:end -->"
@@ -171,6 +185,26 @@ def make_fragment(size: int, payload: bytes | memoryview) -> bytes:
 
 
 @dataclass(frozen=True)
+class MultipartFigures:
+    """The multipart design's run (RECORDING_S3_UPLOAD_MODE=multipart). Seconds, bytes."""
+
+    catch_up_s: float
+    parts_during_recording: int
+    part_put_bytes: int
+    part_put_busy_s: float
+    tail_bytes: int
+    parts_total: int
+    finish_s: float  # stop → verified composite.mp4 (MultipartSpoolUploader.finish)
+    finish_tail_s: float  # the last part(s)
+    finish_complete_s: float  # CompleteMultipartUpload
+
+    @property
+    def finish_other_s(self) -> float:
+        """The rest of finish(): HEAD, SHA-256 of the spool, sidecar delete, scheduling."""
+        return max(0.0, self.finish_s - self.finish_tail_s - self.finish_complete_s)
+
+
+@dataclass(frozen=True)
 class UploadReport:
     """One run of the upload benchmark. Times in seconds, sizes in bytes."""
 
@@ -204,6 +238,13 @@ class UploadReport:
     rollup_fanout: int = 0  # objects joined per roll-up while recording (0: none)
     rollups: int = 0  # roll-ups done while recording
     rollup_busy_s: float = 0.0  # summed wall time of those roll-ups (compose + delete of the sources)
+    chunks_ran: bool = True  # whether the fields above describe a run of the chunks design
+    multipart: MultipartFigures | None = None  # the multipart design, when it ran
+
+    @property
+    def multipart_stop_to_completed_s(self) -> float:
+        """Multipart design: media finalisation + finish() (NaN when it did not run)."""
+        return self.media_finalise_s + self.multipart.finish_s if self.multipart is not None else float("nan")
 
     @property
     def finish_other_s(self) -> float:
@@ -236,6 +277,9 @@ class UploadReport:
 
     @property
     def target_met(self) -> bool:
+        """The default design's target: multipart when it ran, else chunks."""
+        if self.multipart is not None:
+            return self.multipart_stop_to_completed_s <= TARGET_S
         return self.stop_to_completed_s <= TARGET_S
 
 
@@ -257,24 +301,39 @@ def _rate(bytes_per_s: float) -> str:
 
 def table_rows(r: UploadReport) -> list[tuple[str, str, str, str]]:
     """(design, after stop, bytes sent after stop, stop → COMPLETED) rows."""
-    return [
-        (
+    rows: list[tuple[str, str, str, str]] = []
+    m = r.multipart
+    if m is not None:
+        rows.append(
             (
-                f"streaming chunks + roll-ups (fanout {r.rollup_fanout}) + compose ({r.chunks_total} objects at stop)"
-                if r.rollups
-                else f"streaming chunks + compose ({r.chunks_total} chunks)"
-            ),
-            f"{r.finish_s:.2f} s",
-            _mb(r.tail_bytes),
-            f"{r.stop_to_completed_s:.2f} s",
-        ),
+                f"streaming one multipart upload + Complete ({m.parts_total} parts; default)",
+                f"{m.finish_s:.2f} s",
+                _mb(m.tail_bytes),
+                f"{r.multipart_stop_to_completed_s:.2f} s",
+            )
+        )
+    if r.chunks_ran:
+        rows.append(
+            (
+                (
+                    f"streaming chunks + roll-ups (fanout {r.rollup_fanout}) + compose ({r.chunks_total} objects at stop)"
+                    if r.rollups
+                    else f"streaming chunks + compose ({r.chunks_total} chunks)"
+                ),
+                f"{r.finish_s:.2f} s",
+                _mb(r.tail_bytes),
+                f"{r.stop_to_completed_s:.2f} s",
+            )
+        )
+    rows.append(
         (
             f"whole file after stop (fput_object, {r.fput_part_bytes // _MIB} MiB × {r.fput_parallel})",
             f"{r.whole_file_s:.2f} s",
             _mb(r.spool_bytes),
             f"{r.runbook_stop_to_completed_s:.2f} s",
-        ),
-    ]
+        )
+    )
+    return rows
 
 
 def format_upload_table(r: UploadReport) -> str:
@@ -285,20 +344,33 @@ def format_upload_table(r: UploadReport) -> str:
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append(
-        f"{r.recording_s / 60:g} min at {r.bitrate_kbps:.0f} kbps = {_mb(r.spool_bytes)}, both designs through a link of {_link(r)}; "
+        f"{r.recording_s / 60:g} min at {r.bitrate_kbps:.0f} kbps = {_mb(r.spool_bytes)}, every design through a link of {_link(r)}; "
         f"media finalisation {r.media_finalise_s * 1000:.0f} ms (writer close only)"
     )
+    m = r.multipart
+    if m is not None:
+        lines.append(
+            f"multipart finish = last part {m.finish_tail_s:.2f} + complete {m.finish_complete_s:.2f} + HEAD/hash/other {m.finish_other_s:.2f} s"
+        )
+    if r.chunks_ran:
+        lines.append(
+            f"chunks finish = tail {r.finish_tail_s:.2f} + compose {r.finish_compose_s:.2f} + delete {r.finish_delete_s:.2f} + hash/other {r.finish_other_s:.2f} s"
+        )
+    lines.append(f"local store alone: whole file in {r.whole_file_loopback_s:.2f} s = {_rate(r.whole_file_bytes_per_s)}")
+    default_s = r.multipart_stop_to_completed_s if m is not None else r.stop_to_completed_s
+    speedup = r.whole_file_s / m.finish_s if m is not None and m.finish_s > 0 else r.speedup
     lines.append(
-        f"finish = tail {r.finish_tail_s:.2f} + compose {r.finish_compose_s:.2f} + delete {r.finish_delete_s:.2f} + hash/other {r.finish_other_s:.2f} s; "
-        f"local store alone: whole file in {r.whole_file_loopback_s:.2f} s = {_rate(r.whole_file_bytes_per_s)}"
+        f"streaming ({'multipart' if m is not None else 'chunks'}) {speedup:.1f}x faster after stop; "
+        f"target stop → COMPLETED ≤ {TARGET_S:g} s: {'met' if r.target_met else 'NOT met'} ({default_s:.2f} s)"
     )
-    lines.append(f"streaming {r.speedup:.1f}x faster after stop; target stop → COMPLETED ≤ {TARGET_S:g} s: {'met' if r.target_met else 'NOT met'} ({r.stop_to_completed_s:.2f} s)")
     return "\n".join(lines)
 
 
 def render_upload_markdown(r: UploadReport) -> str:
     """The docs/benchmarks.md section between the upload markers (pure)."""
     rows = table_rows(r)
+    m = r.multipart
+    designs = "All designs" if m is not None and r.chunks_ran else "Both designs"
     lines = [
         f"### Latest upload run: {r.date}",
         "",
@@ -306,18 +378,26 @@ def render_upload_markdown(r: UploadReport) -> str:
         f"- Software: {r.software}",
         f"- Recording: {r.recording_s / 60:g} min at {r.bitrate_kbps:.0f} kbps nominal (video + audio) = "
         f"{_mb(r.spool_bytes)} in {r.fragments} fragments; chunks of ≥ {r.part_size_bytes // _MIB} MiB; SSE {r.sse}",
-        f"- Both designs reach the store through a shaped link: {_link(r)} (a Trio proxy; one shared link per direction)",
-        f"- Spool grown in {r.write_wall_s:.1f} s ({r.recording_s / r.write_wall_s:.0f}x real time); "
-        f"{r.chunks_during_recording} chunks ({_mb(r.chunk_put_bytes)}) stored while recording; "
-        f"wait for the upload to catch up before the last fragment: {r.catch_up_s:.2f} s",
-        *(
-            [
+        f"- {designs} reach the store through a shaped link: {_link(r)} (a Trio proxy; one shared link per direction)",
+    ]
+    if m is not None:
+        lines.append(
+            f"- Multipart mode: spool grown in {r.write_wall_s:.1f} s ({r.recording_s / r.write_wall_s:.0f}x real time); "
+            f"{m.parts_during_recording} parts ({_mb(m.part_put_bytes)}) stored while recording; "
+            f"wait for the upload to catch up before the last fragment: {m.catch_up_s:.2f} s"
+        )
+    if r.chunks_ran:
+        lines.append(
+            f"- {'Chunks mode: s' if m is not None else 'S'}pool grown in {r.write_wall_s:.1f} s ({r.recording_s / r.write_wall_s:.0f}x real time); "
+            f"{r.chunks_during_recording} chunks ({_mb(r.chunk_put_bytes)}) stored while recording; "
+            f"wait for the upload to catch up before the last fragment: {r.catch_up_s:.2f} s"
+        )
+        if r.rollups:
+            lines.append(
                 f"- Roll-ups while recording (fanout {r.rollup_fanout}): {r.rollups}, {r.rollup_busy_s:.2f} s of store time "
                 f"in all ({r.rollup_busy_s / r.rollups:.2f} s each), so {r.chunks_total} objects were composed at stop"
-            ]
-            if r.rollups
-            else []
-        ),
+            )
+    lines += [
         "",
         "| design | upload after stop | sent after stop | stop → COMPLETED |",
         "|---|---:|---:|---:|",
@@ -325,17 +405,41 @@ def render_upload_markdown(r: UploadReport) -> str:
         "",
         f"- stop → COMPLETED = media finalisation ({r.media_finalise_s * 1000:.0f} ms: `FragmentedMp4Writer.close()` of a real "
         f"{REAL_ENCODE_S:g} s encode, flush + last fragment + trailer; the worker process's shutdown is not in it) + the upload after stop.",
-        f"- `finish()` = tail upload {r.finish_tail_s:.2f} s + compose {r.finish_compose_s:.2f} s + chunk delete "
-        f"{r.finish_delete_s:.2f} s + SHA-256 of the spool, size check and the rest {r.finish_other_s:.2f} s.",
-        f"- Streaming is **{r.speedup:.1f}x** faster after stop. The local store alone (moto, loopback, no shaping) "
-        f"takes the whole file in {r.whole_file_loopback_s:.2f} s ({_rate(r.whole_file_bytes_per_s)}); chunk PUTs through the link "
-        f"ran at {_rate(r.chunk_put_bytes_per_s)}.",
-        "",
-        "| target | wanted | reached | met |",
-        "|---:|---:|---:|---:|",
-        f"| stop → COMPLETED, {r.recording_s / 60:g}-minute recording (streaming) | ≤ {TARGET_S:g} s | "
-        f"{r.stop_to_completed_s:.2f} s | {'yes' if r.target_met else '**no**'} |",
     ]
+    if m is not None:
+        speedup = r.whole_file_s / m.finish_s if m.finish_s > 0 else float("nan")
+        rate = m.part_put_bytes / m.part_put_busy_s if m.part_put_busy_s > 0 else float("nan")
+        lines += [
+            f"- Multipart `finish()` = last part {m.finish_tail_s:.2f} s + CompleteMultipartUpload {m.finish_complete_s:.2f} s "
+            f"+ HEAD, SHA-256 of the spool, sidecar delete and the rest {m.finish_other_s:.2f} s; **{speedup:.1f}x** faster "
+            f"after stop than the whole file. Part uploads through the link ran at {_rate(rate)}.",
+        ]
+    if r.chunks_ran:
+        lines += [
+            f"- {'Chunks ' if m is not None else ''}`finish()` = tail upload {r.finish_tail_s:.2f} s + compose {r.finish_compose_s:.2f} s + chunk delete "
+            f"{r.finish_delete_s:.2f} s + SHA-256 of the spool, size check and the rest {r.finish_other_s:.2f} s.",
+            f"- {'Chunks mode' if m is not None else 'Streaming'} is **{r.speedup:.1f}x** faster after stop. The local store alone (moto, loopback, no shaping) "
+            f"takes the whole file in {r.whole_file_loopback_s:.2f} s ({_rate(r.whole_file_bytes_per_s)}); chunk PUTs through the link "
+            f"ran at {_rate(r.chunk_put_bytes_per_s)}.",
+        ]
+    else:
+        lines.append(
+            f"- The local store alone (moto, loopback, no shaping) takes the whole file in {r.whole_file_loopback_s:.2f} s "
+            f"({_rate(r.whole_file_bytes_per_s)})."
+        )
+    lines += ["", "| target | wanted | reached | met |", "|---:|---:|---:|---:|"]
+    if m is not None:
+        met = r.multipart_stop_to_completed_s <= TARGET_S
+        lines.append(
+            f"| stop → COMPLETED, {r.recording_s / 60:g}-minute recording (multipart, the default) | ≤ {TARGET_S:g} s | "
+            f"{r.multipart_stop_to_completed_s:.2f} s | {'yes' if met else '**no**'} |"
+        )
+    if r.chunks_ran:
+        met = r.stop_to_completed_s <= TARGET_S
+        lines.append(
+            f"| stop → COMPLETED, {r.recording_s / 60:g}-minute recording ({'chunks' if m is not None else 'streaming'}) | ≤ {TARGET_S:g} s | "
+            f"{r.stop_to_completed_s:.2f} s | {'yes' if met else '**no**'} |"
+        )
     return "\n".join(lines)
 
 
@@ -593,11 +697,23 @@ class TimedStore(AsyncObjectStore):
         await super().delete_chunks(session_id, chunks)
         self.calls.append(_Call("delete", started, trio.current_time()))
 
+    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str:
+        started = trio.current_time()
+        etag = await super().upload_part(key, upload_id, part_number, data)
+        self.calls.append(_Call("part", started, trio.current_time(), len(data)))
+        return etag
+
+    async def complete_multipart_upload(self, key: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> str:
+        started = trio.current_time()
+        etag = await super().complete_multipart_upload(key, upload_id, parts)
+        self.calls.append(_Call("complete", started, trio.current_time()))
+        return etag
+
     def busy_s(self, name: str, *, since: float = float("-inf"), before: float = float("inf")) -> float:
         return sum(c.ended - c.started for c in self.calls if c.name == name and since <= c.started < before)
 
-    def put_bytes(self, *, since: float = float("-inf"), before: float = float("inf")) -> int:
-        return sum(c.nbytes for c in self.calls if c.name == "put" and since <= c.started < before)
+    def put_bytes(self, *, since: float = float("-inf"), before: float = float("inf"), name: str = "put") -> int:
+        return sum(c.nbytes for c in self.calls if c.name == name and since <= c.started < before)
 
 
 @dataclass(frozen=True)
@@ -626,9 +742,18 @@ async def _stream(
     sizes: Sequence[int],
     write_wall_s: float,
     rollup_fanout: int = ROLLUP_FANOUT,
+    mode: str = "chunks",
 ) -> _Streamed:
+    """One streaming design (``mode``: "chunks" or "multipart") over a growing spool; the multipart
+    figures land in the chunk-named fields (part uploads as "puts", Complete as "compose")."""
     sid = f"bench-{uuid.uuid4().hex[:12]}"
-    uploader = SpoolUploader(store, spool, sid, part_size_bytes, retry_s=120, rollup_fanout=rollup_fanout)
+    uploader: SpoolUploader | MultipartSpoolUploader
+    if mode == "multipart":
+        uploader = MultipartSpoolUploader(store, spool, sid, part_size_bytes, retry_s=120)
+    else:
+        uploader = SpoolUploader(store, spool, sid, part_size_bytes, retry_s=120, rollup_fanout=rollup_fanout)
+    put = "part" if mode == "multipart" else "put"
+    merge = "complete" if mode == "multipart" else "compose"
     pool = np.random.default_rng(11).integers(0, 256, 2 * max(sizes) + 4 * _MIB, dtype=np.uint8).tobytes()
     offsets = random.Random(13)
     interval = write_wall_s / len(sizes)
@@ -657,13 +782,13 @@ async def _stream(
             # A real-time recording gives run() 2 s per fragment; here it may lag
             # the accelerated writer, so let it store what is due, as it would have.
             caught = trio.current_time()
-            while written - uploader.uploaded_bytes >= part_size_bytes or uploader.rollup_due:
+            while written - uploader.uploaded_bytes >= part_size_bytes or getattr(uploader, "rollup_due", False):
                 await trio.sleep(0.01)
             catch_up_s = trio.current_time() - caught
             during = uploader.chunks_uploaded_during_recording
             stored = uploader.uploaded_bytes
-            recording_put_bytes = store.put_bytes()
-            recording_put_busy = store.busy_s("put")
+            recording_put_bytes = store.put_bytes(name=put)
+            recording_put_busy = store.busy_s(put)
             # 10:00: the last fragment and the trailer land, and the session stops.
             append(fragment(sizes[-1]))
             uploader.fragment_written(written)
@@ -684,11 +809,11 @@ async def _stream(
         tail_bytes=total - stored,
         chunks_total=result.chunks,
         finish_s=finish_s,
-        finish_tail_s=store.busy_s("put", since=stop),
-        finish_compose_s=store.busy_s("compose", since=stop),
+        finish_tail_s=store.busy_s(put, since=stop),
+        finish_compose_s=store.busy_s(merge, since=stop),
         finish_delete_s=store.busy_s("delete", since=stop),
-        rollup_fanout=uploader.rollup_fanout,
-        rollups=uploader.rollups,
+        rollup_fanout=uploader.rollup_fanout if isinstance(uploader, SpoolUploader) else 0,
+        rollups=uploader.rollups if isinstance(uploader, SpoolUploader) else 0,
         rollup_busy_s=store.busy_s("roll_up") + store.busy_s("delete", before=stop),
     )
 
@@ -723,6 +848,15 @@ def _software() -> str:
     return f"Python {sys.version.split()[0]}, minio {version('minio')}, moto_server {version('moto')} on 127.0.0.1"
 
 
+def _chunk_fields(streamed: _Streamed | None, multipart: _Streamed | None) -> dict[str, Any]:
+    """The report's chunks-design fields; without a chunks run, placeholders flagged ``chunks_ran=False``."""
+    if streamed is not None:
+        return dataclasses.asdict(streamed)
+    if multipart is None:
+        raise ValueError("no streaming design ran")
+    return {**dataclasses.asdict(multipart), "chunks_ran": False}
+
+
 def run_upload_bench(
     say: Callable[[str], None],
     *,
@@ -734,8 +868,9 @@ def run_upload_bench(
     link_mbps: float = LINK_MBPS,
     link_rtt_ms: float = LINK_RTT_MS,
     rollup_fanout: int = ROLLUP_FANOUT,
+    modes: Sequence[str] = UPLOAD_MODES,
 ) -> UploadReport:
-    """Run both designs against a fresh moto_server (blocking, about a minute for 10 minutes of media).
+    """Run the streaming designs in ``modes`` (multipart, chunks) and the whole-file one against a fresh moto_server (blocking, about a minute for 10 minutes of media).
 
     ``link_mbps`` 0 sends both straight to the store (no shaped link).
     """
@@ -754,7 +889,7 @@ def run_upload_bench(
         with moto_server(work) as local:
             spool = work / "spool.mp4"
 
-            async def both() -> tuple[_Streamed, float]:
+            async def both() -> tuple[_Streamed | None, _Streamed | None, float]:
                 async with trio.open_nursery() as nursery:
                     via = local
                     if link_mbps > 0:
@@ -765,24 +900,38 @@ def run_upload_bench(
                     store = TimedStore(
                         ObjectStore(via.settings(sse=SSE_MODE, part_size_mib=part_size_mib), connect_timeout_s=5, read_timeout_s=120)
                     )
-                    say(
-                        f"  streaming: {recording_s / 60:g} min at {kbps:.0f} kbps ({len(sizes)} fragments) grown over ~{write_wall_s:g} s, "
-                        f"chunks of ≥ {part_size_mib} MiB uploaded meanwhile..."
-                    )
-                    streamed = await _stream(store, spool, part_size_bytes, real, sizes, write_wall_s, rollup_fanout)
-                    say(
-                        f"  streaming: finish() {streamed.finish_s:.2f} s after stop ({_mb(streamed.tail_bytes)} tail, "
-                        f"{streamed.chunks_total} chunks composed after {streamed.rollups} roll-ups; "
-                        f"upload caught up {streamed.catch_up_s:.2f} s after the writer)"
-                    )
+                    streamed: _Streamed | None = None
+                    multipart: _Streamed | None = None
+                    if "multipart" in modes:
+                        say(
+                            f"  multipart: {recording_s / 60:g} min at {kbps:.0f} kbps ({len(sizes)} fragments) grown over ~{write_wall_s:g} s, "
+                            f"parts of ≥ {part_size_mib} MiB uploaded meanwhile..."
+                        )
+                        multipart = await _stream(store, spool, part_size_bytes, real, sizes, write_wall_s, mode="multipart")
+                        say(
+                            f"  multipart: finish() {multipart.finish_s:.2f} s after stop ({_mb(multipart.tail_bytes)} last part, "
+                            f"{multipart.chunks_total} parts; upload caught up {multipart.catch_up_s:.2f} s after the writer)"
+                        )
+                        store.calls.clear()
+                    if "chunks" in modes:
+                        say(
+                            f"  chunks: {recording_s / 60:g} min at {kbps:.0f} kbps ({len(sizes)} fragments) grown over ~{write_wall_s:g} s, "
+                            f"chunks of ≥ {part_size_mib} MiB uploaded meanwhile..."
+                        )
+                        streamed = await _stream(store, spool, part_size_bytes, real, sizes, write_wall_s, rollup_fanout)
+                        say(
+                            f"  chunks: finish() {streamed.finish_s:.2f} s after stop ({_mb(streamed.tail_bytes)} tail, "
+                            f"{streamed.chunks_total} chunks composed after {streamed.rollups} roll-ups; "
+                            f"upload caught up {streamed.catch_up_s:.2f} s after the writer)"
+                        )
                     say(f"  whole file: fput_object of {_mb(spool.stat().st_size)} ({FPUT_PART_BYTES // _MIB} MiB parts × {FPUT_PARALLEL})...")
                     key = f"recordings/runbook-{uuid.uuid4().hex[:12]}/composite.mp4"
                     whole = await trio.to_thread.run_sync(upload_whole_file, via, spool, key)
                     say(f"  whole file: {whole:.2f} s")
                     nursery.cancel_scope.cancel()
-                return streamed, whole
+                return streamed, multipart, whole
 
-            streamed, whole_s = trio.run(both)
+            streamed, multipart, whole_s = trio.run(both)
             size = spool.stat().st_size
             whole_loopback_s = upload_whole_file(local, spool, f"recordings/runbook-{uuid.uuid4().hex[:12]}/composite.mp4")
             say(f"  whole file straight to the store (its raw speed): {whole_loopback_s:.2f} s")
@@ -801,7 +950,18 @@ def run_upload_bench(
             whole_file_loopback_s=whole_loopback_s,
             link_mbps=link_mbps if link_mbps > 0 else 0.0,
             link_rtt_ms=link_rtt_ms if link_mbps > 0 else 0.0,
-            **dataclasses.asdict(streamed),
+            multipart=None if multipart is None else MultipartFigures(
+                catch_up_s=multipart.catch_up_s,
+                parts_during_recording=multipart.chunks_during_recording,
+                part_put_bytes=multipart.chunk_put_bytes,
+                part_put_busy_s=multipart.chunk_put_busy_s,
+                tail_bytes=multipart.tail_bytes,
+                parts_total=multipart.chunks_total,
+                finish_s=multipart.finish_s,
+                finish_tail_s=multipart.finish_tail_s,
+                finish_complete_s=multipart.finish_compose_s,
+            ),
+            **_chunk_fields(streamed, multipart),
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,6 +1,9 @@
 """The object store (S3 or MinIO) behind one blocking adapter and one async door.
 
-Design (docs/storage.md has the whole story): while recording, the spool file
+Design (docs/storage.md has the whole story): two upload modes
+(``RECORDING_S3_UPLOAD_MODE``). The default, ``multipart``, drives one S3
+multipart upload directly through :class:`MultipartApi` (see
+``edge_recorder/sink/multipart.py``). In the ``chunks`` mode, while recording, the spool file
 is uploaded as **chunk objects** ``<prefix><sessionId>/chunks/<start>-<end>``
 (see :mod:`edge_recorder.sink.plan`); at stop they are joined **server-side**
 into ``<prefix><sessionId>/composite.mp4`` with minio's public
@@ -8,7 +11,7 @@ into ``<prefix><sessionId>/composite.mp4`` with minio's public
 :meth:`ObjectStore.roll_up` joins consecutive chunks into one chunk object
 with the same compose code (a roll-up), so few objects remain at stop.
 
-Why not ``put_object(length=-1)`` streaming one multipart upload: minio keeps
+Why the chunks mode does not use ``put_object(length=-1)`` streaming one multipart upload: minio keeps
 that upload's id in memory only, so a crash orphans every part uploaded so far
 (invisible until a lifecycle rule aborts it), and its multipart calls
 (``_create_multipart_upload``, ``_upload_part``...) are private, so a restart
@@ -52,6 +55,7 @@ import trio
 import urllib3
 from minio import Minio
 from minio.commonconfig import ComposeSource, Tags
+from minio.datatypes import Part
 from minio.credentials.credentials import Credentials
 from minio.credentials.providers import (
     AWSConfigProvider,
@@ -75,7 +79,15 @@ from edge_recorder.sink.plan import (
     parse_chunk_key,
 )
 
-__all__ = ["OBJECT_KIND_TAG", "AsyncObjectStore", "ObjectInfo", "ObjectStore", "classify_s3_error"]
+__all__ = [
+    "OBJECT_KIND_TAG",
+    "AsyncObjectStore",
+    "MultipartApi",
+    "ObjectInfo",
+    "ObjectStore",
+    "StoredPart",
+    "classify_s3_error",
+]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +110,8 @@ def _kind_tags(kind: str) -> Tags:
 _MAX_SINGLE_PUT_BYTES = 5 * 1024**3
 # Listing rounds of abort_incomplete_uploads (1000 uploads each): a bound, not a limit met in practice.
 _ABORT_ROUNDS_MAX = 100
+# Pages of ListParts (1000 parts each): S3 allows 10 000 parts.
+_LIST_PARTS_PAGES_MAX = 11
 # Worker threads one store may occupy at once (house style §5: its own limiter).
 STORE_THREADS = 4
 
@@ -241,6 +255,121 @@ def _unquote(etag: str | None) -> str:
     return (etag or "").strip('"')
 
 
+@dataclass(frozen=True)
+class StoredPart:
+    """One part of an in-progress multipart upload, as ListParts reports it.
+
+    Attributes:
+        number: the part number (1-based).
+        size: bytes.
+        etag: the ETag without quotes (the part's MD5 unless SSE-KMS or SSE-C).
+    """
+
+    number: int
+    size: int
+    etag: str
+
+
+# ----------------------------------------------------------------------------- minio's private multipart API
+#
+# THE ONE PLACE that calls minio's private multipart methods
+# (``_create_multipart_upload``, ``_upload_part``, ``_list_parts``,
+# ``_complete_multipart_upload``, ``_list_multipart_uploads``,
+# ``_abort_multipart_upload``). Why private methods at all:
+#
+# * minio's public API (``put_object(length=-1)``, ``fput_object``) does run a
+#   multipart upload, but keeps its upload id in memory only: a crash orphans
+#   every part sent so far, and a restart cannot continue it. The multipart
+#   upload mode (``edge_recorder/sink/multipart.py``) needs the upload id on
+#   disk (a sidecar next to the spool) and needs to list, complete or abort an
+#   upload a previous process started.
+# * The project pins ``minio>=7.2.20,<8``; these names and signatures are
+#   stable across 7.2.x. If they change, this class (and the integration tests
+#   in ``tests/integration/test_s3_multipart.py``) are what to revisit.
+#
+# Every method translates foreign errors to StorageError like the rest of this
+# file; an upload id the store no longer knows surfaces as
+# ``StorageError(code="NoSuchUpload")``. SSE: the SSE headers (SSE-S3, SSE-KMS
+# or SSE-C) go on CreateMultipartUpload; with SSE-C the customer key also goes
+# on every UploadPart and on CompleteMultipartUpload, which S3 requires.
+
+
+class MultipartApi:
+    """Blocking S3 multipart calls for one bucket (minio's private API; see the comment above).
+
+    Args:
+        client: the store's ``Minio`` client.
+        bucket: the bucket.
+        sse: SSE for CreateMultipartUpload (None: none).
+        ssec: the SSE-C customer key for UploadPart and Complete (None unless SSE-C).
+        sse_mode: ``RECORDING_S3_SSE``; decides whether part ETags are MD5s.
+    """
+
+    def __init__(
+        self, client: Minio, bucket: str, *, sse: Sse | None, ssec: SseCustomerKey | None, sse_mode: str
+    ) -> None:
+        self._client = client
+        self.bucket = bucket
+        self._sse = sse
+        self._ssec = ssec
+        # S3 (and moto, MinIO) report a part's MD5 as its ETag unless the part
+        # is encrypted with SSE-KMS or SSE-C.
+        self.part_etag_is_md5 = sse_mode in ("none", "AES256")
+
+    @_translated("starting a multipart upload")
+    def create(self, key: str, *, content_type: str, kind: str) -> str:
+        """CreateMultipartUpload of ``key`` (content type, SSE headers, the object-kind tag); the upload id."""
+        headers: dict[str, str | list[str] | tuple[str]] = {"Content-Type": content_type}
+        if self._sse is not None:
+            headers.update(self._sse.headers())
+        headers["x-amz-tagging"] = f"{OBJECT_KIND_TAG}={kind}"
+        upload_id: str = self._client._create_multipart_upload(self.bucket, key, headers)
+        return upload_id
+
+    @_translated("uploading a part")
+    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str:
+        """UploadPart number ``part_number`` (1 to 10 000); its ETag (unquoted)."""
+        headers: dict[str, str | list[str] | tuple[str]] | None = (
+            dict(self._ssec.headers()) if self._ssec is not None else None
+        )
+        etag: str = self._client._upload_part(self.bucket, key, data, headers, upload_id, part_number)
+        return _unquote(etag)
+
+    @_translated("listing uploaded parts")
+    def list_parts(self, key: str, upload_id: str) -> list[StoredPart]:
+        """ListParts of the upload (every page), sorted by part number."""
+        parts: list[StoredPart] = []
+        marker: str | None = None
+        for _page in range(_LIST_PARTS_PAGES_MAX):
+            result = self._client._list_parts(self.bucket, key, upload_id, max_parts=1000, part_number_marker=marker)
+            parts.extend(StoredPart(p.part_number, int(p.size or 0), _unquote(p.etag)) for p in result.parts)
+            marker = result.next_part_number_marker
+            if not result.is_truncated or not marker:
+                break
+        parts.sort(key=lambda p: p.number)
+        return parts
+
+    @_translated("completing a multipart upload")
+    def complete(self, key: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> str:
+        """CompleteMultipartUpload with ``(part number, etag)`` in order; the object's ETag."""
+        result = self._client._complete_multipart_upload(
+            self.bucket, key, upload_id, [Part(n, etag) for n, etag in parts], ssec=self._ssec
+        )
+        return _unquote(result.etag)
+
+    @_translated("aborting a multipart upload")
+    def abort(self, key: str, upload_id: str) -> None:
+        """AbortMultipartUpload (an unknown upload id raises ``code="NoSuchUpload"``)."""
+        self._client._abort_multipart_upload(self.bucket, key, upload_id)
+
+    @_translated("listing incomplete multipart uploads")
+    def list_uploads(self, prefix: str) -> tuple[list[tuple[str, str]], bool]:
+        """One page (up to 1000) of in-progress uploads under ``prefix``: ``[(key, upload id)]``, truncated."""
+        listed = self._client._list_multipart_uploads(self.bucket, prefix=prefix, max_uploads=1000)
+        found = [(u.object_name, u.upload_id) for u in listed.uploads if u.upload_id]
+        return found, bool(listed.is_truncated)
+
+
 class ObjectStore:
     """Blocking adapter over ``minio.Minio`` for one bucket and prefix.
 
@@ -318,6 +447,7 @@ class ObjectStore:
             self._sse = self._ssec
         else:
             self._sse = None
+        self.multipart = MultipartApi(self._client, self.bucket, sse=self._sse, ssec=self._ssec, sse_mode=settings.sse)
 
     # -- keys -----------------------------------------------------------------
 
@@ -464,11 +594,10 @@ class ObjectStore:
 
     # -- incomplete multipart uploads ----------------------------------------
     #
-    # The ONE place that calls minio's private multipart API. minio 7.2 (the
-    # pinned line, "minio>=7.2.20,<8") has no public call to list or abort a
-    # bucket's in-progress multipart uploads: ``_list_multipart_uploads`` and
-    # ``_abort_multipart_upload`` are the only way short of signing requests
-    # ourselves. ``compose_object`` aborts its own upload when a request
+    # Goes through :class:`MultipartApi`, the one place that calls minio's
+    # private multipart API: minio 7.2 (the pinned line, "minio>=7.2.20,<8")
+    # has no public call to list or abort a bucket's in-progress multipart
+    # uploads. ``compose_object`` aborts its own upload when a request
     # fails, but not when the process dies mid-compose, nor when the abort
     # request itself fails (the store went away, which is usually why compose
     # failed). Such an upload is invisible in object listings and billed until
@@ -518,18 +647,17 @@ class ObjectStore:
         # Only this session writes under its prefix, so a page without one of
         # ours means none is left.
         for _round in range(_ABORT_ROUNDS_MAX):
-            listed = self._client._list_multipart_uploads(self.bucket, prefix=session_prefix, max_uploads=1000)
-            found = [(u.object_name, u.upload_id) for u in listed.uploads if u.upload_id and ours(u.object_name)]
+            listed, truncated = self.multipart.list_uploads(session_prefix)
+            found = [(name, upload_id) for name, upload_id in listed if ours(name)]
             for name, upload_id in found:
                 try:
-                    self._client._abort_multipart_upload(self.bucket, name, upload_id)
-                except S3Error as exc:
+                    self.multipart.abort(name, upload_id)
+                except StorageError as exc:
                     if exc.code != "NoSuchUpload":  # gone meanwhile: what we wanted
                         raise
                 aborted += 1
                 log.warning("aborted an incomplete multipart upload of %s (upload id %s)", name, upload_id)
-            ids = [upload_id for _name, upload_id in found]
-            if not ids or not listed.is_truncated:
+            if not found or not truncated:
                 break
         return aborted
 
@@ -688,3 +816,30 @@ class AsyncObjectStore:
     async def presign(self, key: str, expiry_s: int) -> str:
         """See :meth:`ObjectStore.presign`."""
         return await self._run(self.store.presign, key, expiry_s)
+
+    # -- multipart (the multipart upload mode; see MultipartApi) -------------
+
+    @property
+    def part_etag_is_md5(self) -> bool:
+        """Whether a stored part's ETag is the MD5 of its bytes (no SSE-KMS, no SSE-C)."""
+        return self.store.multipart.part_etag_is_md5
+
+    async def create_multipart_upload(self, key: str, *, content_type: str, kind: str) -> str:
+        """See :meth:`MultipartApi.create`."""
+        return await self._run(functools.partial(self.store.multipart.create, key, content_type=content_type, kind=kind))
+
+    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str:
+        """See :meth:`MultipartApi.upload_part`."""
+        return await self._run(self.store.multipart.upload_part, key, upload_id, part_number, data)
+
+    async def list_parts(self, key: str, upload_id: str) -> list[StoredPart]:
+        """See :meth:`MultipartApi.list_parts`."""
+        return await self._run(self.store.multipart.list_parts, key, upload_id)
+
+    async def complete_multipart_upload(self, key: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> str:
+        """See :meth:`MultipartApi.complete`."""
+        return await self._run(self.store.multipart.complete, key, upload_id, list(parts))
+
+    async def abort_multipart_upload(self, key: str, upload_id: str) -> None:
+        """See :meth:`MultipartApi.abort`."""
+        await self._run(self.store.multipart.abort, key, upload_id)
