@@ -118,57 +118,60 @@ async def serve(
     hub = ControlHub(manager, settings, state=parts.state, store=parts.store)
     alive = True
     control = settings.control
-    async with trio.open_nursery() as top:
-        if hasattr(parts.state, "run"):
-            await top.start(parts.state.run)
-        if parts.webhooks is not None:
-            await top.start(parts.webhooks.run)
-        top.start_soon(bookkeeper.run)
-        await top.start(manager.run)
-        top.start_soon(_recover_then_clean, settings, parts, bookkeeper)
-        routes = health_routes(metrics, lambda: alive, manager.readiness)
-        http_address = await top.start(serve_http, control.metrics_host, control.metrics_port, routes)
-        control_address = await top.start(serve_control, hub)
-        if control.dial_url:
-            top.start_soon(dial_out, hub, control.dial_url)
-        log.info(
-            "edge-recorder serving",
-            extra={"control": f"ws://{control_address[0]}:{control_address[1]}{control.path}", "http": f"{http_address[0]}:{http_address[1]}", "settings": settings.describe()},
-        )
-        task_status.started(ServiceAddresses(control=control_address, http=http_address))
+    try:
+        async with trio.open_nursery() as top:
+            if hasattr(parts.state, "run"):
+                await top.start(parts.state.run)
+            if parts.webhooks is not None:
+                await top.start(parts.webhooks.run)
+            top.start_soon(bookkeeper.run)
+            await top.start(manager.run)
+            top.start_soon(_recover_then_clean, settings, parts, bookkeeper)
+            routes = health_routes(metrics, lambda: alive, manager.readiness)
+            http_address = await top.start(serve_http, control.metrics_host, control.metrics_port, routes)
+            control_address = await top.start(serve_control, hub)
+            if control.dial_url:
+                top.start_soon(dial_out, hub, control.dial_url)
+            log.info(
+                "edge-recorder serving",
+                extra={"control": f"ws://{control_address[0]}:{control_address[1]}{control.path}", "http": f"{http_address[0]}:{http_address[1]}", "settings": settings.describe()},
+            )
+            task_status.started(ServiceAddresses(control=control_address, http=http_address))
 
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            first = trio.Event()
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                first = trio.Event()
 
-            async def on_signal() -> None:
-                async for signum in signals:
-                    if not first.is_set():
-                        log.info("Shutting down: draining recordings", extra={"signal": signal.Signals(signum).name})
+                async def on_signal() -> None:
+                    async for signum in signals:
+                        if not first.is_set():
+                            log.info("Shutting down: draining recordings", extra={"signal": signal.Signals(signum).name})
+                            first.set()
+                        else:
+                            log.warning("Second signal: forcing the stop", extra={"signal": signal.Signals(signum).name})
+                            top.cancel_scope.cancel()
+
+                async def on_event() -> None:
+                    if shutdown is not None:
+                        await shutdown.wait()
                         first.set()
-                    else:
-                        log.warning("Second signal: forcing the stop", extra={"signal": signal.Signals(signum).name})
-                        top.cancel_scope.cancel()
 
-            async def on_event() -> None:
-                if shutdown is not None:
-                    await shutdown.wait()
-                    first.set()
-
-            top.start_soon(on_signal)
-            top.start_soon(on_event)
-            await first.wait()
-            manager.accepting = False
-            with trio.move_on_after(settings.lifecycle.drain_timeout_s) as drain:
-                await manager.stop_all("shutdown")
-            if drain.cancelled_caught:
-                log.error("Drain deadline passed; cancelling the remaining recordings")
-            # Let every SFU read the final state notifications before we go.
-            with trio.move_on_after(5):
-                await hub.close_all()
-            alive = False
-            top.cancel_scope.cancel()
-    with trio.move_on_after(5, shield=True):
-        await parts.aclose()
+                top.start_soon(on_signal)
+                top.start_soon(on_event)
+                await first.wait()
+                manager.accepting = False
+                with trio.move_on_after(settings.lifecycle.drain_timeout_s) as drain:
+                    await manager.stop_all("shutdown")
+                if drain.cancelled_caught:
+                    log.error("Drain deadline passed; cancelling the remaining recordings")
+                # Let every SFU read the final state notifications before we go.
+                with trio.move_on_after(5):
+                    await hub.close_all()
+                alive = False
+                top.cancel_scope.cancel()
+    finally:
+        # Close the database and Redis connections even when cancelled.
+        with trio.move_on_after(5, shield=True):
+            await parts.aclose()
 
 
 @dataclass
