@@ -65,9 +65,9 @@ def _iso(value: Any) -> str | None:
     return str(value)
 
 
-def record_from_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A protocol state record from a metadata row."""
-    return {
+def record_from_row(row: dict[str, Any], *, with_asset: bool = False) -> dict[str, Any]:
+    """A protocol state record from a metadata row (and its asset, if asked)."""
+    record: dict[str, Any] = {
         "sessionId": row["sessionId"],
         "roomId": row.get("roomId"),
         "status": row.get("status"),
@@ -81,6 +81,10 @@ def record_from_row(row: dict[str, Any]) -> dict[str, Any]:
         "layout": row.get("layout") or "pip",
         "streams": [],
     }
+    asset = row.get("asset")
+    if with_asset and asset and asset.get("url"):
+        record["asset"] = {"bucket": asset.get("bucket"), "key": asset.get("key"), "size": asset.get("sizeBytes"), "url": asset.get("url")}
+    return record
 
 
 def _now() -> str:

@@ -115,7 +115,7 @@ async def serve(
     )
     manager.add_state_listener(bookkeeper.on_change)
     metrics.attach(manager.active)
-    hub = ControlHub(manager, settings, state=parts.state, store=parts.store)
+    hub = ControlHub(manager, settings, state=parts.state, store=parts.store, metadata=parts.metadata)
     alive = True
     control = settings.control
     try:

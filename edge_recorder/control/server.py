@@ -86,6 +86,7 @@ class ControlHub:
         clock: Callable[[], float] = trio.current_time,
         state: Any = None,
         store: Any = None,
+        metadata: Any = None,
     ) -> None:
         self.manager = manager
         self.settings = settings
@@ -93,6 +94,9 @@ class ControlHub:
         # this node forgot); the store presigns asset URLs when enabled.
         self._state = state
         self._store = store
+        # The metadata database answers for sessions no live store knows (an
+        # ended session after a restart, with no Redis configured).
+        self._metadata = metadata
         self._clock = clock
         self.connections: dict[str, _Connection] = {}
         self._ids = itertools.count(1)
@@ -251,6 +255,11 @@ class ControlHub:
                     if params.session_id is not None
                     else await self._state.by_room(params.room_id or "")
                 )
+            if record is None and self._metadata is not None and params.session_id is not None:
+                from edge_recorder.recovery import record_from_row
+
+                row = await self._metadata.get_session(params.session_id)
+                record = record_from_row(row, with_asset=True) if row is not None else None
             if record is None:
                 raise UnknownSessionError(f"unknown session {params.session_id or 'for room ' + str(params.room_id)}")
             return await self._with_presigned_url(record)

@@ -28,6 +28,14 @@ class SfuClient:
         self.notifications: list[dict[str, Any]] = []
         self.notified = trio.Event()
         self.raw: list[dict[str, Any]] = []
+        self.stream: trio.SocketStream | None = None
+
+    async def aclose(self) -> None:
+        """Close the WebSocket and, whatever state it is in, the TCP stream."""
+        with trio.move_on_after(5, shield=True):
+            await self.ws.aclose()
+            if self.stream is not None:
+                await self.stream.aclose()
 
     async def run(self) -> None:
         """Read frames until the connection closes."""
@@ -47,6 +55,10 @@ class SfuClient:
                     self.notified = trio.Event()
         except ConnectionClosed:
             pass
+        finally:
+            if self.stream is not None:
+                with trio.move_on_after(2, shield=True):
+                    await self.stream.aclose()
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         reply = await self.call_raw(method, params)
@@ -76,3 +88,30 @@ class SfuClient:
         with trio.fail_after(30):
             while status not in self.states(session_id):
                 await self.notified.wait()
+
+
+async def open_client(
+    nursery: trio.Nursery, url: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> SfuClient:
+    """Connect an SfuClient whose TCP stream this side owns.
+
+    trio-websocket's client never closes its socket after the server closes
+    or dies (it waits for a TCP close it then does not perform), which leaves
+    the socket to the garbage collector and a ResourceWarning in whichever
+    test runs next. Owning the stream lets ``SfuClient.aclose`` close it.
+    """
+    from urllib.parse import urlsplit
+
+    from trio_websocket import wrap_client_stream
+
+    parts = urlsplit(url)
+    stream = await trio.open_tcp_stream(parts.hostname or "127.0.0.1", parts.port or 80)
+    try:
+        ws = await wrap_client_stream(nursery, stream, parts.hostname or "", parts.path or "/", extra_headers=headers or [])
+    except BaseException:
+        await stream.aclose()
+        raise
+    client = SfuClient(ws)
+    client.stream = stream
+    nursery.start_soon(client.run)
+    return client

@@ -16,12 +16,11 @@ import httpx
 import numpy as np
 import pytest
 import trio
-from trio_websocket import open_websocket_url
 
 from edge_recorder.demo.sfu import demo_producers, run_producer
 from edge_recorder.service import ServiceAddresses, serve
 from tests.integration.peers import FFMPEG, GST, Producer, ffmpeg_video, gst_opus, gst_video
-from tests.integration.sfu_client import RpcError, SfuClient
+from tests.integration.sfu_client import RpcError, SfuClient, open_client
 
 pytestmark = pytest.mark.integration
 
@@ -70,16 +69,7 @@ async def service(settings: Any, nursery: trio.Nursery) -> AsyncIterator[Service
 
 
 async def _open(url: str, nursery: trio.Nursery, headers: list[tuple[bytes, bytes]] | None = None) -> SfuClient:
-    ws = await _connect(url, nursery, headers)
-    client = SfuClient(ws)
-    nursery.start_soon(client.run)
-    return client
-
-
-async def _connect(url: str, nursery: trio.Nursery, headers: list[tuple[bytes, bytes]] | None = None) -> Any:
-    from trio_websocket import connect_websocket_url
-
-    return await connect_websocket_url(nursery, url, extra_headers=headers or [])
+    return await open_client(nursery, url, headers)
 
 
 def _frame_at(path: Any, t: float) -> np.ndarray:
@@ -188,4 +178,4 @@ async def test_sfu_drives_a_recording_through_the_whole_protocol(service: Servic
     assert _near(frame[overlay], BLUE) and not _near(frame[middle], BLUE), "share with Bob's overlay expected"
     frame = _frame_at(path, 9.5)
     assert _near(frame[middle], BLUE), f"Bob full frame expected, got {frame[middle]}"
-    await sfu.ws.aclose()
+    await sfu.aclose()

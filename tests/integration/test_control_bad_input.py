@@ -8,11 +8,10 @@ from typing import Any
 
 import pytest
 import trio
-from trio_websocket import connect_websocket_url
 
 from edge_recorder.demo.sfu import demo_producers
 from edge_recorder.service import serve
-from tests.integration.sfu_client import RpcError, SfuClient
+from tests.integration.sfu_client import RpcError, SfuClient, open_client
 from tests.integration.test_control import Service, service_settings
 
 pytestmark = pytest.mark.integration
@@ -33,10 +32,7 @@ async def secured(settings: Any, nursery: trio.Nursery) -> Any:
 
 async def _client(url: str, nursery: trio.Nursery, token: str | None = TOKEN) -> SfuClient:
     headers = [(b"Authorization", f"Bearer {token}".encode())] if token else []
-    ws = await connect_websocket_url(nursery, url, extra_headers=headers)
-    client = SfuClient(ws)
-    nursery.start_soon(client.run)
-    return client
+    return await open_client(nursery, url, headers)
 
 
 async def _raw(client: SfuClient, frame: str | bytes) -> dict[str, Any]:
@@ -69,7 +65,7 @@ async def test_missing_or_wrong_token_is_refused_at_the_handshake(secured: Servi
 async def test_the_right_token_is_accepted(secured: Service, nursery: trio.Nursery) -> None:
     sfu = await _client(secured.url, nursery)
     assert (await sfu.call("recorder.info"))["serverId"] == "test-node"
-    await sfu.ws.aclose()
+    await sfu.aclose()
 
 
 async def test_every_kind_of_bad_message_gets_an_error_and_nothing_breaks(secured: Service, nursery: trio.Nursery) -> None:
@@ -128,8 +124,8 @@ async def test_every_kind_of_bad_message_gets_an_error_and_nothing_breaks(secure
     assert record["status"] == "RECORDING"
     stopped = await bystander.call("recording.stop", {"sessionId": "calm"})
     assert stopped["status"] == "COMPLETED"
-    await sfu.ws.aclose()
-    await bystander.ws.aclose()
+    await sfu.aclose()
+    await bystander.aclose()
 
 
 async def test_port_exhaustion_is_a_clear_error_and_harms_nothing(settings: Any, nursery: trio.Nursery) -> None:
@@ -152,5 +148,5 @@ async def test_port_exhaustion_is_a_clear_error_and_harms_nothing(settings: Any,
     again = await sfu.call("recording.addStream", producers["bob-cam"].add_stream_params("ports"))
     assert again["port"] == first["port"]
     assert (await sfu.call("recording.stop", {"sessionId": "ports"}))["status"] == "COMPLETED"
-    await sfu.ws.aclose()
+    await sfu.aclose()
     shutdown.set()

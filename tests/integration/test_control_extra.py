@@ -11,13 +11,13 @@ from typing import Any
 import av
 import pytest
 import trio
-from trio_websocket import WebSocketRequest, connect_websocket_url, serve_websocket
+from trio_websocket import WebSocketRequest, serve_websocket
 
 from edge_recorder.config import Secret
 from edge_recorder.demo.sfu import demo_producers, run_producer
 from edge_recorder.errors import ConfigError
 from edge_recorder.service import check_control_exposure, serve
-from tests.integration.sfu_client import RpcError, SfuClient
+from tests.integration.sfu_client import RpcError, SfuClient, open_client
 from tests.integration.test_control import Service, service_settings
 
 pytestmark = pytest.mark.integration
@@ -64,9 +64,7 @@ def test_control_open_to_the_network_needs_a_token(settings: Any) -> None:
 
 
 async def _client(url: str, nursery: trio.Nursery) -> SfuClient:
-    client = SfuClient(await connect_websocket_url(nursery, url))
-    nursery.start_soon(client.run)
-    return client
+    return await open_client(nursery, url)
 
 
 async def test_disabled_recorder_answers_info_but_refuses_to_record(settings: Any, nursery: trio.Nursery) -> None:
@@ -78,7 +76,7 @@ async def test_disabled_recorder_answers_info_but_refuses_to_record(settings: An
     with pytest.raises(RpcError) as info:
         await sfu.call("recording.start", {"roomId": "room"})
     assert info.value.code == -32001 and "RECORDING_ENABLED" in info.value.error["message"]
-    await sfu.ws.aclose()
+    await sfu.aclose()
     shutdown.set()
 
 
@@ -118,5 +116,5 @@ async def test_a_producer_replaced_under_the_same_id_keeps_recording(settings: A
     late = frames[-1].to_ndarray(format="rgb24")[h // 2, w // 2]
     assert early[0] > 150 and early[2] < 100, f"Alice's red expected first, got {early}"
     assert late[2] > 150 and late[0] < 100, f"the replacement's blue expected last, got {late}"
-    await sfu.ws.aclose()
+    await sfu.aclose()
     shutdown.set()

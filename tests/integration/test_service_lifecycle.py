@@ -16,23 +16,19 @@ from typing import Any
 import av
 import pytest
 import trio
-from trio_websocket import connect_websocket_url
 
 from edge_recorder.demo.sfu import demo_producers, run_producer
 from edge_recorder.service import serve
 from edge_recorder.session.manager import SessionManager
 from edge_recorder.session.state import SessionStatus
-from tests.integration.sfu_client import SfuClient
+from tests.integration.sfu_client import SfuClient, open_client
 from tests.integration.test_control import Service, service_settings
 
 pytestmark = pytest.mark.integration
 
 
 async def _client(url: str, nursery: trio.Nursery) -> SfuClient:
-    ws = await connect_websocket_url(nursery, url)
-    client = SfuClient(ws)
-    nursery.start_soon(client.run)
-    return client
+    return await open_client(nursery, url)
 
 
 async def test_a_lost_controller_does_not_end_the_recording_until_the_grace_passes(settings: Any, nursery: trio.Nursery) -> None:
@@ -51,7 +47,7 @@ async def test_a_lost_controller_does_not_end_the_recording_until_the_grace_pass
         ports = await controller.call("recording.addStream", cam.add_stream_params("orphan"))
         nursery.start_soon(partial(run_producer, cam, (ports["ip"], ports["port"])))
         await trio.sleep(1.0)
-        await controller.ws.aclose()  # the SFU's connection drops
+        await controller.aclose()  # the SFU's connection drops
     # Still recording within the grace period...
     await trio.sleep(1.0)
     assert (await observer.call("recording.get", {"sessionId": "orphan"}))["status"] == "RECORDING"
@@ -61,14 +57,10 @@ async def test_a_lost_controller_does_not_end_the_recording_until_the_grace_pass
     assert record["reason"] == "controller-lost"
     with av.open(record["asset"]["url"].removeprefix("file://")) as container:
         assert sum(1 for _ in container.decode(video=0)) > 30
-    await observer.ws.aclose()
+    await observer.aclose()
     shutdown.set()
 
 
-# When the server closes the connection (1001 on shutdown), trio-websocket's
-# client leaves its TCP socket to the garbage collector; that is the test
-# client's socket, in this process, not the service's (which has exited).
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_sigterm_finalises_three_sessions_and_exits_zero(settings: Any, tmp_path: Path, nursery: trio.Nursery) -> None:
     env = dict(os.environ)
     env.update(
@@ -118,7 +110,7 @@ async def test_sigterm_finalises_three_sessions_and_exits_zero(settings: Any, tm
             assert frames >= 2.5 * 30, f"{sid}: {frames} frames"
         reasons = [n["params"].get("reason") for n in sfu.notifications if n["params"].get("status") == "COMPLETED"]
         assert reasons == ["shutdown"] * 3
-        await sfu.ws.aclose()
+        await sfu.aclose()
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -18,7 +18,6 @@ import av
 import httpx
 import pytest
 import trio
-from trio_websocket import connect_websocket_url
 
 from edge_recorder.config import Secret
 from edge_recorder.demo.sfu import demo_producers, run_producer
@@ -28,7 +27,7 @@ from edge_recorder.service import serve
 from edge_recorder.sink.s3 import ObjectStore
 from tests.integration.redis_support import RedisServer, redis_server  # noqa: F401 - fixture
 from tests.integration.s3_support import S3Target, StoreOutage, moto, s3_settings  # noqa: F401 - fixture
-from tests.integration.sfu_client import SfuClient
+from tests.integration.sfu_client import SfuClient, open_client
 from tests.integration.test_control import Service, service_settings
 
 pytestmark = pytest.mark.integration
@@ -43,9 +42,7 @@ def _settings(settings: Any, target: S3Target, **s3: Any) -> Any:
 
 
 async def _client(url: str, nursery: trio.Nursery) -> SfuClient:
-    client = SfuClient(await connect_websocket_url(nursery, url))
-    nursery.start_soon(client.run)
-    return client
+    return await open_client(nursery, url)
 
 
 async def _record(sfu: SfuClient, sid: str, nursery: trio.Nursery, seconds: float) -> None:
@@ -97,7 +94,7 @@ async def test_recording_lands_in_the_bucket_with_rows_and_state_completed(
     path.write_bytes(downloaded)
     with av.open(str(path)) as container:
         assert sum(1 for _ in container.decode(video=0)) >= 2.5 * 30
-    await sfu.ws.aclose()
+    await sfu.aclose()
     shutdown.set()
 
 
@@ -124,11 +121,10 @@ async def test_store_down_at_stop_fails_keeping_the_file_and_retry_upload_comple
     row = MetadataRepository(default_database_url(svc_settings)).get_session("s3-down")
     assert row is not None and row["status"] == "COMPLETED" and row["asset"]["bucket"] == moto.bucket
     assert not spool.exists()
-    await sfu.ws.aclose()
+    await sfu.aclose()
     shutdown.set()
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # test client socket, see test_service_lifecycle
 async def test_sigkill_mid_recording_is_recovered_at_restart(
     settings: Any, moto: S3Target, tmp_path: Path, nursery: trio.Nursery  # noqa: F811
 ) -> None:
@@ -229,5 +225,5 @@ async def test_redis_killed_mid_session_the_recording_completes_and_state_resync
             if raw is not None and '"COMPLETED"' in str(raw):
                 break
             await trio.sleep(0.3)
-    await sfu.ws.aclose()
+    await sfu.aclose()
     shutdown.set()
