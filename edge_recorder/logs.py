@@ -33,7 +33,7 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import PurePath
-from typing import Any, TextIO
+from typing import TextIO
 
 from edge_recorder.config import Secret
 

@@ -14,13 +14,14 @@ verified upload and kept, with its path in the error, when the upload fails.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import trio
+
+from edge_recorder.sink.uploader import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +62,6 @@ class Destination(Protocol):
         """Whether the spool is deleted after a successful finish."""
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class LocalDestination:
     """The local directory is the destination: nothing to upload."""
 
@@ -84,7 +77,7 @@ class LocalDestination:
         await trio.sleep_forever()
 
     async def finish(self, total_bytes: int) -> Asset:
-        sha = await trio.to_thread.run_sync(_sha256_file, self._path)
+        sha = await trio.to_thread.run_sync(sha256_file, self._path)
         return Asset(url=self._path.resolve().as_uri(), size_bytes=total_bytes, sha256=sha)
 
 

@@ -38,23 +38,22 @@ import logging
 import os
 import random
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+
 
 import trio
 
 from edge_recorder.errors import StorageError, UploadFailedError
 from edge_recorder.sink.plan import S3_MIN_PART_BYTES, Chunk, ChunkPlan
 from edge_recorder.sink.s3 import AsyncObjectStore, StoredPart
-from edge_recorder.sink.uploader import UploadResult, backoff_s
+from edge_recorder.sink.uploader import RetryingUploads, UploadResult, backoff_s, read_range, sha256_file
 
 __all__ = ["MAX_PARTS", "MultipartSpoolUploader", "Sidecar", "sidecar_path"]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 # S3 multipart rule: part numbers 1 to 10 000.
 MAX_PARTS = 10_000
@@ -139,15 +138,6 @@ def _remove(path: Path) -> None:
         pass
 
 
-def _read_range(path: Path, start: int, end: int) -> bytes:
-    with path.open("rb") as f:
-        f.seek(start)
-        data = f.read(end - start)
-    if len(data) != end - start:
-        raise OSError(f"{path}: expected {end - start} bytes at {start}, read {len(data)} (truncated?)")
-    return data
-
-
 def _md5_range(path: Path, start: int, end: int) -> str:
     digest = hashlib.md5(usedforsecurity=False)
     with path.open("rb") as f:
@@ -162,15 +152,7 @@ def _md5_range(path: Path, start: int, end: int) -> str:
     return digest.hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-class MultipartSpoolUploader:
+class MultipartSpoolUploader(RetryingUploads):
     """Streams one session's spool file to the store as one multipart upload; completes it at stop.
 
     Same constructor and interface as :class:`~edge_recorder.sink.uploader.SpoolUploader`
@@ -415,7 +397,7 @@ class MultipartSpoolUploader:
             )
         upload_id = await self._ensure_upload()
         try:
-            data = await trio.to_thread.run_sync(_read_range, self.spool_path, start, end)
+            data = await trio.to_thread.run_sync(read_range, self.spool_path, start, end)
         except OSError as exc:
             raise UploadFailedError(
                 f"cannot read bytes [{start}, {end}) of the spool file: {exc}",
@@ -460,7 +442,7 @@ class MultipartSpoolUploader:
             )
         if self._sha256 is None:
             try:
-                self._sha256 = await trio.to_thread.run_sync(_sha256_file, self.spool_path)
+                self._sha256 = await trio.to_thread.run_sync(sha256_file, self.spool_path)
             except OSError as exc:
                 raise UploadFailedError(
                     f"cannot hash the spool file: {exc}", destination=False, spool_path=str(self.spool_path)
@@ -476,42 +458,4 @@ class MultipartSpoolUploader:
             sha256_hex=self._sha256,
             etag=etag or info.etag,
             chunks=len(parts),
-        )
-
-    async def _retrying(self, step: Callable[[], Awaitable[T]], *, deadline: float | None = None) -> T:
-        """Run ``step`` until it succeeds; retry StorageError with backoff until the deadline."""
-        if deadline is None:
-            deadline = self._clock() + self._retry_s
-        attempt = 0
-        while True:
-            try:
-                return await step()
-            except UploadFailedError:
-                raise
-            except StorageError as exc:
-                attempt += 1
-                delay = backoff_s(attempt, self._rng)
-                now = self._clock()
-                if now >= deadline:
-                    raise UploadFailedError(
-                        f"upload of session {self.session_id} failed for {self._retry_s:g} s "
-                        f"(RECORDING_UPLOAD_RETRY_S), last error: {exc}",
-                        destination=exc.destination,
-                        spool_path=str(self.spool_path),
-                        code=exc.code,
-                    ) from exc
-                delay = min(delay, max(0.0, deadline - now))
-                self._log_failure(exc, f"retrying in {delay:.1f} s (attempt {attempt})")
-                await trio.sleep(delay)
-
-    def _log_failure(self, exc: StorageError, what: str) -> None:
-        self.failures += 1
-        level = logging.ERROR if exc.destination else logging.WARNING
-        log.log(
-            level,
-            "session %s: %s store error: %s; %s",
-            self.session_id,
-            "destination" if exc.destination else "transient",
-            exc,
-            what,
         )

@@ -91,7 +91,8 @@ class UploadResult:
     chunks: int
 
 
-def _read_range(path: Path, start: int, end: int) -> bytes:
+def read_range(path: Path, start: int, end: int) -> bytes:
+    """Bytes ``[start, end)`` of the spool (raises OSError if it is shorter)."""
     with path.open("rb") as f:
         f.seek(start)
         data = f.read(end - start)
@@ -100,7 +101,8 @@ def _read_range(path: Path, start: int, end: int) -> bytes:
     return data
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a whole file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -108,7 +110,61 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-class SpoolUploader:
+class RetryingUploads:
+    """Retry with backoff and failure logging, shared by both upload modes.
+
+    Expects ``session_id``, ``spool_path``, ``failures`` and the private
+    ``_clock``, ``_retry_s`` and ``_rng`` set by the uploader's constructor.
+    """
+
+    session_id: str
+    spool_path: Path
+    failures: int
+    _clock: Callable[[], float]
+    _retry_s: float
+    _rng: random.Random
+
+    async def _retrying(self, step: Callable[[], Awaitable[T]], *, deadline: float | None = None) -> T:
+        """Run ``step`` until it succeeds; retry StorageError with backoff until the deadline."""
+        if deadline is None:
+            deadline = self._clock() + self._retry_s
+        attempt = 0
+        while True:
+            try:
+                return await step()
+            except UploadFailedError:
+                raise
+            except StorageError as exc:
+                attempt += 1
+                delay = backoff_s(attempt, self._rng)
+                now = self._clock()
+                if now >= deadline:
+                    raise UploadFailedError(
+                        f"upload of session {self.session_id} failed for {self._retry_s:g} s "
+                        f"(RECORDING_UPLOAD_RETRY_S), last error: {exc}",
+                        destination=exc.destination,
+                        spool_path=str(self.spool_path),
+                        code=exc.code,
+                    ) from exc
+                delay = min(delay, max(0.0, deadline - now))
+                self._log_failure(exc, f"retrying in {delay:.1f} s (attempt {attempt})")
+                await trio.sleep(delay)
+
+    def _log_failure(self, exc: StorageError, what: str) -> None:
+        self.failures += 1
+        # The destination's faults need an operator; ours are expected blips.
+        level = logging.ERROR if exc.destination else logging.WARNING
+        log.log(
+            level,
+            "session %s: %s store error: %s; %s",
+            self.session_id,
+            "destination" if exc.destination else "transient",
+            exc,
+            what,
+        )
+
+
+class SpoolUploader(RetryingUploads):
     """Streams one session's spool file to the store as chunks; composes at stop.
 
     Args:
@@ -380,7 +436,7 @@ class SpoolUploader:
         """Read one chunk from the spool and store it; commit it in the plan."""
         start, end = chunk
         try:
-            data = await trio.to_thread.run_sync(_read_range, self.spool_path, start, end)
+            data = await trio.to_thread.run_sync(read_range, self.spool_path, start, end)
         except OSError as exc:
             raise UploadFailedError(
                 f"cannot read bytes [{start}, {end}) of the spool file: {exc}",
@@ -425,7 +481,7 @@ class SpoolUploader:
             )
         if self._sha256 is None:
             try:
-                self._sha256 = await trio.to_thread.run_sync(_sha256_file, self.spool_path)
+                self._sha256 = await trio.to_thread.run_sync(sha256_file, self.spool_path)
             except OSError as exc:
                 raise UploadFailedError(
                     f"cannot hash the spool file: {exc}", destination=False, spool_path=str(self.spool_path)
@@ -460,42 +516,3 @@ class SpoolUploader:
             return
         if aborted:
             log.info("session %s: aborted %d incomplete multipart upload(s) of a previous compose", self.session_id, aborted)
-
-    async def _retrying(self, step: Callable[[], Awaitable[T]], *, deadline: float | None = None) -> T:
-        """Run ``step`` until it succeeds; retry StorageError with backoff until the deadline."""
-        if deadline is None:
-            deadline = self._clock() + self._retry_s
-        attempt = 0
-        while True:
-            try:
-                return await step()
-            except UploadFailedError:
-                raise
-            except StorageError as exc:
-                attempt += 1
-                delay = backoff_s(attempt, self._rng)
-                now = self._clock()
-                if now >= deadline:
-                    raise UploadFailedError(
-                        f"upload of session {self.session_id} failed for {self._retry_s:g} s "
-                        f"(RECORDING_UPLOAD_RETRY_S), last error: {exc}",
-                        destination=exc.destination,
-                        spool_path=str(self.spool_path),
-                        code=exc.code,
-                    ) from exc
-                delay = min(delay, max(0.0, deadline - now))
-                self._log_failure(exc, f"retrying in {delay:.1f} s (attempt {attempt})")
-                await trio.sleep(delay)
-
-    def _log_failure(self, exc: StorageError, what: str) -> None:
-        self.failures += 1
-        # The destination's faults need an operator; ours are expected blips.
-        level = logging.ERROR if exc.destination else logging.WARNING
-        log.log(
-            level,
-            "session %s: %s store error: %s; %s",
-            self.session_id,
-            "destination" if exc.destination else "transient",
-            exc,
-            what,
-        )
