@@ -30,7 +30,9 @@ wakes at :meth:`FrameAssembler.next_deadline`, so tests drive it with virtual ti
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from edge_recorder.errors import DepacketizeError
 from edge_recorder.rtp.depacketize import Depacketizer
@@ -351,6 +353,21 @@ class FrameAssembler:
             Missing sequence numbers in sequence order, each taken mod 2^16.
         """
         return [seq & 0xFFFF for seq in sorted(self._missing)]
+
+    def missing_since(self) -> Mapping[int, float]:
+        """The missing sequence numbers and when each was first seen missing (for NACK).
+
+        A gap is seen when a later packet arrives; the assembler gives up on it
+        ``max_wait_s`` after that, so the time is also the NACK scheduler's age
+        origin (:class:`~edge_recorder.rtp.nack.NackScheduler`).
+
+        Returns:
+            A live, read-only view: extended (unwrapped) sequence number ->
+            arrival time of the packet that revealed the gap. It changes with
+            every ``push``/``poll``; copy it (``dict(...)``) to keep it. No
+            copy is made here because the receiver reads it after every packet.
+        """
+        return MappingProxyType(self._missing)
 
     # -- internals ----------------------------------------------------------
 

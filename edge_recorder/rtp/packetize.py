@@ -4,8 +4,11 @@ Each packetizer turns encoded frames into :class:`~edge_recorder.rtp.packet.RtpP
 objects the way a browser or mediasoup would send them:
 
 - :class:`Vp8Packetizer` — RFC 7741, a 4-byte descriptor with a 15-bit PictureID.
+- :class:`Vp9Packetizer` — RFC 9628 non-flexible mode, a 3-byte descriptor with a
+  15-bit PictureID (plus the scalability structure on key frames).
 - :class:`H264Packetizer` — RFC 6184 packetization-mode 1: single NAL units,
-  STAP-A for runs of small NAL units (SPS/PPS/SEI), FU-A for large ones.
+  STAP-A for runs of small NAL units (SPS/PPS/SEI), FU-A for large ones; or
+  packetization-mode 0: one single NAL unit packet per NAL unit.
 - :class:`OpusPacketizer` — RFC 7587, one Opus packet per RTP packet.
 
 ``mtu`` is the largest RTP packet (12-byte header plus payload) we produce; the
@@ -16,9 +19,11 @@ from __future__ import annotations
 
 import random
 
+from edge_recorder.errors import DepacketizeError
+from edge_recorder.rtp.depacketize.vp9 import parse_vp9_frame_header_untrusted
 from edge_recorder.rtp.packet import RtpPacket
 
-__all__ = ["H264Packetizer", "OpusPacketizer", "Vp8Packetizer", "split_annex_b"]
+__all__ = ["H264Packetizer", "OpusPacketizer", "Vp8Packetizer", "Vp9Packetizer", "split_annex_b"]
 
 RTP_HEADER_SIZE = 12  # RFC 3550 §5.1, without CSRCs or extensions
 
@@ -190,6 +195,99 @@ class Vp8Packetizer:
         return self._rtp.make(payloads, timestamp, marker_last=True)
 
 
+class Vp9Packetizer:
+    """Packetize VP9 frames (RFC 9628) in non-flexible mode, as libwebrtc does.
+
+    Every packet carries ``|I|P|L|F|B|E|V|Z|`` then ``|M|PictureID(15)|``: I=1,
+    M=1, L=0 and F=0 (one spatial and one temporal layer need neither layer
+    indices nor reference lists, RFC 9628 §4.2), P=1 for an inter frame, B on a
+    frame's first packet and E on its last. The first packet of a key frame also
+    carries the scalability structure (V=1, RFC 9628 §4.2.1): one spatial layer
+    with its resolution. The PictureID increments per frame.
+    """
+
+    _DESCRIPTOR_SIZE = 3
+    _SS_SIZE = 5  # |N_S|Y|G|-|-|-| then WIDTH(16) HEIGHT(16)
+
+    def __init__(
+        self,
+        *,
+        payload_type: int,
+        ssrc: int,
+        mtu: int = 1200,
+        initial_sequence: int | None = None,
+        initial_timestamp: int = 0,
+        initial_picture_id: int = 0,
+    ) -> None:
+        """Create a packetizer.
+
+        Args:
+            payload_type: RTP payload type.
+            ssrc: RTP SSRC.
+            mtu: largest RTP packet, header included.
+            initial_sequence: first sequence number, or None for a random one.
+            initial_timestamp: the stream's first RTP timestamp (informational).
+            initial_picture_id: the first frame's PictureID (taken mod 2^15).
+
+        Raises:
+            ValueError: a parameter is out of range.
+        """
+        self._rtp = _RtpSequencer(
+            payload_type=payload_type,
+            ssrc=ssrc,
+            mtu=mtu,
+            initial_sequence=initial_sequence,
+            initial_timestamp=initial_timestamp,
+            min_payload=self._DESCRIPTOR_SIZE + self._SS_SIZE + 1,
+        )
+        self._picture_id = initial_picture_id & 0x7FFF
+
+    def packetize(self, frame: bytes, timestamp: int, *, keyframe: bool = False) -> list[RtpPacket]:
+        """Split one VP9 frame (or encoder superframe) into RTP packets.
+
+        Args:
+            frame: one encoded VP9 frame, as libvpx outputs it.
+            timestamp: its RTP timestamp (90 kHz, taken mod 2^32).
+            keyframe: accepted for a common API; the P bit is set from the frame's
+                own uncompressed header, which cannot disagree with the frame.
+
+        Returns:
+            The packets; the marker bit is set on the last one (RFC 9628 §4.1).
+
+        Raises:
+            ValueError: the frame is empty or does not begin with a VP9 header.
+        """
+        if not frame:
+            raise ValueError("empty VP9 frame")
+        try:
+            header = parse_vp9_frame_header_untrusted(frame)
+        except DepacketizeError as exc:
+            raise ValueError(f"not a VP9 frame: {exc}") from exc
+        b0 = 0x80  # I=1
+        if not header.keyframe:
+            b0 |= 0x40  # P=1: inter-picture predicted
+        ss = b""
+        if header.keyframe and header.size is not None:
+            width, height = header.size
+            ss = bytes((0x10,)) + width.to_bytes(2, "big") + height.to_bytes(2, "big")  # N_S=0, Y=1
+        pid = bytes((0x80 | (self._picture_id >> 8), self._picture_id & 0xFF))  # M=1
+        self._picture_id = (self._picture_id + 1) & 0x7FFF
+        first_room = self._rtp.max_payload - self._DESCRIPTOR_SIZE - len(ss)
+        room = self._rtp.max_payload - self._DESCRIPTOR_SIZE
+        chunks = [frame[:first_room]]
+        if len(frame) > first_room:
+            chunks += _split_evenly(frame[first_room:], room)
+        last = len(chunks) - 1
+        payloads = []
+        for i, chunk in enumerate(chunks):
+            flags = b0 | (0x08 if i == 0 else 0) | (0x04 if i == last else 0)  # B, E
+            if i == 0 and ss:
+                payloads.append(bytes((flags | 0x02,)) + pid + ss + chunk)  # V=1
+            else:
+                payloads.append(bytes((flags,)) + pid + chunk)
+        return self._rtp.make(payloads, timestamp, marker_last=True)
+
+
 def split_annex_b(access_unit: bytes) -> list[bytes]:
     """Split an Annex-B byte stream into NAL units (ITU-T H.264 Annex B).
 
@@ -252,17 +350,55 @@ class _SimplePacketizer:
 
 
 class H264Packetizer(_SimplePacketizer):
-    """Packetize H.264 access units, RFC 6184 packetization-mode 1."""
+    """Packetize H.264 access units, RFC 6184 packetization-mode 1 or 0."""
 
     # FU indicator + FU header + one byte (RFC 6184 §5.8).
     _MIN_PAYLOAD = 3
 
+    def __init__(
+        self,
+        *,
+        payload_type: int,
+        ssrc: int,
+        mtu: int = 1200,
+        initial_sequence: int | None = None,
+        initial_timestamp: int = 0,
+        packetization_mode: int = 1,
+    ) -> None:
+        """Create a packetizer.
+
+        Args:
+            payload_type: RTP payload type.
+            ssrc: RTP SSRC.
+            mtu: largest RTP packet, header included.
+            initial_sequence: first sequence number, or None for a random one.
+            initial_timestamp: the stream's first RTP timestamp (informational).
+            packetization_mode: 1 (single NAL, STAP-A, FU-A) or 0 (single NAL
+                unit packets only, RFC 6184 §6.2).
+
+        Raises:
+            ValueError: a parameter is out of range.
+        """
+        if packetization_mode not in (0, 1):
+            raise ValueError(f"packetization_mode must be 0 or 1, not {packetization_mode}")
+        super().__init__(
+            payload_type=payload_type,
+            ssrc=ssrc,
+            mtu=mtu,
+            initial_sequence=initial_sequence,
+            initial_timestamp=initial_timestamp,
+        )
+        self.packetization_mode = packetization_mode
+
     def packetize(self, frame: bytes, timestamp: int, *, keyframe: bool = False) -> list[RtpPacket]:
         """Split one Annex-B access unit into RTP packets.
 
-        Runs of NAL units that fit together go in one STAP-A (RFC 6184 §5.7.1),
-        a NAL unit that fits alone is a single NAL unit packet (§5.6), and a
-        larger one is fragmented into FU-A packets (§5.8).
+        Mode 1: runs of NAL units that fit together go in one STAP-A (RFC 6184
+        §5.7.1), a NAL unit that fits alone is a single NAL unit packet (§5.6),
+        and a larger one is fragmented into FU-A packets (§5.8). Mode 0: each
+        NAL unit is a single NAL unit packet (§6.2: STAP and FU MUST NOT be
+        used), so the encoder must keep slices under the mtu (x264
+        ``slice-max-size``).
 
         Args:
             frame: one access unit in Annex-B format.
@@ -274,12 +410,21 @@ class H264Packetizer(_SimplePacketizer):
             The packets; the marker bit is set on the last one (RFC 6184 §5.1).
 
         Raises:
-            ValueError: the access unit holds no NAL unit.
+            ValueError: the access unit holds no NAL unit, or (mode 0) a NAL unit
+                is larger than the mtu allows.
         """
         nals = split_annex_b(frame)
         if not nals:
             raise ValueError("access unit holds no NAL unit")
         limit = self._rtp.max_payload
+        if self.packetization_mode == 0:
+            for nal in nals:
+                if len(nal) > limit:
+                    raise ValueError(
+                        f"packetization-mode 0: a NAL unit of {len(nal)} bytes exceeds the "
+                        f"{limit}-byte payload the mtu allows (limit the encoder's slice size)"
+                    )
+            return self._rtp.make(nals, timestamp, marker_last=True)
         payloads: list[bytes] = []
         i = 0
         while i < len(nals):

@@ -492,6 +492,42 @@ _VIDEO_FEEDBACK: tuple[tuple[str, str], ...] = (("nack", ""), ("nack", "pli"), (
 # of bitrate (and drop simulcast layers).
 
 
+# mediasoup's order for allocating dynamic payload types (ortc.ts DynamicPayloadTypes).
+_DYNAMIC_PAYLOAD_TYPES = (*range(100, 128), *range(96, 100))
+
+
+def _rtx_codecs(codecs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One ``video/rtx`` capability per video codec (RFC 4588 §8.6), ``apt`` = its PT.
+
+    mediasoup puts RTX in a consumer's ``rtpParameters`` (codecs ``[VP8 101,
+    rtx 102 apt=101]``, ``encodings[0].rtx.ssrc``) only when the consuming
+    side's capabilities list a ``video/rtx`` codec; without it, retransmissions
+    come on the media SSRC. The PTs are taken from the dynamic ones the media
+    codecs leave free, in mediasoup's order, so video codecs added to the list
+    get their RTX entry without a PT clash.
+
+    Args:
+        codecs: the media codec capabilities.
+
+    Returns:
+        The RTX capabilities, in the order of their video codecs.
+    """
+    used = {codec["preferredPayloadType"] for codec in codecs}
+    free = (pt for pt in _DYNAMIC_PAYLOAD_TYPES if pt not in used)
+    return [
+        {
+            "kind": "video",
+            "mimeType": "video/rtx",
+            "preferredPayloadType": next(free),
+            "clockRate": codec["clockRate"],
+            "parameters": {"apt": codec["preferredPayloadType"]},
+            "rtcpFeedback": [],
+        }
+        for codec in codecs
+        if codec["kind"] == "video"
+    ]
+
+
 def recorder_rtp_capabilities() -> dict[str, Any]:
     """What the recorder can receive, in mediasoup's ``RtpCapabilities`` shape.
 
@@ -509,14 +545,14 @@ def recorder_rtp_capabilities() -> dict[str, Any]:
     def feedback(entries: tuple[tuple[str, str], ...]) -> list[dict[str, str]]:
         return [{"type": fb_type, "parameter": parameter} for fb_type, parameter in entries]
 
-    def h264(payload_type: int, profile_level_id: str) -> dict[str, Any]:
+    def h264(payload_type: int, profile_level_id: str, packetization_mode: int = 1) -> dict[str, Any]:
         return {
             "kind": "video",
             "mimeType": "video/H264",
             "preferredPayloadType": payload_type,
             "clockRate": 90000,
             "parameters": {
-                "packetization-mode": 1,
+                "packetization-mode": packetization_mode,
                 "level-asymmetry-allowed": 1,
                 "profile-level-id": profile_level_id,
             },
@@ -543,7 +579,21 @@ def recorder_rtp_capabilities() -> dict[str, Any]:
         },
         h264(102, "42e01f"),  # Constrained Baseline 3.1
         h264(103, "4d001f"),  # Main 3.1
+        # RFC 9628 §6: profile-id absent means 0; mediasoup matches on it.
+        {
+            "kind": "video",
+            "mimeType": "video/VP9",
+            "preferredPayloadType": 104,
+            "clockRate": 90000,
+            "parameters": {"profile-id": 0},
+            "rtcpFeedback": feedback(_VIDEO_FEEDBACK),
+        },
+        # mediasoup matches H.264 on packetization-mode too, so mode 0 producers
+        # (single NAL unit packets, RFC 6184 §6.2) need entries of their own.
+        h264(105, "42e01f", packetization_mode=0),
+        h264(106, "4d001f", packetization_mode=0),
     ]
+    codecs += _rtx_codecs(codecs)
 
     def extension(kind: str, uri: str, preferred_id: int) -> dict[str, Any]:
         return {"kind": kind, "uri": uri, "preferredId": preferred_id, "preferredEncrypt": False}

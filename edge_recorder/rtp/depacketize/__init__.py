@@ -3,6 +3,8 @@
 Pure code (no I/O, no trio). One module per codec:
 
 - :mod:`.vp8`  — RFC 7741 (VP8 payload descriptor stripped).
+- :mod:`.vp9`  — RFC 9628 (VP9 payload descriptor stripped; spatial layers of one
+  picture joined into a superframe).
 - :mod:`.h264` — RFC 6184 (single NAL, STAP-A, FU-A -> Annex-B).
 - :mod:`.opus` — RFC 7587 (one packet is one Opus packet, passed through).
 
@@ -22,12 +24,14 @@ from edge_recorder.errors import UnsupportedCodecError
 from edge_recorder.rtp.depacketize.h264 import H264Depacketizer
 from edge_recorder.rtp.depacketize.opus import OpusDepacketizer
 from edge_recorder.rtp.depacketize.vp8 import Vp8Depacketizer
+from edge_recorder.rtp.depacketize.vp9 import Vp9Depacketizer
 
 __all__ = [
     "Depacketizer",
     "H264Depacketizer",
     "OpusDepacketizer",
     "Vp8Depacketizer",
+    "Vp9Depacketizer",
     "depacketizer_for",
 ]
 
@@ -37,7 +41,7 @@ class Depacketizer(Protocol):
     """What the frame assembler needs to know about a codec's RTP payload format.
 
     Attributes:
-        codec: the PyAV decoder name: ``"vp8"``, ``"h264"`` or ``"opus"``.
+        codec: the PyAV decoder name: ``"vp8"``, ``"vp9"``, ``"h264"`` or ``"opus"``.
         kind: ``"video"`` or ``"audio"``.
     """
 
@@ -130,10 +134,13 @@ def depacketizer_for(
     """Choose the depacketizer for a stream's codec.
 
     Args:
-        mime_type: the codec's MIME type, e.g. ``"video/VP8"``, ``"video/H264"``,
-            ``"audio/opus"`` (case-insensitive, as mediasoup's ``mimeType``).
+        mime_type: the codec's MIME type, e.g. ``"video/VP8"``, ``"video/VP9"``,
+            ``"video/H264"``, ``"audio/opus"`` (case-insensitive, as mediasoup's
+            ``mimeType``).
         parameters: the codec's fmtp parameters (mediasoup ``codec.parameters``);
-            only H.264's ``packetization-mode`` is read.
+            only H.264's ``packetization-mode`` is read. VP9's ``profile-id``
+            is not: we advertise profile 0 only, and the decoder reads the
+            profile from the bitstream.
 
     Returns:
         A fresh depacketizer for that codec.
@@ -145,10 +152,12 @@ def depacketizer_for(
     mime = mime_type.strip().lower()
     if mime == "video/vp8":
         return Vp8Depacketizer()
+    if mime == "video/vp9":
+        return Vp9Depacketizer()
     if mime == "video/h264":
         return H264Depacketizer(packetization_mode=_parse_packetization_mode(parameters))
     if mime == "audio/opus":
         return OpusDepacketizer()
     raise UnsupportedCodecError(
-        f"unsupported codec {mime_type!r} (supported: video/VP8, video/H264, audio/opus)"
+        f"unsupported codec {mime_type!r} (supported: video/VP8, video/VP9, video/H264, audio/opus)"
     )

@@ -91,9 +91,14 @@ def _iter_stap_a_untrusted(payload: bytes) -> Iterator[bytes]:
 class H264Depacketizer:
     """Depacketizer for ``video/H264`` (RFC 6184).
 
-    Single NAL units, STAP-A and FU-A are accepted whatever the negotiated mode:
-    mode 0 allows only single NAL units (RFC 6184 §6.2), and a superset costs us
-    nothing.
+    Single NAL units, STAP-A and FU-A are accepted whatever the negotiated mode.
+    Mode 0 allows only single NAL unit packets (RFC 6184 §6.2: STAPs, MTAPs and
+    FUs MUST NOT be used), but that binds the sender; nothing asks a receiver
+    to refuse them, and refusing would cost whole recordings for nothing:
+    ``packetization-mode`` absent means 0 (§8.1), and signalling that drops the
+    parameter while the sender uses FU-A (mode 1 practice) is common. Accepting
+    the superset costs nothing, since the three structures cannot be confused.
+    Mode 2's STAP-B, MTAPs and FU-B stay refused: they need DON reordering.
 
     Attributes:
         codec: ``"h264"`` (PyAV decoder name).

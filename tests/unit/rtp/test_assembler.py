@@ -580,3 +580,20 @@ def test_lossy_network_counts_are_plausible_for_a_fixed_seed() -> None:
     assert asm.stats.keyframe_requests >= 2
     assert asm.stats.frames_dropped_awaiting_keyframe + asm.stats.frames_incomplete_dropped > 0
     assert not math.isnan(emitted[-1].arrival) and indexes[0] == 0
+
+
+def test_missing_since_is_a_read_only_view_of_gaps_and_when_seen() -> None:
+    packets = [p for f in vp8_stream([True, False], initial_sequence=65534) for p in f]
+    asm = vp8_assembler(max_wait_s=0.1)
+    view = asm.missing_since()
+    assert dict(view) == {}
+    asm.push(packets[0], 1.0)
+    asm.push(packets[4], 1.5)  # reveals 65535, 0, 1 (extended: 65535, 65536, 65537)
+    assert dict(view) == {65535: 1.5, 65536: 1.5, 65537: 1.5}
+    assert [seq & 0xFFFF for seq in sorted(view)] == asm.missing_sequence_numbers()
+    with pytest.raises(TypeError):
+        view[0] = 0.0  # type: ignore[index]
+    asm.push(packets[2], 1.55)  # seq 0 arrives
+    assert dict(view) == {65535: 1.5, 65537: 1.5}
+    asm.poll(1.6)  # max_wait_s after the gap was seen: given up
+    assert dict(asm.missing_since()) == {}

@@ -47,7 +47,7 @@ def test_depacketizer_for_known_codecs(mime: str, codec: str, kind: str) -> None
     assert isinstance(dep, Depacketizer)
 
 
-@pytest.mark.parametrize("mime", ["video/VP9", "video/AV1", "audio/PCMU", "opus", ""])
+@pytest.mark.parametrize("mime", ["video/AV1", "video/H265", "audio/PCMU", "opus", ""])
 def test_depacketizer_for_unsupported_names_the_codec(mime: str) -> None:
     with pytest.raises(UnsupportedCodecError, match=repr(mime).replace("/", ".")):
         depacketizer_for(mime)

@@ -396,10 +396,16 @@ def test_capabilities_never_enable_congestion_control() -> None:
 
 def test_capabilities_codecs() -> None:
     caps = recorder_rtp_capabilities()
-    codecs = {(c["mimeType"], c["parameters"].get("profile-level-id")): c for c in caps["codecs"]}
+    codecs = {
+        (c["mimeType"], c["parameters"].get("profile-level-id")): c
+        for c in caps["codecs"]
+        if c["mimeType"] != "video/rtx"  # test_capabilities_offer_rtx_per_video_codec
+        and c["parameters"].get("packetization-mode") != 0  # tests/unit/rtp/test_h264_mode0.py
+    }
     assert set(codecs) == {
         ("audio/opus", None),
         ("video/VP8", None),
+        ("video/VP9", None),  # tests/unit/rtp/test_vp9.py
         ("video/H264", "42e01f"),
         ("video/H264", "4d001f"),
     }
@@ -450,3 +456,71 @@ def test_capabilities_are_fresh_copies() -> None:
     first = recorder_rtp_capabilities()
     first["codecs"].clear()
     assert recorder_rtp_capabilities()["codecs"]
+
+
+def test_capabilities_offer_rtx_per_video_codec() -> None:
+    # RFC 4588 §8.6: one video/rtx per video codec, apt = the codec's PT, so that
+    # mediasoup keeps RTX in the consumer's rtpParameters.
+    codecs = recorder_rtp_capabilities()["codecs"]
+    media = [c for c in codecs if c["mimeType"] != "video/rtx"]
+    rtx = [c for c in codecs if c["mimeType"] == "video/rtx"]
+    video_pts = [c["preferredPayloadType"] for c in media if c["kind"] == "video"]
+    assert video_pts
+    assert sorted(c["parameters"]["apt"] for c in rtx) == sorted(video_pts)
+    for entry in rtx:
+        assert entry["kind"] == "video"
+        assert entry["clockRate"] == 90000
+        assert entry["rtcpFeedback"] == []
+        assert set(entry["parameters"]) == {"apt"}
+        assert type(entry["parameters"]["apt"]) is int  # mediasoup rejects a string apt
+    assert not any(c["parameters"].get("apt") == 100 for c in rtx)  # none for Opus
+    pts = [c["preferredPayloadType"] for c in codecs]
+    assert len(set(pts)) == len(pts)
+
+
+def test_consumer_with_rtx_for_each_video_codec_of_our_capabilities() -> None:
+    # What mediasoup's getConsumerRtpParameters produces from our capabilities:
+    # the router's media PT, its RTX PT with apt, and rtx.ssrc = ssrc + 1.
+    for codec in recorder_rtp_capabilities()["codecs"]:
+        if codec["kind"] != "video" or codec["mimeType"] == "video/rtx":
+            continue
+        obj = copy.deepcopy(VIDEO_CONSUMER)
+        obj["codecs"] = [
+            {
+                "mimeType": "video/rtx",  # RTX listed first must not be taken as media
+                "payloadType": 97,
+                "clockRate": 90000,
+                "parameters": {"apt": 96},
+                "rtcpFeedback": [],
+            },
+            {
+                "mimeType": codec["mimeType"],
+                "payloadType": 96,
+                "clockRate": 90000,
+                "parameters": codec["parameters"],
+                "rtcpFeedback": codec["rtcpFeedback"],
+            },
+        ]
+        obj["encodings"] = [{"ssrc": 1000, "rtx": {"ssrc": 1001}}]
+        params = RtpParameters.from_mediasoup(obj)
+        assert params.media_codec.mime_type == codec["mimeType"]
+        assert params.rtx_payload_type == 97
+        assert (params.ssrc, params.rtx_ssrc) == (1000, 1001)
+        assert params.has_feedback("nack")
+
+
+def test_rtx_payload_type_follows_apt_among_several_rtx_codecs() -> None:
+    obj = copy.deepcopy(VIDEO_CONSUMER)
+    def rtx(payload_type: int, apt: int) -> dict[str, Any]:
+        return {
+            "mimeType": "video/rtx",
+            "payloadType": payload_type,
+            "clockRate": 90000,
+            "parameters": {"apt": apt},
+        }
+
+    obj["codecs"].append(rtx(104, 99))
+    obj["codecs"].insert(0, rtx(98, 7))
+    params = RtpParameters.from_mediasoup(obj)
+    assert params.media_codec.payload_type == 101
+    assert params.rtx_payload_type == 102
