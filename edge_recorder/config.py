@@ -102,6 +102,8 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "RECORDING_OVERLAY_WIDTH_PCT",
     "RECORDING_OVERLAY_CORNER",
     "RECORDING_OVERLAY_MARGIN_PX",
+    "RECORDING_SPEAKER_HOLD_MS",
+    "RECORDING_SPEAKER_EXPLICIT_HOLD_MS",
     "RECORDING_PLAYOUT_DELAY_MS",
     "RECORDING_JITTER_VIDEO_MS",
     "RECORDING_JITTER_AUDIO_MS",
@@ -222,6 +224,11 @@ class OverlaySettings:
     corner: Corner = "bottom-right"
     # Gap in pixels between the overlay and the output's edges.
     margin_px: int = 24
+    # Shortest time one speaker stays in the overlay before audio levels may
+    # switch to another (hysteresis: the overlay never flickers).
+    speaker_hold_ms: int = 2000
+    # How long an explicit recording.setActiveSpeaker wins over audio levels.
+    speaker_explicit_hold_ms: int = 3000
 
 
 @dataclass(frozen=True)
@@ -683,6 +690,8 @@ def _build(r: _Reader, config_file: Path | None) -> Settings:
         width_pct=r.integer("RECORDING_OVERLAY_WIDTH_PCT", 25, 5, 50),
         corner=r.choice("RECORDING_OVERLAY_CORNER", "bottom-right", get_args(Corner)),
         margin_px=r.integer("RECORDING_OVERLAY_MARGIN_PX", 24, 0, 512),
+        speaker_hold_ms=r.integer("RECORDING_SPEAKER_HOLD_MS", 2000, 0, 60_000),
+        speaker_explicit_hold_ms=r.integer("RECORDING_SPEAKER_EXPLICIT_HOLD_MS", 3000, 0, 600_000),
     )
     if 2 * overlay.margin_px >= min(output.width_px, output.height_px):
         raise r.fail(

@@ -5,12 +5,17 @@ sender under their control. Each producer is described exactly the way the
 control protocol describes a stream (``recording.addStream`` params with a
 mediasoup-shaped ``rtpParameters``), sends from its own UDP socket like a
 PlainTransport, and answers RTCP PLI/FIR with a keyframe, as mediasoup would
-by asking the producer.
+by asking the producer. Like a WebRTC sender behind mediasoup, every stream
+sends RTCP Sender Reports (so the recorder can line up a peer's audio and
+video) and audio carries the RFC 6464 audio level the active-speaker choice
+uses.
 """
 
 from __future__ import annotations
 
+import math
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,12 +23,15 @@ import trio
 
 from edge_recorder.demo.sources import CameraSource, OpusEncoder, ScreenSource, ToneSource, VideoEncoder
 from edge_recorder.errors import ParseError
-from edge_recorder.rtp.packet import serialize_rtp
+from edge_recorder.rtp.packet import RtpPacket, serialize_rtp
 from edge_recorder.rtp.packetize import H264Packetizer, OpusPacketizer, Vp8Packetizer
-from edge_recorder.rtp.rtcp import Fir, Pli, parse_rtcp_untrusted
+from edge_recorder.rtp.rtcp import NTP_UNIX_EPOCH_OFFSET_S, Fir, Pli, SenderReport, parse_rtcp_untrusted, seconds_to_ntp, serialize_rtcp
 
 PAYLOAD_TYPES = {"vp8": 101, "h264": 102, "opus": 100}
 MIME = {"vp8": "video/VP8", "h264": "video/H264", "opus": "audio/opus"}
+AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+AUDIO_LEVEL_ID = 10  # what recorder_rtp_capabilities() prefers
+SENDER_REPORT_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -43,6 +51,11 @@ class SyntheticProducer:
     keyframes_sent: int = 0
     keyframe_requests: int = 0
     packets_sent: int = 0
+    octets_sent: int = 0
+    sender_reports_sent: int = 0
+    # Audio: carry the RFC 6464 level (as browsers do) unless switched off.
+    audio_level: bool = True
+    sender_reports: bool = True
 
     @property
     def payload_type(self) -> int:
@@ -64,9 +77,12 @@ class SyntheticProducer:
             codec["rtcpFeedback"] = [{"type": "nack"}, {"type": "nack", "parameter": "pli"}, {"type": "ccm", "parameter": "fir"}]
             if self.codec == "h264":
                 codec["parameters"] = {"packetization-mode": 1, "profile-level-id": "42e01f", "level-asymmetry-allowed": 1}
+        extensions: list[dict[str, Any]] = []
+        if self.kind == "audio" and self.audio_level:
+            extensions.append({"uri": AUDIO_LEVEL_URI, "id": AUDIO_LEVEL_ID, "encrypt": False, "parameters": {}})
         return {
             "codecs": [codec],
-            "headerExtensions": [],
+            "headerExtensions": extensions,
             "encodings": [{"ssrc": self.ssrc}],
             "rtcp": {"cname": f"{self.peer_id}-cname", "reducedSize": True, "mux": True},
         }
@@ -145,8 +161,8 @@ async def _send_video(sock: Any, target: tuple[str, int], producer: SyntheticPro
             producer.keyframes_sent += keyframe
             timestamp = (ts_base + round(t * 90000)) % (1 << 32)
             for packet in packetizer.packetize(data, timestamp, keyframe=keyframe):
-                await sock.sendto(serialize_rtp(packet), target)
-                producer.packets_sent += 1
+                await _send_rtp(sock, target, producer, packet)
+        await _maybe_send_sender_report(sock, target, producer, ts_base, start, 90000)
         k += 1
 
 
@@ -159,8 +175,46 @@ async def _send_audio(sock: Any, target: tuple[str, int], producer: SyntheticPro
     while True:
         await trio.sleep_until(start + k * 0.02)
         pcm = producer.media.block(k * 960)
+        level = audio_level_byte(pcm) if producer.audio_level else None
         for data in encoder.encode(pcm):
             for packet in packetizer.packetize(data, (ts_base + k * 960) % (1 << 32)):
-                await sock.sendto(serialize_rtp(packet), target)
-                producer.packets_sent += 1
+                if level is not None:
+                    packet.extensions[AUDIO_LEVEL_ID] = level
+                await _send_rtp(sock, target, producer, packet)
+        await _maybe_send_sender_report(sock, target, producer, ts_base, start, 48000)
         k += 1
+
+
+def audio_level_byte(pcm: Any) -> bytes:
+    """The RFC 6464 byte for a block of int16 PCM: V flag, then the level in -dBov."""
+    samples = pcm.astype("float64") / 32768.0
+    rms = float(math.sqrt(float((samples * samples).mean()))) if samples.size else 0.0
+    dbov = 20 * math.log10(rms) if rms > 0 else -127.0
+    level = min(127, max(0, round(-dbov)))
+    return bytes([(0x80 if dbov > -50 else 0) | level])
+
+
+async def _send_rtp(sock: Any, target: tuple[str, int], producer: SyntheticProducer, packet: RtpPacket) -> None:
+    await sock.sendto(serialize_rtp(packet), target)
+    producer.packets_sent += 1
+    producer.octets_sent += len(packet.payload)
+
+
+async def _maybe_send_sender_report(
+    sock: Any, target: tuple[str, int], producer: SyntheticProducer, ts_base: int, start: float, clock_rate: int
+) -> None:
+    """An SR pairing the wall clock with the RTP timestamp of this instant (RFC 3550 §6.4.1)."""
+    if not producer.sender_reports:
+        return
+    elapsed = trio.current_time() - start
+    if elapsed < producer.sender_reports_sent * SENDER_REPORT_INTERVAL_S:
+        return
+    report = SenderReport(
+        ssrc=producer.ssrc,
+        ntp_timestamp=seconds_to_ntp(time.time() + NTP_UNIX_EPOCH_OFFSET_S),
+        rtp_timestamp=(ts_base + round(elapsed * clock_rate)) % (1 << 32),
+        packet_count=producer.packets_sent & 0xFFFF_FFFF,
+        octet_count=producer.octets_sent & 0xFFFF_FFFF,
+    )
+    producer.sender_reports_sent += 1
+    await sock.sendto(serialize_rtcp([report]), target)

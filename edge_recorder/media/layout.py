@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = [
     "CORNERS",
@@ -37,6 +37,7 @@ __all__ = [
     "VideoInput",
     "compute_scene",
     "fit_rect",
+    "inputs_to_decode",
 ]
 
 LAYOUTS = ("pip", "grid")
@@ -412,3 +413,45 @@ def compute_scene(
     placements.sort(key=lambda p: p.z)
     slate = () if placements else tuple(participants)
     return Scene(tuple(placements), slate)
+
+
+def inputs_to_decode(
+    layout: str,
+    live: Sequence[VideoInput],
+    shown: Sequence[VideoInput],
+    active_speaker: str | None,
+    settings: LayoutSettings,
+) -> frozenset[str]:
+    """Which video inputs must be decoded now: what the layout shows or is about to.
+
+    Decoding is most of a recording's cost, and a room of twenty cameras shows
+    one of them in picture-in-picture. The scene is computed twice:
+
+    - *desired*: every live input as if it had a picture (an input without one
+      gets a nominal size: the layout needs an aspect, not pixels);
+    - *actual*: the inputs that have a picture, live or not (a paused camera
+      keeps its last picture), i.e. what is rendered now.
+
+    Both sets are decoded. The desired one so a camera about to be shown gets
+    its keyframe; the actual one so the outgoing camera keeps playing until the
+    incoming one has a picture ("switch on arrival": no blank overlay, no frozen
+    frame of someone who stopped talking while another one is being fetched).
+
+    Args:
+        layout: ``"pip"`` or ``"grid"``.
+        live: video inputs currently receiving media, in arrival order.
+        shown: video inputs that have a picture (decoded now, or held from
+            before they paused), in arrival order.
+        active_speaker: the active speaker's peer id.
+        settings: canvas and layout knobs.
+
+    Returns:
+        Keys of the inputs to decode.
+    """
+    nominal = [
+        i if i.has_picture else replace(i, width=1280 if i.source == "screen" else 640, height=720 if i.source == "screen" else 360)
+        for i in live
+    ]
+    desired = compute_scene(layout, nominal, active_speaker, (), settings)
+    actual = compute_scene(layout, [i for i in shown if i.has_picture], active_speaker, (), settings)
+    return frozenset(p.key for p in desired.placements) | frozenset(p.key for p in actual.placements)

@@ -67,6 +67,8 @@ AUDIO_TICK_SAMPLES = 4 * AUDIO_BLOCK_SAMPLES
 # Opus packets are gathered this long and decoded in one hand-off.
 AUDIO_BATCH_S = 0.1
 STATS_INTERVAL_S = 1.0
+# Decoded-energy levels (for streams without RFC 6464) go to the parent this often.
+LEVELS_INTERVAL_S = 0.2
 
 
 @dataclass
@@ -85,6 +87,15 @@ class _StreamSlot:
     # video: decoded (media_time, frame), oldest first
     frames: collections.deque[tuple[float, Any]] = field(default_factory=lambda: collections.deque(maxlen=DECODED_FRAMES_KEPT))
     shown: Any = None
+    # Video: the parent says whether media is flowing (a paused camera is
+    # not a candidate for the layout); ``wanted`` is whether the layout
+    # shows it, or is about to, so it is worth decoding.
+    live: bool = False
+    wanted: bool = False
+    # Audio without the RFC 6464 extension: report decoded energy instead.
+    report_levels: bool = False
+    level_dbov: float = -127.0
+    placer: Any = None
     awaiting_keyframe: bool = True
     decoded: int = 0
     decode_errors: int = 0
@@ -130,6 +141,7 @@ class MediaWorker:
         self.fragment_bytes = 0
         self.first_frame_sent = False
         self._decoders: trio.Nursery | None = None
+        self._wanted: frozenset[int] = frozenset()
 
     # -- the one door to blocking work -------------------------------------------
 
@@ -171,6 +183,10 @@ class MediaWorker:
             self.active_speaker = p.get("peer_id")
         elif msg.op == "layout":
             self.layout = p["layout"]
+        elif msg.op == "stream_live":
+            slot = self.streams.get(int(p["index"]))
+            if slot is not None:
+                slot.live = bool(p["live"])
         elif msg.op == "stop":
             at = p.get("at_s")
             self.stop_at_s = max(0.0, float(at)) if at is not None else self._now_media_s()
@@ -196,6 +212,8 @@ class MediaWorker:
             send=send,
             receive=receive,
             awaiting_keyframe=p["kind"] == "video",
+            live=bool(p.get("live", False)),
+            report_levels=bool(p.get("report_levels", False)),
         )
         self.streams[index] = slot
         if slot.kind == "audio":
@@ -273,7 +291,8 @@ class MediaWorker:
         decoder = await self._blocking(VideoDecoder, slot.codec)
         try:
             async for msg in slot.receive:
-                if slot.awaiting_keyframe and not msg.keyframe:
+                if not slot.wanted or (slot.awaiting_keyframe and not msg.keyframe):
+                    # In flight when the layout stopped showing it: not worth a decode.
                     continue
                 # Just in time: a decoded 720p picture is 1.4 MB, an encoded
                 # one a few KB, so the playout delay is spent in encoded form.
@@ -288,6 +307,8 @@ class MediaWorker:
                     self._emit(wire.encode_event("keyframe_needed", index=slot.index, why=f"decode-error: {exc}"))
                     continue
                 slot.awaiting_keyframe = False
+                if not slot.wanted:
+                    continue  # dropped from the layout during the decode
                 for frame in frames:
                     slot.decoded += 1
                     slot.frames.append((msg.media_time_s, frame))
@@ -297,17 +318,26 @@ class MediaWorker:
 
     async def _audio_decoder(self, slot: _StreamSlot) -> None:
         from edge_recorder.media.decode import AudioDecoder
+        from edge_recorder.media.drift import AudioPlacer
+        from edge_recorder.session.speaker import dbov_of_pcm
 
         decoder = await self._blocking(AudioDecoder, slot.codec, self.encoder_settings.sample_rate)
         rate = self.encoder_settings.sample_rate
+        # Packets are laid end to end; the placer absorbs timestamp jitter and
+        # the sender clock's drift by stretching or trimming a few samples.
+        slot.placer = AudioPlacer(sample_rate=rate)
 
-        def decode_batch(batch: list[wire.MediaMessage]) -> list[tuple[wire.MediaMessage, Any]]:
+        def decode_batch(batch: list[wire.MediaMessage]) -> list[tuple[int, Any]]:
             out = []
             for msg in batch:
                 try:
-                    out.append((msg, decoder.decode(msg.data)))
+                    pcm = decoder.decode(msg.data)
                 except DecodeError:
                     slot.decode_errors += 1
+                    continue
+                if slot.report_levels and len(pcm):
+                    slot.level_dbov = max(slot.level_dbov, dbov_of_pcm(pcm))
+                out.append(slot.placer.place(round(msg.media_time_s * rate), pcm))
             return out
 
         while True:
@@ -324,12 +354,61 @@ class MediaWorker:
                     batch.append(slot.receive.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
-            for msg, pcm in await self._blocking(decode_batch, batch):
+            for start, pcm in await self._blocking(decode_batch, batch):
                 slot.decoded += 1
                 if slot.index in self.streams:
-                    self.mixer.write(slot.key, round(msg.media_time_s * rate), pcm)
+                    self.mixer.write(slot.key, start, pcm)
 
     # -- output clocks -----------------------------------------------------------
+
+    def _update_wanted(self) -> None:
+        """Decide which video streams to decode; tell the parent when that changes.
+
+        The parent forwards frames only of wanted streams (it keeps the rest
+        back to their last keyframe), so a room of twenty cameras costs what
+        the one or two on screen cost. A stream that stops being wanted
+        forgets its picture: when it comes back it starts from a keyframe, and
+        until then the layout never shows a stale picture of it.
+        """
+        from edge_recorder.media.layout import VideoInput, inputs_to_decode
+
+        videos = [
+            (
+                slot,
+                VideoInput(
+                    key=slot.key,
+                    peer_id=slot.peer_id,
+                    source=slot.source,
+                    display_name=slot.display_name,
+                    width=slot.shown.width if slot.shown is not None else 0,
+                    height=slot.shown.height if slot.shown is not None else 0,
+                ),
+            )
+            for slot in self.streams.values()
+            if slot.kind == "video"
+        ]
+        keys = inputs_to_decode(
+            self.layout,
+            [i for slot, i in videos if slot.live],
+            [i for _, i in videos if i.has_picture],
+            self.active_speaker,
+            self.layout_settings,
+        )
+        wanted = frozenset(slot.index for slot in self.streams.values() if slot.kind == "video" and slot.key in keys)
+        if wanted == self._wanted:
+            return
+        for slot in self.streams.values():
+            if slot.kind != "video":
+                continue
+            now_wanted = slot.index in wanted
+            if slot.wanted and not now_wanted:
+                slot.frames.clear()
+                slot.shown = None
+                slot.awaiting_keyframe = True
+                self.compositor.forget(slot.key)
+            slot.wanted = now_wanted
+        self._wanted = wanted
+        self._emit(wire.encode_event("visibility", visible=sorted(wanted)))
 
     def _scene_inputs(self, tick_s: float) -> tuple[list[Any], dict[str, Any], list[str]]:
         from edge_recorder.media.layout import VideoInput
@@ -388,6 +467,7 @@ class MediaWorker:
                 n += skip
                 continue
             await self._sleep_until_media(tick_s)
+            self._update_wanted()
             inputs, frames, names = self._scene_inputs(tick_s)
             scene = compute_scene(self.layout, inputs, self.active_speaker, names, self.layout_settings)
             await self._blocking(self._render_and_encode, scene, frames, n)
@@ -425,6 +505,29 @@ class MediaWorker:
             await trio.sleep(STATS_INTERVAL_S)
             self._emit(self.stats_event("stats"))
 
+    async def levels_loop(self) -> None:
+        """Report the loudest decoded level of each stream without RFC 6464 levels."""
+        while True:
+            await trio.sleep(LEVELS_INTERVAL_S)
+            levels = {}
+            for slot in self.streams.values():
+                if slot.report_levels:
+                    levels[str(slot.index)] = round(slot.level_dbov, 1)
+                    slot.level_dbov = -127.0
+            if levels:
+                self._emit(wire.encode_event("levels", levels=levels))
+
+    def _slot_stats(self, slot: _StreamSlot) -> dict[str, Any]:
+        out: dict[str, Any] = {"decoded": slot.decoded, "decode_errors": slot.decode_errors, "queue_drops": slot.queue_drops}
+        if slot.kind == "video":
+            out["decoding"] = slot.wanted
+        elif slot.placer is not None:
+            placer = slot.placer
+            out["placement_error_s"] = round(placer.error_samples / self.encoder_settings.sample_rate, 4)
+            out["samples_inserted"] = placer.stats.samples_inserted
+            out["samples_removed"] = placer.stats.samples_removed
+        return out
+
     def stats_event(self, name: str, **extra: Any) -> bytes:
         lag = self._now_media_s() - self.delay_s - (self.frames_encoded + self.frames_dropped) / self.fps
         return wire.encode_event(
@@ -435,10 +538,7 @@ class MediaWorker:
             fragments=self.fragments,
             bytes=self.fragment_bytes,
             lag_s=round(max(0.0, lag), 3),
-            streams={
-                s.key: {"decoded": s.decoded, "decode_errors": s.decode_errors, "queue_drops": s.queue_drops}
-                for s in self.streams.values()
-            },
+            streams={s.key: self._slot_stats(s) for s in self.streams.values()},
             **extra,
         )
 
@@ -467,6 +567,7 @@ class MediaWorker:
                 outer.start_soon(self.reader, stdin, parser, pending)
                 await self.started.wait()
                 outer.start_soon(self.stats_loop)
+                outer.start_soon(self.levels_loop)
                 async with trio.open_nursery() as pipeline:
                     pipeline.start_soon(self.video_clock)
                     pipeline.start_soon(self.audio_clock)

@@ -7,6 +7,7 @@ Shape of a session (every task has a parent you can name)::
     ├── _write_pipe       frames and control → worker stdin (bounded channel, see below)
     ├── _read_events      worker stdout → first frame, fragments, stats, keyframe needs
     ├── _read_stderr      keeps the last lines for the error an operator reads
+    ├── _choose_speaker   audio levels → active speaker, with hysteresis (10 Hz)
     └── one task per stream, each in its own cancel scope (StreamReceiver.run)
 
 The pipe edge is bounded by ``RECORDING_STREAM_QUEUE_PACKETS`` frames: receivers
@@ -45,15 +46,18 @@ import trio
 from edge_recorder.errors import EdgeRecorderError, ParseError, SessionError
 from edge_recorder.media import wire
 from edge_recorder.rtp.assembler import AssembledFrame
+from edge_recorder.rtp.sync import ClockDomain
 from edge_recorder.session.destination import Asset, Destination, LocalDestination
 from edge_recorder.session.ports import PortAllocator
+from edge_recorder.session.speaker import ActiveSpeakerDetector
 from edge_recorder.session.state import SessionStatus, transition
-from edge_recorder.session.stream import StreamReceiver, StreamSpec
+from edge_recorder.session.stream import AUDIO_LEVEL_URI, StreamReceiver, StreamSpec
 
 log = logging.getLogger(__name__)
 
 WORKER_READY_TIMEOUT_S = 30.0
 STDERR_LINES_KEPT = 20
+SPEAKER_CHECK_INTERVAL_S = 0.1
 
 
 def _utc_now() -> str:
@@ -169,6 +173,13 @@ class RecordingSession:
         self.complete_media_s = 0.0
 
         self._streams: dict[str, _StreamHandle] = {}
+        # One sender clock per CNAME (per peer when absent): its streams'
+        # Sender Reports share it, which is what keeps their lip sync.
+        self._domains: dict[str, ClockDomain] = {}
+        self.speaker = ActiveSpeakerDetector(
+            hold_s=settings.overlay.speaker_hold_ms / 1000,
+            explicit_hold_s=settings.overlay.speaker_explicit_hold_ms / 1000,
+        )
         self._retired_stats: list[Any] = []
         self._next_index = 0
         self._nursery: trio.Nursery | None = None
@@ -283,6 +294,7 @@ class RecordingSession:
                 task_status.started()
                 uploading = trio.CancelScope()
                 nursery.start_soon(self._run_destination, uploading)
+                nursery.start_soon(self._choose_speaker)
                 returncode = await process.wait()
                 self._worker_exited.set()
                 uploading.cancel()
@@ -439,6 +451,18 @@ class RecordingSession:
             for handle in self._streams.values():
                 if handle.receiver.index == event.get("index"):
                     handle.receiver.request_keyframe()
+        elif name == "visibility":
+            visible = set(event.get("visible") or ())
+            for handle in self._streams.values():
+                handle.receiver.set_visible(handle.receiver.index in visible)
+        elif name == "levels":
+            # Decoded energy of audio streams without RFC 6464 levels.
+            now = self._now_s()
+            levels = event.get("levels") or {}
+            for handle in self._streams.values():
+                level = levels.get(str(handle.receiver.index))
+                if isinstance(level, (int, float)):
+                    self.speaker.observe(handle.spec.peer_id, float(level), now)
         elif name == "error":
             self._worker_error = str(event.get("message"))
             log.error("media worker error", extra={"sessionId": self.session_id, "error": self._worker_error})
@@ -502,6 +526,8 @@ class RecordingSession:
         self._next_index += 1
         assert self.t0 is not None
         ingest = self.settings.ingest
+        domain_key = spec.rtp_parameters.rtcp.cname or f"peer:{spec.peer_id}"
+        domain = self._domains.setdefault(domain_key, ClockDomain())
         receiver = StreamReceiver(
             spec,
             index,
@@ -513,6 +539,9 @@ class RecordingSession:
             max_wait_s=(ingest.video_jitter_ms if spec.kind == "video" else ingest.audio_jitter_ms) / 1000,
             keyframe_request_interval_s=ingest.keyframe_request_interval_ms / 1000,
             clock=self._clock,
+            domain=domain,
+            on_audio_level=self._audio_level,
+            on_liveness=self._liveness_changed,
         )
         handle = _StreamHandle(spec, receiver, trio.CancelScope(), (rtp_port,) if rtcp_socket is None else (rtp_port, rtcp_port))
         self._streams[spec.producer_id] = handle
@@ -526,6 +555,8 @@ class RecordingSession:
                 peer_id=spec.peer_id,
                 display_name=spec.display_name,
                 codec=spec.codec_name,
+                # Without RFC 6464 levels on the wire the worker measures them.
+                report_levels=spec.kind == "audio" and spec.rtp_parameters.extension_id(AUDIO_LEVEL_URI) is None,
             )
         )
         self._nursery.start_soon(self._run_stream, handle)
@@ -551,6 +582,36 @@ class RecordingSession:
         for port in handle.ports:
             self._ports.release(port)
 
+    def _now_s(self) -> float:
+        return self._clock() - (self.t0 or 0.0)
+
+    def _audio_level(self, spec: StreamSpec, level_dbov: float, now_s: float) -> None:
+        self.speaker.observe(spec.peer_id, level_dbov, now_s)
+
+    async def _liveness_changed(self, receiver: StreamReceiver, live: bool) -> None:
+        if self._stopping:
+            return
+        try:
+            await self._pipe_send.send(wire.encode_control("stream_live", index=receiver.index, live=live))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    async def _choose_speaker(self) -> None:
+        """Follow the loudest voice, with the detector's hysteresis; explicit choices win."""
+        while not self._stopping:
+            await trio.sleep(SPEAKER_CHECK_INTERVAL_S)
+            changed = self.speaker.update(self._now_s())
+            if changed is not None and changed != self.active_speaker:
+                await self._send_active_speaker(changed)
+
+    async def _send_active_speaker(self, peer_id: str | None) -> None:
+        self.active_speaker = peer_id
+        if not self._stopping and self.status is SessionStatus.RECORDING:
+            try:
+                await self._pipe_send.send(wire.encode_control("active_speaker", peer_id=peer_id))
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+
     def _keyframe_requested(self, spec: StreamSpec) -> None:
         if self._on_keyframe_request is not None:
             self._on_keyframe_request(self, spec)
@@ -563,6 +624,14 @@ class RecordingSession:
         self._retired_stats.append(handle.receiver.stats)
         handle.scope.cancel()
         self._release_stream(handle)
+        if (
+            handle.spec.kind == "audio"
+            and not any(h.spec.kind == "audio" and h.spec.peer_id == handle.spec.peer_id for h in self._streams.values())
+            and self.speaker.forget(handle.spec.peer_id)
+        ):
+            # The speaker left: the overlay falls back to the first camera
+            # until someone else speaks.
+            await self._send_active_speaker(None)
         if not self._stopping:
             try:
                 await self._pipe_send.send(wire.encode_control("remove_stream", index=handle.receiver.index))
@@ -570,10 +639,12 @@ class RecordingSession:
                 pass
 
     async def set_active_speaker(self, peer_id: str | None) -> None:
-        """Point the overlay at this peer's camera."""
-        self.active_speaker = peer_id
-        if not self._stopping and self.status is SessionStatus.RECORDING:
-            await self._pipe_send.send(wire.encode_control("active_speaker", peer_id=peer_id))
+        """Point the overlay at this peer's camera (the SFU's explicit choice).
+
+        It wins over audio levels for ``RECORDING_SPEAKER_EXPLICIT_HOLD_MS``.
+        """
+        self.speaker.set_explicit(peer_id, self._now_s())
+        await self._send_active_speaker(peer_id)
 
     async def set_layout(self, layout: str) -> None:
         self.layout = layout

@@ -11,6 +11,23 @@ blocks. Assembled frames go to the session's worker pipe with ``send_nowait``;
 when that is full, a video frame is dropped, the assembler gates on the next
 keyframe and one is requested, because every later delta frame would decode
 against a missing reference.
+
+Cost follows what is visible: a video stream the layout does not show is
+received and assembled but not forwarded. Its frames are kept back to the last
+keyframe (bounded by ``gop_max_frames`` and ``gop_max_bytes``), so when the
+worker marks it visible the picture can be rebuilt at once from that GOP; when
+there is none, a keyframe is requested and the switch happens on its arrival.
+
+A source may change its SSRC (a sender restart, a producer replaced on the
+same port): a new SSRC from the latched address after ``ssrc_switch_s`` of
+silence of the old one is adopted, and the stream starts afresh (assembler,
+timeline mapping) instead of being dropped as a stranger.
+
+Loss repair, in order of cost: generic NACK (RFC 4585 §6.2.1) when the stream's
+``rtcpFeedback`` offers plain ``nack`` — retransmissions arrive on the RTX
+SSRC/payload type when negotiated (RFC 4588, unwrapped here) or on the media
+SSRC otherwise — inside the jitter buffer's wait; then, once the assembler
+gives up on a gap, a keyframe request (PLI, or FIR where only that is offered).
 """
 
 from __future__ import annotations
@@ -20,16 +37,26 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import trio
 
 from edge_recorder.errors import ParseError, UnsupportedCodecError
-from edge_recorder.media.timebase import StreamClock
 from edge_recorder.rtp.assembler import AssembledFrame, FrameAssembler
 from edge_recorder.rtp.depacketize import depacketizer_for
-from edge_recorder.rtp.packet import is_rtcp_untrusted, parse_rtp_untrusted
-from edge_recorder.rtp.rtcp import Fir, Pli, SenderReport, parse_rtcp_untrusted, serialize_rtcp
+from edge_recorder.rtp.nack import NackScheduler
+from edge_recorder.rtp.packet import audio_level, is_rtcp_untrusted, parse_rtp_untrusted
+from edge_recorder.rtp.rtcp import (
+    Fir,
+    GenericNack,
+    Pli,
+    SenderReport,
+    ntp_to_seconds,
+    parse_rtcp_untrusted,
+    serialize_rtcp,
+)
+from edge_recorder.rtp.rtx import unwrap_rtx
+from edge_recorder.rtp.sync import ClockDomain, StreamSync
 from edge_recorder.session.spec import KINDS, SOURCES, StreamSpec
 
 __all__ = ["KINDS", "SOURCES", "ReceiverStats", "StreamReceiver", "StreamSpec"]
@@ -40,6 +67,7 @@ log = logging.getLogger(__name__)
 # that is not a media SSRC of the session will do.
 RECORDER_SSRC = 0x5EC0DE01
 MAX_DATAGRAM = 65535
+AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 
 
 @dataclass
@@ -51,13 +79,25 @@ class ReceiverStats:
     rtcp_packets: int = 0
     frames: int = 0
     keyframe_requests: int = 0
+    plis: int = 0
+    firs: int = 0
     frames_dropped_queue_full: int = 0
+    frames_held_invisible: int = 0
+    rtx_packets: int = 0
+    nack_packets: int = 0
+    nacked: int = 0
+    recovered: int = 0
+    gop_flushes: int = 0
+    ssrc_changes: int = 0
+    source_moves: int = 0
     drops: Counter[str] = dataclasses.field(default_factory=Counter)  # by reason
     first_packet_monotonic: float | None = None
     last_packet_monotonic: float | None = None
 
 
 FrameSink = Callable[["StreamReceiver", float, AssembledFrame], bool]
+LevelSink = Callable[[StreamSpec, float, float], None]
+LivenessSink = Callable[["StreamReceiver", bool], Awaitable[None]]
 
 
 class StreamReceiver:
@@ -76,6 +116,19 @@ class StreamReceiver:
         max_wait_s: how long a gap may stay open before the frame is given up.
         keyframe_request_interval_s: minimum time between two PLI/FIR.
         clock: monotonic seconds; cross-process (the worker shares it).
+        domain: the sender clock this stream's Sender Reports refer to,
+            shared by the streams of one CNAME so they play in sync; a
+            private one when None.
+        on_audio_level: called with (spec, level in dBov, now) for each audio
+            packet carrying the RFC 6464 audio level.
+        on_liveness: awaited with (receiver, live) when media starts flowing or
+            stops for ``idle_s`` (the layout does not offer a paused camera).
+        idle_s: silence after which the stream counts as not live.
+        ssrc_switch_s: silence of the latched SSRC after which a new SSRC is
+            adopted (from the latched source; from another one only once the
+            stream has been idle for ``idle_s``).
+        gop_max_frames: the most frames kept back for an invisible stream.
+        gop_max_bytes: the most bytes kept back for an invisible stream.
     """
 
     def __init__(
@@ -91,6 +144,13 @@ class StreamReceiver:
         max_wait_s: float = 0.15,
         keyframe_request_interval_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        domain: ClockDomain | None = None,
+        on_audio_level: LevelSink | None = None,
+        on_liveness: LivenessSink | None = None,
+        idle_s: float = 2.0,
+        ssrc_switch_s: float = 1.0,
+        gop_max_frames: int = 60,
+        gop_max_bytes: int = 8 << 20,
     ) -> None:
         codec = spec.rtp_parameters.media_codec
         if codec is None:
@@ -107,13 +167,37 @@ class StreamReceiver:
         self._last_pli_s = -1e9
         self.payload_type = codec.payload_type
         self.expected_ssrc: int | None = spec.rtp_parameters.ssrc
+        self.rtx_payload_type = spec.rtp_parameters.rtx_payload_type
+        self.rtx_ssrc = spec.rtp_parameters.rtx_ssrc
+        self.nack: NackScheduler | None = (
+            # Without a wait for gaps there is no time for a retransmission.
+            NackScheduler(max_age_s=max_wait_s) if spec.rtp_parameters.has_feedback("nack") and max_wait_s > 0 else None
+        )
+        self._nack_due = False
+        self._codec = codec
+        self._max_wait_s = max_wait_s
         self.assembler = FrameAssembler(depacketizer_for(codec.mime_type, codec.parameters), max_wait_s=max_wait_s)
-        self.timeline = StreamClock(codec.clock_rate)
+        self.is_video = spec.kind == "video"
+        self.domain = domain if domain is not None else ClockDomain()
+        self.sync = StreamSync(codec.clock_rate, self.domain, absorb_switch=not self.is_video)
+        self._on_audio_level = on_audio_level
+        self._audio_level_id = spec.rtp_parameters.extension_id(AUDIO_LEVEL_URI) if not self.is_video else None
+        self._on_liveness = on_liveness
+        self._idle_s = idle_s
+        self._ssrc_switch_s = ssrc_switch_s
+        self._last_ssrc_packet_s = -1e9
+        self.live = False
+        self._live_reported = False
+        # Video the layout does not show is not forwarded (see module doc).
+        self.visible = not self.is_video
+        self._gop: list[tuple[float, AssembledFrame]] | None = None
+        self._gop_bytes = 0
+        self._gop_max_frames = gop_max_frames
+        self._gop_max_bytes = gop_max_bytes
         self.source_address: Any = None  # latched RTP source
         self.rtcp_address: Any = None  # latched RTCP source (non-mux)
         self.sender_reports: dict[int, SenderReport] = {}
         self.stats = ReceiverStats()
-        self.is_video = spec.kind == "video"
         # mediasoup honours PLI on plain consumers whatever their feedback; FIR
         # only where the stream offers "ccm fir" and not "nack pli".
         self._use_fir = spec.rtp_parameters.has_feedback("ccm", "fir") and not spec.rtp_parameters.has_feedback(
@@ -136,9 +220,23 @@ class StreamReceiver:
         except ParseError:
             self.stats.drops["malformed"] += 1
             return
-        if self.source_address is not None and address != self.source_address:
+        moved = self.source_address is not None and address != self.source_address
+        if moved and self.live:
             self.stats.drops["foreign-source"] += 1
             return
+        retransmission = False
+        if (
+            self.rtx_payload_type is not None
+            and packet.payload_type == self.rtx_payload_type
+            and self.expected_ssrc is not None
+            and (self.rtx_ssrc is None or packet.ssrc == self.rtx_ssrc)
+        ):
+            original = unwrap_rtx(packet, media_payload_type=self.payload_type, media_ssrc=self.expected_ssrc)
+            if original is None:
+                self.stats.drops["rtx-padding"] += 1  # bandwidth probing, no media
+                return
+            self.stats.rtx_packets += 1
+            packet, retransmission = original, True
         if packet.payload_type != self.payload_type:
             self.stats.drops["unknown-payload-type"] += 1
             return
@@ -146,8 +244,22 @@ class StreamReceiver:
             # No SSRC in rtpParameters (a hand-written description): latch the first.
             self.expected_ssrc = packet.ssrc
         elif packet.ssrc != self.expected_ssrc:
-            self.stats.drops["unknown-ssrc"] += 1
-            return
+            if now_s - self._last_ssrc_packet_s < self._ssrc_switch_s:
+                self.stats.drops["unknown-ssrc"] += 1
+                return
+            self._adopt_ssrc(packet.ssrc)
+        if moved:
+            # Silent for idle_s, then media from elsewhere that passed every
+            # check: the sender restarted on another port (or a NAT rebound).
+            log.info(
+                "Stream source moved",
+                extra={"producerId": self.spec.producer_id, "source": f"{address[0]}:{address[1]}"},
+            )
+            self.source_address = address
+            self.stats.source_moves += 1
+        self._last_ssrc_packet_s = now_s
+        if not self.live:
+            self.live = True
         if self.source_address is None:
             # Latch only on a packet that passed every check, so garbage from a
             # stranger cannot capture the stream before the real sender.
@@ -162,10 +274,35 @@ class StreamReceiver:
         if self.stats.first_packet_monotonic is None:
             self.stats.first_packet_monotonic = mono
         self.stats.last_packet_monotonic = mono
+        if self._audio_level_id is not None and self._on_audio_level is not None:
+            level = audio_level(packet, self._audio_level_id)
+            if level is not None:
+                self._on_audio_level(self.spec, -float(level[1]), now_s)
+        if self.nack is not None and self.nack.received(packet.sequence_number, now_s, retransmission=retransmission):
+            self.stats.recovered += 1
         for frame in self.assembler.push(packet, now_s):
             self._forward(frame)
         self.stats.drops["duplicate"] = self.assembler.stats.duplicates
+        if self.nack is not None:
+            self.nack.update(self.assembler.missing_since(), now_s)
 
+    def _adopt_ssrc(self, ssrc: int) -> None:
+        """Start afresh on a new SSRC: new sequence space, new timestamps, new SRs."""
+        log.info(
+            "Stream source changed SSRC",
+            extra={"producerId": self.spec.producer_id, "old": self.expected_ssrc, "new": ssrc},
+        )
+        self.expected_ssrc = ssrc
+        self.stats.ssrc_changes += 1
+        self.assembler = FrameAssembler(
+            depacketizer_for(self._codec.mime_type, self._codec.parameters), max_wait_s=self._max_wait_s
+        )
+        self.sync = StreamSync(self._codec.clock_rate, self.domain, absorb_switch=not self.is_video)
+        self.rtx_ssrc = None  # the old RTX SSRC went with the old source
+        if self.nack is not None:
+            self.nack = NackScheduler(max_age_s=self._max_wait_s)
+        self._gop = None
+        self._gop_bytes = 0
     def _handle_rtcp(self, data: bytes, address: Any, *, via_rtp_socket: bool) -> None:
         expected = self.source_address if via_rtp_socket else self.rtcp_address
         if expected is not None and address != expected:
@@ -181,22 +318,72 @@ class StreamReceiver:
         self.stats.rtcp_packets += 1
         for packet in packets:
             if isinstance(packet, SenderReport):
-                # Kept for A/V sync by Sender Reports (RFC 3550 §6.4.1).
+                # A/V sync by Sender Reports (RFC 3550 §6.4.1).
                 self.sender_reports[packet.ssrc] = packet
+                if packet.ssrc == self.expected_ssrc:
+                    self.sync.on_sender_report(ntp_to_seconds(packet.ntp_timestamp), packet.rtp_timestamp, self._now())
 
     def _forward(self, frame: AssembledFrame) -> None:
-        media_time = self.timeline.media_time(frame.timestamp, frame.arrival)
+        media_time = self.sync.media_time(frame.timestamp, frame.arrival)
         self.stats.frames += 1
-        if not self._deliver(self, media_time, frame):
-            self.stats.frames_dropped_queue_full += 1
-            if self.is_video:
-                self.assembler.request_keyframe()
+        if self.is_video:
+            self._hold(media_time, frame)
+            if not self.visible:
+                self.stats.frames_held_invisible += 1
+                return
+        self._send(media_time, frame)
+
+    def _send(self, media_time: float, frame: AssembledFrame) -> bool:
+        if self._deliver(self, media_time, frame):
+            return True
+        self.stats.frames_dropped_queue_full += 1
+        if self.is_video:
+            self.assembler.request_keyframe()
+        return False
+
+    def _hold(self, media_time: float, frame: AssembledFrame) -> None:
+        """Keep the frames since the last keyframe, bounded; forget them past the bound."""
+        if frame.keyframe:
+            self._gop = [(media_time, frame)]
+            self._gop_bytes = len(frame.data)
+        elif self._gop is not None:
+            self._gop.append((media_time, frame))
+            self._gop_bytes += len(frame.data)
+            if len(self._gop) > self._gop_max_frames or self._gop_bytes > self._gop_max_bytes:
+                # A long GOP (libwebrtc sends keyframes only when asked): a
+                # keyframe request on becoming visible is cheaper than this.
+                self._gop = None
+                self._gop_bytes = 0
+
+    def set_visible(self, visible: bool) -> None:
+        """The layout starts or stops showing this stream (video only).
+
+        Becoming visible replays the kept GOP so the picture is there at once;
+        without one, a keyframe is requested and the picture follows its arrival.
+        """
+        if not self.is_video or visible == self.visible:
+            return
+        self.visible = visible
+        if not visible:
+            return
+        gop, self._gop = self._gop, None
+        self._gop_bytes = 0
+        if gop and not self.assembler.waiting_for_keyframe:
+            self.stats.gop_flushes += 1
+            for media_time, frame in gop:
+                if not self._send(media_time, frame):
+                    return
+            self._gop, self._gop_bytes = gop, sum(len(f.data) for _, f in gop)
+        else:
+            self.assembler.request_keyframe()
+            self._last_pli_s = -1e9  # ask now, not after the throttle interval
 
     # -- keyframe requests ---------------------------------------------------------
 
     def keyframe_due(self, now_s: float) -> bool:
         return (
             self.is_video
+            and self.visible  # an invisible stream needs no picture yet
             and self.stats.packets > 0  # someone to ask
             and self.assembler.waiting_for_keyframe
             and now_s - self._last_pli_s >= self._pli_interval_s
@@ -217,8 +404,10 @@ class StreamReceiver:
             return  # nobody to ask yet; the control plane hook still fired
         if self._use_fir:
             self._fir_seq = (self._fir_seq + 1) % 256
+            self.stats.firs += 1
             packet: Any = Fir(sender_ssrc=RECORDER_SSRC, entries=[(self.expected_ssrc, self._fir_seq)])
         else:
+            self.stats.plis += 1
             packet = Pli(sender_ssrc=RECORDER_SSRC, media_ssrc=self.expected_ssrc)
         sock = self.rtcp_socket if (self.rtcp_socket is not None and self.rtcp_address is not None) else self.rtp_socket
         try:
@@ -227,6 +416,30 @@ class StreamReceiver:
             # ICMP unreachable and friends: the sender is gone or not yet there.
             self.stats.drops["rtcp-send-error"] += 1
             log.debug("RTCP send failed: %s", exc)
+
+    async def _send_nacks(self, now_s: float) -> None:
+        assert self.nack is not None
+        while True:
+            lost = self.nack.poll(now_s)
+            if not lost or self.expected_ssrc is None:
+                break
+            target = self.rtcp_address or self.source_address
+            if target is None:
+                break
+            sock = (
+                self.rtcp_socket if (self.rtcp_socket is not None and self.rtcp_address is not None) else self.rtp_socket
+            )
+            self.stats.nack_packets += 1
+            try:
+                await sock.sendto(
+                    serialize_rtcp([GenericNack(sender_ssrc=RECORDER_SSRC, media_ssrc=self.expected_ssrc, lost=lost)]),
+                    target,
+                )
+            except OSError as exc:
+                self.stats.drops["rtcp-send-error"] += 1
+                log.debug("NACK send failed: %s", exc)
+                break
+        self.stats.nacked = self.nack.stats.nacked
 
     # -- loops ---------------------------------------------------------------------
 
@@ -242,9 +455,16 @@ class StreamReceiver:
         while True:
             now = self._now()
             deadline = self.assembler.next_deadline()
-            if self.is_video and self.stats.packets and self.assembler.waiting_for_keyframe:
+            if self.is_video and self.visible and self.stats.packets and self.assembler.waiting_for_keyframe:
                 retry = self._last_pli_s + self._pli_interval_s
                 deadline = retry if deadline is None else min(deadline, retry)
+            if self.live:
+                idle = self._last_ssrc_packet_s + self._idle_s
+                deadline = idle if deadline is None else min(deadline, idle)
+            if self.nack is not None:
+                due = self.nack.next_deadline()
+                if due is not None:
+                    deadline = due if deadline is None else min(deadline, due)
             timeout = None if deadline is None else max(0.0, deadline - now)
             with trio.move_on_after(timeout if timeout is not None else float("inf")):
                 try:
@@ -259,6 +479,15 @@ class StreamReceiver:
             now = self._now()
             for frame in self.assembler.poll(now):
                 self._forward(frame)
+            if self.nack is not None:
+                self.nack.update(self.assembler.missing_since(), now)
+                await self._send_nacks(now)
+            if self.live and now - self._last_ssrc_packet_s >= self._idle_s:
+                self.live = False
+            if self.live != self._live_reported:
+                self._live_reported = self.live
+                if self._on_liveness is not None:
+                    await self._on_liveness(self, self.live)
             if self.keyframe_due(now):
                 await self._send_keyframe_request(now)
 

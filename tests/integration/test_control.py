@@ -56,6 +56,9 @@ def service_settings(settings: Any, **control: Any) -> Any:
         settings,
         recording_enabled=True,
         control=dataclasses.replace(settings.control, port=0, metrics_port=0, **control),
+        # This SFU drives the speaker itself (as one running mediasoup's
+        # ActiveSpeakerObserver would): its choices hold against audio levels.
+        overlay=dataclasses.replace(settings.overlay, speaker_explicit_hold_ms=600_000),
     )
 
 
