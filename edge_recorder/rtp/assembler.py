@@ -81,6 +81,7 @@ class AssemblerStats:
         frames_dropped_awaiting_keyframe: complete frames dropped while gated.
         depacketize_errors: complete frames the depacketizer rejected.
         keyframe_requests: transitions into waiting for a keyframe.
+        lost: sequence numbers given up on (never arrived in time).
     """
 
     packets: int = 0
@@ -92,6 +93,7 @@ class AssemblerStats:
     frames_dropped_awaiting_keyframe: int = 0
     depacketize_errors: int = 0
     keyframe_requests: int = 0
+    lost: int = 0
 
 
 @dataclass(slots=True)
@@ -431,6 +433,7 @@ class FrameAssembler:
             seq: the missing head sequence number.
         """
         self._missing.pop(seq, None)
+        self.stats.lost += 1
         self._next = seq + 1
         self._prev = None
         self._startup = False
@@ -462,6 +465,7 @@ class FrameAssembler:
             self._discard(old)
         for old in [s for s in self._missing if s < new_next]:
             del self._missing[old]
+            self.stats.lost += 1
         self._next = new_next
         self._highest = max(self._highest, new_next - 1)
         self._prev = None

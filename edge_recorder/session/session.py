@@ -446,6 +446,9 @@ class RecordingSession:
             self.complete_media_s = float(event["media_end_s"])
             self.destination.fragment_written(self.complete_bytes)
         elif name in ("stats", "finished"):
+            skew = self._av_skew_s(event)
+            if skew is not None:
+                event["av_skew_s"] = skew
             self.worker_stats = event
         elif name == "keyframe_needed":
             for handle in self._streams.values():
@@ -581,6 +584,31 @@ class RecordingSession:
             handle.receiver.rtcp_socket.close()
         for port in handle.ports:
             self._ports.release(port)
+
+    def _av_skew_s(self, worker: dict[str, Any]) -> float | None:
+        """The worst audio/video skew among peers synced by Sender Reports (positive: audio leads).
+
+        Video follows its mapped times to within a frame; audio can sit off
+        them by what is left of the arrival→SR switch correction (parent) and
+        by the placer's error (worker). Peers still on arrival time have no
+        common clock to measure against: they are left out.
+        """
+        streams = worker.get("streams") or {}
+        worst: float | None = None
+        handles = list(self._streams.values())
+        for audio in handles:
+            if audio.spec.kind != "audio" or audio.receiver.sync.source != "sender-report":
+                continue
+            if not any(
+                h.spec.kind == "video" and h.spec.peer_id == audio.spec.peer_id and h.receiver.sync.source == "sender-report"
+                for h in handles
+            ):
+                continue
+            placed = streams.get(audio.spec.producer_id, {}).get("placement_error_s", 0.0)
+            skew = float(placed) - audio.receiver.sync.carry_s
+            if worst is None or abs(skew) > abs(worst):
+                worst = round(skew, 4)
+        return worst
 
     def _now_s(self) -> float:
         return self._clock() - (self.t0 or 0.0)

@@ -87,6 +87,17 @@ class ReceiverStats:
     nack_packets: int = 0
     nacked: int = 0
     recovered: int = 0
+    # From the jitter buffer (refreshed by the receive loop).
+    lost: int = 0
+    late: int = 0
+    frames_dropped_incomplete: int = 0
+    frames_dropped_awaiting_keyframe: int = 0
+    # Timeline mapping: "arrival" or "sender-report", the sender clock's
+    # drift against ours, and where the latest frame was placed relative to
+    # its arrival (negative: before it, by the path's jitter).
+    sync_source: str = "arrival"
+    clock_drift_ppm: float = 0.0
+    placement_offset_s: float | None = None
     gop_flushes: int = 0
     ssrc_changes: int = 0
     source_moves: int = 0
@@ -417,6 +428,17 @@ class StreamReceiver:
             self.stats.drops["rtcp-send-error"] += 1
             log.debug("RTCP send failed: %s", exc)
 
+    def _refresh_stats(self) -> None:
+        """Copy what the pure cores counted into the stats the metrics read."""
+        a = self.assembler.stats
+        st = self.stats
+        st.lost, st.late = a.lost, a.late
+        st.frames_dropped_incomplete = a.frames_incomplete_dropped
+        st.frames_dropped_awaiting_keyframe = a.frames_dropped_awaiting_keyframe
+        st.sync_source = self.sync.source
+        st.clock_drift_ppm = round(self.domain.skew_ppm, 1)
+        st.placement_offset_s = self.sync.last_offset_s
+
     async def _send_nacks(self, now_s: float) -> None:
         assert self.nack is not None
         while True:
@@ -490,6 +512,7 @@ class StreamReceiver:
                     await self._on_liveness(self, self.live)
             if self.keyframe_due(now):
                 await self._send_keyframe_request(now)
+            self._refresh_stats()
 
     async def _rtcp_loop(self) -> None:
         assert self.rtcp_socket is not None
