@@ -30,10 +30,13 @@ Two mappings, in two steps:
    estimate would stamp frames ever earlier than they arrived, and after 15
    minutes past the playout delay — everything late, the track silent.
 
-Changes of the mapping are slewed (``max_slew``: seconds per second, below the
-audio placer's inaudible stretch) so the output never jumps because an
-estimate improved; only an error beyond ``jump_s`` (a clock step) moves it at
-once. A frame whose mapped time lands more than ``reanchor_s`` away from its
+For audio, changes of the mapping are slewed (``max_slew``: seconds per
+second, below the audio placer's inaudible stretch) so the output never jumps
+because an estimate improved; only an error beyond ``jump_s`` (a clock step)
+moves it at once. Video follows the estimate at once: a repeated or skipped
+frame is invisible, and a slewed video would stay out of lip sync for as long
+as the slew takes (the first audio SR often lowers the shared envelope by the
+video path's extra delay). A frame whose mapped time lands more than ``reanchor_s`` away from its
 arrival means the stream's timestamps were reset (producer replaced, sender
 restart): the stream forgets its SR and re-anchors on arrival.
 
@@ -85,8 +88,6 @@ class ClockDomain:
         min_windows_for_drift: windows needed before drift is estimated.
         max_skew_ppm: drift estimates beyond this are not clocks but network
             changes; they are clamped.
-        max_slew: how fast the applied mapping may move, seconds per second.
-        jump_s: a mapping error beyond this is applied at once (clock step).
     """
 
     def __init__(
@@ -96,26 +97,18 @@ class ClockDomain:
         windows_kept: int = 60,
         min_windows_for_drift: int = 10,
         max_skew_ppm: float = 2000.0,
-        max_slew: float = 0.004,
-        jump_s: float = 0.25,
     ) -> None:
-        if window_s <= 0 or windows_kept < 2 or max_slew < 0 or jump_s <= 0:
-            raise ValueError("window_s, windows_kept, max_slew and jump_s must be positive")
+        if window_s <= 0 or windows_kept < 2:
+            raise ValueError("window_s and windows_kept must be positive")
         self._window_s = window_s
         self._min_windows = max(2, min_windows_for_drift)
         self._max_skew = max_skew_ppm * 1e-6
-        self._max_slew = max_slew
-        self._jump_s = jump_s
         self._windows: deque[_Window] = deque(maxlen=windows_kept)
         self._current: _Window | None = None
         self._slope = 0.0
         self._intercept: float | None = None  # envelope offset at _ref
         self._ref = 0.0
-        # The applied mapping: offset (local − sender) at sender time _applied_at.
-        self._applied: float | None = None
-        self._applied_at = 0.0
         self.observations = 0
-        self.jumps = 0
 
     # -- estimates -------------------------------------------------------------
 
@@ -188,7 +181,7 @@ class ClockDomain:
     # -- mapping ---------------------------------------------------------------
 
     def to_local(self, sender_s: float) -> float:
-        """Place a sender instant on our timeline, slewing changes of the estimate.
+        """Place a sender instant on our timeline (the current estimate, unslewed).
 
         Args:
             sender_s: seconds on the sender clock.
@@ -196,23 +189,7 @@ class ClockDomain:
         Returns:
             Seconds on our timeline.
         """
-        target = self.target_offset(sender_s)
-        if self._applied is None:
-            self._applied, self._applied_at = target, sender_s
-            return sender_s + target
-        error = target - self._applied
-        if abs(error) > self._jump_s:
-            self.jumps += 1
-            self._applied, self._applied_at = target, sender_s
-            return sender_s + target
-        elapsed = sender_s - self._applied_at
-        if elapsed <= 0:
-            # An older frame (audio behind video): same offset as the newest.
-            return sender_s + self._applied
-        step = max(-self._max_slew * elapsed, min(self._max_slew * elapsed, error))
-        self._applied += step
-        self._applied_at = sender_s
-        return sender_s + self._applied
+        return sender_s + self.target_offset(sender_s)
 
 
 class SyncSource:
@@ -231,10 +208,14 @@ class StreamSync:
             it); used once the stream has a Sender Report.
         reanchor_s: a frame mapped further than this from its arrival means a
             timestamp reset.
-        max_slew: seconds per second at which a change of source is absorbed.
-        absorb_switch: slew the arrival→SR switch (audio: a jump is a click or
-            a gap) rather than apply it at once (video: one repeated or skipped
-            frame is invisible, and lip sync is right at once).
+        absorb_changes: slew changes of the mapping (audio: a jump is a click
+            or a gap) rather than follow them at once (video: a repeated or
+            skipped frame is invisible, and lip sync is right immediately).
+        max_slew: seconds per second at which a change is absorbed.
+        jump_s: a change beyond this is applied at once even when absorbing:
+            worked off at ``max_slew``, 40 ms would take ten seconds, and
+            audio more than ~45 ms late is where viewers notice (ITU-R
+            BT.1359); one click at the change is the lesser harm.
     """
 
     def __init__(
@@ -243,27 +224,29 @@ class StreamSync:
         domain: ClockDomain,
         *,
         reanchor_s: float = 1.0,
+        absorb_changes: bool = True,
         max_slew: float = 0.004,
-        absorb_switch: bool = True,
+        jump_s: float = 0.04,
     ) -> None:
         if clock_rate <= 0:
             raise ValueError(f"clock_rate must be positive, not {clock_rate}")
+        if max_slew < 0 or jump_s <= 0:
+            raise ValueError("max_slew must be >= 0 and jump_s > 0")
         self.clock_rate = clock_rate
         self.domain = domain
         self._reanchor_s = reanchor_s
+        self._absorb = absorb_changes
         self._max_slew = max_slew
-        self._absorb_switch = absorb_switch
-        self._fallback = ClockDomain(max_slew=max_slew)
+        self._jump_s = jump_s
+        self._fallback = ClockDomain()
         self._origin_ts: int | None = None
         self._sr: tuple[float, int] | None = None  # (ntp seconds, raw 32-bit rtp ts)
-        self._sr_arrival = 0.0
-        self._last_ts: int | None = None
-        # local − SR mapping carried over from the arrival mapping at the
-        # switch, decaying to zero so the switch never jumps.
-        self._carry = 0.0
-        self._carry_at: float | None = None
+        # The last placement, for absorbing changes: (timestamp, mapped time).
+        self._last: tuple[int, float] | None = None
+        self._carry = 0.0  # applied − estimated, decaying to zero
         self.source = SyncSource.ARRIVAL
         self.reanchors = 0
+        self.jumps = 0
         self.sender_reports = 0
         self.last_offset_s: float | None = None  # mapped − arrival of the latest frame
 
@@ -273,11 +256,10 @@ class StreamSync:
         Args:
             ntp_s: the SR's NTP timestamp in seconds.
             rtp_timestamp: its 32-bit RTP timestamp.
-            arrival_s: when it arrived (our timeline).
+            arrival_s: when it arrived (our timeline); unused, kept for logs.
         """
         self.sender_reports += 1
         self._sr = (ntp_s, rtp_timestamp & 0xFFFF_FFFF)
-        self._sr_arrival = arrival_s
 
     def _sender_time_sr(self, timestamp: int) -> float:
         assert self._sr is not None
@@ -296,52 +278,61 @@ class StreamSync:
         """
         if self._origin_ts is None:
             self._origin_ts = timestamp
-        self._last_ts = timestamp
         fallback_s = (timestamp - self._origin_ts) / self.clock_rate
         self._fallback.observe(fallback_s, arrival_s)
-        via_arrival = self._fallback.to_local(fallback_s)
-        if abs(via_arrival - arrival_s) > self._reanchor_s:
+        estimate = self._fallback.to_local(fallback_s)
+        if abs(estimate - arrival_s) > self._reanchor_s:
             return self._reanchor(timestamp, arrival_s)
-        if self._sr is None:
-            self.last_offset_s = via_arrival - arrival_s
-            return via_arrival
-        sender_s = self._sender_time_sr(timestamp)
-        self.domain.observe(sender_s, arrival_s)
-        via_sr = self.domain.to_local(sender_s)
-        if abs(via_sr - arrival_s) > self._reanchor_s:
-            # The SR no longer describes these timestamps (a reset since it
-            # was sent): fall back to arrival until a fresh one comes.
-            self._sr = None
-            self.source = SyncSource.ARRIVAL
-            self.reanchors += 1
-            self.last_offset_s = via_arrival - arrival_s
-            return via_arrival
-        if self.source != SyncSource.SENDER_REPORT:
-            self.source = SyncSource.SENDER_REPORT
-            carry = via_arrival - via_sr
-            self._carry = carry if self._absorb_switch and abs(carry) < self._reanchor_s / 2 else 0.0
-            self._carry_at = sender_s
-        elif self._carry and self._carry_at is not None:
-            elapsed = max(0.0, sender_s - self._carry_at)
-            decay = self._max_slew * elapsed
-            self._carry = 0.0 if abs(self._carry) <= decay else self._carry - decay * (1 if self._carry > 0 else -1)
-            self._carry_at = max(self._carry_at, sender_s)
-        mapped = via_sr + self._carry
+        if self._sr is not None:
+            sender_s = self._sender_time_sr(timestamp)
+            self.domain.observe(sender_s, arrival_s)
+            via_sr = self.domain.to_local(sender_s)
+            if abs(via_sr - arrival_s) > self._reanchor_s:
+                # The SR no longer describes these timestamps (a reset since it
+                # was sent): fall back to arrival until a fresh one comes.
+                self._sr = None
+                self.source = SyncSource.ARRIVAL
+                self.reanchors += 1
+            else:
+                self.source = SyncSource.SENDER_REPORT
+                estimate = via_sr
+        mapped = self._absorbed(timestamp, estimate)
         self.last_offset_s = mapped - arrival_s
+        return mapped
+
+    def _absorbed(self, timestamp: int, estimate: float) -> float:
+        """Slew a change of the estimate into the placement (audio), or not (video)."""
+        last, self._last = self._last, None
+        if self._absorb and last is not None and timestamp > last[0]:
+            elapsed = (timestamp - last[0]) / self.clock_rate
+            # Where the previous placement, continued at the nominal rate, puts
+            # this frame; the difference from the estimate is carried, then
+            # worked off at max_slew.
+            carry = last[1] + elapsed - estimate
+            if abs(carry) > self._jump_s:
+                self.jumps += 1
+                carry = 0.0
+            budget = self._max_slew * elapsed
+            self._carry = carry - max(-budget, min(budget, carry))
+        elif not self._absorb or last is None:
+            self._carry = 0.0
+        mapped = estimate + self._carry
+        self._last = (timestamp, mapped) if last is None or timestamp >= last[0] else last
         return mapped
 
     def _reanchor(self, timestamp: int, arrival_s: float) -> float:
         self._origin_ts = timestamp
-        self._fallback = ClockDomain(max_slew=self._max_slew)
+        self._fallback = ClockDomain()
         self._fallback.observe(0.0, arrival_s)
         self._sr = None
         self.source = SyncSource.ARRIVAL
         self._carry = 0.0
+        self._last = (timestamp, arrival_s)
         self.reanchors += 1
         self.last_offset_s = 0.0
-        return self._fallback.to_local(0.0)
+        return arrival_s
 
     @property
     def carry_s(self) -> float:
-        """What is left of the arrival→SR switch correction (0 when settled)."""
+        """How far the placement still is from the estimate (audio; 0 when settled)."""
         return self._carry

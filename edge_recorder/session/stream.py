@@ -190,7 +190,7 @@ class StreamReceiver:
         self.assembler = FrameAssembler(depacketizer_for(codec.mime_type, codec.parameters), max_wait_s=max_wait_s)
         self.is_video = spec.kind == "video"
         self.domain = domain if domain is not None else ClockDomain()
-        self.sync = StreamSync(codec.clock_rate, self.domain, absorb_switch=not self.is_video)
+        self.sync = StreamSync(codec.clock_rate, self.domain, absorb_changes=not self.is_video)
         self._on_audio_level = on_audio_level
         self._audio_level_id = spec.rtp_parameters.extension_id(AUDIO_LEVEL_URI) if not self.is_video else None
         self._on_liveness = on_liveness
@@ -308,7 +308,7 @@ class StreamReceiver:
         self.assembler = FrameAssembler(
             depacketizer_for(self._codec.mime_type, self._codec.parameters), max_wait_s=self._max_wait_s
         )
-        self.sync = StreamSync(self._codec.clock_rate, self.domain, absorb_switch=not self.is_video)
+        self.sync = StreamSync(self._codec.clock_rate, self.domain, absorb_changes=not self.is_video)
         self.rtx_ssrc = None  # the old RTX SSRC went with the old source
         if self.nack is not None:
             self.nack = NackScheduler(max_age_s=self._max_wait_s)
