@@ -215,3 +215,36 @@ async def test_lossy_path_decodes_cleanly_freezes_briefly_and_nack_recovers(
         f"frozen {frozen:.2f} s (budget {2 * len(dropped) * packet_interval:.2f} s)"
     )
     assert frozen <= 2 * len(dropped) * packet_interval, f"frozen {frozen:.2f} s for {len(dropped)} lost packets"
+
+
+async def test_audio_starts_clean_and_runs_to_the_stop_instant(manager: SessionManager) -> None:
+    """No sped-up or missing audio at the start, no hole in the middle, no clipped tail."""
+    mic = NackPeer(SyntheticProducer("clean-mic", "kim", "Kim", "audio", "microphone", "opus", ToneSource(440.0)))
+    session = await manager.start("room-clean", layout="pip")
+    async with trio.open_nursery() as nursery:
+        ports = await session.add_stream(StreamSpec.from_params(mic.add_stream_params(session.session_id)))
+        await nursery.start(mic.run, (ports["ip"], ports["port"]))
+        await trio.sleep(5.0)
+        await session.stop("host")
+        nursery.cancel_scope.cancel()
+    assert session.status is SessionStatus.COMPLETED, session.error
+    with av.open(str(session.path)) as container:
+        rate = container.streams.audio[0].codec_context.sample_rate
+        pcm = np.concatenate([f.to_ndarray().reshape(f.to_ndarray().shape[0], -1)[0] for f in container.decode(audio=0)])
+    duration = len(pcm) / rate
+    # The audio track covers the recording to its stop instant (AAC frames of 1024).
+    assert abs(duration - session.duration_s) <= 2 * 1024 / rate + 0.01, (duration, session.duration_s)
+    window = rate // 50  # 20 ms
+    levels = np.array([np.sqrt(np.mean(pcm[i : i + window] ** 2)) for i in range(0, len(pcm) - window, window)])
+    audible = np.nonzero(levels > 0.05)[0]
+    assert len(audible), "silent"
+    first, last = int(audible[0]), int(audible[-1])
+    steady = float(np.median(levels[first:last]))
+    # From the first sound to the stop instant: no hole, and the tail is there.
+    assert levels[first + 1 : last].min() > 0.5 * steady, "a hole in the audio"
+    assert last >= len(levels) - 2, "the tail is clipped"
+    # The start is at speed: 440 Hz in the first 200 ms, not sped up or slowed.
+    start = (first + 1) * window
+    head = pcm[start : start + rate // 5]
+    crossings = np.count_nonzero(np.diff(np.signbit(head).astype(np.int8)) != 0)
+    assert abs(crossings / 2 / 0.2 - 440) <= 440 * 0.02, crossings

@@ -241,3 +241,61 @@ def test_rejects_unknown_layout_and_bad_settings() -> None:
         LayoutSettings(width=1281)
     with pytest.raises(ValueError):
         LayoutSettings(overlay_corner="middle")
+
+
+# -- what to decode -----------------------------------------------------------
+
+from edge_recorder.media.layout import inputs_to_decode  # noqa: E402
+
+
+def _cam(i: int, picture: bool = True, source: str = "camera") -> VideoInput:
+    size = (640, 360) if picture else (0, 0)
+    return VideoInput(f"{source}-{i}", f"p{i}", source, f"P{i}", *size)
+
+
+SETTINGS = LayoutSettings(width=1280, height=720)
+
+
+def test_twenty_cameras_under_a_share_decode_two_streams() -> None:
+    share = VideoInput("share", "p0", "screen", "P0", 1280, 720)
+    cams = [_cam(i, picture=(i == 7)) for i in range(20)]
+    keys = inputs_to_decode("pip", [share, *cams], [share, cams[7]], "p7", SETTINGS)
+    assert keys == {"share", "camera-7"}
+
+
+def test_a_new_speaker_is_fetched_while_the_old_one_plays_on() -> None:
+    cams = [_cam(0), _cam(1, picture=False)]
+    # P1 speaks but has no picture yet: decode both until it has one.
+    assert inputs_to_decode("pip", cams, [cams[0]], "p1", SETTINGS) == {"camera-0", "camera-1"}
+    # P1's picture arrived: P0 is no longer needed.
+    cams[1] = _cam(1)
+    assert inputs_to_decode("pip", cams, cams, "p1", SETTINGS) == {"camera-1"}
+
+
+def test_a_paused_camera_keeps_its_picture_but_is_not_a_candidate() -> None:
+    paused, live = _cam(0), _cam(1, picture=False)
+    # The speaker paused: its last picture stays on screen, and nothing else is fetched
+    # for it; the live camera is fetched because the layout would show it next.
+    assert inputs_to_decode("pip", [live], [paused], "p0", SETTINGS) == {"camera-0", "camera-1"}
+    assert inputs_to_decode("pip", [], [paused], "p0", SETTINGS) == {"camera-0"}
+
+
+def test_grid_decodes_every_tile() -> None:
+    cams = [_cam(i, picture=False) for i in range(5)]
+    assert inputs_to_decode("grid", cams, [], None, SETTINGS) == {c.key for c in cams}
+
+
+@given(
+    n=st.integers(min_value=0, max_value=25),
+    pictures=st.sets(st.integers(min_value=0, max_value=24)),
+    speaker=st.integers(min_value=0, max_value=30),
+    share=st.booleans(),
+)
+def test_pip_never_decodes_more_than_what_two_scenes_show(n: int, pictures: set[int], speaker: int, share: bool) -> None:
+    cams = [_cam(i, picture=i in pictures) for i in range(n)]
+    live = ([VideoInput("share", "px", "screen", "PX", 1280, 720)] if share else []) + cams
+    shown = [c for c in live if c.has_picture]
+    keys = inputs_to_decode("pip", live, shown, f"p{speaker}", SETTINGS)
+    # At most: the share, the wanted overlay and the one still on screen.
+    assert len(keys) <= (1 if share else 0) + 2
+    assert keys <= {c.key for c in live}
