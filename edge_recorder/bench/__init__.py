@@ -10,6 +10,8 @@ The data path of one run, one module per concept::
     replay   a separate sender process replays the RTP in real time into N
              sessions (its CPU is not the recorder's)
     sweep    N concurrent sessions in this process (the parent) + their workers
+    rooms    pure: the 2- and 20-person rooms (reused bitstreams), round order,
+             their figures and Markdown section; recorded with sweep.run_point
     measure  CPU and RSS sampling of the worker processes and of this process
     report   pure: per-session figures, real-time verdict, table, Markdown section
 

@@ -4,9 +4,12 @@ Steps: pre-encode the inputs (cached), run the ffmpeg baseline, then for each N
 in ``--sessions`` record N concurrent sessions of the replayed room, stopping at
 the first N that is not real time. Prints a table and, for a full run, writes
 it into docs/benchmarks.md between the ``bench`` markers. Then (unless
-``--no-upload``) the upload benchmark (:mod:`edge_recorder.bench.upload`): stop →
-COMPLETED for a 10-minute recording, streaming vs whole file after stop,
-written between the ``upload`` markers. ``--upload`` runs only that one.
+``--no-rooms``) the room-size benchmark (:mod:`edge_recorder.bench.rooms`): a
+20-person room against a 2-person room in alternating rounds, written between
+the ``rooms`` markers; then (unless ``--no-upload``) the upload benchmark
+(:mod:`edge_recorder.bench.upload`): stop → COMPLETED for a 10-minute
+recording, streaming vs whole file after stop, written between the ``upload``
+markers. ``--rooms`` and ``--upload`` run only those (either or both).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Sequence
 import trio
 
 from edge_recorder.bench.ffmpeg import BaselineSettings, run_baseline
-from edge_recorder.bench.inputs import prepare_inputs
+from edge_recorder.bench.inputs import Inputs, prepare_inputs
 from edge_recorder.bench import upload as upload_bench
 from edge_recorder.bench.measure import MachineInfo, machine_info
 from edge_recorder.bench.report import (
@@ -36,6 +39,18 @@ from edge_recorder.bench.report import (
     render_markdown,
     replace_marked_section,
 )
+from edge_recorder.bench.rooms import (
+    LARGE_PEOPLE,
+    ROOM_INPUTS,
+    SMALL_PEOPLE,
+    RoomRound,
+    RoomsReport,
+    format_rooms_table,
+    make_room,
+    render_rooms_markdown,
+    replace_rooms_section,
+    round_order,
+)
 from edge_recorder.bench.sweep import run_point
 from edge_recorder.config import Settings, load_settings
 from edge_recorder.media.encode import EncoderSettings
@@ -43,6 +58,8 @@ from edge_recorder.media.encode import EncoderSettings
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
 QUICK_SECONDS = 8.0
 QUICK_UPLOAD_SECONDS = 60.0
+ROOM_SECONDS = 30.0
+ROOM_ROUNDS = 3
 PORT_MIN, PORT_MAX = 41000, 41999
 # The settings of every run (the session sweep adds its RECORDING_TMP_DIR).
 BENCH_ENV = {
@@ -84,6 +101,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     upload = parser.add_mutually_exclusive_group()
     upload.add_argument("--upload", action="store_true", help="run only the upload-latency benchmark (10-minute recording, multipart and chunks streaming vs whole file)")
     upload.add_argument("--no-upload", action="store_true", help="skip the upload-latency benchmark after the session sweep")
+    rooms = parser.add_mutually_exclusive_group()
+    rooms.add_argument("--rooms", action="store_true", help=f"run only the room-size benchmark ({LARGE_PEOPLE}-person vs {SMALL_PEOPLE}-person room); with --upload, both")
+    rooms.add_argument("--no-rooms", action="store_true", help="skip the room-size benchmark after the session sweep")
+    parser.add_argument("--room-seconds", type=float, default=ROOM_SECONDS, help=f"media seconds per room-size round (default {ROOM_SECONDS:g})")
+    parser.add_argument("--room-rounds", type=int, default=ROOM_ROUNDS, help=f"rounds of each room, alternating A B, B A, ... (default {ROOM_ROUNDS})")
     parser.add_argument(
         "--upload-mode",
         choices=("both", *upload_bench.UPLOAD_MODES),
@@ -99,8 +121,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         # A smoke test: the upload benchmark only when asked for, on 1 minute.
         args.no_upload = not args.upload
         args.upload_seconds = QUICK_UPLOAD_SECONDS
+        # The room-size benchmark likewise: one round of each, short.
+        args.no_rooms = not args.rooms
+        args.room_seconds = QUICK_SECONDS
+        args.room_rounds = 1
     if args.seconds < 2:
         parser.error("--seconds must be at least 2")
+    if args.room_seconds < 4:
+        parser.error("--room-seconds must be at least 4")
+    if args.room_rounds < 1:
+        parser.error("--room-rounds must be at least 1")
     return args
 
 
@@ -141,27 +171,99 @@ def _run_upload(args: argparse.Namespace, machine: MachineInfo, settings: Settin
         _say(f"wrote {args.doc} (upload section)")
 
 
+def _inputs_line(inputs: Inputs, started: float) -> str:
+    return (
+        f"inputs {'from cache' if inputs.cached else f'encoded in {time.monotonic() - started:.1f} s'} ({inputs.root}): "
+        + ", ".join(f"{s.definition.key} {s.bitrate_kbps:.0f} kbps" for s in inputs.streams)
+    )
+
+
+def _run_rooms(args: argparse.Namespace, machine: MachineInfo, settings: Settings) -> None:
+    """The room-size benchmark; writes its section of the doc unless told not to."""
+    small, large = make_room(SMALL_PEOPLE), make_room(LARGE_PEOPLE)
+    order = round_order(args.room_rounds, small.name, large.name)
+    _say(
+        f"room size: {large.name} ({len(large.streams)} streams) vs {small.name} ({len(small.streams)} streams), "
+        f"{len(order)} rounds of {args.room_seconds:g} s: {' '.join(order)}"
+    )
+    t = time.monotonic()
+    inputs = prepare_inputs(args.room_seconds, streams=ROOM_INPUTS)
+    _say(_inputs_line(inputs, t))
+    rounds: list[RoomRound] = []
+
+    async def run_rounds() -> None:
+        for name in order:
+            room = small if name == small.name else large
+            point = await run_point(settings, inputs, 1, args.room_seconds, say=_say, room=room)
+            r = RoomRound(room.name, point)
+            rounds.append(r)
+            for s in point.sessions:
+                if s.status.lower() != "completed":
+                    _say(f"  {room.name}: {s.status}: {s.error}")
+            s0 = r.session
+            _say(
+                f"  {room.name}: {'real time' if point.realtime else 'NOT real time'}; steady {r.steady:.3f} CPU-s/s "
+                f"(worker {r.worker_steady:.3f}, parent {r.parent_steady:.3f}), sender {point.sender_cpu_s / point.window_s:.3f}; "
+                f"{point.frames_dropped} of {point.frames} frames dropped, max lag {point.max_lag_s:.2f} s"
+                + (f", {s0.video_frames_decoded} video frames decoded, {s0.videos_decoding} video streams decoding at stop" if s0 else "")
+                + f"; others' load {point.other_busy_fraction * 100:.0f} %"
+            )
+
+    trio.run(run_rounds)
+    report = RoomsReport(
+        date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        seconds=args.room_seconds,
+        machine=dataclasses.asdict(machine),
+        inputs=[
+            {
+                "key": s.definition.key,
+                "codec": s.definition.codec,
+                "width": s.definition.width,
+                "height": s.definition.height,
+                "fps": s.definition.fps,
+                "kbps": s.bitrate_kbps,
+            }
+            for s in inputs.streams
+        ],
+        small=small,
+        large=large,
+        rounds=tuple(rounds),
+    )
+    _say("")
+    _say(format_rooms_table(report))
+    if not args.no_doc:
+        document = args.doc.read_text(encoding="utf-8") if args.doc.exists() else ""
+        args.doc.parent.mkdir(parents=True, exist_ok=True)
+        args.doc.write_text(replace_rooms_section(document, render_rooms_markdown(report)), encoding="utf-8")
+        _say(f"wrote {args.doc} (rooms section)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     started = time.monotonic()
     machine = machine_info(args.ffmpeg)
-    if args.upload:
+    if args.upload and not args.rooms:
         _run_upload(args, machine, load_settings(environ=dict(BENCH_ENV), config_file=None))
         _say(f"\n(total {time.monotonic() - started:.0f} s)")
         return 0
     work = Path(tempfile.mkdtemp(prefix="edge-recorder-bench-"))
     try:
         settings = load_settings(environ={**BENCH_ENV, "RECORDING_TMP_DIR": str(work / "recordings")}, config_file=None)
+        if args.rooms:
+            _run_rooms(args, machine, settings)
+            _say(f"\n(total {time.monotonic() - started:.0f} s)")
+            if args.upload:
+                _say("")
+                _run_upload(args, machine, settings)
+                _say(f"\n(total {time.monotonic() - started:.0f} s)")
+            return 0
         baseline_settings = BaselineSettings.from_settings(settings)
 
         _say(f"edge-recorder bench: {machine.cpu_model}, {machine.logical_cores} cores; N = {', '.join(map(str, args.sessions))}, {args.seconds:g} s each")
         t = time.monotonic()
         inputs = prepare_inputs(args.seconds)
-        _say(
-            f"inputs {'from cache' if inputs.cached else f'encoded in {time.monotonic() - t:.1f} s'} ({inputs.root}): "
-            + ", ".join(f"{s.definition.key} {s.bitrate_kbps:.0f} kbps" for s in inputs.streams)
-        )
+        _say(_inputs_line(inputs, t))
 
         _say("ffmpeg CLI baseline (same inputs, same settings, as fast as it goes)...")
         result = run_baseline(inputs, baseline_settings, work / "ffmpeg.mp4", ffmpeg=args.ffmpeg)
@@ -218,6 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.doc.parent.mkdir(parents=True, exist_ok=True)
             args.doc.write_text(replace_marked_section(document, render_markdown(report)), encoding="utf-8")
             _say(f"wrote {args.doc}")
+        if not args.no_rooms:
+            _say("")
+            _run_rooms(args, machine, settings)
+            _say(f"\n(total {time.monotonic() - started:.0f} s)")
         if not args.no_upload:
             _say("")
             _run_upload(args, machine, settings)

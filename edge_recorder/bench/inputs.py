@@ -9,6 +9,12 @@ Four streams, as one room sends them to the SFU:
 * ``camera``: Alice's camera, VP8 640x360 at 30 fps, ~600 kbps.
 * ``mic-a`` / ``mic-b``: Alice and Bob, Opus 48 kHz stereo in 20 ms packets.
 
+The room-size benchmark (:mod:`edge_recorder.bench.rooms`) adds ``quiet``: an
+unmuted microphone in a quiet room, white noise at about -60 dBov, still a
+packet every 20 ms (a browser without DTX). Every Opus packet keeps the RFC 6464
+audio level of the 20 ms of PCM it was encoded from, so the replay can send it
+in the ``ssrc-audio-level`` header extension as a browser does.
+
 Each stream is encoded once through a PyAV *output container* stream: every
 packet is kept (bytes, keyframe flag, RTP timestamp) for the replay and muxed
 as is into ``<key>.webm`` (VP8) or ``<key>.ogg`` (Opus) for the ffmpeg CLI.
@@ -30,13 +36,13 @@ from typing import Any
 import av
 import numpy as np
 
-from edge_recorder.demo.sfu import SyntheticProducer
+from edge_recorder.demo.sfu import SyntheticProducer, audio_level_byte
 from edge_recorder.demo.sources import CameraSource, ScreenSource, ToneSource
 
 __all__ = ["BENCH_STREAMS", "EncodedFrame", "InputStream", "Inputs", "StreamDef", "load_inputs", "prepare_inputs"]
 
 # Bump when the way inputs are generated changes, to invalidate caches.
-INPUTS_VERSION = 3
+INPUTS_VERSION = 4
 # A WebRTC sender's keyframe interval when nobody asks for one (libwebrtc: none;
 # browsers in practice answer PLIs). The replay cannot answer PLIs, so the
 # streams carry periodic keyframes to recover from any loss on their own.
@@ -61,6 +67,8 @@ class StreamDef:
     bitrate_kbps: int = 48
     ssrc: int = 0
     tone_hz: float = 0.0
+    # Audio only: white noise at this RMS level (dBov) instead of a tone.
+    noise_dbov: float | None = None
 
     @property
     def clock_rate(self) -> int:
@@ -103,6 +111,9 @@ class EncodedFrame:
     data: bytes
     keyframe: bool
     timestamp: int  # RTP timestamp units from the stream's start (not wrapped)
+    # Opus: the RFC 6464 byte (V flag | level in -dBov) of the PCM this packet
+    # was encoded from; None for video.
+    audio_level: int | None = None
 
 
 @dataclass(frozen=True)
@@ -167,7 +178,7 @@ def prepare_inputs(seconds: float, cache_dir: Path | None = None, *, streams: tu
         return load_inputs(root, streams=streams, cached=True)
     work = root.with_name(root.name + ".partial")
     work.mkdir(parents=True, exist_ok=True)
-    frames: dict[str, list[tuple[bytes, bool, int]]] = {}
+    frames: dict[str, list[tuple[bytes, bool, int, int | None]]] = {}
     for definition in streams:
         out = work / definition.file_name
         if definition.codec == "vp8":
@@ -232,13 +243,13 @@ def _add_sensor_noise(frame: av.VideoFrame, rng: np.random.Generator, amplitude:
     luma[:] = np.clip(luma.astype(np.int16) + grain, 0, 255).astype(np.uint8)
 
 
-def _encode_vp8(d: StreamDef, seconds: float, path: Path) -> list[tuple[bytes, bool, int]]:
+def _encode_vp8(d: StreamDef, seconds: float, path: Path) -> list[tuple[bytes, bool, int, int | None]]:
     """Encode like a WebRTC sender (demo ``VideoEncoder`` options) and mux the packets."""
     screen = ScreenSource(d.width, d.height) if d.source == "screen" else None
     camera = CameraSource(d.display_name, (220, 60, 50), d.width, d.height) if d.source == "camera" else None
     page = _ScrollingPage(width=d.width * 55 // 100, height=4000) if screen is not None else None
     noise = np.random.default_rng(7)
-    out: list[tuple[bytes, bool, int]] = []
+    out: list[tuple[bytes, bool, int, int | None]] = []
     ticks = VIDEO_CLOCK_HZ // d.fps
     with av.open(str(path), "w", format="webm") as container:
         stream = container.add_stream(
@@ -266,18 +277,42 @@ def _encode_vp8(d: StreamDef, seconds: float, path: Path) -> list[tuple[bytes, b
             frame.pts = i
             frame.time_base = Fraction(1, d.fps)
             for packet in stream.encode(frame):
-                out.append((bytes(packet), bool(packet.is_keyframe), int(packet.pts or 0) * ticks))
+                out.append((bytes(packet), bool(packet.is_keyframe), int(packet.pts or 0) * ticks, None))
                 container.mux(packet)
         for packet in stream.encode(None):
-            out.append((bytes(packet), bool(packet.is_keyframe), int(packet.pts or 0) * ticks))
+            out.append((bytes(packet), bool(packet.is_keyframe), int(packet.pts or 0) * ticks, None))
             container.mux(packet)
     return out
 
 
-def _encode_opus(d: StreamDef, seconds: float, path: Path) -> list[tuple[bytes, bool, int]]:
-    """Opus in 20 ms packets; RTP timestamps count 960 per packet from 0."""
-    tone = ToneSource(d.tone_hz, beep_period_s=1.0 if d.key == "mic-a" else None)
-    out: list[tuple[bytes, bool, int]] = []
+class _NoiseSource:
+    """An unmuted microphone in a quiet room: white noise at ``level_dbov`` RMS, the
+    same in both channels (a mono microphone sent as stereo, as ToneSource does)."""
+
+    def __init__(self, level_dbov: float, seed: int = 11) -> None:
+        self._rms = 10 ** (level_dbov / 20) * 32767
+        self._rng = np.random.default_rng(seed)
+
+    def block(self, start_sample: int, count: int = OPUS_PACKET_SAMPLES) -> np.ndarray:
+        del start_sample  # white noise has no phase to keep
+        mono = np.clip(np.round(self._rng.normal(0.0, self._rms, count)), -32768, 32767).astype(np.int16)
+        return np.stack([mono, mono], axis=1)
+
+
+def _encode_opus(d: StreamDef, seconds: float, path: Path) -> list[tuple[bytes, bool, int, int | None]]:
+    """Opus in 20 ms packets; RTP timestamps count 960 per packet from 0.
+
+    Each packet keeps the RFC 6464 level byte of the 20 ms block it was encoded
+    from (the encoder's 6.5 ms look-ahead is ignored: a level is a loudness, not
+    a sample-accurate measure).
+    """
+    source: ToneSource | _NoiseSource
+    if d.noise_dbov is not None:
+        source = _NoiseSource(d.noise_dbov)
+    else:
+        source = ToneSource(d.tone_hz, beep_period_s=1.0 if d.key == "mic-a" else None)
+    out: list[tuple[bytes, bool, int, int | None]] = []
+    levels: list[int] = []
     with av.open(str(path), "w", format="ogg") as container:
         stream = container.add_stream("libopus", rate=48_000)
         stream.layout = "stereo"
@@ -288,11 +323,13 @@ def _encode_opus(d: StreamDef, seconds: float, path: Path) -> list[tuple[bytes, 
         def keep(packets: list[Any]) -> None:
             for packet in packets:
                 # The container's pts starts at -pre_skip; the RTP clock simply counts packets.
-                out.append((bytes(packet), True, len(out) * OPUS_PACKET_SAMPLES))
+                level = levels[min(len(out), len(levels) - 1)] if levels else None
+                out.append((bytes(packet), True, len(out) * OPUS_PACKET_SAMPLES, level))
                 container.mux(packet)
 
         for k in range(count):
-            pcm = tone.block(k * OPUS_PACKET_SAMPLES, OPUS_PACKET_SAMPLES)
+            pcm = source.block(k * OPUS_PACKET_SAMPLES, OPUS_PACKET_SAMPLES)
+            levels.append(audio_level_byte(pcm)[0])
             frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm).reshape(1, -1), format="s16", layout="stereo")
             frame.sample_rate = 48_000
             frame.pts = k * OPUS_PACKET_SAMPLES

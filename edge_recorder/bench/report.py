@@ -68,6 +68,15 @@ class SessionResult:
     peak_rss_bytes: int
     first_frame_s: float | None
     error: str | None = None
+    # What the room cost the worker and the receivers (the room-size benchmark
+    # reports them; the sweep's sessions fill them in too).
+    streams: int = 0
+    packets_received: int = 0  # receivers: RTP and RTCP datagrams, every stream
+    video_frames_decoded: int = 0  # worker: video frames decoded, every stream
+    videos_decoding: int = 0  # worker: video streams it was decoding just before stop
+    frames_held_invisible: int = 0  # receivers: frames kept back for streams not shown
+    speaker_switches: int = 0  # active-speaker changes seen after the explicit choice
+    active_speaker: str | None = None  # the active speaker just before stop
 
     @property
     def realtime(self) -> bool:

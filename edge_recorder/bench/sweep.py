@@ -3,14 +3,16 @@
 Timeline of a point::
 
     start the sender (it packetizes everything, then says "ready")
-    start N sessions concurrently, add 4 streams each, set the active speaker
+    start N sessions concurrently, add 4 streams each (or a room's), set the active speaker
     CPU snapshot A (workers, this process)       ─┐
     hand the ports to the sender; it sends for S s │ replay window
     wait out the playout delay, then snapshot B  ─┘
     stop every session concurrently (flush, close the file)
 
 RSS of the workers and of this process is sampled every 0.5 s throughout;
-the workers' lag is read from their 1 s stats events.
+the workers' lag is read from their 1 s stats events, the active speaker
+every 0.5 s. The room-size benchmark runs the same timeline with one session
+of a :class:`~edge_recorder.bench.rooms.Room`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import trio
 from edge_recorder.bench.inputs import ACTIVE_SPEAKER, Inputs
 from edge_recorder.bench.measure import RssPeaks, cpu_seconds, sample_rss
 from edge_recorder.bench.report import PointResult, SessionResult
+from edge_recorder.bench.rooms import Room
 from edge_recorder.session.manager import SessionManager
 from edge_recorder.session.session import RecordingSession
 from edge_recorder.session.stream import StreamSpec
@@ -36,6 +39,10 @@ SENDER_READY_TIMEOUT_S = 60.0
 SESSIONS_START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 60.0
 LAG_SAMPLE_INTERVAL_S = 0.5
+# Receiver "drops" that lose no incoming media: duplicates, and errors from our
+# own RTCP sends (ICMP unreachable once the sender has gone, surfacing on send
+# or on the next recvfrom).
+NOT_INGEST_DROPS = frozenset({"duplicate", "rtcp-send-error", "socket-error"})
 
 
 class _Lines:
@@ -62,12 +69,21 @@ class _Watch:
     cpu_at_send: float = 0.0
     cpu_before_stop: float = 0.0
     max_lag_s: float = 0.0
+    speaker: str | None = None
+    speaker_switches: int = 0
+    # The worker's stats just before stop (the "finished" event replaces them).
+    stats_before_stop: dict[str, Any] | None = None
 
 
 async def _watch_lag(watches: list[_Watch]) -> None:
+    for w in watches:
+        w.speaker = w.session.active_speaker
     while True:
         for w in watches:
             w.max_lag_s = max(w.max_lag_s, float(w.session.worker_stats.get("lag_s", 0.0)))
+            if w.session.active_speaker != w.speaker:
+                w.speaker = w.session.active_speaker
+                w.speaker_switches += 1
         await trio.sleep(LAG_SAMPLE_INTERVAL_S)
 
 
@@ -78,24 +94,38 @@ def _cpu_or(process: psutil.Process, default: float) -> float:
         return default
 
 
-async def run_point(settings: Any, inputs: Inputs, n: int, seconds: float, *, say: Callable[[str], None]) -> PointResult:
+async def run_point(
+    settings: Any, inputs: Inputs, n: int, seconds: float, *, say: Callable[[str], None], room: Room | None = None
+) -> PointResult:
     """Record N sessions of the replayed room and measure them.
+
+    Args:
+        settings: the recorder's settings.
+        inputs: the pre-encoded streams (``ROOM_INPUTS`` when ``room`` is given).
+        n: concurrent sessions.
+        seconds: media seconds to replay.
+        say: progress lines.
+        room: record this room's streams and speaker instead of the sweep's
+            four streams with Alice speaking.
 
     Raises:
         RuntimeError: the sender or a session could not start.
     """
     me = psutil.Process()
-    sender = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "edge_recorder.bench.replay", str(inputs.root), "--sessions", str(n), "--seconds", str(seconds)],
-        stdin=-1,
-        stdout=-1,
-    )
+    label = f"N={n}" if room is None else room.name
+    streams = [(s.definition.key, s.definition) for s in inputs.streams] if room is None else [(s.key, s.definition) for s in room.streams]
+    speaker = ACTIVE_SPEAKER if room is None else room.active_speaker
+    layout = "pip" if room is None else room.layout
+    command = [sys.executable, "-m", "edge_recorder.bench.replay", str(inputs.root), "--sessions", str(n), "--seconds", str(seconds)]
+    if room is not None:
+        command += ["--room", room.name]
+    sender = await trio.lowlevel.open_process(command, stdin=-1, stdout=-1)
     try:
         assert sender.stdout is not None and sender.stdin is not None
         lines = _Lines(sender.stdout)
         with trio.fail_after(SENDER_READY_TIMEOUT_S):
             ready = await lines.next()
-        say(f"  N={n}: sender ready ({ready.get('packets')} packets); starting {n} session(s)")
+        say(f"  {label}: sender ready ({ready.get('packets')} packets); starting {n} session(s) of {len(streams)} streams")
         manager = SessionManager(settings)
         async with trio.open_nursery() as nursery:
             await nursery.start(manager.run)
@@ -104,15 +134,15 @@ async def run_point(settings: Any, inputs: Inputs, n: int, seconds: float, *, sa
             targets: list[dict[str, tuple[str, int]]] = [{} for _ in range(n)]
 
             async def start_one(i: int) -> None:
-                session = await manager.start(f"bench-room-{i}", layout="pip")
+                session = await manager.start(f"bench-room-{i}", layout=layout)
                 sessions[i] = session
                 if session.status.terminal:
                     raise RuntimeError(f"session {i} failed to start: {session.error}")
-                for stream in inputs.streams:
-                    producer = stream.definition.producer()
+                for key, definition in streams:
+                    producer = definition.producer()
                     ports = await session.add_stream(StreamSpec.from_params(producer.add_stream_params(session.session_id)))
-                    targets[i][stream.definition.key] = (ports["ip"], ports["port"])
-                await session.set_active_speaker(ACTIVE_SPEAKER)
+                    targets[i][key] = (ports["ip"], ports["port"])
+                await session.set_active_speaker(speaker)
 
             with trio.fail_after(SESSIONS_START_TIMEOUT_S):
                 async with trio.open_nursery() as starters:
@@ -146,13 +176,14 @@ async def run_point(settings: Any, inputs: Inputs, n: int, seconds: float, *, sa
                 await trio.sleep(settings.ingest.playout_delay_ms / 1000 + 0.3)
                 for w in watches:
                     w.cpu_before_stop = _cpu_or(w.process, w.cpu_at_send)
+                    w.stats_before_stop = dict(w.session.worker_stats)
                 parent_cpu_stop = cpu_seconds(me)
                 system_1 = psutil.cpu_times()
                 window_s = trio.current_time() - window_start
                 # The "finished" event's lag includes the flush: not a real-time lag.
                 lag_scope.cancel()
 
-                say(f"  N={n}: replay done ({event.get('packets')} packets, sender late by ≤ {event.get('late_max_s')} s); stopping")
+                say(f"  {label}: replay done ({event.get('packets')} packets, sender late by ≤ {event.get('late_max_s')} s); stopping")
                 with trio.fail_after(STOP_TIMEOUT_S):
                     async with trio.open_nursery() as stoppers:
                         for s in started:
@@ -192,10 +223,13 @@ def _busy_fraction(before: Any, after: Any) -> float:
 def _session_result(w: _Watch, peak_rss: int, fps: int) -> SessionResult:
     s = w.session
     stats = s.worker_stats
+    before = w.stats_before_stop or stats
+    # The worker reports "decoding" for video streams only.
+    videos = [v for v in (before.get("streams") or {}).values() if isinstance(v, dict) and "decoding" in v]
     encoded = int(stats.get("frames_encoded", 0))
     dropped = int(stats.get("frames_dropped", 0))
     receiver = s.receiver_stats()
-    ingest = sum(v for r in receiver for k, v in r.drops.items() if k != "duplicate")
+    ingest = sum(v for r in receiver for k, v in r.drops.items() if k not in NOT_INGEST_DROPS)
     ingest += sum(r.frames_dropped_queue_full for r in receiver)
     ingest += sum(int(v.get("queue_drops", 0)) for v in stats.get("streams", {}).values())
     return SessionResult(
@@ -211,4 +245,11 @@ def _session_result(w: _Watch, peak_rss: int, fps: int) -> SessionResult:
         peak_rss_bytes=peak_rss,
         first_frame_s=s.first_frame_latency_s,
         error=s.error,
+        streams=len(receiver),
+        packets_received=sum(r.packets + r.rtcp_packets for r in receiver),
+        video_frames_decoded=sum(int(v.get("decoded", 0)) for v in videos),
+        videos_decoding=sum(1 for v in videos if v.get("decoding")),
+        frames_held_invisible=sum(int(getattr(r, "frames_held_invisible", 0)) for r in receiver),
+        speaker_switches=w.speaker_switches,
+        active_speaker=w.speaker,
     )
