@@ -103,6 +103,7 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "RECORDING_OVERLAY_CORNER",
     "RECORDING_OVERLAY_MARGIN_PX",
     "RECORDING_SPEAKER_HOLD_MS",
+    "RECORDING_AUDIO_SILENCE_DBOV",
     "RECORDING_SPEAKER_EXPLICIT_HOLD_MS",
     "RECORDING_PLAYOUT_DELAY_MS",
     "RECORDING_JITTER_VIDEO_MS",
@@ -250,6 +251,9 @@ class IngestSettings:
     # Packets queued between a socket reader and its jitter buffer before
     # packets are dropped (and counted).
     stream_queue_packets: int = 512
+    # Audio whose RFC 6464 level stays below this many dBov (voice flag off)
+    # is not decoded or mixed; -127 mixes everything.
+    audio_silence_dbov: int = -55
 
 
 @dataclass(frozen=True)
@@ -711,6 +715,7 @@ def _build(r: _Reader, config_file: Path | None) -> Settings:
             "RECORDING_UDP_RCVBUF_BYTES", 4 * 1024 * 1024, 64 * 1024, 256 * 1024 * 1024
         ),
         stream_queue_packets=r.integer("RECORDING_STREAM_QUEUE_PACKETS", 512, 16, 65_536),
+        audio_silence_dbov=r.integer("RECORDING_AUDIO_SILENCE_DBOV", -55, -127, 0),
     )
     # A jitter buffer that holds a frame longer than the playout delay releases
     # it after the compositor has already moved past its timestamp.

@@ -147,9 +147,9 @@ class AudioMixer:
         self.stats.samples_dropped_overflow += min(n, max(0, start_sample + n - (self._cursor + self.capacity)))
         if begin >= end:
             return
-        block = np.clip(
-            np.nan_to_num(pcm[begin - start_sample : end - start_sample], nan=0.0), -1.0, 1.0
-        ).astype(np.float32, copy=False)
+        # One copy, then in place: this runs for every packet of every input.
+        block = np.clip(pcm[begin - start_sample : end - start_sample], -1.0, 1.0).astype(np.float32, copy=False)
+        np.nan_to_num(block, copy=False, nan=0.0)
         self._ring_put(buffer, begin, block)
 
     def mix(self, start_sample: int, count: int) -> F32:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket as _stdlib_socket
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -67,6 +68,13 @@ log = logging.getLogger(__name__)
 # that is not a media SSRC of the session will do.
 RECORDER_SSRC = 0x5EC0DE01
 MAX_DATAGRAM = 65535
+# Bounded so one flooded stream cannot keep the others of the event loop waiting.
+MAX_DATAGRAMS_PER_WAKE = 64
+# How often the session reads the streams that need no promptness (see
+# StreamReceiver.polled): well inside the jitter buffers' waits.
+POLL_INTERVAL_S = 0.02
+# Stats for the metrics are copied from the cores at most this often.
+STATS_REFRESH_S = 0.25
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 
 
@@ -83,6 +91,7 @@ class ReceiverStats:
     firs: int = 0
     frames_dropped_queue_full: int = 0
     frames_held_invisible: int = 0
+    frames_silent: int = 0
     rtx_packets: int = 0
     nack_packets: int = 0
     nacked: int = 0
@@ -140,6 +149,11 @@ class StreamReceiver:
             stream has been idle for ``idle_s``).
         gop_max_frames: the most frames kept back for an invisible stream.
         gop_max_bytes: the most bytes kept back for an invisible stream.
+        silence_dbov: audio whose RFC 6464 level stays below this (and whose
+            voice flag is off) is not forwarded to be decoded and mixed, after
+            ``silence_hangover_s``; -127 forwards everything.
+        silence_hangover_s: how long after the last audible packet audio is
+            still forwarded (word endings, breaths).
     """
 
     def __init__(
@@ -162,6 +176,8 @@ class StreamReceiver:
         ssrc_switch_s: float = 1.0,
         gop_max_frames: int = 60,
         gop_max_bytes: int = 8 << 20,
+        silence_dbov: float = -127.0,
+        silence_hangover_s: float = 0.3,
     ) -> None:
         codec = spec.rtp_parameters.media_codec
         if codec is None:
@@ -205,6 +221,14 @@ class StreamReceiver:
         self._gop_bytes = 0
         self._gop_max_frames = gop_max_frames
         self._gop_max_bytes = gop_max_bytes
+        # Silence suppression needs the levels on the wire; without them every
+        # packet is forwarded (the worker measures decoded energy instead).
+        self._silence_dbov = silence_dbov if self._audio_level_id is not None and silence_dbov > -127 else None
+        self._silence_hangover_s = silence_hangover_s
+        self._audible_until = -1e9
+        self._stats_due = 0.0
+        self._raw: _stdlib_socket.socket | None = None
+        self._unpolled = trio.Event()
         self.source_address: Any = None  # latched RTP source
         self.rtcp_address: Any = None  # latched RTCP source (non-mux)
         self.sender_reports: dict[int, SenderReport] = {}
@@ -285,10 +309,16 @@ class StreamReceiver:
         if self.stats.first_packet_monotonic is None:
             self.stats.first_packet_monotonic = mono
         self.stats.last_packet_monotonic = mono
-        if self._audio_level_id is not None and self._on_audio_level is not None:
+        if self._audio_level_id is not None:
             level = audio_level(packet, self._audio_level_id)
             if level is not None:
-                self._on_audio_level(self.spec, -float(level[1]), now_s)
+                voice, minus_dbov = level
+                if self._on_audio_level is not None:
+                    self._on_audio_level(self.spec, -float(minus_dbov), now_s)
+                if self._silence_dbov is not None and (voice or -minus_dbov >= self._silence_dbov):
+                    self._audible_until = now_s + self._silence_hangover_s
+            elif self._silence_dbov is not None:
+                self._audible_until = now_s + self._silence_hangover_s  # no level: assume audible
         if self.nack is not None and self.nack.received(packet.sequence_number, now_s, retransmission=retransmission):
             self.stats.recovered += 1
         for frame in self.assembler.push(packet, now_s):
@@ -335,8 +365,13 @@ class StreamReceiver:
                     self.sync.on_sender_report(ntp_to_seconds(packet.ntp_timestamp), packet.rtp_timestamp, self._now())
 
     def _forward(self, frame: AssembledFrame) -> None:
-        media_time = self.sync.media_time(frame.timestamp, frame.arrival)
         self.stats.frames += 1
+        if not self.is_video and self._silence_dbov is not None and frame.arrival > self._audible_until:
+            # A quiet microphone in a big room: nothing to hear, and twenty of
+            # them would add their noise floors into the mix (+13 dB).
+            self.stats.frames_silent += 1
+            return
+        media_time = self.sync.media_time(frame.timestamp, frame.arrival)
         if self.is_video:
             self._hold(media_time, frame)
             if not self.visible:
@@ -377,6 +412,7 @@ class StreamReceiver:
         self.visible = visible
         if not visible:
             return
+        self._unpolled.set()  # our own task reads again, promptly
         gop, self._gop = self._gop, None
         self._gop_bytes = 0
         if gop and not self.assembler.waiting_for_keyframe:
@@ -467,52 +503,114 @@ class StreamReceiver:
 
     async def run(self) -> None:
         """Receive until cancelled. Cancellation is the normal way to stop."""
-        async with trio.open_nursery() as nursery:
-            if self.rtcp_socket is not None:
-                nursery.start_soon(self._rtcp_loop)
-            await self._rtp_loop()
+        try:
+            async with trio.open_nursery() as nursery:
+                if self.rtcp_socket is not None:
+                    nursery.start_soon(self._rtcp_loop)
+                await self._rtp_loop()
+        finally:
+            self._refresh_stats()  # the final counts, whatever the refresh interval
+
+    def _next_wake(self) -> float | None:
+        """The earliest time the loop has work without a packet (timeline seconds)."""
+        deadline = self.assembler.next_deadline()
+        if self.is_video and self.visible and self.stats.packets and self.assembler.waiting_for_keyframe:
+            retry = self._last_pli_s + self._pli_interval_s
+            deadline = retry if deadline is None else min(deadline, retry)
+        if self.nack is not None:
+            due = self.nack.next_deadline()
+            if due is not None:
+                deadline = due if deadline is None else min(deadline, due)
+        return deadline
+
+    @property
+    def polled(self) -> bool:
+        """Whether the session's poller reads this stream, in batches, instead of its own task.
+
+        Audio and video that is not shown need no promptness (their jitter
+        buffers wait 60 and 150 ms, the playout delay 300 ms); a wake-up per
+        datagram for each of forty streams costs more than everything else
+        the receivers do. The session reads them all every ``POLL_INTERVAL_S``.
+        """
+        return not self.is_video or not self.visible
 
     async def _rtp_loop(self) -> None:
-        sock = self.rtp_socket
-        while True:
-            now = self._now()
-            deadline = self.assembler.next_deadline()
-            if self.is_video and self.visible and self.stats.packets and self.assembler.waiting_for_keyframe:
-                retry = self._last_pli_s + self._pli_interval_s
-                deadline = retry if deadline is None else min(deadline, retry)
-            if self.live:
-                idle = self._last_ssrc_packet_s + self._idle_s
-                deadline = idle if deadline is None else min(deadline, idle)
-            if self.nack is not None:
-                due = self.nack.next_deadline()
-                if due is not None:
-                    deadline = due if deadline is None else min(deadline, due)
-            timeout = None if deadline is None else max(0.0, deadline - now)
-            with trio.move_on_after(timeout if timeout is not None else float("inf")):
-                try:
-                    data, address = await sock.recvfrom(MAX_DATAGRAM)
-                except OSError as exc:
-                    # e.g. ECONNREFUSED surfacing from an earlier RTCP send.
-                    self.stats.drops["socket-error"] += 1
-                    log.debug("recvfrom failed: %s", exc)
-                    await trio.sleep(0)
+        # Reading goes through a duplicate of the socket's descriptor in
+        # non-blocking mode: one wake-up drains every datagram waiting
+        # (a video frame is a burst of packets), where Trio's recvfrom costs
+        # two scheduler passes per datagram. The duplicate is closed here;
+        # the session closes the original and returns the port.
+        family = self.rtp_socket.family
+        raw = _stdlib_socket.fromfd(self.rtp_socket.fileno(), family, _stdlib_socket.SOCK_DGRAM)
+        raw.setblocking(False)
+        self._raw = raw
+        try:
+            while True:
+                if self.polled:
+                    # The session's poller reads us until we are shown.
+                    self._unpolled = trio.Event()
+                    await self._unpolled.wait()
                     continue
-                self.handle_datagram(data, address, self._now())
-            now = self._now()
-            for frame in self.assembler.poll(now):
-                self._forward(frame)
-            if self.nack is not None:
-                self.nack.update(self.assembler.missing_since(), now)
-                await self._send_nacks(now)
-            if self.live and now - self._last_ssrc_packet_s >= self._idle_s:
-                self.live = False
-            if self.live != self._live_reported:
-                self._live_reported = self.live
-                if self._on_liveness is not None:
-                    await self._on_liveness(self, self.live)
-            if self.keyframe_due(now):
-                await self._send_keyframe_request(now)
+                deadline = self._next_wake()
+                if deadline is None:
+                    await trio.lowlevel.wait_readable(raw)
+                else:
+                    with trio.move_on_after(max(0.0, deadline - self._now())):
+                        await trio.lowlevel.wait_readable(raw)
+                self.drain()
+                await self._after_wake(self._now())
+        finally:
+            self._raw = None
+            raw.close()
+
+    def drain(self) -> None:
+        """Process every datagram waiting on the RTP socket (bounded), without blocking."""
+        raw = self._raw
+        if raw is None:
+            return
+        for _ in range(MAX_DATAGRAMS_PER_WAKE):
+            try:
+                data, address = raw.recvfrom(MAX_DATAGRAM)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                # e.g. ECONNREFUSED surfacing from an earlier RTCP send.
+                self.stats.drops["socket-error"] += 1
+                log.debug("recvfrom failed: %s", exc)
+                return
+            self.handle_datagram(data, address, self._now())
+
+    async def poll(self) -> None:
+        """The session poller's turn: read what waits, then the timed work."""
+        self.drain()
+        await self._after_wake(self._now())
+
+    async def _after_wake(self, now: float) -> None:
+        for frame in self.assembler.poll(now):
+            self._forward(frame)
+        if self.nack is not None:
+            self.nack.update(self.assembler.missing_since(), now)
+            await self._send_nacks(now)
+        await self.check_liveness(now)
+        if self.keyframe_due(now):
+            await self._send_keyframe_request(now)
+        if now >= self._stats_due:
+            self._stats_due = now + STATS_REFRESH_S
             self._refresh_stats()
+
+    async def check_liveness(self, now: float) -> None:
+        """Report media starting, or stopping for ``idle_s``.
+
+        Called after every wake-up, and by the session's housekeeping tick:
+        a stream that went silent has no packet to wake it, and a timeout per
+        wait cost more than the rest of the wake-up in a forty-stream room.
+        """
+        if self.live and now - self._last_ssrc_packet_s >= self._idle_s:
+            self.live = False
+        if self.live != self._live_reported:
+            self._live_reported = self.live
+            if self._on_liveness is not None:
+                await self._on_liveness(self, self.live)
 
     async def _rtcp_loop(self) -> None:
         assert self.rtcp_socket is not None
