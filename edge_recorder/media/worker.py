@@ -22,7 +22,7 @@ worker makes about one per input video frame, one per output frame, and a
 dozen a second for audio (batched), measured against the benchmark.
 
 The output timeline is the session's: tick ``n`` shows, per input, the latest
-frame whose media time is ≤ ``n / fps``, and is rendered at wall time
+frame whose media time is ≤ ``(n + ½) / fps`` (the nearest to the tick), and is rendered at wall time
 ``t0 + n / fps + playout_delay``, so frames up to ``playout_delay`` late still
 make it. Output pts come from counters, never from the network. When the
 machine cannot keep up, whole ticks are skipped (counted as dropped frames)
@@ -126,6 +126,7 @@ class MediaWorker:
             width=self.encoder_settings.width, height=self.encoder_settings.height, **overlay
         )
         self.fps = self.encoder_settings.fps
+        self._half_frame_s = 0.5 / self.fps
         self.compositor = Compositor(self.encoder_settings.width, self.encoder_settings.height)
         self.mixer = AudioMixer(sample_rate=self.encoder_settings.sample_rate, channels=2)
         self.writer: Any = None
@@ -421,10 +422,15 @@ class MediaWorker:
                 names.append(slot.display_name)
             if slot.kind != "video":
                 continue
+            # The frame nearest the tick, not the latest before it: the
+            # picture is then within half a frame of its time (±17 ms at
+            # 30 fps) instead of up to a whole frame late, which is what lip
+            # sync is measured against.
             q = slot.frames
-            while len(q) > 1 and q[1][0] <= tick_s:
+            due = tick_s + self._half_frame_s
+            while len(q) > 1 and q[1][0] <= due:
                 q.popleft()
-            if q and q[0][0] <= tick_s:
+            if q and q[0][0] <= due:
                 slot.shown = q[0][1]
             if slot.shown is None:
                 continue

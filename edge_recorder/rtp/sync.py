@@ -213,9 +213,10 @@ class StreamSync:
             skipped frame is invisible, and lip sync is right immediately).
         max_slew: seconds per second at which a change is absorbed.
         jump_s: a change beyond this is applied at once even when absorbing:
-            worked off at ``max_slew``, 40 ms would take ten seconds, and
-            audio more than ~45 ms late is where viewers notice (ITU-R
-            BT.1359); one click at the change is the lesser harm.
+            worked off at ``max_slew``, 25 ms takes six seconds, during which
+            the error adds to the video's half-frame quantisation (±17 ms at
+            30 fps) against a lip-sync budget of ~45 ms (ITU-R BT.1359); one
+            click at the change is the lesser harm.
     """
 
     def __init__(
@@ -226,7 +227,7 @@ class StreamSync:
         reanchor_s: float = 1.0,
         absorb_changes: bool = True,
         max_slew: float = 0.004,
-        jump_s: float = 0.04,
+        jump_s: float = 0.025,
     ) -> None:
         if clock_rate <= 0:
             raise ValueError(f"clock_rate must be positive, not {clock_rate}")
