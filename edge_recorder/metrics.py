@@ -80,7 +80,7 @@ _RECEIVER_COUNTERS: tuple[tuple[str, str], ...] = (
     ("firs", "rtcp_firs_sent"),
     ("frames_dropped_incomplete", "ingest_frames_incomplete"),
     ("frames_dropped_awaiting_keyframe", "ingest_frames_awaiting_keyframe"),
-    ("frames_held_invisible", "ingest_frames_not_shown"),
+    ("packets_not_shown", "rtp_packets_not_shown"),
     ("ssrc_changes", "rtp_ssrc_changes"),
 )
 
@@ -101,7 +101,7 @@ _SESSION_COUNTER_HELP: dict[str, str] = {
     "rtcp_firs_sent": "RTCP FIR keyframe requests sent.",
     "ingest_frames_incomplete": "Video frames dropped because packets were missing.",
     "ingest_frames_awaiting_keyframe": "Complete video frames dropped while waiting for a keyframe.",
-    "ingest_frames_not_shown": "Video frames received but not decoded because the layout did not show them.",
+    "rtp_packets_not_shown": "Video packets received but not decoded because the layout did not show their stream.",
     "rtp_ssrc_changes": "Streams whose source switched to a new SSRC (sender restart, producer replaced).",
     "video_frames_encoded": "Composite video frames encoded by media workers.",
     "video_frames_dropped": "Composite video frames skipped because the encoder fell behind.",

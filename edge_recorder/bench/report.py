@@ -74,7 +74,7 @@ class SessionResult:
     packets_received: int = 0  # receivers: RTP and RTCP datagrams, every stream
     video_frames_decoded: int = 0  # worker: video frames decoded, every stream
     videos_decoding: int = 0  # worker: video streams it was decoding just before stop
-    frames_held_invisible: int = 0  # receivers: frames kept back for streams not shown
+    packets_not_shown: int = 0  # receivers: packets of streams not shown (held, not decoded)
     speaker_switches: int = 0  # active-speaker changes seen after the explicit choice
     active_speaker: str | None = None  # the active speaker just before stop
 

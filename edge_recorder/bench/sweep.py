@@ -249,7 +249,7 @@ def _session_result(w: _Watch, peak_rss: int, fps: int) -> SessionResult:
         packets_received=sum(r.packets + r.rtcp_packets for r in receiver),
         video_frames_decoded=sum(int(v.get("decoded", 0)) for v in videos),
         videos_decoding=sum(1 for v in videos if v.get("decoding")),
-        frames_held_invisible=sum(int(getattr(r, "frames_held_invisible", 0)) for r in receiver),
+        packets_not_shown=sum(int(getattr(r, "packets_not_shown", 0)) for r in receiver),
         speaker_switches=w.speaker_switches,
         active_speaker=w.speaker,
     )

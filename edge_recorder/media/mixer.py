@@ -92,6 +92,10 @@ class AudioMixer:
         self.stats = MixerStats()
         self._cursor = 0  # absolute output index of the next sample to mix
         self._buffers: dict[str, F32] = {}
+        # Absolute end of the last write per input: an input silent since the
+        # cursor passed it is neither added nor zeroed (a big room's quiet
+        # microphones cost nothing here).
+        self._written_end: dict[str, int] = {}
 
     @property
     def cursor(self) -> int:
@@ -111,6 +115,7 @@ class AudioMixer:
         """
         if key not in self._buffers:
             self._buffers[key] = np.zeros((self.capacity, self.channels), dtype=np.float32)
+            self._written_end[key] = 0
 
     def remove_input(self, key: str) -> None:
         """Forget an input and any audio it queued; unknown keys are ignored.
@@ -119,6 +124,7 @@ class AudioMixer:
             key: the input's key.
         """
         self._buffers.pop(key, None)
+        self._written_end.pop(key, None)
 
     def write(self, key: str, start_sample: int, pcm: npt.NDArray[np.floating]) -> None:
         """Place ``pcm`` at absolute output sample ``start_sample``.
@@ -151,6 +157,8 @@ class AudioMixer:
         block = np.clip(pcm[begin - start_sample : end - start_sample], -1.0, 1.0).astype(np.float32, copy=False)
         np.nan_to_num(block, copy=False, nan=0.0)
         self._ring_put(buffer, begin, block)
+        if end > self._written_end[key]:
+            self._written_end[key] = end
 
     def mix(self, start_sample: int, count: int) -> F32:
         """Mix ``count`` samples from ``start_sample`` and advance the read cursor.
@@ -178,8 +186,9 @@ class AudioMixer:
         lo = max(start_sample, self._cursor)
         hi = min(end, self._cursor + self.capacity)
         if lo < hi:
-            for buffer in self._buffers.values():
-                self._ring_add(buffer, lo, out[lo - start_sample : hi - start_sample])
+            for key, buffer in self._buffers.items():
+                if self._written_end[key] > lo:
+                    self._ring_add(buffer, lo, out[lo - start_sample : hi - start_sample])
         new_cursor = max(self._cursor, end)
         self._consume(new_cursor)
         return soft_limit(out)
@@ -207,7 +216,9 @@ class AudioMixer:
         """Zero everything before ``new_cursor`` so it reads as silence when reused."""
         n = min(new_cursor - self._cursor, self.capacity)
         if n > 0:
-            for buffer in self._buffers.values():
+            for key, buffer in self._buffers.items():
+                if self._written_end[key] <= self._cursor:
+                    continue  # nothing written there since it was last zeroed
                 if n == self.capacity:
                     buffer.fill(0.0)
                 else:

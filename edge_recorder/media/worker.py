@@ -143,6 +143,7 @@ class MediaWorker:
         self.first_frame_sent = False
         self._decoders: trio.Nursery | None = None
         self._wanted: frozenset[int] = frozenset()
+        self._wanted_signature: Any = None
 
     # -- the one door to blocking work -------------------------------------------
 
@@ -373,6 +374,20 @@ class MediaWorker:
         """
         from edge_recorder.media.layout import VideoInput, inputs_to_decode
 
+        # Laying out forty inputs twice per tick costs more than the check:
+        # recompute only when something the layout reads changed.
+        signature = (
+            self.layout,
+            self.active_speaker,
+            tuple(
+                (slot.index, slot.live, None if slot.shown is None else (slot.shown.width, slot.shown.height))
+                for slot in self.streams.values()
+                if slot.kind == "video"
+            ),
+        )
+        if signature == self._wanted_signature:
+            return
+        self._wanted_signature = signature
         videos = [
             (
                 slot,

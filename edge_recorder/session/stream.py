@@ -46,7 +46,7 @@ from edge_recorder.errors import ParseError, UnsupportedCodecError
 from edge_recorder.rtp.assembler import AssembledFrame, FrameAssembler
 from edge_recorder.rtp.depacketize import depacketizer_for
 from edge_recorder.rtp.nack import NackScheduler
-from edge_recorder.rtp.packet import audio_level, is_rtcp_untrusted, parse_rtp_untrusted
+from edge_recorder.rtp.packet import RtpPacket, audio_level, is_rtcp_untrusted, parse_rtp_untrusted
 from edge_recorder.rtp.rtcp import (
     Fir,
     GenericNack,
@@ -69,7 +69,7 @@ log = logging.getLogger(__name__)
 RECORDER_SSRC = 0x5EC0DE01
 MAX_DATAGRAM = 65535
 # Bounded so one flooded stream cannot keep the others of the event loop waiting.
-MAX_DATAGRAMS_PER_WAKE = 64
+MAX_DATAGRAMS_PER_WAKE = 256
 # How often the session reads the streams that need no promptness (see
 # StreamReceiver.polled): well inside the jitter buffers' waits.
 POLL_INTERVAL_S = 0.02
@@ -91,6 +91,7 @@ class ReceiverStats:
     firs: int = 0
     frames_dropped_queue_full: int = 0
     frames_held_invisible: int = 0
+    packets_not_shown: int = 0
     frames_silent: int = 0
     rtx_packets: int = 0
     nack_packets: int = 0
@@ -203,7 +204,8 @@ class StreamReceiver:
         self._nack_due = False
         self._codec = codec
         self._max_wait_s = max_wait_s
-        self.assembler = FrameAssembler(depacketizer_for(codec.mime_type, codec.parameters), max_wait_s=max_wait_s)
+        self._depacketizer = depacketizer_for(codec.mime_type, codec.parameters)
+        self.assembler = FrameAssembler(self._depacketizer, max_wait_s=max_wait_s)
         self.is_video = spec.kind == "video"
         self.domain = domain if domain is not None else ClockDomain()
         self.sync = StreamSync(codec.clock_rate, self.domain, absorb_changes=not self.is_video)
@@ -217,17 +219,21 @@ class StreamReceiver:
         self._live_reported = False
         # Video the layout does not show is not forwarded (see module doc).
         self.visible = not self.is_video
-        self._gop: list[tuple[float, AssembledFrame]] | None = None
-        self._gop_bytes = 0
-        self._gop_max_frames = gop_max_frames
+        self._held: list[tuple[RtpPacket, float]] | None = None
+        self._held_bytes = 0
+        # Roughly gop_max_frames frames of a camera (a few packets each).
+        self._gop_max_packets = gop_max_frames * 8
         self._gop_max_bytes = gop_max_bytes
         # Silence suppression needs the levels on the wire; without them every
         # packet is forwarded (the worker measures decoded energy instead).
         self._silence_dbov = silence_dbov if self._audio_level_id is not None and silence_dbov > -127 else None
         self._silence_hangover_s = silence_hangover_s
         self._audible_until = -1e9
+        self._suppressing = False
         self._stats_due = 0.0
         self._raw: _stdlib_socket.socket | None = None
+        self._buffer = bytearray(MAX_DATAGRAM)
+        self._view = memoryview(self._buffer)
         self._unpolled = trio.Event()
         self.source_address: Any = None  # latched RTP source
         self.rtcp_address: Any = None  # latched RTCP source (non-mux)
@@ -319,6 +325,26 @@ class StreamReceiver:
                     self._audible_until = now_s + self._silence_hangover_s
             elif self._silence_dbov is not None:
                 self._audible_until = now_s + self._silence_hangover_s  # no level: assume audible
+            if self._silence_dbov is not None:
+                if now_s > self._audible_until:
+                    # Quiet for longer than the hangover: not even assembled.
+                    self._suppressing = True
+                    self.stats.frames_silent += 1
+                    return
+                if self._suppressing:
+                    # Audible again: the sequence jumped over what we skipped,
+                    # so the jitter buffer starts afresh (audio needs no
+                    # keyframe; the timeline mapping carries on).
+                    self._suppressing = False
+                    self.assembler = FrameAssembler(
+                        depacketizer_for(self._codec.mime_type, self._codec.parameters), max_wait_s=self._max_wait_s
+                    )
+                    if self.nack is not None:
+                        self.nack = NackScheduler(max_age_s=self._max_wait_s)
+        if self.is_video and not self.visible:
+            self.stats.packets_not_shown += 1
+            self._hold_packet(packet, now_s)
+            return
         if self.nack is not None and self.nack.received(packet.sequence_number, now_s, retransmission=retransmission):
             self.stats.recovered += 1
         for frame in self.assembler.push(packet, now_s):
@@ -342,8 +368,8 @@ class StreamReceiver:
         self.rtx_ssrc = None  # the old RTX SSRC went with the old source
         if self.nack is not None:
             self.nack = NackScheduler(max_age_s=self._max_wait_s)
-        self._gop = None
-        self._gop_bytes = 0
+        self._held = None
+        self._held_bytes = 0
     def _handle_rtcp(self, data: bytes, address: Any, *, via_rtp_socket: bool) -> None:
         expected = self.source_address if via_rtp_socket else self.rtcp_address
         if expected is not None and address != expected:
@@ -371,13 +397,10 @@ class StreamReceiver:
             # them would add their noise floors into the mix (+13 dB).
             self.stats.frames_silent += 1
             return
-        media_time = self.sync.media_time(frame.timestamp, frame.arrival)
-        if self.is_video:
-            self._hold(media_time, frame)
-            if not self.visible:
-                self.stats.frames_held_invisible += 1
-                return
-        self._send(media_time, frame)
+        if self.is_video and not self.visible:
+            self.stats.frames_held_invisible += 1  # assembled just before it was hidden
+            return
+        self._send(self.sync.media_time(frame.timestamp, frame.arrival), frame)
 
     def _send(self, media_time: float, frame: AssembledFrame) -> bool:
         if self._deliver(self, media_time, frame):
@@ -387,42 +410,63 @@ class StreamReceiver:
             self.assembler.request_keyframe()
         return False
 
-    def _hold(self, media_time: float, frame: AssembledFrame) -> None:
-        """Keep the frames since the last keyframe, bounded; forget them past the bound."""
-        if frame.keyframe:
-            self._gop = [(media_time, frame)]
-            self._gop_bytes = len(frame.data)
-        elif self._gop is not None:
-            self._gop.append((media_time, frame))
-            self._gop_bytes += len(frame.data)
-            if len(self._gop) > self._gop_max_frames or self._gop_bytes > self._gop_max_bytes:
-                # A long GOP (libwebrtc sends keyframes only when asked): a
-                # keyframe request on becoming visible is cheaper than this.
-                self._gop = None
-                self._gop_bytes = 0
+    def _hold_packet(self, packet: RtpPacket, arrival: float) -> None:
+        """Keep a hidden stream's packets since its last keyframe, bounded.
+
+        Raw packets, not assembled frames: a hidden camera costs a header
+        parse and a list append per packet, a third of assembling it. A
+        keyframe's first packets may precede the one that says "keyframe"
+        (GStreamer's H.264 payloader sends the AUD alone first), so packets
+        of the same timestamp are kept with it.
+        """
+        held = self._held
+        if self._depacketizer.is_keyframe(packet.payload):
+            if held and held[-1][0].timestamp == packet.timestamp:
+                self._held = [(p, a) for p, a in held if p.timestamp == packet.timestamp]
+                self._held_bytes = sum(len(p.payload) for p, _ in self._held)
+            else:
+                self._held = []
+                self._held_bytes = 0
+            held = self._held
+        elif held is None:
+            return
+        held.append((packet, arrival))
+        self._held_bytes += len(packet.payload)
+        if len(held) > self._gop_max_packets or self._held_bytes > self._gop_max_bytes:
+            # A long GOP (libwebrtc sends keyframes only when asked): a
+            # keyframe request on becoming visible is cheaper than this.
+            self._held = None
+            self._held_bytes = 0
 
     def set_visible(self, visible: bool) -> None:
         """The layout starts or stops showing this stream (video only).
 
-        Becoming visible replays the kept GOP so the picture is there at once;
-        without one, a keyframe is requested and the picture follows its arrival.
+        Becoming visible replays the packets kept since the last keyframe
+        through a fresh jitter buffer, so the picture is there at once;
+        without them, a keyframe is requested and the picture follows its
+        arrival. Becoming hidden starts keeping packets from the next keyframe.
         """
         if not self.is_video or visible == self.visible:
             return
         self.visible = visible
         if not visible:
+            self._held = None
+            self._held_bytes = 0
             return
         self._unpolled.set()  # our own task reads again, promptly
-        gop, self._gop = self._gop, None
-        self._gop_bytes = 0
-        if gop and not self.assembler.waiting_for_keyframe:
+        held, self._held = self._held, None
+        self._held_bytes = 0
+        # The jitter buffer saw none of the hidden packets: start it afresh
+        # (gated on a keyframe) rather than let it wait for a gap of thousands.
+        self.assembler = FrameAssembler(self._depacketizer, max_wait_s=self._max_wait_s)
+        if self.nack is not None:
+            self.nack = NackScheduler(max_age_s=self._max_wait_s)
+        if held:
             self.stats.gop_flushes += 1
-            for media_time, frame in gop:
-                if not self._send(media_time, frame):
-                    return
-            self._gop, self._gop_bytes = gop, sum(len(f.data) for _, f in gop)
+            for packet, arrival in held:
+                for frame in self.assembler.push(packet, arrival):
+                    self._forward(frame)
         else:
-            self.assembler.request_keyframe()
             self._last_pli_s = -1e9  # ask now, not after the throttle interval
 
     # -- keyframe requests ---------------------------------------------------------
@@ -563,26 +607,52 @@ class StreamReceiver:
             self._raw = None
             raw.close()
 
-    def drain(self) -> None:
-        """Process every datagram waiting on the RTP socket (bounded), without blocking."""
+    @property
+    def reader_fileno(self) -> int | None:
+        """The descriptor the session's poller watches; None until the receive task runs."""
+        return self._raw.fileno() if self._raw is not None else None
+
+    def drain(self) -> int:
+        """Process every datagram waiting on the RTP socket (bounded), without blocking.
+
+        Returns:
+            How many datagrams were read.
+        """
         raw = self._raw
         if raw is None:
-            return
-        for _ in range(MAX_DATAGRAMS_PER_WAKE):
+            return 0
+        # Into one buffer, copying out only the datagram: recvfrom(65535)
+        # allocated 64 KiB per datagram and was a sixth of the receive cost.
+        buffer, view = self._buffer, self._view
+        for count in range(MAX_DATAGRAMS_PER_WAKE):
             try:
-                data, address = raw.recvfrom(MAX_DATAGRAM)
+                size, address = raw.recvfrom_into(buffer)
             except BlockingIOError:
-                return
+                return count
             except OSError as exc:
                 # e.g. ECONNREFUSED surfacing from an earlier RTCP send.
                 self.stats.drops["socket-error"] += 1
                 log.debug("recvfrom failed: %s", exc)
-                return
-            self.handle_datagram(data, address, self._now())
+                return count
+            self.handle_datagram(bytes(view[:size]), address, self._now())
+        return MAX_DATAGRAMS_PER_WAKE
 
-    async def poll(self) -> None:
-        """The session poller's turn: read what waits, then the timed work."""
-        self.drain()
+    async def poll(self, readable: bool = True) -> None:
+        """The session poller's turn: read what waits, then the timed work.
+
+        Args:
+            readable: the poller saw the socket readable; without data the
+                timed work runs only when something is due.
+        """
+        now = self._now()
+        if readable:
+            self.drain()
+        else:
+            due = self._next_wake()
+            nothing_due = (due is None or due > now) and now < self._stats_due
+            going_idle = self.live and now - self._last_ssrc_packet_s >= self._idle_s
+            if nothing_due and not going_idle:
+                return
         await self._after_wake(self._now())
 
     async def _after_wake(self, now: float) -> None:

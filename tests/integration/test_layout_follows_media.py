@@ -111,7 +111,7 @@ async def test_only_what_is_shown_is_decoded_and_the_overlay_follows_the_loudest
         assert _decoding(session) == {"share", "p1-cam"}
         for i in (0, 2, 3):
             idle = _receiver(session, f"p{i}-cam")
-            assert not idle.visible and idle.stats.frames_held_invisible > 0
+            assert not idle.visible and idle.stats.packets_not_shown > 0
             assert session.worker_stats["streams"][f"p{i}-cam"]["decoded"] == 0
         # P3 takes over; after the hold time the overlay switches.
         mics[1].media.amplitude = 0.0
