@@ -54,7 +54,10 @@ async def _stop_process(proc: trio.Process) -> None:
 async def test_flashes_and_beeps_stay_together_through_path_delay_and_a_skewed_clock(
     manager: SessionManager, settings: Any, tmp_path: Path
 ) -> None:
-    source = render_sync_source(tmp_path / "sync.mkv", SOURCE_S)
+    # The first event comes 1.4 s in: until a stream's first Sender Report
+    # (GStreamer sends one within ~0.4-1.2 s) arrival time places it, and this
+    # path's 160 ms video delay would show as skew. Measured from then on.
+    source = render_sync_source(tmp_path / "sync.mkv", SOURCE_S, phase_s=1.37)
     video = Producer("sync-cam", "pat", "video", "camera", "video/VP8", 96, 0x51C0001)
     audio = Producer("sync-mic", "pat", "audio", "microphone", "audio/opus", 111, 0x51C0002)
     session = await manager.start("room-sync", layout="pip")
@@ -102,7 +105,7 @@ async def test_flashes_and_beeps_stay_together_through_path_delay_and_a_skewed_c
     flashes = find_flashes(session.path)
     beeps = find_beeps(session.path)
     skews = pair_skews(flashes, beeps, max_distance_s=0.5)
-    assert len(skews) >= len(source.instants) - 2, (flashes, beeps)
+    assert len(skews) >= len(source.instants) - 1, (flashes, beeps)
     magnitudes = sorted(abs(s) for s in skews)
     p95 = magnitudes[min(len(magnitudes) - 1, int(0.95 * len(magnitudes)))]
     # Figures for docs/benchmarks.md (shown with pytest -s).
@@ -114,7 +117,7 @@ async def test_flashes_and_beeps_stay_together_through_path_delay_and_a_skewed_c
     matched = _match(flashes, source.instants)
     slope = float(np.polyfit([i for _, i in matched], [f for f, _ in matched], 1)[0])
     print(f"sync: {len(matched)} flashes matched, timeline rate error {slope - 1:+.3%}")
-    assert len(matched) >= len(source.instants) - 2
+    assert len(matched) >= len(source.instants) - 1
     assert abs(slope - 1) <= 0.005
     with av.open(str(session.path)) as container:
         stream = container.streams.video[0]
