@@ -125,14 +125,14 @@ class _RtpSequencer:
         return packets
 
 
-class Vp8Packetizer:
-    """Packetize VP8 frames (RFC 7741) like a browser: X=1, I=1, 15-bit PictureID.
+class _PictureIdPacketizer:
+    """What the VP8 and VP9 packetizers share: an RTP sequencer and a 15-bit PictureID.
 
-    The descriptor is 4 bytes: ``|X|R|N|S|R|PID|``, ``|I|L|T|K|RSV|``, then
-    ``|M|PictureID(15)|`` (RFC 7741 §4.2). The PictureID increments per frame.
+    Subclasses set ``_MIN_PAYLOAD``: the smallest payload a packet of theirs
+    needs (descriptor plus one byte of frame, plus any structure they add).
     """
 
-    _DESCRIPTOR_SIZE = 4
+    _MIN_PAYLOAD: int
 
     def __init__(
         self,
@@ -163,9 +163,20 @@ class Vp8Packetizer:
             mtu=mtu,
             initial_sequence=initial_sequence,
             initial_timestamp=initial_timestamp,
-            min_payload=self._DESCRIPTOR_SIZE + 1,
+            min_payload=self._MIN_PAYLOAD,
         )
         self._picture_id = initial_picture_id & 0x7FFF
+
+
+class Vp8Packetizer(_PictureIdPacketizer):
+    """Packetize VP8 frames (RFC 7741) like a browser: X=1, I=1, 15-bit PictureID.
+
+    The descriptor is 4 bytes: ``|X|R|N|S|R|PID|``, ``|I|L|T|K|RSV|``, then
+    ``|M|PictureID(15)|`` (RFC 7741 §4.2). The PictureID increments per frame.
+    """
+
+    _DESCRIPTOR_SIZE = 4
+    _MIN_PAYLOAD = _DESCRIPTOR_SIZE + 1
 
     def packetize(self, frame: bytes, timestamp: int, *, keyframe: bool = False) -> list[RtpPacket]:
         """Split one VP8 frame into RTP packets.
@@ -195,7 +206,7 @@ class Vp8Packetizer:
         return self._rtp.make(payloads, timestamp, marker_last=True)
 
 
-class Vp9Packetizer:
+class Vp9Packetizer(_PictureIdPacketizer):
     """Packetize VP9 frames (RFC 9628) in non-flexible mode, as libwebrtc does.
 
     Every packet carries ``|I|P|L|F|B|E|V|Z|`` then ``|M|PictureID(15)|``: I=1,
@@ -208,39 +219,7 @@ class Vp9Packetizer:
 
     _DESCRIPTOR_SIZE = 3
     _SS_SIZE = 5  # |N_S|Y|G|-|-|-| then WIDTH(16) HEIGHT(16)
-
-    def __init__(
-        self,
-        *,
-        payload_type: int,
-        ssrc: int,
-        mtu: int = 1200,
-        initial_sequence: int | None = None,
-        initial_timestamp: int = 0,
-        initial_picture_id: int = 0,
-    ) -> None:
-        """Create a packetizer.
-
-        Args:
-            payload_type: RTP payload type.
-            ssrc: RTP SSRC.
-            mtu: largest RTP packet, header included.
-            initial_sequence: first sequence number, or None for a random one.
-            initial_timestamp: the stream's first RTP timestamp (informational).
-            initial_picture_id: the first frame's PictureID (taken mod 2^15).
-
-        Raises:
-            ValueError: a parameter is out of range.
-        """
-        self._rtp = _RtpSequencer(
-            payload_type=payload_type,
-            ssrc=ssrc,
-            mtu=mtu,
-            initial_sequence=initial_sequence,
-            initial_timestamp=initial_timestamp,
-            min_payload=self._DESCRIPTOR_SIZE + self._SS_SIZE + 1,
-        )
-        self._picture_id = initial_picture_id & 0x7FFF
+    _MIN_PAYLOAD = _DESCRIPTOR_SIZE + _SS_SIZE + 1
 
     def packetize(self, frame: bytes, timestamp: int, *, keyframe: bool = False) -> list[RtpPacket]:
         """Split one VP9 frame (or encoder superframe) into RTP packets.
