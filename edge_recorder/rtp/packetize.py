@@ -125,14 +125,48 @@ class _RtpSequencer:
         return packets
 
 
-class _PictureIdPacketizer:
-    """What the VP8 and VP9 packetizers share: an RTP sequencer and a 15-bit PictureID.
+class _SimplePacketizer:
+    """Shared constructor of the packetizers whose only state is the RTP sequencer."""
+
+    _MIN_PAYLOAD = 1
+
+    def __init__(
+        self,
+        *,
+        payload_type: int,
+        ssrc: int,
+        mtu: int = 1200,
+        initial_sequence: int | None = None,
+        initial_timestamp: int = 0,
+    ) -> None:
+        """Create a packetizer.
+
+        Args:
+            payload_type: RTP payload type.
+            ssrc: RTP SSRC.
+            mtu: largest RTP packet, header included.
+            initial_sequence: first sequence number, or None for a random one.
+            initial_timestamp: the stream's first RTP timestamp (informational).
+
+        Raises:
+            ValueError: a parameter is out of range.
+        """
+        self._rtp = _RtpSequencer(
+            payload_type=payload_type,
+            ssrc=ssrc,
+            mtu=mtu,
+            initial_sequence=initial_sequence,
+            initial_timestamp=initial_timestamp,
+            min_payload=self._MIN_PAYLOAD,
+        )
+
+
+class _PictureIdPacketizer(_SimplePacketizer):
+    """What the VP8 and VP9 packetizers share: the RTP sequencer and a 15-bit PictureID.
 
     Subclasses set ``_MIN_PAYLOAD``: the smallest payload a packet of theirs
     needs (descriptor plus one byte of frame, plus any structure they add).
     """
-
-    _MIN_PAYLOAD: int
 
     def __init__(
         self,
@@ -157,13 +191,12 @@ class _PictureIdPacketizer:
         Raises:
             ValueError: a parameter is out of range.
         """
-        self._rtp = _RtpSequencer(
+        super().__init__(
             payload_type=payload_type,
             ssrc=ssrc,
             mtu=mtu,
             initial_sequence=initial_sequence,
             initial_timestamp=initial_timestamp,
-            min_payload=self._MIN_PAYLOAD,
         )
         self._picture_id = initial_picture_id & 0x7FFF
 
@@ -290,42 +323,6 @@ def split_annex_b(access_unit: bytes) -> list[bytes]:
             nals.append(nal)
         start = nxt
     return nals
-
-
-class _SimplePacketizer:
-    """Shared constructor of the packetizers whose only state is the RTP sequencer."""
-
-    _MIN_PAYLOAD = 1
-
-    def __init__(
-        self,
-        *,
-        payload_type: int,
-        ssrc: int,
-        mtu: int = 1200,
-        initial_sequence: int | None = None,
-        initial_timestamp: int = 0,
-    ) -> None:
-        """Create a packetizer.
-
-        Args:
-            payload_type: RTP payload type.
-            ssrc: RTP SSRC.
-            mtu: largest RTP packet, header included.
-            initial_sequence: first sequence number, or None for a random one.
-            initial_timestamp: the stream's first RTP timestamp (informational).
-
-        Raises:
-            ValueError: a parameter is out of range.
-        """
-        self._rtp = _RtpSequencer(
-            payload_type=payload_type,
-            ssrc=ssrc,
-            mtu=mtu,
-            initial_sequence=initial_sequence,
-            initial_timestamp=initial_timestamp,
-            min_payload=self._MIN_PAYLOAD,
-        )
 
 
 class H264Packetizer(_SimplePacketizer):
