@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import trio
 
@@ -134,6 +134,21 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _input_rows(inputs: Inputs) -> list[dict[str, Any]]:
+    """The inputs as the reports list them."""
+    return [
+        {
+            "key": s.definition.key,
+            "codec": s.definition.codec,
+            "width": s.definition.width,
+            "height": s.definition.height,
+            "fps": s.definition.fps,
+            "kbps": s.bitrate_kbps,
+        }
+        for s in inputs.streams
+    ]
+
+
 def _machine_line(machine: MachineInfo) -> str:
     return f"{machine.cpu_model}, {machine.logical_cores} logical cores, {machine.memory_gib} GiB RAM, load average before {machine.load_average[0]:.2f}"
 
@@ -214,17 +229,7 @@ def _run_rooms(args: argparse.Namespace, machine: MachineInfo, settings: Setting
         date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         seconds=args.room_seconds,
         machine=dataclasses.asdict(machine),
-        inputs=[
-            {
-                "key": s.definition.key,
-                "codec": s.definition.codec,
-                "width": s.definition.width,
-                "height": s.definition.height,
-                "fps": s.definition.fps,
-                "kbps": s.bitrate_kbps,
-            }
-            for s in inputs.streams
-        ],
+        inputs=_input_rows(inputs),
         small=small,
         large=large,
         rounds=tuple(rounds),
@@ -297,17 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seconds=args.seconds,
             machine=dataclasses.asdict(machine),
             settings=dataclasses.asdict(baseline_settings),
-            inputs=[
-                {
-                    "key": s.definition.key,
-                    "codec": s.definition.codec,
-                    "width": s.definition.width,
-                    "height": s.definition.height,
-                    "fps": s.definition.fps,
-                    "kbps": s.bitrate_kbps,
-                }
-                for s in inputs.streams
-            ],
+            inputs=_input_rows(inputs),
             baseline=baseline,
             points=tuple(points),
             sweep=args.sessions,

@@ -251,13 +251,12 @@ class StreamSync:
         self.sender_reports = 0
         self.last_offset_s: float | None = None  # mapped − arrival of the latest frame
 
-    def on_sender_report(self, ntp_s: float, rtp_timestamp: int, arrival_s: float) -> None:
+    def on_sender_report(self, ntp_s: float, rtp_timestamp: int) -> None:
         """Record a Sender Report of this stream's SSRC.
 
         Args:
             ntp_s: the SR's NTP timestamp in seconds.
             rtp_timestamp: its 32-bit RTP timestamp.
-            arrival_s: when it arrived (our timeline); unused, kept for logs.
         """
         self.sender_reports += 1
         self._sr = (ntp_s, rtp_timestamp & 0xFFFF_FFFF)

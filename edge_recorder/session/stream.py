@@ -43,7 +43,7 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from edge_recorder.errors import ParseError, UnsupportedCodecError
-from edge_recorder.rtp.assembler import AssembledFrame, FrameAssembler
+from edge_recorder.rtp.assembler import AssembledFrame, AssemblerStats, FrameAssembler
 from edge_recorder.rtp.depacketize import depacketizer_for
 from edge_recorder.rtp.nack import NackScheduler
 from edge_recorder.rtp.packet import RtpPacket, audio_level, is_rtcp_untrusted, parse_rtp_untrusted
@@ -229,6 +229,10 @@ class StreamReceiver:
         self._silence_dbov = silence_dbov if self._audio_level_id is not None and silence_dbov > -127 else None
         self._silence_hangover_s = silence_hangover_s
         self._audible_until = -1e9
+        # Counts of jitter buffers replaced (new SSRC, shown again, audible
+        # again), so the stats never go backwards.
+        self._earlier = AssemblerStats()
+        self._earlier_nacked = 0
         self._suppressing = False
         self._stats_due = 0.0
         self._raw: _stdlib_socket.socket | None = None
@@ -237,7 +241,6 @@ class StreamReceiver:
         self._unpolled = trio.Event()
         self.source_address: Any = None  # latched RTP source
         self.rtcp_address: Any = None  # latched RTCP source (non-mux)
-        self.sender_reports: dict[int, SenderReport] = {}
         self.stats = ReceiverStats()
         # mediasoup honours PLI on plain consumers whatever their feedback; FIR
         # only where the stream offers "ccm fir" and not "nack pli".
@@ -328,6 +331,8 @@ class StreamReceiver:
             if self._silence_dbov is not None:
                 if now_s > self._audible_until:
                     # Quiet for longer than the hangover: not even assembled.
+                    # Nothing to hear, and twenty such microphones would add
+                    # their noise floors into the mix (+13 dB).
                     self._suppressing = True
                     self.stats.frames_silent += 1
                     return
@@ -336,11 +341,7 @@ class StreamReceiver:
                     # so the jitter buffer starts afresh (audio needs no
                     # keyframe; the timeline mapping carries on).
                     self._suppressing = False
-                    self.assembler = FrameAssembler(
-                        depacketizer_for(self._codec.mime_type, self._codec.parameters), max_wait_s=self._max_wait_s
-                    )
-                    if self.nack is not None:
-                        self.nack = NackScheduler(max_age_s=self._max_wait_s)
+                    self._restart_jitter_buffer()
         if self.is_video and not self.visible:
             self.stats.packets_not_shown += 1
             self._hold_packet(packet, now_s)
@@ -349,7 +350,7 @@ class StreamReceiver:
             self.stats.recovered += 1
         for frame in self.assembler.push(packet, now_s):
             self._forward(frame)
-        self.stats.drops["duplicate"] = self.assembler.stats.duplicates
+        self.stats.drops["duplicate"] = self._earlier.duplicates + self.assembler.stats.duplicates
         if self.nack is not None:
             self.nack.update(self.assembler.missing_since(), now_s)
 
@@ -361,15 +362,23 @@ class StreamReceiver:
         )
         self.expected_ssrc = ssrc
         self.stats.ssrc_changes += 1
-        self.assembler = FrameAssembler(
-            depacketizer_for(self._codec.mime_type, self._codec.parameters), max_wait_s=self._max_wait_s
-        )
+        # A new sender may packetize differently (H.264 AUDs): a new depacketizer too.
+        self._depacketizer = depacketizer_for(self._codec.mime_type, self._codec.parameters)
+        self._restart_jitter_buffer()
         self.sync = StreamSync(self._codec.clock_rate, self.domain, absorb_changes=not self.is_video)
         self.rtx_ssrc = None  # the old RTX SSRC went with the old source
-        if self.nack is not None:
-            self.nack = NackScheduler(max_age_s=self._max_wait_s)
         self._held = None
         self._held_bytes = 0
+
+    def _restart_jitter_buffer(self) -> None:
+        """A fresh jitter buffer and NACK state; the old ones' counts carry on in the stats."""
+        earlier, old = self._earlier, self.assembler.stats
+        for counter in dataclasses.fields(AssemblerStats):
+            setattr(earlier, counter.name, getattr(earlier, counter.name) + getattr(old, counter.name))
+        self.assembler = FrameAssembler(self._depacketizer, max_wait_s=self._max_wait_s)
+        if self.nack is not None:
+            self._earlier_nacked += self.nack.stats.nacked
+            self.nack = NackScheduler(max_age_s=self._max_wait_s)
     def _handle_rtcp(self, data: bytes, address: Any, *, via_rtp_socket: bool) -> None:
         expected = self.source_address if via_rtp_socket else self.rtcp_address
         if expected is not None and address != expected:
@@ -384,19 +393,12 @@ class StreamReceiver:
             self.rtcp_address = address
         self.stats.rtcp_packets += 1
         for packet in packets:
-            if isinstance(packet, SenderReport):
+            if isinstance(packet, SenderReport) and packet.ssrc == self.expected_ssrc:
                 # A/V sync by Sender Reports (RFC 3550 §6.4.1).
-                self.sender_reports[packet.ssrc] = packet
-                if packet.ssrc == self.expected_ssrc:
-                    self.sync.on_sender_report(ntp_to_seconds(packet.ntp_timestamp), packet.rtp_timestamp, self._now())
+                self.sync.on_sender_report(ntp_to_seconds(packet.ntp_timestamp), packet.rtp_timestamp)
 
     def _forward(self, frame: AssembledFrame) -> None:
         self.stats.frames += 1
-        if not self.is_video and self._silence_dbov is not None and frame.arrival > self._audible_until:
-            # A quiet microphone in a big room: nothing to hear, and twenty of
-            # them would add their noise floors into the mix (+13 dB).
-            self.stats.frames_silent += 1
-            return
         if self.is_video and not self.visible:
             self.stats.frames_held_invisible += 1  # assembled just before it was hidden
             return
@@ -458,9 +460,7 @@ class StreamReceiver:
         self._held_bytes = 0
         # The jitter buffer saw none of the hidden packets: start it afresh
         # (gated on a keyframe) rather than let it wait for a gap of thousands.
-        self.assembler = FrameAssembler(self._depacketizer, max_wait_s=self._max_wait_s)
-        if self.nack is not None:
-            self.nack = NackScheduler(max_age_s=self._max_wait_s)
+        self._restart_jitter_buffer()
         if held:
             self.stats.gop_flushes += 1
             for packet, arrival in held:
@@ -510,11 +510,11 @@ class StreamReceiver:
 
     def _refresh_stats(self) -> None:
         """Copy what the pure cores counted into the stats the metrics read."""
-        a = self.assembler.stats
+        a, e = self.assembler.stats, self._earlier
         st = self.stats
-        st.lost, st.late = a.lost, a.late
-        st.frames_dropped_incomplete = a.frames_incomplete_dropped
-        st.frames_dropped_awaiting_keyframe = a.frames_dropped_awaiting_keyframe
+        st.lost, st.late = e.lost + a.lost, e.late + a.late
+        st.frames_dropped_incomplete = e.frames_incomplete_dropped + a.frames_incomplete_dropped
+        st.frames_dropped_awaiting_keyframe = e.frames_dropped_awaiting_keyframe + a.frames_dropped_awaiting_keyframe
         st.sync_source = self.sync.source
         st.clock_drift_ppm = round(self.domain.skew_ppm, 1)
         st.placement_offset_s = self.sync.last_offset_s
@@ -541,7 +541,7 @@ class StreamReceiver:
                 self.stats.drops["rtcp-send-error"] += 1
                 log.debug("NACK send failed: %s", exc)
                 break
-        self.stats.nacked = self.nack.stats.nacked
+        self.stats.nacked = self._earlier_nacked + self.nack.stats.nacked
 
     # -- loops ---------------------------------------------------------------------
 

@@ -42,8 +42,8 @@ def test_sender_reports_align_audio_and_video_despite_path_delays() -> None:
     for step in range(3000):  # 60 s of 20 ms steps
         t = step * 0.02
         if step % 50 == 0:  # SRs every second on both
-            audio.on_sender_report(sender.ntp(t), sender.rtp(t, 48000, a0) & 0xFFFFFFFF, t)
-            video.on_sender_report(sender.ntp(t), sender.rtp(t, 90000, v0) & 0xFFFFFFFF, t)
+            audio.on_sender_report(sender.ntp(t), sender.rtp(t, 48000, a0) & 0xFFFFFFFF)
+            video.on_sender_report(sender.ntp(t), sender.rtp(t, 90000, v0) & 0xFFFFFFFF)
         a = audio.media_time(sender.rtp(t, 48000, a0), t + 0.010 + rng.uniform(0, 0.02))
         # Video takes 80 ms longer on its path (a bigger frame, another route).
         v = video.media_time(sender.rtp(t, 90000, v0), t + 0.090 + rng.uniform(0, 0.03))
@@ -78,7 +78,7 @@ def test_drift_is_estimated_and_followed_for_half_an_hour(skew_ppm: float) -> No
     for step in range(18000):  # 30 min at 10 frames/s
         t = step * 0.1
         if step % 10 == 0:
-            stream.on_sender_report(sender.ntp(t), sender.rtp(t, 48000, 7) & 0xFFFFFFFF, t)
+            stream.on_sender_report(sender.ntp(t), sender.rtp(t, 48000, 7) & 0xFFFFFFFF)
         arrival = t + 0.02 + rng.expovariate(1 / 0.005)
         mapped = stream.media_time(sender.rtp(t, 48000, 7), arrival)
         if step > 600:
@@ -153,7 +153,7 @@ def test_switch_from_arrival_to_sender_reports_does_not_jump() -> None:
     for step in range(400):  # the 20 ms carry decays at 4 ms/s
         t = step * 0.05
         if step == 50:
-            stream.on_sender_report(sender.ntp(t), sender.rtp(t, 90000, 0), t)
+            stream.on_sender_report(sender.ntp(t), sender.rtp(t, 90000, 0))
         mapped = stream.media_time(sender.rtp(t, 90000, 0), t + 0.05)
         if previous is not None:
             assert abs((mapped - previous) - 0.05) <= 0.004 * 0.05 + 1e-6
@@ -169,10 +169,10 @@ def test_a_stale_sender_report_after_a_reset_is_dropped() -> None:
     for step in range(60):
         t = step * 0.05
         if step == 0:
-            stream.on_sender_report(sender.ntp(t), sender.rtp(t, 90000, 0), t)
+            stream.on_sender_report(sender.ntp(t), sender.rtp(t, 90000, 0))
         stream.media_time(sender.rtp(t, 90000, 0), t)
     # An SR whose RTP timestamp is ten seconds off the frames' timestamps.
-    stream.on_sender_report(sender.ntp(3.0), sender.rtp(13.0, 90000, 0), 3.0)
+    stream.on_sender_report(sender.ntp(3.0), sender.rtp(13.0, 90000, 0))
     mapped = stream.media_time(sender.rtp(3.05, 90000, 0), 3.05)
     assert stream.source == SyncSource.ARRIVAL
     assert mapped == pytest.approx(3.05, abs=0.01)
