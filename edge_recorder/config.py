@@ -111,6 +111,9 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "RECORDING_KEYFRAME_REQUEST_INTERVAL_MS",
     "RECORDING_UDP_RCVBUF_BYTES",
     "RECORDING_STREAM_QUEUE_PACKETS",
+    "RECORDING_RTP_MAX_DATAGRAM_BYTES",
+    "RECORDING_MAX_FRAME_BYTES",
+    "RECORDING_RTP_SOURCE_MOVE_ANY_HOST",
     "RECORDING_S3_BUCKET",
     "RECORDING_S3_PREFIX",
     "AWS_REGION",
@@ -126,6 +129,11 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "RECORDING_CONTROL_ALLOW_INSECURE",
     "RECORDING_CONTROL_DIAL_URL",
     "RECORDING_CONTROL_RATE_LIMIT",
+    "RECORDING_CONTROL_MAX_CONNECTIONS",
+    "RECORDING_CONTROL_MAX_CONNECTIONS_PER_IP",
+    "RECORDING_CONTROL_HANDSHAKE_TIMEOUT_S",
+    "RECORDING_METRICS_MAX_CONNECTIONS",
+    "RECORDING_METRICS_REQUEST_TIMEOUT_S",
     "RECORDING_METRICS_HOST",
     "RECORDING_METRICS_PORT",
     "RECORDING_MEDIA_TIMEOUT_S",
@@ -133,6 +141,7 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "RECORDING_CONTROLLER_GRACE_S",
     "RECORDING_MAX_DURATION_S",
     "RECORDING_DRAIN_TIMEOUT_S",
+    "RECORDING_MIN_FREE_DISK_MIB",
     "RECORDING_S3_SSE_C_KEY",
     "RECORDING_S3_PART_SIZE_MIB",
     "RECORDING_S3_UPLOAD_MODE",
@@ -254,6 +263,18 @@ class IngestSettings:
     # Audio whose RFC 6464 level stays below this many dBov (voice flag off)
     # is not decoded or mixed; -127 mixes everything.
     audio_silence_dbov: int = -55
+    # Largest UDP datagram (RTP or RTCP) a stream's socket accepts, bytes;
+    # anything longer is dropped unparsed and counted (near the path MTU: an
+    # SFU never sends more; 1500 leaves room for RTX and header extensions).
+    max_datagram_bytes: int = 1500
+    # Largest assembled video frame, bytes; a frame that grows past it is
+    # dropped (counted) and a keyframe requested. Also bounds each jitter
+    # buffer (a few frames' worth) and the worker pipe's messages.
+    max_frame_bytes: int = 4 * 1024 * 1024
+    # Allow a stream's latched source to move to another host (the same SSRC
+    # after RECORDING_JITTER-long silence); false: only another port of the
+    # same host (NAT rebinding, an SFU worker restart).
+    source_move_any_host: bool = False
 
 
 @dataclass(frozen=True)
@@ -334,9 +355,19 @@ class ControlSettings:
     # Requests per second one connection may send (burst twice that) before
     # getting "rate limited" errors.
     rate_limit_per_s: int = 50
+    # Control connections open at once (handshaking or established), in all
+    # and from one IP address; more are refused before any parsing.
+    max_connections: int = 64
+    max_connections_per_ip: int = 16
+    # Seconds a new control connection has to complete its WebSocket handshake.
+    handshake_timeout_s: float = 5.0
     # Address and port of /metrics, /healthz and /readyz; port 0 picks one.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
+    # Connections the /metrics listener serves at once (at most a quarter of
+    # them from one IP address), and seconds a client has to send a request head.
+    metrics_max_connections: int = 64
+    metrics_request_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -357,6 +388,10 @@ class LifecycleSettings:
     # Longest a graceful stop may take to finalise one session, and the
     # service's drain deadline on SIGTERM.
     drain_timeout_s: float = 30.0
+    # Free space RECORDING_TMP_DIR must keep, MiB: below it /readyz says not
+    # ready and recording.start is refused (a spool that fills the disk loses
+    # the recording being written, not only the new one).
+    min_free_disk_mib: int = 256
 
 
 @dataclass(frozen=True)
@@ -716,6 +751,9 @@ def _build(r: _Reader, config_file: Path | None) -> Settings:
         ),
         stream_queue_packets=r.integer("RECORDING_STREAM_QUEUE_PACKETS", 512, 16, 65_536),
         audio_silence_dbov=r.integer("RECORDING_AUDIO_SILENCE_DBOV", -55, -127, 0),
+        max_datagram_bytes=r.integer("RECORDING_RTP_MAX_DATAGRAM_BYTES", 1500, 576, 65_507),
+        max_frame_bytes=r.integer("RECORDING_MAX_FRAME_BYTES", 4 * 1024 * 1024, 64 * 1024, 15 * 1024 * 1024),
+        source_move_any_host=r.boolean("RECORDING_RTP_SOURCE_MOVE_ANY_HOST", False),
     )
     # A jitter buffer that holds a frame longer than the playout delay releases
     # it after the compositor has already moved past its timestamp.
@@ -783,6 +821,7 @@ def _build(r: _Reader, config_file: Path | None) -> Settings:
             controller_grace_s=r.number("RECORDING_CONTROLLER_GRACE_S", 30.0, 0.0, 86_400.0),
             max_duration_s=r.number("RECORDING_MAX_DURATION_S", 0.0, 0.0, 7 * 86_400.0),
             drain_timeout_s=r.number("RECORDING_DRAIN_TIMEOUT_S", 30.0, 1.0, 3_600.0),
+            min_free_disk_mib=r.integer("RECORDING_MIN_FREE_DISK_MIB", 256, 0, 1_048_576),
         ),
         config_file=config_file,
     )
@@ -842,6 +881,14 @@ def _build_state(r: _Reader) -> StateSettings:
 
 def _build_control(r: _Reader) -> ControlSettings:
     token = r.optional("RECORDING_CONTROL_TOKEN", r"[\x21-\x7e]{16,256}", "16..256 printable characters without spaces")
+    max_connections = r.integer("RECORDING_CONTROL_MAX_CONNECTIONS", 64, 1, 4096)
+    per_ip = r.integer("RECORDING_CONTROL_MAX_CONNECTIONS_PER_IP", 16, 1, 4096)
+    if per_ip > max_connections:
+        raise r.fail(
+            "RECORDING_CONTROL_MAX_CONNECTIONS_PER_IP",
+            f"exceeds RECORDING_CONTROL_MAX_CONNECTIONS={max_connections}",
+            "at most RECORDING_CONTROL_MAX_CONNECTIONS",
+        )
     return ControlSettings(
         host=r.parsed("RECORDING_CONTROL_HOST", "127.0.0.1", _ip_literal, "an IPv4 or IPv6 address literal"),
         port=r.integer("RECORDING_CONTROL_PORT", 8765, 0, 65535),
@@ -850,6 +897,11 @@ def _build_control(r: _Reader) -> ControlSettings:
         allow_insecure=r.boolean("RECORDING_CONTROL_ALLOW_INSECURE", False),
         dial_url=r.parsed("RECORDING_CONTROL_DIAL_URL", None, _ws_url, "a ws:// or wss:// URL, or empty"),
         rate_limit_per_s=r.integer("RECORDING_CONTROL_RATE_LIMIT", 50, 1, 100_000),
+        max_connections=max_connections,
+        max_connections_per_ip=per_ip,
+        handshake_timeout_s=r.number("RECORDING_CONTROL_HANDSHAKE_TIMEOUT_S", 5.0, 0.5, 60.0),
+        metrics_max_connections=r.integer("RECORDING_METRICS_MAX_CONNECTIONS", 64, 4, 4096),
+        metrics_request_timeout_s=r.number("RECORDING_METRICS_REQUEST_TIMEOUT_S", 5.0, 0.5, 60.0),
         metrics_host=r.parsed("RECORDING_METRICS_HOST", "127.0.0.1", _ip_literal, "an IPv4 or IPv6 address literal"),
         metrics_port=r.integer("RECORDING_METRICS_PORT", 9464, 0, 65535),
     )
