@@ -27,7 +27,9 @@ catch our names only::
     │   ├── RoomAlreadyRecordingError  the room has an active session (names it)
     │   ├── AtCapacityError         this node runs as many sessions as it may
     │   ├── SessionNotActiveError   the session is stopping or ended
-    │   └── ShuttingDownError       the service is draining and takes no new work
+    │   ├── ShuttingDownError       the service is draining and takes no new work
+    │   └── InsufficientStorageError  RECORDING_TMP_DIR is below its free-space floor (or full)
+    ├── SpoolError                  the node's spool directory is unusable (locked by another node, a file exists)
     ├── SharedStateError            the shared state store (Redis) failed or did not answer
     ├── StorageError                an object-store request failed (``destination`` says whose fault)
     │   └── UploadFailedError       retries ran out; the spool file is kept (names its path)
@@ -186,6 +188,19 @@ class SessionNotActiveError(SessionError):
 
 class ShuttingDownError(SessionError):
     """The service is draining (SIGTERM) and starts nothing new."""
+
+
+class InsufficientStorageError(SessionError):
+    """``RECORDING_TMP_DIR`` has less free space than ``RECORDING_MIN_FREE_DISK_MIB`` (or is full)."""
+
+
+class SpoolError(EdgeRecorderError):
+    """The node's spool directory cannot be used as asked.
+
+    Raised when another running node holds the directory's lock, or when a
+    recording's spool file already exists (a finished recording is never
+    written over).
+    """
 
 
 class StorageError(EdgeRecorderError):

@@ -66,6 +66,7 @@ from edge_recorder.errors import (
     RtpParametersError,
     SessionNotActiveError,
     ShuttingDownError,
+    InsufficientStorageError,
     UnknownSessionError,
     UnsupportedCodecError,
 )
@@ -218,6 +219,7 @@ class ErrorCode(enum.IntEnum):
     SESSION_NOT_ACTIVE = -32007  # the session is stopping or ended (e.g. addStream after stop)
     RATE_LIMITED = -32008  # more than RATE_LIMIT_PER_S requests/s (burst RATE_LIMIT_BURST); not executed
     SHUTTING_DOWN = -32009  # the recorder is draining (SIGTERM) and starts nothing new
+    INSUFFICIENT_STORAGE = -32010  # RECORDING_TMP_DIR is below RECORDING_MIN_FREE_DISK_MIB; use another node
 
 
 #: The ``data`` members of an AT_CAPACITY error.
@@ -646,6 +648,7 @@ def error_from_exception(exc: EdgeRecorderError, request_id: RequestId = None) -
         (UnsupportedCodecError, ErrorCode.UNSUPPORTED_CODEC),
         (SessionNotActiveError, ErrorCode.SESSION_NOT_ACTIVE),
         (ShuttingDownError, ErrorCode.SHUTTING_DOWN),
+        (InsufficientStorageError, ErrorCode.INSUFFICIENT_STORAGE),
     )
     for kind, code in simple:
         if isinstance(exc, kind):

@@ -443,10 +443,16 @@ class FragmentedMp4Writer:
         self._audio_pending_n = 0
         self._audio_next = 0  # sample index the next input sample should have
         self._audio_encoded = 0  # sample index of the next AAC frame's first sample
+        # Never truncate: the session created the spool exclusively (empty,
+        # 0600); a file that already holds bytes is a recording, and a
+        # recording is never written over. O_NOFOLLOW: a planted link is refused.
         try:
-            self._fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            self._fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise MediaError(f"cannot open {os.fspath(path)!r} for writing: {exc}") from exc
+        if os.fstat(self._fd).st_size > 0:
+            os.close(self._fd)
+            raise MediaError(f"{os.fspath(path)!r} already holds a recording; it is never written over")
         try:
             self._container, self._video, self._audio = self._open(settings)
         except BaseException:
