@@ -19,9 +19,19 @@ The rules, and why:
   it but arriving after it are not lost; nothing else is delayed.
 - Audio (Opus, RFC 7587): every packet is a frame; a missing packet is skipped
   after ``max_wait_s``; no gating (the decoder conceals).
-- Memory is bounded: the window of sequence numbers held (received or missing)
-  never exceeds ``max_packets``; on overflow the oldest frames are dropped and
-  video gates on a keyframe.
+- Memory is bounded in packets and in bytes: the window of sequence numbers
+  held (received or missing) never exceeds ``max_packets``, and the payload
+  bytes held never exceed ``max_buffer_bytes``; on overflow the oldest frames
+  are dropped and video gates on a keyframe. A frame larger than
+  ``max_frame_bytes`` is dropped (counted, gated) instead of being handed on:
+  the decoder's pipe has a message limit, and no camera or screen share sends
+  a frame anywhere near it.
+- A jump forward by more than ``max_gap`` sequence numbers is loss, not a gap
+  to repair: everything before it is given up at once (counted as lost) and
+  video gates on a keyframe, so the NACK scheduler never sees hundreds of
+  numbers to ask for (a few crafted packets must not buy thousands of NACKs)
+  and one keyframe request replaces them. Past a few hundred packets the
+  retransmissions could not arrive inside ``max_wait_s`` anyway.
 
 Time is passed in (``arrival``, ``now``): the I/O shell reads Trio's clock and
 wakes at :meth:`FrameAssembler.next_deadline`, so tests drive it with virtual time.
@@ -42,6 +52,11 @@ __all__ = ["AssembledFrame", "AssemblerStats", "FrameAssembler"]
 
 # RFC 3550 §A.1: a jump back by more than this is a sender restart candidate.
 _MAX_DROPOUT = 3000
+#: Default ``max_gap``: a jump forward past this is loss plus a keyframe
+#: request, not NACKs (300 packets is a second of 1080p video at 3 Mbit/s).
+DEFAULT_MAX_GAP = 300
+#: Default ``max_frame_bytes`` (RECORDING_MAX_FRAME_BYTES).
+DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +95,11 @@ class AssemblerStats:
             discarded because the frame could not be completed.
         frames_dropped_awaiting_keyframe: complete frames dropped while gated.
         depacketize_errors: complete frames the depacketizer rejected.
+        frames_oversize: complete frames dropped for being larger than
+            ``max_frame_bytes``.
+        packets_dropped_bytes: held packets dropped because the buffer held
+            more than ``max_buffer_bytes``.
+        gap_jumps: forward jumps past ``max_gap`` treated as loss.
         keyframe_requests: transitions into waiting for a keyframe.
         lost: sequence numbers given up on (never arrived in time).
     """
@@ -94,6 +114,9 @@ class AssemblerStats:
     depacketize_errors: int = 0
     keyframe_requests: int = 0
     lost: int = 0
+    frames_oversize: int = 0
+    packets_dropped_bytes: int = 0
+    gap_jumps: int = 0
 
 
 @dataclass(slots=True)
@@ -189,6 +212,9 @@ class FrameAssembler:
         *,
         max_wait_s: float = 0.15,
         max_packets: int = 2048,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        max_buffer_bytes: int | None = None,
+        max_gap: int = DEFAULT_MAX_GAP,
     ) -> None:
         """Create an assembler.
 
@@ -197,14 +223,31 @@ class FrameAssembler:
             max_wait_s: how long a gap may stay open before we give up on it, in
                 seconds (room for NACK/RTX; recording is not interactive).
             max_packets: the most sequence numbers (held or missing) kept at once.
+            max_frame_bytes: the largest frame handed on, in bytes (payload
+                and depacketized); larger ones are dropped.
+            max_buffer_bytes: the most payload bytes held at once; default
+                twice ``max_frame_bytes``: one frame at the limit being
+                assembled plus the one behind it that completes it. More is
+                never useful, since a bigger frame would be dropped anyway.
+            max_gap: a forward jump past this many missing sequence numbers
+                is given up at once (loss and a keyframe request, no NACK).
 
         Raises:
-            ValueError: max_wait_s is negative or max_packets is below 2.
+            ValueError: max_wait_s is negative, max_packets below 2, or a
+                byte bound or max_gap below 1.
         """
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s must be >= 0, not {max_wait_s}")
         if max_packets < 2:
             raise ValueError(f"max_packets must be >= 2, not {max_packets}")
+        if max_buffer_bytes is None:
+            max_buffer_bytes = 2 * max_frame_bytes
+        if max_frame_bytes < 1 or max_buffer_bytes < 1 or max_gap < 1:
+            raise ValueError("max_frame_bytes, max_buffer_bytes and max_gap must be >= 1")
+        self._max_frame_bytes = max_frame_bytes
+        self._max_buffer_bytes = max_buffer_bytes
+        self._max_gap = max_gap
+        self._bytes = 0  # payload bytes held in _packets
         self._depacketizer = depacketizer
         self._video = depacketizer.kind == "video"
         self._max_wait_s = max_wait_s
@@ -248,6 +291,11 @@ class FrameAssembler:
         """How many packets are held right now (never above ``max_packets``)."""
         return len(self._packets)
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Payload bytes held right now (never above ``max_buffer_bytes``)."""
+        return self._bytes
+
     def push(self, packet: RtpPacket, arrival: float) -> list[AssembledFrame]:
         """Add a packet and return the frames it completes.
 
@@ -270,7 +318,7 @@ class FrameAssembler:
             if seq in self._recent:
                 self.stats.duplicates += 1
                 return self._advance(arrival)
-            if self._startup and self._highest - seq < self._max_packets:
+            if self._startup and self._highest - seq < self._max_packets and self._next - seq <= self._max_gap:
                 # Nothing consumed yet: a reordered earlier packet (perhaps the
                 # keyframe's first) moves the start back instead of being late.
                 for missing in range(seq + 1, self._next):
@@ -297,9 +345,21 @@ class FrameAssembler:
             return self._advance(arrival)
         self._bad_seq = None
         out: list[AssembledFrame] = []
-        if seq - self._next + 1 > self._max_packets:
+        if seq - self._highest - 1 > self._max_gap:
+            # Loss, not a gap to repair (module doc): give up everything before.
+            self.stats.gap_jumps += 1
+            out = self._overflow(seq, arrival, jump=True)
+        elif seq - self._next + 1 > self._max_packets:
             out = self._overflow(seq, arrival)
+        size = len(packet.payload)
+        if self._bytes + size > self._max_buffer_bytes:
+            out += self._shed_bytes(size, arrival)
+            if seq < self._next:
+                # It was older than everything shed: it is dropped with them.
+                self.stats.packets_dropped_bytes += 1
+                return out + self._advance(arrival)
         self._packets[seq] = _Entry(packet, arrival, self._ts_unwrapper.unwrap(packet.timestamp))
+        self._bytes += size
         self._missing.pop(seq, None)
         if seq > self._highest:
             for missing in range(self._highest + 1, seq):
@@ -409,6 +469,7 @@ class FrameAssembler:
             The removed entry.
         """
         entry = self._packets.pop(seq)
+        self._bytes -= len(entry.packet.payload)
         self._recent.add(seq)
         self._next = seq + 1
         self._prev = (entry.timestamp, entry.packet.marker)
@@ -439,13 +500,54 @@ class FrameAssembler:
         self._startup = False
         self._enter_gate()
 
-    def _overflow(self, seq: int, now: float) -> list[AssembledFrame]:
+    def _overflow(self, seq: int, now: float, *, jump: bool = False) -> list[AssembledFrame]:
         """Make room for ``seq``: drop the oldest packets so the window fits.
 
         Complete frames held only by the start-up wait are emitted first.
 
         Args:
             seq: the sequence number about to be stored (above the window).
+            now: the current time.
+            jump: ``seq`` jumped past ``max_gap``: give up everything before it.
+
+        Returns:
+            Frames emitted by ending the start-up wait early.
+        """
+        out: list[AssembledFrame] = []
+        if self._startup:
+            self._startup = False
+            out = self._advance(now)
+        assert self._next is not None and self._highest is not None
+        if jump:
+            # Numbers between the highest and seq were never missing: count
+            # them lost here, as the window restarts at seq.
+            self.stats.lost += max(0, seq - max(self._highest + 1, self._next))
+            new_next = seq
+        else:
+            if seq - self._next + 1 <= self._max_packets:
+                return out
+            new_next = seq - self._max_packets + 1
+            if new_next > self._highest:
+                new_next = seq  # nothing held in between: restart the window at seq
+        for old in sorted(s for s in self._packets if s < new_next):
+            self._discard(old)
+        for old in [s for s in self._missing if s < new_next]:
+            del self._missing[old]
+            self.stats.lost += 1
+        self._next = new_next
+        self._highest = max(self._highest, new_next - 1)
+        self._prev = None
+        self._startup = False
+        self._enter_gate()
+        return out
+
+    def _shed_bytes(self, incoming: int, now: float) -> list[AssembledFrame]:
+        """Drop the oldest held packets until ``incoming`` more bytes fit the byte bound.
+
+        What is dropped cannot complete its frame: counted, and video gates.
+
+        Args:
+            incoming: the payload size of the packet about to be stored.
             now: the current time.
 
         Returns:
@@ -456,20 +558,21 @@ class FrameAssembler:
             self._startup = False
             out = self._advance(now)
         assert self._next is not None and self._highest is not None
-        if seq - self._next + 1 <= self._max_packets:
-            return out
-        new_next = seq - self._max_packets + 1
-        if new_next > self._highest:
-            new_next = seq  # nothing held in between: restart the window at seq
-        for old in sorted(s for s in self._packets if s < new_next):
-            self._discard(old)
-        for old in [s for s in self._missing if s < new_next]:
-            del self._missing[old]
+        shed = 0
+        for oldest in sorted(self._packets):
+            if self._bytes + incoming <= self._max_buffer_bytes:
+                break
+            self._discard(oldest)
+            shed += 1
+        if not shed:
+            return out  # ending the start-up wait made the room
+        self.stats.packets_dropped_bytes += shed
+        # The head moves past what was dropped (to the highest when it all went).
+        self._next = max(self._next, min(self._packets) if self._packets else self._highest + 1)
+        for missing in [s for s in self._missing if s < self._next]:
+            del self._missing[missing]
             self.stats.lost += 1
-        self._next = new_next
-        self._highest = max(self._highest, new_next - 1)
         self._prev = None
-        self._startup = False
         self._enter_gate()
         return out
 
@@ -554,6 +657,12 @@ class FrameAssembler:
                 seq += 1
         return out
 
+    def _oversize(self) -> None:
+        """Drop a frame over ``max_frame_bytes``; later frames would reference it."""
+        self.stats.frames_oversize += 1
+        self._waiting_for_keyframe = False  # a new transition: one more request
+        self._enter_gate()
+
     def _emit(self, first_seq: int, entries: list[_Entry], out: list[AssembledFrame]) -> None:
         """Depacketize a complete frame and emit it unless the gate drops it.
 
@@ -569,11 +678,17 @@ class FrameAssembler:
         if self._waiting_for_keyframe and not keyframe:
             self.stats.frames_dropped_awaiting_keyframe += 1
             return
+        if sum(len(e.packet.payload) for e in entries) > self._max_frame_bytes:
+            self._oversize()
+            return
         try:
             data = self._depacketizer.depacketize([e.packet.payload for e in entries])
         except DepacketizeError:
             self.stats.depacketize_errors += 1
             self._enter_gate()
+            return
+        if len(data) > self._max_frame_bytes:
+            self._oversize()  # start codes added by the depacketizer tipped it over
             return
         if keyframe:
             self._waiting_for_keyframe = False

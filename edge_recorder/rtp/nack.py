@@ -20,6 +20,11 @@ The rules, and why:
   up on (or dropped on overflow) disappears from it and is forgotten here at
   the next :meth:`~NackScheduler.update`, so we never ask for a packet that
   would be thrown away as late.
+- **Huge gaps are not asked for.** A jump forward past the assembler's
+  ``max_gap`` (a few hundred numbers) never shows up as missing: the
+  assembler counts it as loss and asks for a keyframe once, so a few crafted
+  packets cannot make us NACK thousands of numbers. What feedback is sent at
+  all is the receiver's decision (probation and a byte budget, ``rtp/trust.py``).
 - **Reorder grace.** The first NACK for a gap goes ``reorder_grace_s`` after
   the gap was seen (default 15 ms). Packets are routinely reordered by a few
   milliseconds (the SFU's pacer, NIC queues, multipath); asking at once would

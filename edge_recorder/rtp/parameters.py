@@ -39,6 +39,8 @@ URI_AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 URI_ABS_CAPTURE_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time"
 
 _ROOT = "(root)"
+#: RFC 5761 §4: payload types that alias RTCP packet types 192-223 on a muxed port.
+RTCP_COLLIDING_PAYLOAD_TYPES = (64, 95)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +256,17 @@ class RtpParameters:
         )
         rtcp_value = root.get("rtcp")
         rtcp = RtcpParameters() if rtcp_value is None else _parse_rtcp(rtcp_value, "rtcp")
+        if rtcp.mux:
+            for i, codec in enumerate(codecs):
+                if RTCP_COLLIDING_PAYLOAD_TYPES[0] <= codec.payload_type <= RTCP_COLLIDING_PAYLOAD_TYPES[1]:
+                    # RFC 5761 §4: with RTP and RTCP on one port, RTCP packet
+                    # types 192-223 read as marker + PT 64-95; such a stream
+                    # cannot be told from RTCP and is refused, not misread.
+                    raise RtpParametersError(
+                        f"codecs[{i}].payloadType",
+                        f"payload type {codec.payload_type} collides with RTCP on a muxed port "
+                        "(RFC 5761 §4: 64-95 are not allowed with rtcp.mux); use 96-127 or 0-63",
+                    )
         mid = _optional_str(root, "mid", "mid")
         return cls(codecs, extensions, encodings, rtcp, mid)
 

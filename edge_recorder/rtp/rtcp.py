@@ -19,7 +19,7 @@ where ``count`` is RC (SR/RR), SC (SDES/BYE) or FMT (feedback, RFC 4585 §6.1).
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
@@ -27,6 +27,8 @@ from edge_recorder.errors import RtcpParseError
 from edge_recorder.rtp.seqnum import seq_distance
 
 __all__ = [
+    "MAX_COMPOUND_PACKETS",
+    "MAX_NACK_ITEMS",
     "NTP_UNIX_EPOCH_OFFSET_S",
     "Bye",
     "Fir",
@@ -77,6 +79,14 @@ _REPORT_BLOCK = struct.Struct("!IIIIII")
 _FEEDBACK = struct.Struct("!II")
 _NACK_ITEM = struct.Struct("!HH")
 _FIR_ITEM = struct.Struct("!IB3x")
+
+#: The most packets one compound may hold. Real ones hold two to four (SR or
+#: RR, SDES, perhaps BYE or feedback); the bound keeps one datagram's cost
+#: (objects made, time on the event loop) small whatever its size.
+MAX_COMPOUND_PACKETS = 64
+#: The most PID+BLP entries parsed from one generic NACK: each expands to up
+#: to 17 numbers. A sender's NACKs carry far fewer (ours at most 64 numbers).
+MAX_NACK_ITEMS = 256
 
 
 @dataclass(slots=True)
@@ -286,7 +296,12 @@ def is_rtcp_packet_type(packet_type: int) -> bool:
 # ------------------------------------------------------------------------- parse
 
 
-def parse_rtcp_untrusted(data: bytes | bytearray | memoryview) -> list[RtcpPacket]:
+def parse_rtcp_untrusted(
+    data: bytes | bytearray | memoryview,
+    *,
+    types: Container[int] | None = None,
+    max_packets: int = MAX_COMPOUND_PACKETS,
+) -> list[RtcpPacket]:
     """Parse a compound RTCP packet received from the network.
 
     Validates version, packet type range, every length field against the
@@ -296,12 +311,18 @@ def parse_rtcp_untrusted(data: bytes | bytearray | memoryview) -> list[RtcpPacke
 
     Args:
         data: one UDP datagram.
+        types: when given, only packets of these types (PT) are parsed and
+            returned; the others are checked (header, length, padding) and
+            skipped without looking at their bodies. The receiver reads SRs
+            only: parsing what it does not use is cost an attacker chooses.
+        max_packets: the most packets the compound may hold.
 
     Returns:
         The packets in order.
 
     Raises:
-        RtcpParseError: the datagram is empty or malformed.
+        RtcpParseError: the datagram is empty or malformed, or holds more
+            than ``max_packets`` packets.
     """
     if type(data) is memoryview and data.format != "B":
         try:
@@ -313,6 +334,7 @@ def parse_rtcp_untrusted(data: bytes | bytearray | memoryview) -> list[RtcpPacke
         raise RtcpParseError("empty RTCP datagram")
     packets: list[RtcpPacket] = []
     pos = 0
+    count = 0
     while pos < length:
         if length - pos < 4:
             raise RtcpParseError(f"RTCP packet header truncated at byte {pos}")
@@ -337,7 +359,11 @@ def parse_rtcp_untrusted(data: bytes | bytearray | memoryview) -> list[RtcpPacke
                     f"RTCP padding count {padding} is invalid for a {end - start}-byte body"
                 )
             body_end = end - padding
-        packets.append(_parse_packet(packet_type, b0 & 0x1F, data, start, body_end))
+        count += 1
+        if count > max_packets:
+            raise RtcpParseError(f"RTCP compound holds more than {max_packets} packets")
+        if types is None or packet_type in types:
+            packets.append(_parse_packet(packet_type, b0 & 0x1F, data, start, body_end))
         pos = end
     return packets
 
@@ -437,6 +463,8 @@ def _parse_rtpfb(fmt: int, data: _Buffer, start: int, end: int) -> RtcpPacket | 
     fci = end - start - _FEEDBACK.size
     if fci <= 0 or fci % _NACK_ITEM.size:
         raise RtcpParseError(f"generic NACK needs 4-byte FCI entries, has {fci} bytes of FCI")
+    if fci // _NACK_ITEM.size > MAX_NACK_ITEMS:
+        raise RtcpParseError(f"generic NACK with {fci // _NACK_ITEM.size} FCI entries exceeds {MAX_NACK_ITEMS}")
     sender, media = _FEEDBACK.unpack_from(data, start)
     lost: list[int] = []
     for pos in range(start + _FEEDBACK.size, end, _NACK_ITEM.size):

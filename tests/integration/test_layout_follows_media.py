@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from functools import partial
 from typing import Any
 
 import av
@@ -152,15 +151,18 @@ async def test_share_stops_and_restarts_and_a_muted_camera_returns_with_a_new_ss
         camera_sending.cancel()
         muted_at = session.duration_s
         await trio.sleep(10.0)
-        # ... and comes back from a restarted sender: new SSRC, new port.
-        receiver = _receiver(session, "p0-cam")
+        # ... and comes back from a restarted sender with a new SSRC: the
+        # documented path, a new addStream under the same producerId (an
+        # undeclared SSRC on the old port is a stranger's and is dropped).
         back = dataclasses.replace(cam, ssrc=random.getrandbits(32))
-        senders.start_soon(partial(run_producer, back, (settings.bind_ip, receiver.rtp_socket.getsockname()[1])))
+        await _add(session, back, senders)
+        receiver = _receiver(session, "p0-cam")
         await trio.sleep(4.0)
         await session.stop("host")
         senders.cancel_scope.cancel()
     assert session.status is SessionStatus.COMPLETED, session.error
-    assert receiver.stats.ssrc_changes == 1 and receiver.stats.source_moves == 1
+    assert receiver.expected_ssrc == back.ssrc and receiver.stats.packets > 0
+    assert receiver.stats.ssrc_changes == 0 and receiver.stats.drops["unknown-ssrc"] == 0
     frames = _frames(session.path)
     times = [t for t, _ in frames]
     # Continuous: no hole in the timeline anywhere, and as long as the wall clock.
@@ -183,9 +185,15 @@ async def test_share_stops_and_restarts_and_a_muted_camera_returns_with_a_new_ss
     def moved(a: np.ndarray, b: np.ndarray) -> float:
         return float(np.abs(overlay(a) - overlay(b)).mean())
 
+    def marker_moved(a: np.ndarray, b: np.ndarray) -> float:
+        # The marker is a small dot in the top rows: measured there, where
+        # it is not averaged away by the rest of the picture.
+        band = overlay(a).shape[0] // 8
+        return float(np.abs(overlay(a)[:band] - overlay(b)[:band]).mean())
+
     held = [f for t, f in frames if muted_at + 1.0 < t < muted_at + 9.0]
     assert held and max(moved(held[0], f) for f in held) < 1.0, "a held picture, not a moving one"
     # ... and after the return it moves again, in P0's colour.
     after = [f for t, f in frames if t > muted_at + 12.0]
     assert _near(after[-1][point], COLOURS[0])
-    assert max(moved(after[0], f) for f in after) > 2.0, "the camera moves again"
+    assert max(marker_moved(after[0], f) for f in after) > 2.0, "the camera moves again"

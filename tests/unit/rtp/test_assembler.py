@@ -597,3 +597,39 @@ def test_missing_since_is_a_read_only_view_of_gaps_and_when_seen() -> None:
     assert dict(view) == {65535: 1.5, 65537: 1.5}
     asm.poll(1.6)  # max_wait_s after the gap was seen: given up
     assert dict(asm.missing_since()) == {}
+
+
+# -- byte bounds and huge gaps (issue #9) ------------------------------------------
+
+
+def test_a_frame_over_max_frame_bytes_is_dropped_and_a_keyframe_requested() -> None:
+    asm = FrameAssembler(depacketizer_for("video/VP8"), max_wait_s=0.0, max_frame_bytes=1000, max_buffer_bytes=10_000)
+    big = Vp8Packetizer(payload_type=96, ssrc=1, mtu=400).packetize(vp8_frame(0, key=True, size=2000), 0)
+    small = Vp8Packetizer(payload_type=96, ssrc=1, mtu=400, initial_sequence=big[-1].sequence_number + 1)
+    frames = drive(asm, in_order(big + small.packetize(vp8_frame(1, key=True, size=100), VIDEO_TICKS)))
+    assert [f.timestamp for f in frames] == [VIDEO_TICKS]
+    assert asm.stats.frames_oversize == 1 and asm.stats.keyframe_requests == 2
+
+
+def test_held_bytes_are_bounded_and_the_oldest_are_dropped() -> None:
+    asm = FrameAssembler(depacketizer_for("video/VP8"), max_wait_s=10.0, max_frame_bytes=1000)
+    packets = [p for f in vp8_stream([True] + [False] * 40, mtu=200) for p in f]
+    for arrival, packet in in_order(packets[:1] + packets[2:]):  # the second never comes: nothing leaves
+        asm.push(packet, arrival)
+        assert asm.buffered_bytes <= 2000
+    assert asm.stats.packets_dropped_bytes > 0 and asm.waiting_for_keyframe
+
+
+def test_a_huge_forward_jump_is_loss_not_hundreds_of_gaps() -> None:
+    asm = FrameAssembler(depacketizer_for("audio/opus"), max_wait_s=1.0, max_gap=300)
+    asm.push(RtpPacket(111, 10, 0, 1, b"\x00"), 0.0)
+    asm.push(RtpPacket(111, 10 + 200, 960, 1, b"\x00"), 0.1)  # a gap to repair
+    assert len(asm.missing_since()) == 199
+    asm.push(RtpPacket(111, 10 + 200 + 302, 1920, 1, b"\x00"), 0.2)  # past max_gap
+    assert len(asm.missing_since()) == 0 and asm.stats.gap_jumps == 1
+    assert asm.stats.lost >= 301
+    video = vp8_assembler()
+    video.push(vp8_stream([True])[0][0], 0.0)
+    far = vp8_stream([False], initial_sequence=5000)[0][0]
+    video.push(far, 0.1)
+    assert not video.missing_since() and video.waiting_for_keyframe

@@ -328,7 +328,10 @@ feedback = st.builds(RtcpFeedback, type=names, parameter=st.text(max_size=8))
 
 @st.composite
 def rtp_parameters(draw: st.DrawFn) -> RtpParameters:
-    pts = draw(st.lists(st.integers(0, 127), min_size=1, max_size=4, unique=True))
+    mux = draw(st.booleans())
+    # RFC 5761 §4: 64-95 collide with RTCP on a muxed port (refused).
+    pt_values = st.integers(0, 127) if not mux else st.integers(0, 63) | st.integers(96, 127)
+    pts = draw(st.lists(pt_values, min_size=1, max_size=4, unique=True))
     media_kind = draw(st.sampled_from(["audio", "video"]))
     codecs = [
         RtpCodecParameters(
@@ -372,7 +375,7 @@ def rtp_parameters(draw: st.DrawFn) -> RtpParameters:
             RtcpParameters,
             cname=st.none() | st.text(max_size=16),
             reduced_size=st.booleans(),
-            mux=st.booleans(),
+            mux=st.just(mux),
         )
     )
     mid = draw(st.none() | st.text(max_size=4))
@@ -524,3 +527,22 @@ def test_rtx_payload_type_follows_apt_among_several_rtx_codecs() -> None:
     params = RtpParameters.from_mediasoup(obj)
     assert params.media_codec.payload_type == 101
     assert params.rtx_payload_type == 102
+
+
+@pytest.mark.parametrize("payload_type", [64, 72, 95])
+def test_payload_types_colliding_with_rtcp_are_refused_when_muxed(payload_type: int) -> None:
+    """RFC 5761 §4: on a muxed port, PT 64-95 with the marker bit reads as RTCP 192-223."""
+    codec = {"mimeType": "video/VP8", "payloadType": payload_type, "clockRate": 90000}
+    for rtcp in ({}, {"rtcp": {"mux": True}}):  # mux is the default
+        with pytest.raises(RtpParametersError) as info:
+            RtpParameters.from_mediasoup({"codecs": [codec], **rtcp})
+        assert info.value.field == "codecs[0].payloadType"
+    # An RTX codec in the range is refused too.
+    media = {"mimeType": "video/VP8", "payloadType": 100, "clockRate": 90000}
+    rtx = {"mimeType": "video/rtx", "payloadType": payload_type, "clockRate": 90000, "parameters": {"apt": 100}}
+    with pytest.raises(RtpParametersError) as info:
+        RtpParameters.from_mediasoup({"codecs": [media, rtx]})
+    assert info.value.field == "codecs[1].payloadType"
+    # With RTCP on its own port there is nothing to collide with.
+    params = RtpParameters.from_mediasoup({"codecs": [codec, {**rtx, "payloadType": 101}], "rtcp": {"mux": False}})
+    assert params.media_codec.payload_type == payload_type

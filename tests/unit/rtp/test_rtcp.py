@@ -399,3 +399,27 @@ def test_mutated_and_truncated_compounds_raise_only_rtcp_parse_error(
     for candidate in (bytes(data), bytes(data[: cut % (len(data) + 1)])):
         with contextlib.suppress(RtcpParseError):
             parse_rtcp_untrusted(candidate)
+
+
+def test_types_filter_skips_other_packets_unparsed() -> None:
+    from edge_recorder.rtp.rtcp import MAX_NACK_ITEMS
+
+    nack = GenericNack(1, 2, list(range(0, 17 * (MAX_NACK_ITEMS + 1), 17)))
+    data = serialize_rtcp([SenderReport(5, 1, 2, 3, 4), nack, Pli(1, 2)])
+    with pytest.raises(RtcpParseError, match="FCI entries"):
+        parse_rtcp_untrusted(data)
+    assert parse_rtcp_untrusted(data, types={200, 206}) == [SenderReport(5, 1, 2, 3, 4), Pli(1, 2)]
+    with pytest.raises(RtcpParseError, match="more than 2 packets"):
+        parse_rtcp_untrusted(data, types={200}, max_packets=2)
+
+
+@given(st.lists(any_packet, min_size=1, max_size=6), st.sets(st.integers(192, 223)))
+def test_the_types_filter_keeps_exactly_the_packets_of_those_types(packets: list[RtcpPacket], types: set[int]) -> None:
+    data = serialize_rtcp(packets)
+    full = parse_rtcp_untrusted(data)
+    kept = parse_rtcp_untrusted(data, types=types)
+    assert kept == [p for p in full if _type_of(p) in types]
+
+
+def _type_of(packet: RtcpPacket) -> int:
+    return serialize_rtcp([packet])[1]
