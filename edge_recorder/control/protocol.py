@@ -1004,6 +1004,14 @@ class AddStreamParams:
                 raise _invalid("displayName", f"must be a string, got {_json_type(display_name)}")
             if len(display_name) > MAX_DISPLAY_NAME_LENGTH:
                 raise _invalid("displayName", f"must be at most {MAX_DISPLAY_NAME_LENGTH} characters")
+            # Participants choose their names and the recording draws them:
+            # controls, format characters and line breaks go (one rule, shared
+            # with the compositor); nothing left means no name (the peer id).
+            from edge_recorder.media.layout import clean_display_name
+
+            cleaned = clean_display_name(display_name)
+            if cleaned != display_name:
+                obj = {**obj, "displayName": cleaned or None}
         try:
             spec = StreamSpec.from_params(obj)
         except RtpParametersError as exc:

@@ -10,15 +10,22 @@ Text (name labels, the slate) is rendered once with Pillow and cached as
 premultiplied Y/U/V planes plus alpha, so a frame with labels costs a few small
 integer blends.
 
+Participants choose their names, so a name is hostile input: it is cleaned
+(:func:`~edge_recorder.media.layout.clean_display_name`) and drawn inside a
+guard. A name Pillow or numpy cannot draw (whatever the string) is left out
+of the picture, counted in :attr:`Compositor.label_failures` and reported once
+per name; a label never ends a recording.
+
 A :class:`Compositor` is confined to one thread at a time: the scaler cache is
 not locked.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import av
@@ -28,7 +35,7 @@ from av.video.reformatter import ColorRange, Interpolation, VideoReformatter
 from PIL import Image, ImageDraw, ImageFont
 
 from edge_recorder.errors import MediaError
-from edge_recorder.media.layout import Rect, Scene
+from edge_recorder.media.layout import Rect, Scene, clean_display_name
 
 __all__ = ["Compositor", "DEFAULT_FONT_PATH", "rgb_to_yuv"]
 
@@ -50,6 +57,12 @@ _SLATE_CACHE_SIZE = 4
 # Labels: one entry per (text, font size, max width); bounded so a long room
 # with many joins cannot grow memory without limit.
 _LABEL_CACHE_SIZE = 256
+# Names already reported as undrawable; bounded like the label cache.
+_WARNED_NAMES_KEPT = 256
+# How much of an undrawable name a warning quotes.
+_WARNING_NAME_CHARS = 80
+
+log = logging.getLogger(__name__)
 
 
 def rgb_to_yuv(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -169,6 +182,12 @@ class Compositor:
         background: canvas colour, RGB 0..255 (letterbox bars, empty cells, slate).
         font_path: a TrueType font for labels and the slate; defaults to
             DejaVu Sans Bold when installed, else Pillow's built-in font.
+        on_warning: called (in the rendering thread) once per name that
+            cannot be drawn; defaults to this module's logger.
+
+    Attributes:
+        label_failures: names (labels or slate lines) that could not be
+            drawn and were left out.
 
     Raises:
         ValueError: odd or non-positive canvas size.
@@ -181,6 +200,7 @@ class Compositor:
         *,
         background: tuple[int, int, int] = (24, 26, 33),
         font_path: str | None = None,
+        on_warning: Callable[[str], None] | None = None,
     ) -> None:
         if width < 16 or height < 16 or width % 2 or height % 2:
             raise ValueError(f"canvas must be even and >= 16x16, got {width}x{height}")
@@ -191,7 +211,11 @@ class Compositor:
         self._font_path = font_path if font_path is not None else DEFAULT_FONT_PATH
         self._fonts: dict[int, Font] = {}
         self._scalers: dict[str, _Scaler] = {}
-        self._labels: OrderedDict[tuple[str, int, int], _Sprite] = OrderedDict()
+        # None: the label cannot be drawn (remembered, so it is tried once).
+        self._labels: OrderedDict[tuple[str, int, int], _Sprite | None] = OrderedDict()
+        self._warn = on_warning if on_warning is not None else log.warning
+        self._warned: OrderedDict[str, None] = OrderedDict()
+        self.label_failures = 0
         self._slates: OrderedDict[tuple[str, ...], tuple[U8, U8, U8]] = OrderedDict()
         # Background planes padded to the frame's line sizes, so each frame
         # starts with three contiguous copies; built on first use because
@@ -316,6 +340,19 @@ class Compositor:
             self._fonts[size] = font
         return font
 
+    def _undrawable(self, text: str, exc: Exception) -> None:
+        """Count a name that cannot be drawn; report it the first time."""
+        self.label_failures += 1
+        if text in self._warned:
+            return
+        self._warned[text] = None
+        if len(self._warned) > _WARNED_NAMES_KEPT:
+            self._warned.popitem(last=False)
+        self._warn(
+            f"cannot draw the name {text[:_WARNING_NAME_CHARS]!r} ({len(text)} characters): "
+            f"{type(exc).__name__}: {exc}; it is left out of the picture"
+        )
+
     def _draw_label(self, planes: tuple[U8, U8, U8], text: str, dst: Rect) -> None:
         # Small tiles (big grids) get a smaller font so the label stays a label.
         size = max(8, min(self._label_px, _even(dst.h / 6)))
@@ -324,16 +361,33 @@ class Compositor:
         if max_w < size:
             return
         sprite = self._label_sprite(text, size, max_w)
-        if sprite.h + 2 * margin > dst.h:
+        if sprite is None or sprite.h + 2 * margin > dst.h:
             return
-        _blend(planes, sprite, dst.x + margin, dst.bottom - margin - sprite.h)
+        try:
+            _blend(planes, sprite, dst.x + margin, dst.bottom - margin - sprite.h)
+        except Exception as exc:  # noqa: BLE001 - a label never ends a recording
+            self._labels[(text, size, max_w)] = None
+            self._undrawable(text, exc)
 
-    def _label_sprite(self, text: str, size: int, max_w: int) -> _Sprite:
+    def _label_sprite(self, text: str, size: int, max_w: int) -> _Sprite | None:
+        """The label's sprite, cached; None when there is nothing (drawable) to show."""
         key = (text, size, max_w)
-        sprite = self._labels.get(key)
-        if sprite is not None:
+        if key in self._labels:
             self._labels.move_to_end(key)
-            return sprite
+            return self._labels[key]
+        try:
+            sprite = self._render_label(clean_display_name(text), size, max_w)
+        except Exception as exc:  # noqa: BLE001 - whatever Pillow raises for a name, draw none
+            sprite = None
+            self._undrawable(text, exc)
+        self._labels[key] = sprite
+        if len(self._labels) > _LABEL_CACHE_SIZE:
+            self._labels.popitem(last=False)
+        return sprite
+
+    def _render_label(self, text: str, size: int, max_w: int) -> _Sprite | None:
+        if not text:
+            return None
         font = self._font(size)
         pad = _even(size * 0.5) or 2
         text = self._fit_text(text, font, max_w - 2 * pad)
@@ -345,11 +399,7 @@ class Compositor:
         glyphs = Image.new("RGBA", (w, h), (0, 0, 0, 0))
         # Centre the ink box vertically; bbox offsets differ per font.
         ImageDraw.Draw(glyphs).text((pad - left, (h - (bottom - top)) / 2 - top), text, font=font, fill=_TEXT_RGBA)
-        sprite = _sprite_from_rgba(Image.alpha_composite(box, glyphs))
-        self._labels[key] = sprite
-        if len(self._labels) > _LABEL_CACHE_SIZE:
-            self._labels.popitem(last=False)
-        return sprite
+        return _sprite_from_rgba(Image.alpha_composite(box, glyphs))
 
     @staticmethod
     def _fit_text(text: str, font: Font, max_w: int) -> str:
@@ -372,10 +422,14 @@ class Compositor:
             self._slates.move_to_end(names)
             return cached
         planes = tuple(p.copy() for p in self._background(like))
-        image = self._slate_image(names)
-        x = _even((self.width - image.width) / 2)
-        y = _even((self.height - image.height) / 2)
-        _blend(planes, _sprite_from_rgba(image), x, y)  # type: ignore[arg-type]
+        try:
+            image = self._slate_image(names)
+            x = _even((self.width - image.width) / 2)
+            y = _even((self.height - image.height) / 2)
+            _blend(planes, _sprite_from_rgba(image), x, y)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - a name never ends a recording: a bare slate
+            planes = tuple(p.copy() for p in self._background(like))
+            self._undrawable(" | ".join(names), exc)
         self._slates[names] = planes  # type: ignore[assignment]
         if len(self._slates) > _SLATE_CACHE_SIZE:
             self._slates.popitem(last=False)
@@ -388,7 +442,18 @@ class Compositor:
         title_h = int(title_font.size * 1.6) if isinstance(title_font, ImageFont.FreeTypeFont) else line_h * 2
         max_w = _even(self.width * 0.9)
         max_lines = max(0, (self.height - title_h - 2 * line_h) // line_h)
-        lines = [self._fit_text(n, name_font, max_w) for n in names if n]
+        lines = []
+        for name in names:
+            try:
+                cleaned = clean_display_name(name)
+                if cleaned:
+                    # Measured here so a name Pillow cannot lay out is left
+                    # out alone, not the whole slate with it.
+                    line = self._fit_text(cleaned, name_font, max_w)
+                    name_font.getbbox(line, anchor="mm")
+                    lines.append(line)
+            except Exception as exc:  # noqa: BLE001 - whatever Pillow raises for a name
+                self._undrawable(name, exc)
         if len(lines) > max_lines:
             # Too many people to list: show the first ones and a count.
             keep = max(0, max_lines - 1)

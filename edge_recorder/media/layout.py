@@ -24,6 +24,7 @@ Two layouts:
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -35,6 +36,7 @@ __all__ = [
     "Rect",
     "Scene",
     "VideoInput",
+    "clean_display_name",
     "compute_scene",
     "fit_rect",
     "inputs_to_decode",
@@ -51,6 +53,35 @@ _STRIP_TILE_ASPECT = 16 / 9
 # A grid of more tiles than this stops being a picture of anyone; beyond it the
 # surplus cameras are dropped (and a 16x16 canvas still gets 2x2 px cells).
 _MAX_TILES = 64
+
+
+# What a name may not carry onto the picture: controls (Cc: NUL, ESC, the
+# newline that makes Pillow's text layout raise), formats (Cf: bidi overrides,
+# zero-width characters, soft hyphens) and line and paragraph separators
+# (Zl, Zp). None of them draws anything a viewer needs.
+_UNDRAWABLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def clean_display_name(text: str) -> str:
+    """A participant's name as it may be drawn: one line of visible text.
+
+    Participants choose their names. Whitespace of any kind (newline, tab,
+    line separator, no-break space) becomes one ordinary space, other
+    control and format characters are removed, runs of spaces collapse and
+    the ends are trimmed.
+
+    Args:
+        text: the name as given.
+
+    Returns:
+        The cleaned name; ``""`` when nothing drawable is left (no name).
+    """
+    kept = "".join(
+        " " if ch.isspace() else ch
+        for ch in text
+        if ch.isspace() or unicodedata.category(ch) not in _UNDRAWABLE_CATEGORIES
+    )
+    return " ".join(kept.split())
 
 
 def _even_floor(value: float) -> int:

@@ -17,6 +17,15 @@ Stages and the policy on each edge::
     video clock (fps, ``playout_delay`` behind real time) → composite + x264 (one thread call per tick)
     audio clock (4 AAC frames per tick) → mix → AAC encoder       both → FragmentedMp4Writer (serialised mux)
 
+No single message from the pipe can end the recording: an oversize or
+malformed one is skipped by the parser, a control message whose params do not
+fit and media for an unknown stream are dropped here, all counted
+(``pipe_drops`` in the stats events) and the first of each kind reported as a
+``warning``. A participant's name that cannot be drawn is left out of the
+picture (``label_failures``). When the worker does fail, its ``error`` event
+names the root cause (never just "ExceptionGroup") and the whole traceback
+goes to stderr, which the session logs at ERROR.
+
 Thread hand-offs are counted, not free: each crosses the GIL twice. The
 worker makes about one per input video frame, one per output frame, and a
 dozen a second for audio (batched), measured against the benchmark.
@@ -127,7 +136,12 @@ class MediaWorker:
         )
         self.fps = self.encoder_settings.fps
         self._half_frame_s = 0.5 / self.fps
-        self.compositor = Compositor(self.encoder_settings.width, self.encoder_settings.height)
+        # A label Pillow cannot draw is left out, never fatal; say so once per name.
+        self.compositor = Compositor(
+            self.encoder_settings.width,
+            self.encoder_settings.height,
+            on_warning=lambda message: self._emit(wire.encode_event("warning", message=message)),
+        )
         self.mixer = AudioMixer(sample_rate=self.encoder_settings.sample_rate, channels=2)
         self.writer: Any = None
         self.limiter = trio.CapacityLimiter(int(config.get("threads", 4)))
@@ -141,6 +155,11 @@ class MediaWorker:
         self.fragments = 0
         self.fragment_bytes = 0
         self.first_frame_sent = False
+        # Pipe messages dropped instead of ending the recording, by reason:
+        # "oversize" and "malformed" (framing or JSON, from the parser),
+        # "bad_control" (a control op whose params do not fit),
+        # "unknown_stream" (media for an index not added or already removed).
+        self.pipe_drops: dict[str, int] = {"oversize": 0, "malformed": 0, "bad_control": 0, "unknown_stream": 0}
         self._decoders: trio.Nursery | None = None
         self._wanted: frozenset[int] = frozenset()
         self._wanted_signature: Any = None
@@ -172,7 +191,24 @@ class MediaWorker:
         self.fragment_bytes = complete_bytes
         self._emit(wire.encode_event("fragment", bytes=complete_bytes, media_end_s=round(media_end_s, 3)))
 
+    def _count_drop(self, reason: str, detail: str) -> None:
+        """Count a dropped pipe message; the first of each reason is also a warning."""
+        self.pipe_drops[reason] += 1
+        if self.pipe_drops[reason] == 1:
+            self._emit(wire.encode_event("warning", message=f"dropped a pipe message ({reason}): {detail[:200]}"))
+
     def handle_control(self, msg: wire.ControlMessage) -> None:
+        """Apply one control message; one whose params do not fit is dropped and counted."""
+        try:
+            self._apply_control(msg)
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            # A bug in the parent, or a corrupted message: either way it
+            # must cost this message, not the recording.
+            self._count_drop("bad_control", f"{msg.op}: {type(exc).__name__}: {exc}")
+
+    def _apply_control(self, msg: wire.ControlMessage) -> None:
+        from edge_recorder.media.layout import LAYOUTS
+
         p = msg.params
         if msg.op == "add_stream":
             self._add_stream(p)
@@ -184,6 +220,8 @@ class MediaWorker:
         elif msg.op == "active_speaker":
             self.active_speaker = p.get("peer_id")
         elif msg.op == "layout":
+            if p["layout"] not in LAYOUTS:
+                raise ValueError(f"unknown layout {p['layout']!r}")
             self.layout = p["layout"]
         elif msg.op == "stream_live":
             slot = self.streams.get(int(p["index"]))
@@ -199,6 +237,11 @@ class MediaWorker:
 
     def _add_stream(self, p: dict[str, Any]) -> None:
         index = int(p["index"])
+        if p["kind"] not in ("video", "audio") or not isinstance(p["codec"], str) or not isinstance(p["key"], str):
+            raise ValueError(f"stream {index}: bad kind, codec or key")
+        display_name = p.get("display_name") or p.get("peer_id", "")
+        if not isinstance(display_name, str):
+            raise TypeError(f"stream {index}: display_name must be a string")
         if index in self.streams:
             self._remove_stream(index)
         capacity = VIDEO_QUEUE_FRAMES if p["kind"] == "video" else AUDIO_QUEUE_PACKETS
@@ -209,7 +252,7 @@ class MediaWorker:
             kind=p["kind"],
             source=p.get("source", "camera"),
             peer_id=p.get("peer_id", ""),
-            display_name=p.get("display_name") or p.get("peer_id", ""),
+            display_name=display_name,
             codec=p["codec"],
             send=send,
             receive=receive,
@@ -239,6 +282,7 @@ class MediaWorker:
     def handle_media(self, msg: wire.MediaMessage) -> None:
         slot = self.streams.get(msg.stream_index)
         if slot is None:
+            self._count_drop("unknown_stream", f"media for stream index {msg.stream_index}")
             return
         try:
             slot.send.send_nowait(msg)
@@ -252,18 +296,20 @@ class MediaWorker:
         except trio.ClosedResourceError:
             pass
 
-    def _dispatch(self, messages: list[wire.ControlMessage | wire.MediaMessage]) -> None:
+    def _dispatch(self, messages: list[wire.PipeItem]) -> None:
         for msg in messages:
             if isinstance(msg, wire.ControlMessage):
                 self.handle_control(msg)
-            else:
+            elif isinstance(msg, wire.MediaMessage):
                 self.handle_media(msg)
+            else:
+                self._count_drop(msg.reason, msg.detail)
 
     async def reader(
         self,
         stdin: trio.abc.ReceiveStream,
         parser: wire.MessageReader,
-        pending: list[wire.ControlMessage | wire.MediaMessage],
+        pending: list[wire.PipeItem],
     ) -> None:
         """Dispatch messages from the parent until EOF.
 
@@ -560,6 +606,8 @@ class MediaWorker:
             bytes=self.fragment_bytes,
             lag_s=round(max(0.0, lag), 3),
             streams={s.key: self._slot_stats(s) for s in self.streams.values()},
+            pipe_drops=dict(self.pipe_drops),
+            label_failures=self.compositor.label_failures,
             **extra,
         )
 
@@ -569,7 +617,7 @@ class MediaWorker:
         self,
         stdin: trio.abc.ReceiveStream,
         parser: wire.MessageReader,
-        pending: list[wire.ControlMessage | wire.MediaMessage],
+        pending: list[wire.PipeItem],
     ) -> None:
         """Record until the stop instant, then finalise the file.
 
@@ -628,17 +676,76 @@ class _EventPipe:
                 self.broken = True
 
 
+# The "error" event's message is one line for the session's error text;
+# the whole traceback goes to stderr, which the parent logs.
+ERROR_MESSAGE_CHARS = 2000
+_CHAIN_DEPTH_MAX = 32
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """``exc`` itself, or every leaf of it when it is an exception group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _innermost(exc: BaseException, depth: int = 0) -> list[BaseException]:
+    """Where ``exc`` started: the end of its ``raise ... from`` (or implicit) chain."""
+    inner = exc.__cause__ if exc.__cause__ is not None else (None if exc.__suppress_context__ else exc.__context__)
+    if inner is None or depth >= _CHAIN_DEPTH_MAX:
+        return [exc]
+    return [root for leaf in _leaves(inner) for root in _innermost(leaf, depth + 1)]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def describe_failure(exc: BaseException) -> str:
+    """Name what really went wrong in ``exc``, for an operator, on one line.
+
+    A Trio nursery reports a failed task as an ``ExceptionGroup (1
+    sub-exception)``, and adapters re-raise foreign errors as ours with
+    ``raise X from exc``; neither says what happened. This names the root of
+    each failure (every leaf of every group, followed down its chain of
+    causes) and the exception it surfaced as.
+
+    Args:
+        exc: what ended the worker.
+
+    Returns:
+        ``"Root: message (raised as Outer: message)"``, failures joined by
+        ``"; "``, at most :data:`ERROR_MESSAGE_CHARS` characters.
+    """
+    parts: list[str] = []
+    for leaf in _leaves(exc):
+        for root in _innermost(leaf):
+            text = _one_line(root)
+            if root is not leaf:
+                text += f" (raised as {_one_line(leaf)})"
+            if text not in parts:
+                parts.append(text)
+    message = "; ".join(parts)
+    if len(message) > ERROR_MESSAGE_CHARS:
+        message = message[: ERROR_MESSAGE_CHARS - 1] + "…"
+    return message
+
+
 async def _amain() -> int:
     emit = _EventPipe(sys.stdout.fileno())
     stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
     parser = wire.MessageReader()
-    pending: list[wire.ControlMessage | wire.MediaMessage] = []
-    while not pending:
+    pending: list[wire.PipeItem] = []
+    # Skipped messages before "configure" are kept, to be counted once the
+    # worker exists.
+    while not any(not isinstance(item, wire.DroppedMessage) for item in pending):
         data = await stdin.receive_some(1 << 16)
         if not data:
             return 0
-        pending = parser.feed(data)
-    first = pending.pop(0)
+        pending += parser.feed(data)
+    first_index = next(i for i, item in enumerate(pending) if not isinstance(item, wire.DroppedMessage))
+    first = pending.pop(first_index)
     if not isinstance(first, wire.ControlMessage) or first.op != "configure":
         emit(wire.encode_event("error", message="first message must be configure"))
         return 2
@@ -646,7 +753,12 @@ async def _amain() -> int:
         worker = MediaWorker(first.params, emit)
         await worker.run(stdin, parser, pending)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, then exit 1
-        emit(wire.encode_event("error", message=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:]))
+        # The full traceback (groups drawn in full) goes to stderr, which the
+        # parent logs at ERROR; the event names the root cause.
+        trace = "".join(traceback.format_exception(exc))
+        emit(wire.encode_event("error", message=describe_failure(exc), traceback=trace[-4000:]))
+        sys.stderr.write(trace)
+        sys.stderr.flush()
         return 1
     return 0
 

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,7 @@ def test_error_codes_are_the_documented_ones() -> None:
         "SESSION_NOT_ACTIVE": -32007,
         "RATE_LIMITED": -32008,
         "SHUTTING_DOWN": -32009,
+        "INSUFFICIENT_STORAGE": -32010,
     }
 
 
@@ -542,6 +544,43 @@ def test_add_stream_params_carry_the_stream_spec() -> None:
         "camera",
     )
     assert params.spec.rtcp_mux
+
+
+@pytest.mark.parametrize(
+    ("given", "drawn"),
+    [
+        ("Evil\nName", "Evil Name"),
+        ("  Ada \t\r\n  Lovelace  ", "Ada Lovelace"),
+        ("nul\x00byte", "nulbyte"),
+        ("\x1b[31mred", "[31mred"),
+        ("\u202eevil\u202c override", "evil override"),
+        ("zero\u200bwidth\ufeff", "zerowidth"),
+        ("line\u2028para\u2029sep", "line para sep"),
+        ("José García 李雷 😀", "José García 李雷 😀"),
+        ("e\u0301", "e\u0301"),  # combining marks are letters, kept
+    ],
+)
+def test_display_name_loses_control_and_format_characters(given: str, drawn: str) -> None:
+    params = add_stream_params()
+    params["displayName"] = given
+    assert AddStreamParams.from_params(params).spec.display_name == drawn
+
+
+@pytest.mark.parametrize("given", ["\n", "\x00\x01", "   ", "\u202e\u2028\t"])
+def test_display_name_of_nothing_drawable_is_no_name(given: str) -> None:
+    params = add_stream_params()
+    params["displayName"] = given
+    spec = AddStreamParams.from_params(params).spec
+    assert spec.display_name == spec.peer_id == "alice"
+
+
+@given(st.text(max_size=256))
+def test_any_display_name_parses_to_one_clean_line(given: str) -> None:
+    params = add_stream_params()
+    params["displayName"] = given
+    name = AddStreamParams.from_params(params).spec.display_name
+    assert name == name.strip() and "  " not in name
+    assert not any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in name)
 
 
 def test_stop_reason_defaults_to_host_and_takes_any_printable_string() -> None:

@@ -9,7 +9,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from av.video.reformatter import VideoReformatter
+from PIL import ImageDraw
 
+from edge_recorder.media import composite
 from edge_recorder.media.composite import Compositor
 from edge_recorder.media.layout import LayoutSettings, Placement, Rect, Scene, VideoInput, compute_scene
 
@@ -158,3 +160,82 @@ def test_timing_per_720p_frame() -> None:
         f"\ncomposite 720p pip: {total_ms:.3f} ms/frame incl. scaling (1440x1080 share + 640x360 cam), "
         f"{composite_ms:.3f} ms/frame excluding scaling"
     )
+
+
+# -- hostile names: participants choose them, and no name may end a recording --
+
+HOSTILE_NAMES = [
+    "Evil\nName",
+    "\r\n",
+    "tab\there",
+    "nul\x00byte",
+    "\x1b[31mred\x1b[0m",
+    "\u202eevil override\u202c",
+    "\u2066isolate\u2069 \u200f",
+    "line\u2028para\u2029sep",
+    "😀" * 60 + "👨\u200d👩\u200d👧\u200d👦",
+    "x" * 10_000,
+    "e" + "\u0301" * 2_000,
+    "\ufeffbom",
+    "\ud800 lone surrogate",
+    "\U0010ffff\ue000 private",
+    "",
+    "   ",
+    "\x00\x01\x02",
+]
+
+
+@pytest.mark.parametrize("font_path", [None, "/nonexistent/font.ttf"])
+@pytest.mark.parametrize("layout", ["pip", "grid"])
+def test_hostile_names_never_raise_in_labels_or_slate(font_path: str | None, layout: str) -> None:
+    compositor = Compositor(640, 360, font_path=font_path)
+    settings = LayoutSettings(width=640, height=360)
+    for name in HOSTILE_NAMES:
+        inputs = [VideoInput("cam", "p1", "camera", name, 320, 240), VideoInput("cam2", "p2", "camera", "Bob", 320, 240)]
+        scene = compute_scene(layout, inputs, "p1", [name, "Bob"], settings)
+        out = compositor.render(scene, {"cam": solid(320, 240, GREEN), "cam2": solid(320, 240, RED)})
+        assert (out.width, out.height) == (640, 360)
+        compositor.render(Scene((), (name, "Bob")), {})  # the slate
+
+
+def test_a_name_with_a_newline_is_drawn_on_one_line() -> None:
+    placement = Placement("k", Rect(0, 0, 640, 360), Rect(0, 0, 640, 360), "Evil\nName", 0, False)
+    compositor = Compositor(640, 360, background=BG)
+    rgb = to_rgb(compositor.render(Scene((placement,), ()), {"k": solid(640, 360, GREEN)}))
+    label = rgb[300:350, 8:200]
+    assert label.max() > 200 and label.min() < 100  # white text on the dark box
+
+
+def test_any_failure_to_draw_a_label_draws_none_and_warns_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bypass the cleaning: whatever Pillow raises for a string costs only its label."""
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("raqm_layout() failed")
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", broken)
+    warnings: list[str] = []
+    compositor = Compositor(640, 360, background=BG, on_warning=warnings.append)
+    placement = Placement("k", Rect(0, 0, 640, 360), Rect(0, 0, 640, 360), "Alice", 0, False)
+    for _ in range(5):
+        rgb = to_rgb(compositor.render(Scene((placement,), ()), {"k": solid(640, 360, GREEN)}))
+        assert close_to(rgb[330, 40], GREEN), "no label box: the picture shows through"
+        compositor.render(Scene((), ("Alice", "Bob")), {})
+    # One warning per name (the label's and the slate's), not one per frame.
+    assert len(warnings) == len(set(warnings)) and 1 <= len(warnings) <= 3
+    assert "'Alice'" in warnings[0] and "RuntimeError: raqm_layout() failed" in warnings[0]
+    assert compositor.label_failures >= 1
+
+
+def test_numpy_failure_in_a_label_draws_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(_image: object) -> None:
+        raise ValueError("cannot reshape array")
+
+    monkeypatch.setattr(composite, "_sprite_from_rgba", broken)
+    warnings: list[str] = []
+    compositor = Compositor(320, 180, on_warning=warnings.append)
+    placement = Placement("k", Rect(0, 0, 320, 180), Rect(0, 0, 320, 180), "Alice", 0, False)
+    compositor.render(Scene((placement,), ()), {"k": solid(320, 180, GREEN)})
+    out = compositor.render(Scene((), ("Alice",)), {})
+    assert close_to(to_rgb(out)[90, 160], (24, 26, 33)), "a bare slate"
+    # Reported once per name, counted per failure.
+    assert len(warnings) == 1 and compositor.label_failures == 2

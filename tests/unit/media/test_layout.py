@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 
 import pytest
 from hypothesis import given
@@ -15,6 +16,7 @@ from edge_recorder.media.layout import (
     Rect,
     Scene,
     VideoInput,
+    clean_display_name,
     compute_scene,
     fit_rect,
 )
@@ -299,3 +301,11 @@ def test_pip_never_decodes_more_than_what_two_scenes_show(n: int, pictures: set[
     # At most: the share, the wanted overlay and the one still on screen.
     assert len(keys) <= (1 if share else 0) + 2
     assert keys <= {c.key for c in live}
+
+
+@given(st.text(max_size=300))
+def test_clean_display_name_is_one_trimmed_line_and_idempotent(text: str) -> None:
+    name = clean_display_name(text)
+    assert clean_display_name(name) == name
+    assert name == name.strip() and "  " not in name
+    assert not any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") or (ch.isspace() and ch != " ") for ch in name)
