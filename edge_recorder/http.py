@@ -11,19 +11,34 @@ Shape (every task has a parent you can name)::
     ├── _accept_loop      one per listening socket
     └── _serve_connection one per accepted connection, at most ``max_connections``
 
-Limits, so a misbehaving client cannot hold the server: a request must arrive
-complete, and a response be taken, within ``idle_timeout_s`` (which is also
-how long an idle keep-alive connection stays open); request heads are capped at
-about 16 KiB (431) and bodies at 64 KiB (413); past ``max_connections`` new connections are
-closed at once. An error on one connection closes that connection only.
+Limits, so a misbehaving client cannot hold the server (issue #9: 64 slow
+clients once blocked ``/healthz`` for 30 s per wave):
+
+* a request head (request line and headers) must arrive within
+  ``request_timeout_s`` of the connection's accept, or on a kept-alive
+  connection of the next request's first byte; a slowloris client that sends a
+  partial head and stalls is cut off then, not at the idle timeout;
+* a whole request, and a whole response, within ``idle_timeout_s``, which is
+  also how long an idle keep-alive connection stays open;
+* request heads are capped at about 16 KiB (431) and bodies at 64 KiB (413);
+* past ``max_connections`` open connections, or ``max_connections_per_ip``
+  from one address (a quarter of ``max_connections`` by default, so slow
+  clients from one address cannot take every slot), new connections are closed
+  at once, before anything is read. Refusals and head timeouts are counted in
+  ``http_connections_refused_total{reason}`` and logged as one summary line
+  per minute, never per connection.
+
+An error on one connection closes that connection only.
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import json
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import h11
@@ -44,7 +59,9 @@ Route = Callable[[], tuple[int, bytes, str]]
 """A handler: returns (status code, body, content type)."""
 
 IDLE_TIMEOUT_S = 30.0  # per connection: a whole request, a whole response, or idle keep-alive
+REQUEST_TIMEOUT_S = 5.0  # a request head, from accept (or the next request's first byte)
 MAX_CONNECTIONS = 64  # concurrent connections; more are closed on accept
+PER_IP_SHARE = 4  # one address may hold at most 1/PER_IP_SHARE of MAX_CONNECTIONS
 MAX_HEAD_BYTES = 16 * 1024  # request line + headers (h11 checks an incomplete head, so
 # a head that completes within the same read may reach MAX_HEAD_BYTES + RECEIVE_CHUNK_BYTES)
 MAX_BODY_BYTES = 64 * 1024  # probes and scrapes send none; read and discard up to this
@@ -61,23 +78,54 @@ _ALLOWED_METHODS = (b"GET", b"HEAD")
 
 
 class _Limits:
-    """Connection bookkeeping shared by the accept loops of one server."""
+    """Connection bookkeeping shared by the accept loops of one server.
 
-    def __init__(self, max_connections: int) -> None:
+    Pure (the caller passes the time): which connection may open, and a
+    summary of refusals at most once per ``_REJECT_LOG_INTERVAL_S``.
+    """
+
+    def __init__(self, max_connections: int, max_per_ip: int, metrics: RecorderMetrics | None) -> None:
         self.max_connections = max_connections
+        self.max_per_ip = max_per_ip
         self.open = 0
+        self.by_ip: dict[str, int] = {}
         self.rejected = 0
+        self._metrics = metrics
+        self._unlogged: dict[str, int] = {}
         self._last_reject_log: float | None = None
 
-    def note_rejected(self) -> None:
+    def admit(self, ip: str) -> str | None:
+        """Count a new connection from ``ip`` in, or return why it is refused."""
+        if self.open >= self.max_connections:
+            return "max_connections"
+        if self.by_ip.get(ip, 0) >= self.max_per_ip:
+            return "max_connections_per_ip"
+        self.open += 1
+        self.by_ip[ip] = self.by_ip.get(ip, 0) + 1
+        return None
+
+    def release(self, ip: str) -> None:
+        self.open -= 1
+        left = self.by_ip.get(ip, 0) - 1
+        if left > 0:
+            self.by_ip[ip] = left
+        else:
+            self.by_ip.pop(ip, None)
+
+    def note_refused(self, reason: str, now: float) -> None:
+        """Count a refused connection or a head timeout; log a summary now and then."""
         self.rejected += 1
-        now = trio.current_time()
+        if self._metrics is not None:
+            self._metrics.http_connection_refused(reason)
+        self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
         if self._last_reject_log is None or now - self._last_reject_log >= _REJECT_LOG_INTERVAL_S:
             self._last_reject_log = now
             log.warning(
-                "HTTP connection limit reached; closing new connections",
-                extra={"maxConnections": self.max_connections, "rejected": self.rejected},
+                "HTTP connections refused or cut off: %s",
+                ", ".join(f"{n} {why}" for why, n in sorted(self._unlogged.items())),
+                extra={"maxConnections": self.max_connections, "maxConnectionsPerIp": self.max_per_ip, "refused": self.rejected},
             )
+            self._unlogged.clear()
 
 
 async def serve_http(
@@ -86,7 +134,10 @@ async def serve_http(
     routes: Mapping[str, Route],
     *,
     idle_timeout_s: float = IDLE_TIMEOUT_S,
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
     max_connections: int = MAX_CONNECTIONS,
+    max_connections_per_ip: int | None = None,
+    metrics: RecorderMetrics | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``routes`` over HTTP/1.1 until cancelled.
@@ -104,8 +155,15 @@ async def serve_http(
         idle_timeout_s: per connection, the time allowed to receive a whole
             request (or to wait for the next one on a kept-alive connection)
             and to send a whole response; past it the connection is closed.
+        request_timeout_s: the time allowed for a request head (request line
+            and headers), from the accept, or on a kept-alive connection from
+            the first byte of the next request; past it the connection is
+            closed without an answer (``RECORDING_METRICS_REQUEST_TIMEOUT_S``).
         max_connections: connections served at once; more are closed as soon
-            as they are accepted.
+            as they are accepted (``RECORDING_METRICS_MAX_CONNECTIONS``).
+        max_connections_per_ip: connections served at once for one source
+            address; a quarter of ``max_connections`` (at least 1) when None.
+        metrics: counts refusals (``http_connections_refused_total``), if given.
         task_status: reports the bound ``(host, port)``.
 
     Raises:
@@ -122,11 +180,13 @@ async def serve_http(
             await extra.aclose()
         listeners = listeners[:1]
     bound_host, bound_port = listeners[0].socket.getsockname()[:2]
-    limits = _Limits(max_connections)
+    per_ip = max_connections_per_ip if max_connections_per_ip is not None else max(1, max_connections // PER_IP_SHARE)
+    limits = _Limits(max_connections, per_ip, metrics)
+    timeouts = _Timeouts(idle_s=idle_timeout_s, head_s=request_timeout_s)
     try:
         async with trio.open_nursery() as nursery:
             for listener in listeners:
-                nursery.start_soon(_accept_loop, listener, nursery, routes, limits, idle_timeout_s)
+                nursery.start_soon(_accept_loop, listener, nursery, routes, limits, timeouts)
             log.info("HTTP server listening", extra={"host": bound_host, "port": bound_port})
             task_status.started((str(bound_host), int(bound_port)))
     finally:
@@ -135,12 +195,39 @@ async def serve_http(
                 await listener.aclose()
 
 
+@dataclass(frozen=True)
+class _Timeouts:
+    idle_s: float  # a whole request or response; an idle keep-alive connection
+    head_s: float  # a request head, from accept or from the next request's first byte
+
+
+class _HeadTimeout(Exception):
+    """A request head did not arrive within ``request_timeout_s``."""
+
+
+def _peer_ip(stream: trio.SocketStream) -> str:
+    """The "one address" of the per-address cap: the IPv4 address, or the IPv6 /64."""
+    try:
+        peer = stream.socket.getpeername()
+    except OSError:
+        return "?"  # already reset by the peer; it will fail on the first read
+    host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(addr, ipaddress.IPv6Address):
+        # A host is usually handed a whole /64; a mapped IPv4 counts as itself.
+        return str(addr.ipv4_mapped) if addr.ipv4_mapped is not None else str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return host
+
+
 async def _accept_loop(
     listener: trio.SocketListener,
     nursery: trio.Nursery,
     routes: Mapping[str, Route],
     limits: _Limits,
-    idle_timeout_s: float,
+    timeouts: _Timeouts,
 ) -> None:
     while True:
         try:
@@ -151,25 +238,28 @@ async def _accept_loop(
             log.error("HTTP server cannot accept: %s; retrying", errno.errorcode.get(exc.errno or 0, exc))
             await trio.sleep(_ACCEPT_BACKOFF_S)
             continue
-        if limits.open >= limits.max_connections:
-            limits.note_rejected()
+        ip = _peer_ip(stream)
+        refused = limits.admit(ip)
+        if refused is not None:
+            limits.note_refused(refused, trio.current_time())
             await _close(stream)
             continue
-        limits.open += 1
-        nursery.start_soon(_connection_task, stream, routes, limits, idle_timeout_s)
+        nursery.start_soon(_connection_task, stream, ip, routes, limits, timeouts)
 
 
 async def _connection_task(
-    stream: trio.SocketStream, routes: Mapping[str, Route], limits: _Limits, idle_timeout_s: float
+    stream: trio.SocketStream, ip: str, routes: Mapping[str, Route], limits: _Limits, timeouts: _Timeouts
 ) -> None:
     try:
-        await _serve_connection(stream, routes, idle_timeout_s)
+        await _serve_connection(stream, routes, timeouts)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the peer went away; nothing to tell anyone
+    except _HeadTimeout:
+        limits.note_refused("request_timeout", trio.current_time())
     except Exception:  # noqa: BLE001 - one connection's bug must not stop the server
         log.exception("HTTP connection failed")
     finally:
-        limits.open -= 1
+        limits.release(ip)
         await _close(stream)
 
 
@@ -183,12 +273,27 @@ class _Closed(Exception):
     """The connection is done: EOF, a timeout, or a response that ends it."""
 
 
-async def _serve_connection(stream: trio.SocketStream, routes: Mapping[str, Route], idle_timeout_s: float) -> None:
+async def _serve_connection(stream: trio.SocketStream, routes: Mapping[str, Route], timeouts: _Timeouts) -> None:
+    """Serve requests on one connection until it closes.
+
+    Raises:
+        _HeadTimeout: a request head was not complete within ``timeouts.head_s``.
+    """
+    idle_timeout_s = timeouts.idle_s
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+    kept_alive = False
     while True:
         try:
             with trio.fail_after(idle_timeout_s):
-                request, body_too_large = await _read_request(conn, stream)
+                if kept_alive:
+                    await _await_next_request(conn, stream)
+                # The head's own deadline runs from the accept, or from the
+                # first byte of a kept-alive connection's next request.
+                with trio.move_on_after(timeouts.head_s) as head:
+                    request = await _read_head(conn, stream)
+                if head.cancelled_caught:
+                    raise _HeadTimeout
+                body_too_large = await _discard_body(conn, stream)
         except (_Closed, trio.TooSlowError):
             return
         except h11.RemoteProtocolError as exc:
@@ -226,6 +331,7 @@ async def _serve_connection(stream: trio.SocketStream, routes: Mapping[str, Rout
             conn.start_next_cycle()
         except h11.LocalProtocolError:
             return  # either side asked to close (Connection: close, HTTP/1.0)
+        kept_alive = True
 
 
 async def _linger(stream: trio.SocketStream) -> None:
@@ -248,15 +354,21 @@ async def _linger(stream: trio.SocketStream) -> None:
             return
 
 
-async def _read_request(conn: h11.Connection, stream: trio.SocketStream) -> tuple[h11.Request, bool]:
-    """Read one request and discard its body.
+async def _await_next_request(conn: h11.Connection, stream: trio.SocketStream) -> None:
+    """The keep-alive idle wait: until the next request's first byte (or EOF).
 
-    Returns:
-        (the request, whether its body went over ``MAX_BODY_BYTES``; if it
-        did, the rest is not read and the connection must close).
+    Returns at once when a pipelined request is already buffered.
+    """
+    buffered, closed = conn.trailing_data
+    if not buffered and not closed:
+        conn.receive_data(await stream.receive_some(RECEIVE_CHUNK_BYTES))
+
+
+async def _read_head(conn: h11.Connection, stream: trio.SocketStream) -> h11.Request:
+    """Read one request head (the request line and headers).
 
     Raises:
-        _Closed: the peer closed before a complete request.
+        _Closed: the peer closed before a complete head.
         h11.RemoteProtocolError: the bytes are not HTTP/1.1.
     """
     event = await _next_event(conn, stream)
@@ -264,16 +376,29 @@ async def _read_request(conn: h11.Connection, stream: trio.SocketStream) -> tupl
         raise _Closed
     if not isinstance(event, h11.Request):  # h11 yields a Request first, or raises
         raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}", error_status_hint=400)
-    request = event
+    return event
+
+
+async def _discard_body(conn: h11.Connection, stream: trio.SocketStream) -> bool:
+    """Read and discard the body of the request whose head was read.
+
+    Returns:
+        Whether the body went over ``MAX_BODY_BYTES``; if it did, the rest is
+        not read and the connection must close.
+
+    Raises:
+        _Closed: the peer closed in the middle of the body.
+        h11.RemoteProtocolError: the bytes are not HTTP/1.1.
+    """
     body_bytes = 0
     while True:
         event = await _next_event(conn, stream)
         if isinstance(event, h11.EndOfMessage):
-            return request, False
+            return False
         if isinstance(event, h11.Data):
             body_bytes += len(event.data)
             if body_bytes > MAX_BODY_BYTES:
-                return request, True
+                return True
             continue
         raise _Closed  # ConnectionClosed in the middle of a body
 

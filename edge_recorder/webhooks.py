@@ -61,10 +61,12 @@ import collections
 import dataclasses
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import random
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -72,7 +74,7 @@ from typing import Any
 import httpx
 import trio
 
-__all__ = ["WebhookNotifier", "WebhookStats", "sign", "verify"]
+__all__ = ["WebhookNotifier", "WebhookStats", "sign", "transport_warnings", "verify"]
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,35 @@ def verify(secret: str, timestamp: int | str, body: bytes, signature: str) -> bo
     Checks the MAC only; a receiver also refuses timestamps that are not recent.
     """
     return hmac.compare_digest(sign(secret, timestamp, body).encode(), signature.encode())
+
+
+def transport_warnings(urls: Iterable[str], secret_set: bool) -> list[str]:
+    """What an operator should hear at start-up about these webhooks, one sentence each.
+
+    Unsigned deliveries (no ``RECORDING_WEBHOOK_SECRET``) can be forged by
+    anyone who can reach a receiver; ``http://`` to a host that is not
+    loopback sends every state record (rooms, sessions, asset keys) in the clear.
+    """
+    warnings: list[str] = []
+    urls = list(dict.fromkeys(urls))
+    if urls and not secret_set:
+        warnings.append(
+            "RECORDING_WEBHOOK_SECRET is unset: webhook deliveries are unsigned, so a receiver cannot tell "
+            "them from forged ones"
+        )
+    for url in urls:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host.lower() == "localhost"
+        if parts.scheme == "http" and not loopback:
+            warnings.append(
+                f"webhook URL {parts.scheme}://{host}{parts.path} is plain http to a host that is not loopback: "
+                "state records cross the network unencrypted; use https://"
+            )
+    return warnings
 
 
 def encode_body(record: Mapping[str, Any]) -> bytes:

@@ -8,24 +8,55 @@ connection, listening ones (:func:`serve_control`) and the dial-out one
 * a connection asks the :class:`~edge_recorder.session.manager.SessionManager`
   and never owns a session, so a dropped WebSocket ends no recording; the
   connections that drove a session are its controllers (see the manager);
-* every reply and notification for a connection goes through its bounded
-  outbox and one writer task, so notifications arrive in order. Policy when an
-  outbox is full: the peer is not reading, and dropping a state notification
-  would leave it with a wrong picture, so the connection is closed (1008) and
-  the SFU reconnects and re-reads state with ``recording.list``;
+* every reply and notification for a connection goes through its outbox,
+  bounded by ``OUTBOX_MESSAGES`` messages and ``OUTBOX_BYTES`` bytes, and one
+  writer task, so notifications arrive in order. Policy when an outbox is
+  full (either bound; counted in ``control_outbox_overflows_total{limit}``):
+  the peer is not reading, and dropping a state notification would leave it
+  with a wrong picture, so the send in progress is abandoned, the connection
+  closed (1008), and the SFU reconnects and re-reads state with
+  ``recording.list``;
 * each request runs in its own task (``recording.stop`` waits for the media to
   be finalised; others need not wait behind it), at most
   ``MAX_IN_FLIGHT`` per connection; past that, and past the token bucket, the
   reply is ``RATE_LIMITED`` and nothing runs;
-* a bad frame gets an error reply and the connection carries on.
+* a bad frame gets an error reply and the connection carries on;
+* error replies never carry an absolute path of this node, and neither they
+  nor state records carry the media worker's stderr: those are for the
+  operator's log, not the SFU.
+
+The listener (:func:`serve_control`) is ours, not ``serve_websocket``'s, so
+that anyone who reaches the port cannot exhaust file descriptors before
+authenticating (issue #9: 250 idle TCP connections made a ``recording.start``
+fail with EMFILE). At accept, before a byte is parsed, :class:`Admission`
+refuses (closes at once) a connection past any of:
+
+* ``max_connections`` open in all, ``max_connections_per_ip`` from one
+  address (``RECORDING_CONTROL_MAX_CONNECTIONS[_PER_IP]``);
+* half of each of those still handshaking ("pending"): a client without the
+  token can only ever be pending, so it cannot take the slots of SFUs that
+  authenticated;
+* the process's free file descriptors falling below a reserve,
+  ``max(64, 10 % of RLIMIT_NOFILE)``, kept for the recordings' sockets and files.
+
+A pending connection has ``handshake_timeout_s`` to complete its handshake and
+is closed when it passes, or as soon as the peer closes: no socket lingers.
+Refusals and failed handshakes are counted in
+``control_connections_refused_total{reason}`` and logged as one summary line
+per minute, never a traceback: that is client misbehaviour, not our fault.
 """
 
 from __future__ import annotations
 
+import enum
+import errno
 import hmac
+import ipaddress
 import itertools
 import logging
+import os
 import random
+import resource
 import ssl
 import urllib.parse
 from collections.abc import Callable
@@ -33,11 +64,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket, wrap_client_stream
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    WebSocketRequest,
+    wrap_client_stream,
+    wrap_server_stream,
+)
 
 from edge_recorder import __version__
 from edge_recorder.control import protocol as rpc
-from edge_recorder.errors import EdgeRecorderError, SessionNotActiveError, UnknownSessionError
+from edge_recorder.errors import EdgeRecorderError, SessionNotActiveError, UnknownSessionError, public_message
+from edge_recorder.metrics import RecorderMetrics
 from edge_recorder.rtp.parameters import recorder_rtp_capabilities
 from edge_recorder.session.manager import SessionManager
 from edge_recorder.session.session import OutputOptions, RecordingSession
@@ -46,6 +85,10 @@ from edge_recorder.session.stream import StreamSpec
 log = logging.getLogger(__name__)
 
 OUTBOX_MESSAGES = 1024
+# The outbox is bounded in bytes too: 1024 large `recording.list` replies
+# would otherwise hold gigabytes for a peer that stopped reading. One message
+# always fits in an empty outbox, whatever its size.
+OUTBOX_BYTES = 16 * 1024 * 1024
 MAX_IN_FLIGHT = 32
 # trio-websocket closes the connection (1009) on frames past its own limit; we
 # set it well above MAX_MESSAGE_BYTES so oversized requests get a JSON-RPC
@@ -57,10 +100,15 @@ WEBSOCKET_FRAME_LIMIT = 4 * 1024 * 1024
 class _Connection:
     id: str
     ws: WebSocketConnection
-    send: trio.MemorySendChannel[str]
-    receive: trio.MemoryReceiveChannel[str]
+    # (frame, its UTF-8 size): the size is counted in and out of queued_bytes.
+    send: trio.MemorySendChannel[tuple[str, int]]
+    receive: trio.MemoryReceiveChannel[tuple[str, int]]
     limiter: rpc.RateLimiter
     in_flight: int = 0
+    queued_bytes: int = 0
+    # The send in progress: cancelled when the outbox overflows, since a
+    # peer that is not reading would hold it (and the socket) forever.
+    sending: trio.CancelScope | None = None
     remote: str = ""
     closed: bool = field(default=False)
     # Close code once the outbox is drained: 1008 for a peer that stopped
@@ -76,6 +124,7 @@ class ControlHub:
         manager: the session manager (owned by the service, not by us).
         settings: the service settings.
         clock: seconds for the rate limiter (Trio's clock by default).
+        metrics: counts outbox overflows and listener refusals, if given.
     """
 
     def __init__(
@@ -87,9 +136,11 @@ class ControlHub:
         state: Any = None,
         store: Any = None,
         metadata: Any = None,
+        metrics: RecorderMetrics | None = None,
     ) -> None:
         self.manager = manager
         self.settings = settings
+        self.metrics = metrics
         # Shared state answers for sessions of other nodes (and ended ones
         # this node forgot); the store presigns asset URLs when enabled.
         self._state = state
@@ -106,7 +157,7 @@ class ControlHub:
     # -- notifications (called synchronously, in order, from the sessions) -----------
 
     def _on_state(self, session: RecordingSession) -> None:
-        self.broadcast(rpc.state_notification(session.state_record()))
+        self.broadcast(rpc.state_notification(public_record(session.state_record())))
 
     def _on_keyframe_request(self, session: RecordingSession, spec: StreamSpec) -> None:
         self.broadcast(rpc.keyframe_request_notification(session.session_id, spec.producer_id))
@@ -119,16 +170,31 @@ class ControlHub:
     def _queue(self, conn: _Connection, message: str) -> None:
         if conn.closed:
             return
+        size = len(message.encode())
         try:
-            conn.send.send_nowait(message)
+            if conn.queued_bytes and conn.queued_bytes + size > OUTBOX_BYTES:
+                self._overflow(conn, "bytes")
+                return
+            conn.send.send_nowait((message, size))
+            conn.queued_bytes += size
         except trio.WouldBlock:
-            # The peer is not reading; see the module docstring for why we
-            # close rather than drop.
-            log.warning("control connection not reading; closing it", extra={"connection": conn.id})
-            conn.closed = True
-            conn.send.close()
+            self._overflow(conn, "messages")
         except trio.ClosedResourceError:
             conn.closed = True
+
+    def _overflow(self, conn: _Connection, limit: str) -> None:
+        # The peer is not reading; see the module docstring for why we close
+        # rather than drop.
+        log.warning(
+            "control connection not reading; closing it",
+            extra={"connection": conn.id, "limit": limit, "queuedBytes": conn.queued_bytes},
+        )
+        if self.metrics is not None:
+            self.metrics.control_outbox_overflow(limit)
+        conn.closed = True
+        conn.send.close()
+        if conn.sending is not None:
+            conn.sending.cancel()
 
     async def close_all(self) -> None:
         """Shutdown: deliver what is queued (the final state notifications), then
@@ -145,7 +211,7 @@ class ControlHub:
 
     async def serve_connection(self, ws: WebSocketConnection, *, remote: str = "") -> None:
         """Serve one connection until it closes. Never raises for the peer's sake."""
-        send, receive = trio.open_memory_channel[str](OUTBOX_MESSAGES)
+        send, receive = trio.open_memory_channel[tuple[str, int]](OUTBOX_MESSAGES)
         limiter = rpc.RateLimiter(rate_per_s=self.settings.control.rate_limit_per_s, burst=2 * self.settings.control.rate_limit_per_s)
         conn = _Connection(f"c{next(self._ids)}", ws, send, receive, limiter, remote=remote)
         self.connections[conn.id] = conn
@@ -168,11 +234,15 @@ class ControlHub:
 
     async def _write_loop(self, conn: _Connection, scope: trio.CancelScope) -> None:
         async with conn.receive:
-            async for message in conn.receive:
-                try:
-                    await conn.ws.send_message(message)
-                except ConnectionClosed:
-                    break
+            async for message, size in conn.receive:
+                conn.queued_bytes -= size
+                with trio.CancelScope() as conn.sending:
+                    try:
+                        await conn.ws.send_message(message)
+                    except ConnectionClosed:
+                        break
+                if conn.sending.cancelled_caught:
+                    break  # the outbox overflowed: what is queued is not sent
         # The outbox was closed (peer not reading, or shutdown after the last
         # notification) or the socket died.
         with trio.move_on_after(2, shield=True):
@@ -188,7 +258,7 @@ class ControlHub:
             try:
                 message = rpc.parse_message_untrusted(frame)
             except rpc.JsonRpcError as exc:
-                self._queue(conn, rpc.error_message(exc.id, exc.code, exc.message, exc.data))
+                self._queue(conn, rpc.error_message(exc.id, exc.code, public_message(exc.message), exc.data))
                 continue
             if not isinstance(message, rpc.Request):
                 continue  # notifications and responses from the peer need no answer
@@ -207,7 +277,11 @@ class ControlHub:
             err = rpc.error_from_exception(exc, request.id)
             if err.code == rpc.ErrorCode.INTERNAL_ERROR:
                 log.exception("control request failed", extra={"method": request.method, "connection": conn.id})
-            reply = rpc.error_message(err.id, err.code, err.message, err.data)
+            public = public_message(err.message)
+            if public != err.message and err.code != rpc.ErrorCode.INTERNAL_ERROR:
+                # What the SFU was not told, for the operator.
+                log.info("control request refused: %s", err.message, extra={"method": request.method, "connection": conn.id})
+            reply = rpc.error_message(err.id, err.code, public, err.data)
         except Exception:
             log.exception("control request failed", extra={"method": request.method, "connection": conn.id})
             reply = rpc.error_message(request.id, rpc.ErrorCode.INTERNAL_ERROR, "internal error")
@@ -228,7 +302,7 @@ class ControlHub:
                 "capacity": self.manager.capacity(),
             }
         if isinstance(params, rpc.StartParams):
-            session = await self.manager.start(
+            session = await self.manager.start_or_find(
                 params.room_id,
                 session_id=params.session_id,
                 layout=params.layout,
@@ -243,7 +317,7 @@ class ControlHub:
             if self._state is not None:
                 for record in await self._state.list(500):
                     records.setdefault(record["sessionId"], record)
-            return {"sessions": list(records.values())}
+            return {"sessions": [public_record(r) for r in records.values()]}
         if isinstance(params, rpc.GetParams):
             found = (
                 self.manager.get(params.session_id) if params.session_id is not None else self.manager.by_room(params.room_id or "")
@@ -262,7 +336,7 @@ class ControlHub:
                 record = record_from_row(row, with_asset=True) if row is not None else None
             if record is None:
                 raise UnknownSessionError(f"unknown session {params.session_id or 'for room ' + str(params.room_id)}")
-            return await self._with_presigned_url(record)
+            return await self._with_presigned_url(public_record(record))
         session = self.manager.require(params.session_id)
         if isinstance(params, rpc.StopParams):
             await session.stop(params.reason)
@@ -303,6 +377,252 @@ class ControlHub:
         )
 
 
+# -- what the SFU may see -------------------------------------------------------------
+
+def public_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A state record as the SFU gets it: ``error`` without node paths or worker stderr.
+
+    Records from this node's sessions already are; ones read back from the
+    metadata database carry the operator's text, which stays in the log and
+    the database (``retry-upload`` finds the spool by its session id).
+    """
+    error = record.get("error")
+    if isinstance(error, str):
+        public = public_message(error)
+        if public != error:
+            return {**record, "error": public}
+    return record
+
+
+# -- the listener --------------------------------------------------------------------
+
+
+class Phase(enum.Enum):
+    """Where one accepted control connection is, for :class:`Admission`."""
+
+    # Accepted; the WebSocket handshake (and the token check) is not done.
+    PENDING = "pending"
+    # Handshake accepted: an authenticated SFU speaking JSON-RPC.
+    ESTABLISHED = "established"
+    # Handshake refused, timed out or broken, and counted as such; the socket
+    # still holds its pending slot until it is closed.
+    REFUSED = "refused"
+
+
+def next_phase(current: Phase, new: Phase) -> Phase:
+    """The one legal move out of PENDING; anything else is a bug of ours.
+
+    Raises:
+        ValueError: ``current`` is not PENDING, or ``new`` is.
+    """
+    if current is not Phase.PENDING or new is Phase.PENDING:
+        raise ValueError(f"a control connection cannot go from {current.value} to {new.value}")
+    return new
+
+
+@dataclass(frozen=True)
+class ListenerLimits:
+    """The caps :class:`Admission` enforces; see the module docstring."""
+
+    max_connections: int
+    max_per_ip: int
+    max_pending: int
+    max_pending_per_ip: int
+
+    @classmethod
+    def from_settings(cls, control: Any) -> ListenerLimits:
+        return cls(
+            max_connections=control.max_connections,
+            max_per_ip=control.max_connections_per_ip,
+            max_pending=max(1, control.max_connections // 2),
+            max_pending_per_ip=max(1, control.max_connections_per_ip // 2),
+        )
+
+
+def source_key(ip: str) -> str:
+    """The "one address" the per-address caps count: an IPv4 address, or an IPv6 /64.
+
+    An IPv6 host is usually handed a whole /64, so counting single addresses
+    would give it billions of shares; an IPv4-mapped address counts as its IPv4.
+    """
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)
+
+
+def fd_reserve(limit: int) -> int:
+    """File descriptors kept free for recordings under an ``RLIMIT_NOFILE`` of ``limit``."""
+    return max(64, limit // 10)
+
+
+def free_fds() -> int | None:
+    """File descriptors this process may still open, or None when that cannot be read."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+    return soft - in_use
+
+
+def _fd_headroom_ok() -> bool:
+    free = free_fds()
+    if free is None:
+        return True
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return free >= fd_reserve(soft)
+
+
+class Admission:
+    """Which control connections may open, counted per phase and source address.
+
+    Pure bookkeeping (no I/O but the injected descriptor check): the accept
+    loop asks :meth:`admit` before anything is read, reports the handshake's
+    end with :meth:`established`, and :meth:`release` when the socket closes.
+
+    Args:
+        limits: the caps.
+        fd_headroom_ok: whether the process may spend one more descriptor on a
+            control connection (``max(64, 10 %)`` of ``RLIMIT_NOFILE`` free by default).
+    """
+
+    def __init__(self, limits: ListenerLimits, fd_headroom_ok: Callable[[], bool] = _fd_headroom_ok) -> None:
+        self.limits = limits
+        self._fd_headroom_ok = fd_headroom_ok
+        self.open = 0
+        self.pending = 0
+        self._open_by_ip: dict[str, int] = {}
+        self._pending_by_ip: dict[str, int] = {}
+
+    def admit(self, ip: str) -> str | None:
+        """Count a new connection from ``ip`` in as pending, or return why it is refused."""
+        lim = self.limits
+        if self.open >= lim.max_connections:
+            return "max_connections"
+        if self._open_by_ip.get(ip, 0) >= lim.max_per_ip:
+            return "max_connections_per_ip"
+        if self.pending >= lim.max_pending:
+            return "max_pending"
+        if self._pending_by_ip.get(ip, 0) >= lim.max_pending_per_ip:
+            return "max_pending_per_ip"
+        if not self._fd_headroom_ok():
+            return "fd_reserve"
+        self.open += 1
+        self.pending += 1
+        _bump(self._open_by_ip, ip, 1)
+        _bump(self._pending_by_ip, ip, 1)
+        return None
+
+    def established(self, ip: str) -> None:
+        """The connection from ``ip`` completed its handshake: it is no longer pending."""
+        self.pending -= 1
+        _bump(self._pending_by_ip, ip, -1)
+
+    def release(self, ip: str, phase: Phase) -> None:
+        """The connection from ``ip`` closed in ``phase``."""
+        if phase is not Phase.ESTABLISHED:
+            self.established(ip)
+        self.open -= 1
+        _bump(self._open_by_ip, ip, -1)
+
+
+def _bump(counts: dict[str, int], key: str, by: int) -> None:
+    n = counts.get(key, 0) + by
+    if n > 0:
+        counts[key] = n
+    else:
+        counts.pop(key, None)
+
+
+REFUSAL_LOG_INTERVAL_S = 60.0
+
+
+class RefusalLog:
+    """Counts refusals by reason; logs one summary line at most every ``interval_s``.
+
+    Pure: the caller passes the time. A flood of refusals costs one counter
+    increment each and a log line a minute.
+    """
+
+    def __init__(self, metrics: RecorderMetrics | None, interval_s: float = REFUSAL_LOG_INTERVAL_S) -> None:
+        self._metrics = metrics
+        self._interval_s = interval_s
+        self._unlogged: dict[str, int] = {}
+        self._last: float | None = None
+
+    def note(self, reason: str, now: float) -> None:
+        if self._metrics is not None:
+            self._metrics.control_connection_refused(reason)
+        self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
+        if self._last is None or now - self._last >= self._interval_s:
+            self._last = now
+            summary = ", ".join(f"{n} {why}" for why, n in sorted(self._unlogged.items()))
+            log.warning("Control connections refused or failed their handshake: %s", summary, extra={"refused": dict(self._unlogged)})
+            self._unlogged.clear()
+
+
+class _HandshakeStream(trio.abc.Stream):
+    """The accepted socket as trio-websocket sees it, telling us when the peer is gone.
+
+    trio-websocket waits for the upgrade request until its caller gives up,
+    even after the peer closed or its request was malformed (the library then
+    closes the stream itself): cancelling ``gone`` ends that wait at once, so
+    a closed socket is released now and not at the handshake deadline.
+    """
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.gone = trio.CancelScope()
+        self.ended: str | None = None  # "peer_closed" or "bad_handshake", once known
+
+    def _end(self, why: str) -> None:
+        if self.ended is None:
+            self.ended = why
+        self.gone.cancel()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        try:
+            data = await self.stream.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._end("peer_closed")
+            raise
+        if not data:
+            self._end("peer_closed")
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._end("peer_closed")
+            raise
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.stream.send_eof()
+
+    async def aclose(self) -> None:
+        self._end("bad_handshake")  # trio-websocket closes the stream on a malformed request
+        await self.stream.aclose()
+
+
+# The peer's misbehaviour (resets, closes mid-handshake): counted, no traceback.
+_PEER_ERRORS = (ConnectionClosed, HandshakeError, trio.BrokenResourceError, trio.ClosedResourceError)
+_ACCEPT_BACKOFF_S = 0.1  # after EMFILE and friends, as trio.serve_listeners does
+_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_CLOSE_TIMEOUT_S = 1.0
+
+
 def _authorized(request: WebSocketRequest, token: str | None) -> bool:
     if token is None:
         return True
@@ -314,42 +634,158 @@ def _authorized(request: WebSocketRequest, token: str | None) -> bool:
     return False
 
 
-async def serve_control(hub: ControlHub, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
+@dataclass(frozen=True)
+class _Listener:
+    """What every connection of one :func:`serve_control` shares."""
+
+    hub: ControlHub
+    admission: Admission
+    refusals: RefusalLog
+    path: str
+    token: str | None
+    handshake_timeout_s: float
+
+
+async def serve_control(
+    hub: ControlHub,
+    *,
+    admission: Admission | None = None,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Listen for SFU connections until cancelled; reports the bound (host, port).
 
     A handshake on another path gets 404; with a token configured, one without
     ``Authorization: Bearer <token>`` gets 401 before any message is read.
+    Connections past the caps are closed at accept (see the module docstring).
+
+    Args:
+        hub: serves the connections; its settings give the address and caps.
+        admission: the caps' bookkeeping (tests inject one); from
+            ``hub.settings.control`` when None.
+
+    Raises:
+        OSError: the address cannot be bound (before ``task_status.started``).
+
+    On cancellation every connection and the listening socket are closed.
     """
     control = hub.settings.control
-    token = control.token.reveal() if control.token is not None else None
+    shared = _Listener(
+        hub=hub,
+        admission=admission if admission is not None else Admission(ListenerLimits.from_settings(control)),
+        refusals=RefusalLog(hub.metrics),
+        path=control.path,
+        token=control.token.reveal() if control.token is not None else None,
+        handshake_timeout_s=control.handshake_timeout_s,
+    )
+    listeners = await trio.open_tcp_listeners(control.port, host=control.host)
+    if control.port == 0 and len(listeners) > 1:
+        for extra in listeners[1:]:  # each would get a different ephemeral port; serve one
+            await extra.aclose()
+        listeners = listeners[:1]
+    port = int(listeners[0].socket.getsockname()[1])
+    try:
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(_accept_loop, listener, nursery, shared)
+            log.info("Control WebSocket listening", extra={"host": control.host, "port": port, "path": control.path})
+            task_status.started((control.host, port))
+    finally:
+        with trio.move_on_after(_CLOSE_TIMEOUT_S, shield=True):
+            for listener in listeners:
+                await listener.aclose()
 
-    async def handler(request: WebSocketRequest) -> None:
-        peer = request.remote
-        remote = peer if isinstance(peer, str) else f"{peer.address}:{peer.port}"
-        if request.path.split("?", 1)[0] != control.path:
-            await request.reject(404, body=b"unknown path\n")
-            return
-        if not _authorized(request, token):
-            log.warning("Control handshake refused: missing or wrong bearer token", extra={"remote": remote})
-            await request.reject(401, extra_headers=[(b"WWW-Authenticate", b"Bearer")], body=b"unauthorized\n")
-            return
-        ws = await request.accept()
-        await hub.serve_connection(ws, remote=remote)
 
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(
-            lambda task_status: serve_websocket(
-                handler,
-                control.host,
-                control.port,
-                ssl_context=None,
-                max_message_size=WEBSOCKET_FRAME_LIMIT,
-                task_status=task_status,
-            )
-        )
-        port = server.port
-        log.info("Control WebSocket listening", extra={"host": control.host, "port": port, "path": control.path})
-        task_status.started((control.host, port))
+async def _accept_loop(listener: trio.SocketListener, nursery: trio.Nursery, shared: _Listener) -> None:
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in _RESOURCE_ERRNOS:
+                raise
+            shared.refusals.note("accept_" + errno.errorcode.get(exc.errno or 0, "error").lower(), trio.current_time())
+            await trio.sleep(_ACCEPT_BACKOFF_S)
+            continue
+        try:
+            peer = stream.socket.getpeername()
+        except OSError:
+            peer = None  # reset before we got to it
+        if not isinstance(peer, tuple):
+            shared.refusals.note("peer_closed", trio.current_time())
+            await _close(stream)
+            continue
+        ip, remote = source_key(str(peer[0])), _format_peer(peer)
+        refused = shared.admission.admit(ip)
+        if refused is not None:
+            shared.refusals.note(refused, trio.current_time())
+            await _close(stream)
+            continue
+        nursery.start_soon(_connection, stream, ip, remote, shared)
+
+
+def _format_peer(peer: tuple[Any, ...]) -> str:
+    host, port = str(peer[0]), peer[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _close(stream: trio.abc.AsyncResource) -> None:
+    """Close a socket, bounded and shielded; safe to call twice."""
+    with trio.move_on_after(_CLOSE_TIMEOUT_S, shield=True):
+        await stream.aclose()
+
+
+async def _connection(stream: trio.SocketStream, ip: str, remote: str, shared: _Listener) -> None:
+    """One accepted connection: handshake within the deadline, then the hub serves it.
+
+    Never raises: the peer's misbehaviour is counted, a bug of ours logged.
+    The socket is closed (and its slot released) whatever happens.
+    """
+    phase = Phase.PENDING
+    try:
+        async with trio.open_nursery() as nursery:  # trio-websocket's reader task
+            ws = await _handshake(stream, nursery, shared)
+            if ws is None:
+                phase = next_phase(phase, Phase.REFUSED)
+            else:
+                phase = next_phase(phase, Phase.ESTABLISHED)
+                shared.admission.established(ip)
+                await shared.hub.serve_connection(ws, remote=remote)
+                with trio.move_on_after(2, shield=True):
+                    await ws.aclose()
+            nursery.cancel_scope.cancel()
+    except* _PEER_ERRORS:
+        if phase is Phase.PENDING:
+            shared.refusals.note("peer_error", trio.current_time())
+    except* Exception:
+        log.exception("Control connection failed", extra={"remote": remote})
+    finally:
+        shared.admission.release(ip, phase)
+        await _close(stream)
+
+
+async def _handshake(stream: trio.SocketStream, nursery: trio.Nursery, shared: _Listener) -> WebSocketConnection | None:
+    """The WebSocket opening handshake, bounded by ``handshake_timeout_s``.
+
+    Returns:
+        The connection, or None when it was refused (404, 401), timed out,
+        was malformed or the peer left; each counted with its reason.
+    """
+    watched = _HandshakeStream(stream)
+    refused: str | None = None
+    with trio.move_on_after(shared.handshake_timeout_s) as deadline:
+        with watched.gone:
+            request = await wrap_server_stream(nursery, watched, max_message_size=WEBSOCKET_FRAME_LIMIT)
+            if request.path.split("?", 1)[0] != shared.path:
+                refused = "wrong_path"
+                await request.reject(404, body=b"unknown path\n")
+            elif not _authorized(request, shared.token):
+                refused = "unauthorized"
+                await request.reject(401, extra_headers=[(b"WWW-Authenticate", b"Bearer")], body=b"unauthorized\n")
+            else:
+                return await request.accept()
+    if refused is None:
+        refused = "handshake_timeout" if deadline.cancelled_caught else (watched.ended or "peer_closed")
+    shared.refusals.note(refused, trio.current_time())
+    return None
 
 
 async def dial_out(hub: ControlHub, url: str) -> None:
@@ -379,22 +815,50 @@ async def _dial_once(hub: ControlHub, url: str, headers: list[tuple[bytes, bytes
 
     We open and close the TCP stream ourselves: when the peer closes the
     WebSocket, trio-websocket's client waits for a TCP close it then never
-    performs, which would leave the socket to the garbage collector.
+    performs, which would leave the socket to the garbage collector. The
+    connect and the handshake each get ``handshake_timeout_s``.
     """
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "wss" else 80)
-    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    tcp = await trio.open_tcp_stream(host, port)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    timeout_s = hub.settings.control.handshake_timeout_s
+    with trio.fail_after(timeout_s):
+        tcp = await trio.open_tcp_stream(host, port)
     stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = tcp
     if parts.scheme == "wss":
         stream = trio.SSLStream(tcp, ssl.create_default_context(), server_hostname=host, https_compatible=True)
     async with stream:
         async with trio.open_nursery() as nursery:
-            ws = await wrap_client_stream(
-                nursery, stream, host, resource, extra_headers=headers, max_message_size=WEBSOCKET_FRAME_LIMIT
-            )
+            with trio.fail_after(timeout_s):
+                ws = await wrap_client_stream(
+                    nursery, stream, host, target, extra_headers=headers, max_message_size=WEBSOCKET_FRAME_LIMIT
+                )
             log.info("Dialled out to SFU", extra={"url": url})
             await hub.serve_connection(ws, remote=url)
             await ws.aclose()
             nursery.cancel_scope.cancel()
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
+
+
+def dial_url_warning(url: str, token_set: bool) -> str | None:
+    """Why dialling ``url`` would expose the control token, or None.
+
+    A ``ws://`` (not ``wss://``) URL to a host that is not loopback sends the
+    bearer token in the clear to anyone on the path.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if not token_set or parts.scheme != "ws" or _is_loopback_host(parts.hostname or ""):
+        return None
+    return (
+        f"RECORDING_CONTROL_DIAL_URL is ws:// to {parts.hostname}, not loopback: RECORDING_CONTROL_TOKEN "
+        "is sent unencrypted and anyone on the path can read it and drive this recorder; use wss://"
+    )

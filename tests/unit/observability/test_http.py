@@ -311,24 +311,66 @@ async def test_idle_connection_is_closed_after_the_timeout(
         assert trio.current_time() - start_time == pytest.approx(30.0, abs=0.5)
 
 
-async def test_slow_request_head_is_cut_off_at_the_timeout(
+async def _trickle_until_closed(stream: trio.SocketStream, every_s: float) -> None:
+    """A slowloris: one header line every ``every_s``, never the blank line, until the server closes."""
+    for i in range(1000):
+        try:
+            await stream.send_all(b"GET /healthz HTTP/1.1\r\n" if i == 0 else b"x-slow: 1\r\n")
+        except trio.BrokenResourceError:
+            return
+        try:
+            with trio.move_on_after(every_s):
+                if await stream.receive_some(100) == b"":
+                    return
+        except trio.BrokenResourceError:
+            return  # closed with our last line unread: a reset
+    raise AssertionError("the server never closed the slow connection")
+
+
+async def test_slow_request_head_is_cut_off_at_the_request_timeout(
     nursery: trio.Nursery, routes: dict[str, Route], autojump_clock: trio.testing.MockClock
 ) -> None:
-    host, port = await start(nursery, routes, idle_timeout_s=30.0)
+    # The head deadline, not the (longer) idle timeout, bounds a trickled head.
+    metrics = RecorderMetrics(SERVER)
+    host, port = await start(nursery, routes, idle_timeout_s=30.0, request_timeout_s=5.0, metrics=metrics)
     async with await trio.open_tcp_stream(host, port) as stream:
         start_time = trio.current_time()
-        for _ in range(100):  # one header line every 10 s, never the blank line
+        await _trickle_until_closed(stream, every_s=1.0)
+        assert trio.current_time() - start_time == pytest.approx(5.0, abs=1.1)
+    await trio.sleep(0.1)
+    assert b'http_connections_refused_total{reason="request_timeout",server="node-http"} 1.0' in metrics.render()[0]
+
+
+async def test_keep_alive_idle_is_not_cut_by_the_head_deadline(
+    nursery: trio.Nursery, routes: dict[str, Route], autojump_clock: trio.testing.MockClock
+) -> None:
+    host, port = await start(nursery, routes, idle_timeout_s=30.0, request_timeout_s=5.0)
+    async with await trio.open_tcp_stream(host, port) as stream:
+        client = Client(stream)
+        assert (await client.request("GET", "/healthz")).status == 200
+        await trio.sleep(20)  # idle past the head deadline, within the idle timeout
+        assert (await client.request("GET", "/healthz")).status == 200
+        # On a kept-alive connection the head deadline runs from the first byte.
+        await trio.sleep(20)
+        start_time = trio.current_time()
+        await _trickle_until_closed(stream, every_s=1.0)
+        assert trio.current_time() - start_time == pytest.approx(5.0, abs=1.1)
+
+
+async def test_one_address_gets_a_quarter_of_the_connections(nursery: trio.Nursery, routes: dict[str, Route]) -> None:
+    host, port = await start(nursery, routes, max_connections=8)
+    held = [await trio.open_tcp_stream(host, port) for _ in range(2)]
+    try:
+        # The third from the same address is closed at once, unread.
+        async with await trio.open_tcp_stream(host, port) as extra:
             try:
-                await stream.send_all(b"GET /healthz HTTP/1.1\r\n" if _ == 0 else b"x-slow: 1\r\n")
+                await extra.send_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+                assert await read_until_eof(extra) == b""
             except trio.BrokenResourceError:
-                break
-            try:
-                with trio.move_on_after(10):
-                    if await stream.receive_some(100) == b"":
-                        break
-            except trio.BrokenResourceError:
-                break  # closed with our last line unread: a reset
-        assert trio.current_time() - start_time == pytest.approx(30.0, abs=10.5)
+                pass  # a reset is as good as an EOF
+    finally:
+        for stream in held:
+            await stream.aclose()
 
 
 async def test_cancelling_the_server_closes_listener_and_connections() -> None:
