@@ -17,6 +17,9 @@ from typing import Any
 import trio
 
 from edge_recorder.errors import ConfigError, EdgeRecorderError, UnknownSessionError
+from edge_recorder.sink.multipart import sidecar_path
+from edge_recorder.sink.uploader import sha256_file
+from edge_recorder.spool import NodeSpool
 
 log = logging.getLogger(__name__)
 
@@ -42,30 +45,64 @@ class CleanupReport:
     kept: dict[str, str] = field(default_factory=dict)  # path → why
 
 
+def _mtime_and_size(path: Path) -> tuple[float, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime, st.st_size
+
+
+def _unsafe_reason(row: dict[str, Any] | None, size: int) -> str | None:
+    """Why a spool of this session is not known to be safely in a bucket, or None (pure).
+
+    Safe: the session is COMPLETED, its asset is in a bucket, and the file is
+    of the asset's size (a spool of a reused session id is not the uploaded one).
+    """
+    if row is None:
+        return "unknown session"
+    asset = row.get("asset") or {}
+    if row.get("status") != "COMPLETED" or not asset.get("bucket") or not asset.get("key"):
+        return f"status {row.get('status')}, not safely uploaded"
+    if asset.get("sizeBytes") != size:
+        return f"{size} bytes, the uploaded object {asset.get('sizeBytes')}: not the uploaded recording"
+    return None
+
+
+def _remove(path: Path, session_id: str) -> None:
+    path.unlink(missing_ok=True)
+    sidecar_path(path, session_id).unlink(missing_ok=True)  # a multipart upload's, useless without the spool
+
+
 async def cleanup(settings: Any, metadata: Any, *, older_than_s: float, force: bool) -> CleanupReport:
     """Remove local artifacts older than ``older_than_s``.
 
     A file is removed only when its session is COMPLETED with the artifact in a
-    bucket (safely uploaded), or with ``force``. Files of unknown sessions,
-    failed uploads and local-only recordings (the file *is* the recording) are
-    kept and reported.
+    bucket and the file is that artifact (same size, and same SHA-256 when the
+    row has one), or with ``force``. Files of unknown sessions, failed uploads
+    and local-only recordings (the file *is* the recording) are kept and
+    reported. Looks at this node's spool and the layout before it
+    (:meth:`~edge_recorder.spool.NodeSpool.spools`).
     """
     report = CleanupReport()
     cutoff = time.time() - older_than_s
-    for path in sorted(Path(settings.tmp_dir).glob("*.mp4")):
-        try:
-            if path.stat().st_mtime > cutoff:
-                continue
-        except FileNotFoundError:
+    spool = NodeSpool(settings.tmp_dir, settings.server_id)
+    for path in await trio.to_thread.run_sync(spool.spools):
+        stat = await trio.to_thread.run_sync(_mtime_and_size, path)
+        if stat is None or stat[0] > cutoff:
             continue
-        row = await metadata.get_session(path.stem)
-        safe = bool(row and row.get("status") == "COMPLETED" and row.get("asset") and row["asset"].get("bucket"))
-        if safe or force:
-            path.unlink(missing_ok=True)
+        sid = path.stem
+        row = await metadata.get_session(sid)
+        why = _unsafe_reason(row, stat[1])
+        if why is None and row is not None:
+            expected = (row.get("asset") or {}).get("sha256")
+            if expected and await trio.to_thread.run_sync(sha256_file, path) != expected:
+                why = "its SHA-256 is not the uploaded object's: not the uploaded recording"
+        if why is None or force:
+            await trio.to_thread.run_sync(_remove, path, sid)
             report.removed.append(path)
-            log.info("Removed old local artifact", extra={"path": str(path), "forced": force and not safe})
+            log.info("Removed old local artifact", extra={"path": str(path), "forced": why is not None})
         else:
-            why = "unknown session" if row is None else f"status {row.get('status')}, not safely uploaded"
             report.kept[str(path)] = why
     return report
 
@@ -73,10 +110,14 @@ async def cleanup(settings: Any, metadata: Any, *, older_than_s: float, force: b
 async def retry_upload(settings: Any, parts: Any, bookkeeper: Any, session_id: str) -> dict[str, Any]:
     """Re-run a session's upload from its kept spool and mark it COMPLETED.
 
+    The spool is this node's (or in the layout before it); when it is gone,
+    the session completes only if the store holds its recording.
+
     Raises:
         UnknownSessionError: no such session in the metadata database.
         ConfigError: no bucket is configured.
-        UploadFailedError: the store still refuses it (the file stays).
+        EdgeRecorderError: the upload failed (the file stays, the message says
+            where) or there is nothing to upload.
     """
     from edge_recorder.recovery import recover_session
 
@@ -87,9 +128,8 @@ async def retry_upload(settings: Any, parts: Any, bookkeeper: Any, session_id: s
         raise UnknownSessionError(f"unknown session {session_id}")
     if row.get("status") == "COMPLETED":
         return dict(row)
-    spool = Path(settings.tmp_dir) / f"{session_id}.mp4"
-    if not spool.exists():
-        raise UnknownSessionError(f"session {session_id} has no kept recording at {spool}")
+    # With the spool gone the recovery still looks for the object in the store
+    # (an upload that finished before the row could say so).
     # FAILED is terminal in the lifecycle; an operator's retry is the one way
     # back: the row is reopened as UPLOADING, then finished like a recovery.
     row = {**row, "status": "UPLOADING"}

@@ -4,15 +4,27 @@ At start-up, before accepting work, the service asks the metadata database for
 this node's sessions that are not terminal (the process died mid-recording or
 mid-upload). For each:
 
-1. the spool ``RECORDING_TMP_DIR/<sessionId>.mp4`` is cut at its last complete
-   fragment (a partial fragment at the end is what a crash leaves);
-2. the complete fragments are delivered: with a bucket, the chunks already in
-   the store are listed and the upload resumes from them (nothing is uploaded
-   twice), then composed; without one, the file stays as the artifact;
+1. the spool is found (:meth:`~edge_recorder.spool.NodeSpool.find`:
+   ``RECORDING_TMP_DIR/<serverId>/<sessionId>.mp4``, or the layout before it,
+   ``RECORDING_TMP_DIR/<sessionId>.mp4``) and cut after its last complete
+   fragment and the complete boxes after it (a partial box at the end is what
+   a crash leaves; a finished file's trailer is kept);
+2. the complete fragments are delivered: with a bucket, the upload resumes
+   from what the store holds (nothing is uploaded twice, an object that is not
+   this recording is never overwritten); without one, the file stays as the
+   artifact;
 3. the session moves to ``COMPLETED`` with reason ``recovered``, or to
    ``FAILED`` with the reason and the kept file's path;
 4. every change is written through the bookkeeper (SQL, shared state,
-   webhooks), so the row tells the truth again.
+   webhooks), so the row tells the truth again; an uploaded spool is removed
+   only once its ``COMPLETED`` row is written.
+
+**The spool is gone** (a crash after the upload removed it, before the row
+said ``COMPLETED``): with a bucket, the store is asked for the recording's
+object. If it is there, of the size the row knew (when it knew one) and
+written after the session started, the session is ``COMPLETED``
+(``recovered``) with that object as its asset; otherwise ``FAILED`` with what
+was looked for and where.
 
 Chunk objects of an upload that cannot be completed are left for a later
 ``retry-upload`` (they are the progress). A process killed in the middle of
@@ -26,35 +38,77 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
-from edge_recorder.errors import EdgeRecorderError
+from edge_recorder.errors import EdgeRecorderError, StorageError
 from edge_recorder.media.encode import Mp4BoxScanner
+from edge_recorder.sink.s3 import ObjectInfo
+from edge_recorder.sink.uploader import UploadResult
+from edge_recorder.spool import NodeSpool
 
 log = logging.getLogger(__name__)
 
+# How much earlier than the session's start an object may claim to be written
+# and still be taken for its recording when the spool is gone: the store's
+# clock and ours disagree by a little. An object older than that is a
+# finished recording of an earlier session with the same id.
+CLOCK_SKEW_S = 300.0
+
+
+class RecoverableUpload(Protocol):
+    """What recovery needs of an uploader (both upload modes)."""
+
+    @property
+    def url(self) -> str:
+        """``s3://bucket/key`` of the recording."""
+
+    async def resume_and_finish(self, total_bytes: int | None = None) -> UploadResult:
+        """Finish from what the store holds (see the uploaders)."""
+
+    async def stored_object(self) -> ObjectInfo | None:
+        """The recording's object in the store, or None."""
+
+
+UploaderFor = Callable[[str, Path], RecoverableUpload]
+
 
 def last_complete_fragment_end(path: Path) -> int:
-    """Byte offset just past the last complete ``moof``+``mdat`` pair (0 if none).
+    """Byte offset just past the last complete fragment and the complete boxes after it (0: no fragment).
 
-    Reads the file in 1 MiB blocks; a box that runs past the end of the file
-    (the crash's partial fragment) is not complete.
+    A fragment is a complete ``moof`` followed by its complete ``mdat``. Whole
+    boxes after the last fragment (a finished file's ``mfra`` index) are
+    kept; a ``moof`` without its ``mdat``, or a box that runs past the end of
+    the file (the crash's partial write), is not. Reads in 1 MiB blocks.
     """
     scanner = Mp4BoxScanner()
     end = 0
-    saw_moof = False
+    saw_fragment = False
+    open_moof = False
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             for kind, _start, stop in scanner.feed(block):
                 if kind == "moof":
-                    saw_moof = True
-                elif kind == "mdat" and saw_moof:
+                    open_moof = True
+                elif kind == "mdat" and open_moof:
                     end = stop
-                    saw_moof = False
+                    saw_fragment = True
+                    open_moof = False
+                elif saw_fragment and not open_moof:
+                    end = stop
     return end
+
+
+def _cut(path: Path) -> tuple[int, int]:
+    """``(size, end)``: cut ``path`` to :func:`last_complete_fragment_end` (unless that is 0)."""
+    end = last_complete_fragment_end(path)
+    size = path.stat().st_size
+    if 0 < end < size:
+        os.truncate(path, end)
+    return size, end
 
 
 def _iso(value: Any) -> str | None:
@@ -91,11 +145,61 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-async def recover_session(row: dict[str, Any], settings: Any, *, bookkeeper: Any, uploader_for: Any | None) -> dict[str, Any]:
-    """Finalise one session left behind; returns its final record."""
+def _asset_fields(row: dict[str, Any]) -> dict[str, Any]:
+    asset = row.get("asset")
+    return asset if isinstance(asset, dict) else {}
+
+
+def _not_this_recording(info: ObjectInfo, row: dict[str, Any]) -> str | None:
+    """Why the object at the recording's key is not this session's recording, or None (pure).
+
+    The row may know the size (``sizeBytes``, or at least ``uploadedBytes``)
+    and when the session started.
+    """
+    asset = _asset_fields(row)
+    size = asset.get("sizeBytes")
+    if isinstance(size, int) and info.size != size:
+        return f"it has {info.size} bytes, the recording {size}"
+    uploaded = asset.get("uploadedBytes")
+    if isinstance(uploaded, int) and info.size < uploaded:
+        return f"it has {info.size} bytes, fewer than the {uploaded} already uploaded"
+    started = row.get("startedAt")
+    if isinstance(started, dt.datetime) and info.last_modified is not None:
+        if started.tzinfo is None:
+            started = started.replace(tzinfo=dt.timezone.utc)
+        if info.last_modified < started - dt.timedelta(seconds=CLOCK_SKEW_S):
+            return f"it was written at {_iso(info.last_modified)}, before the session started ({_iso(started)})"
+    return None
+
+
+def _asset_row(asset: Any, *, local_path: str | None) -> dict[str, Any]:
+    return {
+        "bucket": asset.bucket,
+        "key": asset.key,
+        "url": asset.url,
+        "size_bytes": asset.size_bytes,
+        "sha256": asset.sha256,
+        "sse_mode": asset.sse_mode,
+        "duration_s": None,
+        "local_path": local_path,
+        "uploaded_bytes": asset.size_bytes,
+    }
+
+
+async def recover_session(
+    row: dict[str, Any], settings: Any, *, bookkeeper: Any, uploader_for: UploaderFor | None
+) -> dict[str, Any]:
+    """Finalise one session left behind; returns its final record.
+
+    Never deletes or cuts more of a spool than the crash's partial write; a
+    spool is removed only after its upload is verified and its ``COMPLETED``
+    row written (by the bookkeeper).
+    """
+    from edge_recorder.session.destination import Asset, LocalDestination
+
     record = record_from_row(row)
     sid = record["sessionId"]
-    spool = Path(settings.tmp_dir) / f"{sid}.mp4"
+    node_spool = NodeSpool(settings.tmp_dir, settings.server_id)
 
     def move(status: str, **fields: Any) -> dict[str, Any]:
         nonlocal record
@@ -103,39 +207,76 @@ async def recover_session(row: dict[str, Any], settings: Any, *, bookkeeper: Any
         record["stoppedAt"] = record.get("stoppedAt") or record["updatedAt"]
         return record
 
-    if not spool.exists():
-        final = move("FAILED", reason="recovery-failed", error=f"the spool file {spool} is gone; nothing to recover")
+    def failed(error: str) -> dict[str, Any]:
+        final = move("FAILED", reason="recovery-failed", error=error)
         bookkeeper.submit(final)
+        log.error("Recording not recovered: %s", error, extra={"sessionId": sid})
         return final
-    end = await trio.to_thread.run_sync(last_complete_fragment_end, spool)
-    if end == 0:
-        final = move(
-            "FAILED", reason="recovery-failed", error=f"no complete fragment in {spool}; the file is kept as it is"
+
+    found = await trio.to_thread.run_sync(node_spool.find, sid)
+    if found is None:
+        looked = f"{node_spool.path_for(sid)} or {node_spool.legacy_path_for(sid)}"
+        if uploader_for is None:
+            return failed(f"the spool file is gone (no {looked}) and no bucket is configured; nothing to recover")
+        upload = uploader_for(sid, node_spool.path_for(sid))
+        try:
+            info = await upload.stored_object()
+        except StorageError as exc:
+            return failed(
+                f"the spool file is gone (no {looked}) and the store could not be checked for {upload.url}: {exc}; "
+                f"run `edge-recorder retry-upload {sid}` when it answers"
+            )
+        if info is None:
+            return failed(f"the spool file is gone (no {looked}) and there is no object at {upload.url}; nothing to recover")
+        why = _not_this_recording(info, row)
+        if why is not None:
+            return failed(
+                f"the spool file is gone (no {looked}) and the object at {info.url} is not this recording: {why}; "
+                "it is left as it is"
+            )
+        sha256 = _asset_fields(row).get("sha256")
+        asset = Asset(
+            url=info.url,
+            size_bytes=info.size,
+            sha256=sha256 if isinstance(sha256, str) else None,  # unknown unless the row kept it
+            bucket=info.bucket,
+            key=info.key,
+            sse_mode=settings.s3.sse,
         )
-        bookkeeper.submit(final)
+        final = move("COMPLETED", reason="recovered", error=None, asset=asset.record())
+        bookkeeper.submit(final, _asset_row(asset, local_path=None))
+        log.warning(
+            "Recording recovered from the store: the spool was gone, the object is there",
+            extra={"sessionId": sid, "bytes": info.size, "url": info.url},
+        )
         return final
-    if spool.stat().st_size > end:
-        os.truncate(spool, end)
+    spool = found
+    try:
+        size, end = await trio.to_thread.run_sync(_cut, spool)
+    except OSError as exc:
+        return failed(f"cannot read or cut the spool file {spool}: {exc}; the file is kept as it is")
+    if end == 0:
+        return failed(f"no complete fragment in {spool}; the file is kept as it is")
+    if end < size:
+        log.warning(
+            "Cut the partial write a crash left at the end of the spool",
+            extra={"sessionId": sid, "path": str(spool), "bytes": size, "kept": end},
+        )
     if record["status"] != "UPLOADING":
         bookkeeper.submit(move("UPLOADING"))
+    remove_after: Path | None = None
     if uploader_for is None:
-        from edge_recorder.session.destination import LocalDestination
-
-        asset = await LocalDestination(spool).finish(end)
+        try:
+            asset = await LocalDestination(spool).finish(end)
+        except OSError as exc:
+            return failed(f"cannot read the spool file {spool}: {exc}; the file is kept as it is")
         local_path: str | None = str(spool)
     else:
         try:
             result = await uploader_for(sid, spool).resume_and_finish(end)
         except EdgeRecorderError as exc:
-            final = move(
-                "FAILED",
-                reason="recovery-failed",
-                error=f"upload failed: {exc}; the recording is kept at {spool}; run `edge-recorder retry-upload {sid}`",
-            )
-            bookkeeper.submit(final)
-            return final
-        from edge_recorder.session.destination import Asset
-
+            kept = "" if str(spool) in str(exc) else f"; the recording is kept at {spool}"
+            return failed(f"upload failed: {exc}{kept}; run `edge-recorder retry-upload {sid}`")
         asset = Asset(
             url=f"s3://{result.bucket}/{result.key}",
             size_bytes=result.size,
@@ -144,32 +285,28 @@ async def recover_session(row: dict[str, Any], settings: Any, *, bookkeeper: Any
             key=result.key,
             sse_mode=settings.s3.sse,
         )
-        spool.unlink(missing_ok=True)
+        # Removed by the bookkeeper once the COMPLETED row is written: a crash
+        # before that finds the spool (and the object) again.
+        remove_after = spool
         local_path = None
     final = move("COMPLETED", reason="recovered", error=None, asset=asset.record())
-    bookkeeper.submit(
-        final,
-        {
-            "bucket": asset.bucket,
-            "key": asset.key,
-            "url": asset.url,
-            "size_bytes": asset.size_bytes,
-            "sha256": asset.sha256,
-            "sse_mode": asset.sse_mode,
-            "duration_s": None,
-            "local_path": local_path,
-            "uploaded_bytes": asset.size_bytes,
-        },
-    )
+    bookkeeper.submit(final, _asset_row(asset, local_path=local_path), remove_after=remove_after)
     log.info("Recording recovered", extra={"sessionId": sid, "bytes": end, "url": asset.url})
     return final
 
 
-async def recover(settings: Any, *, metadata: Any, bookkeeper: Any, uploader_for: Any | None) -> list[dict[str, Any]]:
+async def recover(
+    settings: Any, *, metadata: Any, bookkeeper: Any, uploader_for: UploaderFor | None
+) -> list[dict[str, Any]]:
     """Finalise every non-terminal session this node owned; returns their final records."""
     rows = await metadata.nonterminal_sessions(settings.server_id)
     results = []
     for row in rows:
         log.warning("Recovering a recording left by a previous run", extra={"sessionId": row["sessionId"], "status": row.get("status")})
-        results.append(await recover_session(row, settings, bookkeeper=bookkeeper, uploader_for=uploader_for))
+        try:
+            results.append(await recover_session(row, settings, bookkeeper=bookkeeper, uploader_for=uploader_for))
+        except (EdgeRecorderError, OSError):
+            # One session's surprise must not leave the others unrecovered;
+            # its row stays as it was and its spool where it is.
+            log.exception("Recovery of a session failed; its row and spool are left as they are", extra={"sessionId": row["sessionId"]})
     return results

@@ -7,9 +7,13 @@ verified upload and kept, with its path in the error, when the upload fails.
 
 * :class:`LocalDestination` (no bucket configured, the embedded default): the
   spool file is the artifact; the session completes with a ``file://`` URL.
-* :class:`S3Destination`: chunks uploaded in the background during the
-  recording, composed into ``<prefix><sessionId>/composite.mp4`` at stop (see
-  ``edge_recorder/sink/uploader.py`` and docs/storage.md).
+  It writes nothing: the spool was created exclusively
+  (:meth:`~edge_recorder.spool.NodeSpool.create`), so no finished recording is
+  ever written over.
+* :class:`S3Destination`: parts (or chunks) uploaded in the background during
+  the recording, completed (or composed) into ``<prefix><sessionId>/composite.mp4``
+  at stop, never over an object another upload wrote (see
+  ``edge_recorder/sink/exclusive.py`` and docs/storage.md).
 """
 
 from __future__ import annotations
@@ -28,11 +32,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Asset:
-    """The recording at its destination (``RecordingAsset``)."""
+    """The recording at its destination (``RecordingAsset``).
+
+    ``sha256`` is None only for a recording recovered from the store after its
+    spool was gone, when no row had kept the hash.
+    """
 
     url: str
     size_bytes: int
-    sha256: str
+    sha256: str | None
     bucket: str | None = None
     key: str | None = None
     sse_mode: str | None = None

@@ -7,9 +7,9 @@ objects composed server-side at stop, drives one multipart upload of
 ``<prefix><sessionId>/composite.mp4`` directly:
 
 * at the first complete part, CreateMultipartUpload (``video/mp4``, the SSE
-  headers, the ``recording`` tag), and the upload id is written atomically to
-  a sidecar ``<sessionId>.upload.json`` next to the spool (upload id, bucket,
-  key, part size) before any part is sent;
+  headers, the ``recording`` tag, a random upload token as metadata), and the
+  upload id is written atomically to a sidecar ``<sessionId>.upload.json`` next
+  to the spool (upload id, bucket, key, part size, token) before any part is sent;
 * while recording, each :class:`~edge_recorder.sink.plan.ChunkPlan` chunk
   (≥ part size, ending on a fragment boundary; no roll-ups) is sent as
   UploadPart number ``index + 1`` as soon as it is complete; a failing store
@@ -17,13 +17,17 @@ objects composed server-side at stop, drives one multipart upload of
 * at stop, :meth:`finish` sends the rest (the tail) as the last part(s) and
   CompleteMultipartUpload: no server-side copy, so stop costs one part upload
   and one request. Then a HEAD checks the size, the spool is hashed and the
-  sidecar deleted.
+  sidecar deleted. The Complete never replaces an object (``If-None-Match: *``
+  and a HEAD before it, :mod:`edge_recorder.sink.exclusive`): a recording whose
+  key is taken fails, keeping the spool.
 * :meth:`resume_and_finish` (crash recovery, ``retry-upload``, a failed
   finish) reads the sidecar, lists the parts the store holds (ListParts),
   keeps the leading ones whose size and (when it is an MD5) ETag match the
   spool's bytes, uploads the rest and completes. No usable sidecar, or an
   upload id the store no longer knows (``NoSuchUpload``): every incomplete
-  upload of the key is aborted and a fresh upload starts from byte 0.
+  upload of the key is aborted and a fresh upload starts from byte 0. When the
+  object is already there and is this recording (a crash after Complete), the
+  resume only verifies it; when it is another object, it is refused.
 
 Parts a crash leaves are invisible in object listings and billed until
 completed or aborted, so the bucket's AbortIncompleteMultipartUpload rule is
@@ -38,6 +42,7 @@ import logging
 import os
 import random
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +51,9 @@ from pathlib import Path
 import trio
 
 from edge_recorder.errors import StorageError, UploadFailedError
+from edge_recorder.sink.exclusive import existing_recording
 from edge_recorder.sink.plan import S3_MIN_PART_BYTES, Chunk, ChunkPlan
-from edge_recorder.sink.s3 import AsyncObjectStore, StoredPart
+from edge_recorder.sink.s3 import AsyncObjectStore, ObjectInfo, StoredPart
 from edge_recorder.sink.uploader import RetryingUploads, UploadResult, backoff_s, read_range, sha256_file
 
 __all__ = ["MAX_PARTS", "MultipartSpoolUploader", "Sidecar", "sidecar_path"]
@@ -68,24 +74,29 @@ def sidecar_path(spool_path: Path, session_id: str) -> Path:
 
 @dataclass(frozen=True)
 class Sidecar:
-    """What must survive a crash to continue a multipart upload."""
+    """What must survive a crash to continue a multipart upload.
+
+    ``token`` is the upload's :data:`~edge_recorder.sink.s3.UPLOAD_TOKEN_HEADER`
+    (None in sidecars written before it existed).
+    """
 
     upload_id: str
     bucket: str
     key: str
     part_size_bytes: int
+    token: str | None = None
 
     def dumps(self) -> str:
-        return json.dumps(
-            {
-                "version": _SIDECAR_VERSION,
-                "upload_id": self.upload_id,
-                "bucket": self.bucket,
-                "key": self.key,
-                "part_size_bytes": self.part_size_bytes,
-            },
-            sort_keys=True,
-        )
+        data: dict[str, object] = {
+            "version": _SIDECAR_VERSION,
+            "upload_id": self.upload_id,
+            "bucket": self.bucket,
+            "key": self.key,
+            "part_size_bytes": self.part_size_bytes,
+        }
+        if self.token is not None:
+            data["token"] = self.token
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def loads(cls, text: str) -> Sidecar:
@@ -98,7 +109,10 @@ class Sidecar:
             raise ValueError("sidecar without upload id, bucket or key")
         if not isinstance(part_size, int) or isinstance(part_size, bool) or part_size < 1:
             raise ValueError("sidecar with a bad part size")
-        return cls(upload_id, bucket, key, part_size)
+        token = data.get("token")
+        if token is not None and not (isinstance(token, str) and token):
+            raise ValueError("sidecar with a bad upload token")
+        return cls(upload_id, bucket, key, part_size, token)
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -198,6 +212,9 @@ class MultipartSpoolUploader(RetryingUploads):
         self._rng = rng if rng is not None else random.Random()
         self._plan = ChunkPlan(part_size_bytes, min_part_bytes=min_part_bytes)
         self._upload_id: str | None = None
+        # This upload's token on the object (UPLOAD_TOKEN_HEADER): set at
+        # create, or read from the sidecar on resume.
+        self._token: str | None = None
         self._etags: list[str] = []  # ETag of part i + 1, one per committed chunk
         self._wakeup = trio.Event()
         # Held while a part is chosen, uploaded and committed, so run() and
@@ -224,6 +241,19 @@ class MultipartSpoolUploader(RetryingUploads):
     def upload_id(self) -> str | None:
         """The multipart upload's id once created."""
         return self._upload_id
+
+    @property
+    def url(self) -> str:
+        """``s3://bucket/key`` of the recording."""
+        return f"s3://{self._store.bucket}/{self.key}"
+
+    async def stored_object(self) -> ObjectInfo | None:
+        """The recording's object in the store (one HEAD), or None (recovery when the spool is gone).
+
+        Raises:
+            StorageError: the request failed.
+        """
+        return await self._store.head(self.key)
 
     # -- while recording ------------------------------------------------------
 
@@ -303,6 +333,15 @@ class MultipartSpoolUploader(RetryingUploads):
                 self.session_id, sidecar.bucket, sidecar.key, self._store.bucket, self.key,
             )
             sidecar = None
+        self._token = sidecar.token if sidecar is not None else None
+        # Before sending anything: the object may be there already (a crash
+        # after Complete left the sidecar), or be someone else's.
+        existing = await self._retrying(lambda: self._existing(total), deadline=deadline)
+        if existing is not None:
+            log.info("session %s: %s is already this recording; nothing to upload", self.session_id, existing.url)
+            if sidecar is not None:
+                await self._abort_quietly(sidecar.upload_id)
+            return await self._done(existing, etag="")
         async with self._lock:
             self._plan = ChunkPlan(self._part_size, min_part_bytes=self._min_part_bytes)
             self._etags = []
@@ -371,8 +410,11 @@ class MultipartSpoolUploader(RetryingUploads):
         """The upload id, creating the upload (and its sidecar) at the first part."""
         if self._upload_id is not None:
             return self._upload_id
-        upload_id = await self._store.create_multipart_upload(self.key, content_type="video/mp4", kind="recording")
-        sidecar = Sidecar(upload_id, self._store.bucket, self.key, self._part_size)
+        token = uuid.uuid4().hex
+        upload_id = await self._store.create_multipart_upload(
+            self.key, content_type="video/mp4", kind="recording", token=token
+        )
+        sidecar = Sidecar(upload_id, self._store.bucket, self.key, self._part_size, token)
         try:
             await trio.to_thread.run_sync(_write_atomically, self.sidecar_path, sidecar.dumps())
         except OSError as exc:
@@ -382,6 +424,7 @@ class MultipartSpoolUploader(RetryingUploads):
                 spool_path=str(self.spool_path),
             ) from exc
         self._upload_id = upload_id
+        self._token = token
         log.debug("session %s: multipart upload %s of %s started", self.session_id, upload_id, self.key)
         return upload_id
 
@@ -424,22 +467,40 @@ class MultipartSpoolUploader(RetryingUploads):
                 raise UploadFailedError("the spool file is empty", destination=False, spool_path=str(self.spool_path))
             upload_id = self._upload_id
             parts = [(i, etag) for i, etag in enumerate(self._etags, start=1)]
+        # Never over an object this upload did not write: a HEAD first (also
+        # the guard where the store ignores If-None-Match), then a conditional
+        # Complete; a refusal (or an upload gone because our Complete already
+        # succeeded, its answer lost) asks again whose the object is.
+        existing = await self._existing(total_bytes)
+        if existing is not None:
+            await self._abort_quietly(upload_id)
+            return await self._done(existing, etag="")
         try:
-            etag = await self._store.complete_multipart_upload(self.key, upload_id, parts)
+            etag = await self._store.complete_multipart_upload(self.key, upload_id, parts)  # If-None-Match: *
         except StorageError as exc:
-            # A Complete that succeeded but whose answer was lost: the retry
-            # finds the upload gone. The object is ours if it has our size and
-            # a multipart ETag of our part count.
-            if exc.code != "NoSuchUpload":
+            if exc.code not in ("PreconditionFailed", "NoSuchUpload"):
                 raise
-            etag = ""
+            existing = await self._existing(total_bytes)
+            if existing is None:
+                raise StorageError(
+                    f"completing {self.key} failed ({exc.code}) and there is no object", destination=False, code=exc.code
+                ) from exc
+            return await self._done(existing, etag="")
         info = await self._store.stat(self.key)
-        if info.size != total_bytes or (not etag and not info.etag.endswith(f"-{len(parts)}")):
+        if info.size != total_bytes:
             raise UploadFailedError(
                 f"the completed object {info.key} has {info.size} bytes, the spool {total_bytes}",
                 destination=False,
                 spool_path=str(self.spool_path),
             )
+        return await self._done(info, etag=etag)
+
+    async def _spool_sha256(self) -> str:
+        """SHA-256 of the spool (once).
+
+        Raises:
+            UploadFailedError: the spool cannot be read.
+        """
         if self._sha256 is None:
             try:
                 self._sha256 = await trio.to_thread.run_sync(sha256_file, self.spool_path)
@@ -447,15 +508,45 @@ class MultipartSpoolUploader(RetryingUploads):
                 raise UploadFailedError(
                     f"cannot hash the spool file: {exc}", destination=False, spool_path=str(self.spool_path)
                 ) from exc
+        return self._sha256
+
+    async def _existing(self, total_bytes: int) -> ObjectInfo | None:
+        """See :func:`~edge_recorder.sink.exclusive.existing_recording` (refuses another object)."""
+        return await existing_recording(
+            self._store,
+            self.key,
+            total_bytes=total_bytes,
+            token=self._token,
+            spool_sha256=self._spool_sha256,
+            spool_path=self.spool_path,
+        )
+
+    async def _abort_quietly(self, upload_id: str) -> None:
+        """Abort an upload that is no longer needed (best effort: the lifecycle rule is the backstop)."""
+        try:
+            await self._store.abort_multipart_upload(self.key, upload_id)
+        except StorageError as exc:
+            if exc.code != "NoSuchUpload":
+                log.warning("session %s: cannot abort upload %s: %s", self.session_id, upload_id, exc)
+
+    async def _done(self, info: ObjectInfo, *, etag: str) -> UploadResult:
+        """The verified object: hash the spool, delete the sidecar."""
+        sha256 = await self._spool_sha256()
         try:
             await trio.to_thread.run_sync(_remove, self.sidecar_path)
-        except OSError as exc:  # harmless: a stale sidecar only makes a resume start afresh
+        except OSError as exc:  # harmless: a stale sidecar only makes a resume check the object first
             log.warning("session %s: cannot delete the upload sidecar: %s", self.session_id, exc)
         return UploadResult(
             bucket=info.bucket,
             key=info.key,
             size=info.size,
-            sha256_hex=self._sha256,
+            sha256_hex=sha256,
             etag=etag or info.etag,
-            chunks=len(parts),
+            chunks=_part_count(info.etag) if not etag else len(self._etags),
         )
+
+
+def _part_count(etag: str) -> int:
+    """Parts of a multipart ETag (``<md5>-<n>``); 1 for a plain one."""
+    _md5, dash, count = etag.rpartition("-")
+    return int(count) if dash and count.isdigit() else 1

@@ -10,7 +10,7 @@ that growing file into chunks ``[start, end)`` that
   playable fMP4 prefix (notes §3: a file cut after a complete fragment
   decodes with no error), and
 * are at least ``part_size_bytes`` long, because the chunks are finally joined
-  by S3 ``UploadPartCopy`` (minio ``compose_object``), where every source but
+  by S3 ``UploadPartCopy`` (``ObjectStore.compose``), where every source but
   the last must be at least 5 MiB.
 
 A chunk is cut at the *first* fragment end at least ``part_size_bytes`` past

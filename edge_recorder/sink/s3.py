@@ -6,17 +6,21 @@ multipart upload directly through :class:`MultipartApi` (see
 ``edge_recorder/sink/multipart.py``). In the ``chunks`` mode, while recording, the spool file
 is uploaded as **chunk objects** ``<prefix><sessionId>/chunks/<start>-<end>``
 (see :mod:`edge_recorder.sink.plan`); at stop they are joined **server-side**
-into ``<prefix><sessionId>/composite.mp4`` with minio's public
-``compose_object`` (S3 ``UploadPartCopy``), then deleted. While recording,
+into ``<prefix><sessionId>/composite.mp4`` (a multipart upload of S3
+``UploadPartCopy`` parts), then deleted. While recording,
 :meth:`ObjectStore.roll_up` joins consecutive chunks into one chunk object
 with the same compose code (a roll-up), so few objects remain at stop.
+
+A recording never replaces an object: its final write (the Complete in either
+mode) carries ``If-None-Match: *`` (see :class:`MultipartApi`), and the
+uploaders check the key before it (:mod:`edge_recorder.sink.exclusive`).
 
 Why the chunks mode does not use ``put_object(length=-1)`` streaming one multipart upload: minio keeps
 that upload's id in memory only, so a crash orphans every part uploaded so far
 (invisible until a lifecycle rule aborts it), and its multipart calls
 (``_create_multipart_upload``, ``_upload_part``...) are private, so a restart
 cannot resume it. Chunk objects are durable progress that any process can list
-from the store itself. ``compose_object`` still uses a multipart upload, but a
+from the store itself. The compose still uses a multipart upload, but a
 short-lived one at stop; a crash in that window leaves an incomplete upload,
 which :meth:`ObjectStore.abort_incomplete_uploads` aborts when the upload is
 resumed (the bucket's ``AbortIncompleteMultipartUpload`` lifecycle rule is the
@@ -41,13 +45,15 @@ bad credentials, quota, KMS key) and False for ours or transient failures.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
+import hashlib
 import io
 import logging
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 import certifi
@@ -55,7 +61,7 @@ import trio
 import urllib3
 from minio import Minio
 from minio.commonconfig import ComposeSource, Tags
-from minio.datatypes import Part
+from minio.datatypes import CompleteMultipartUploadResult
 from minio.credentials.credentials import Credentials
 from minio.credentials.providers import (
     AWSConfigProvider,
@@ -66,7 +72,9 @@ from minio.credentials.providers import (
 )
 from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+from minio.helpers import md5sum_hash
 from minio.sse import Sse, SseCustomerKey, SseKMS, SseS3
+from minio.xml import Element, SubElement, getbytes
 
 from edge_recorder.config import S3Settings
 from edge_recorder.errors import StorageError
@@ -81,6 +89,7 @@ from edge_recorder.sink.plan import (
 
 __all__ = [
     "OBJECT_KIND_TAG",
+    "UPLOAD_TOKEN_HEADER",
     "AsyncObjectStore",
     "MultipartApi",
     "ObjectInfo",
@@ -99,6 +108,11 @@ T = TypeVar("T")
 # expires stray chunks filters on this tag (docs/storage.md).
 OBJECT_KIND_TAG = "edge-recorder-object"
 
+# User metadata naming the upload that wrote a recording (a random token the
+# uploader keeps, in the multipart sidecar too): how an uploader tells "my own
+# Complete, whose answer was lost" from someone else's object at the same key.
+UPLOAD_TOKEN_HEADER = "x-amz-meta-edge-recorder-upload"
+
 
 def _kind_tags(kind: str) -> Tags:
     tags = Tags.new_object_tags()
@@ -108,6 +122,8 @@ def _kind_tags(kind: str) -> Tags:
 
 # S3's largest single PUT (and largest part): 5 GiB.
 _MAX_SINGLE_PUT_BYTES = 5 * 1024**3
+# S3's largest part, also for UploadPartCopy: bigger compose sources are copied in ranges.
+_MAX_PART_BYTES = 5 * 1024**3
 # Listing rounds of abort_incomplete_uploads (1000 uploads each): a bound, not a limit met in practice.
 _ABORT_ROUNDS_MAX = 100
 # Pages of ListParts (1000 parts each): S3 allows 10 000 parts.
@@ -146,8 +162,18 @@ _DESTINATION_CODES = frozenset(
     }
 )
 # Codes that are transient whatever their HTTP status says.
+# ConditionalRequestConflict (409): a concurrent conditional write to the key;
+# the retry gets a clear answer (the object, or PreconditionFailed).
 _TRANSIENT_CODES = frozenset(
-    {"InternalError", "OperationAborted", "RequestTimeout", "ServiceUnavailable", "SlowDown", "RequestTimeTooSkewed"}
+    {
+        "ConditionalRequestConflict",
+        "InternalError",
+        "OperationAborted",
+        "RequestTimeout",
+        "ServiceUnavailable",
+        "SlowDown",
+        "RequestTimeTooSkewed",
+    }
 )
 
 
@@ -242,6 +268,7 @@ class ObjectInfo:
         etag: the ETag without quotes (a multipart one ends in ``-<parts>``).
         headers: the response headers of the HEAD request, names lowercased
             (e.g. ``x-amz-server-side-encryption``); empty when not from a stat.
+        last_modified: when the store says the object was written (None when unknown).
     """
 
     bucket: str
@@ -249,6 +276,17 @@ class ObjectInfo:
     size: int
     etag: str
     headers: dict[str, str] = field(default_factory=dict)
+    last_modified: datetime | None = None
+
+    @property
+    def upload_token(self) -> str | None:
+        """The token of the upload that wrote it (:data:`UPLOAD_TOKEN_HEADER`), if any."""
+        return self.headers.get(UPLOAD_TOKEN_HEADER) or None
+
+    @property
+    def url(self) -> str:
+        """``s3://bucket/key``."""
+        return f"s3://{self.bucket}/{self.key}"
 
 
 def _unquote(etag: str | None) -> str:
@@ -274,8 +312,8 @@ class StoredPart:
 #
 # THE ONE PLACE that calls minio's private multipart methods
 # (``_create_multipart_upload``, ``_upload_part``, ``_list_parts``,
-# ``_complete_multipart_upload``, ``_list_multipart_uploads``,
-# ``_abort_multipart_upload``). Why private methods at all:
+# ``_complete_multipart_upload``'s request, ``_upload_part_copy``,
+# ``_list_multipart_uploads``, ``_abort_multipart_upload``). Why private methods at all:
 #
 # * minio's public API (``put_object(length=-1)``, ``fput_object``) does run a
 #   multipart upload, but keeps its upload id in memory only: a crash orphans
@@ -287,9 +325,17 @@ class StoredPart:
 #   stable across 7.2.x. If they change, this class (and the integration tests
 #   in ``tests/integration/test_s3_multipart.py``) are what to revisit.
 #
+# * Never over an existing object: a recording's Complete carries
+#   ``If-None-Match: *`` (S3 conditional writes, 2024; MinIO and moto honour
+#   it), which minio's ``_complete_multipart_upload`` cannot send, so
+#   :meth:`MultipartApi.complete` builds that request itself (same body, same
+#   ``_execute``). ``compose_object`` cannot either, so the composed recording
+#   is a multipart upload of ``UploadPartCopy`` parts driven from here.
+#
 # Every method translates foreign errors to StorageError like the rest of this
 # file; an upload id the store no longer knows surfaces as
-# ``StorageError(code="NoSuchUpload")``. SSE: the SSE headers (SSE-S3, SSE-KMS
+# ``StorageError(code="NoSuchUpload")``, an existing object under an exclusive
+# Complete as ``code="PreconditionFailed"``. SSE: the SSE headers (SSE-S3, SSE-KMS
 # or SSE-C) go on CreateMultipartUpload; with SSE-C the customer key also goes
 # on every UploadPart and on CompleteMultipartUpload, which S3 requires.
 
@@ -315,14 +361,24 @@ class MultipartApi:
         # S3 (and moto, MinIO) report a part's MD5 as its ETag unless the part
         # is encrypted with SSE-KMS or SSE-C.
         self.part_etag_is_md5 = sse_mode in ("none", "AES256")
+        # Cleared when the store answers an exclusive Complete with
+        # NotImplemented (an S3 clone without conditional writes): the
+        # uploaders' HEAD of the key before Complete is then the only guard.
+        self.conditional_writes = True
 
     @_translated("starting a multipart upload")
-    def create(self, key: str, *, content_type: str, kind: str) -> str:
-        """CreateMultipartUpload of ``key`` (content type, SSE headers, the object-kind tag); the upload id."""
+    def create(self, key: str, *, content_type: str, kind: str, token: str | None = None) -> str:
+        """CreateMultipartUpload of ``key`` (content type, SSE headers, the object-kind tag); the upload id.
+
+        Args:
+            token: stored as :data:`UPLOAD_TOKEN_HEADER` metadata on the object.
+        """
         headers: dict[str, str | list[str] | tuple[str]] = {"Content-Type": content_type}
         if self._sse is not None:
             headers.update(self._sse.headers())
         headers["x-amz-tagging"] = f"{OBJECT_KIND_TAG}={kind}"
+        if token is not None:
+            headers[UPLOAD_TOKEN_HEADER] = token
         upload_id: str = self._client._create_multipart_upload(self.bucket, key, headers)
         return upload_id
 
@@ -349,13 +405,58 @@ class MultipartApi:
         parts.sort(key=lambda p: p.number)
         return parts
 
+    @_translated("copying a part")
+    def upload_part_copy(self, key: str, upload_id: str, part_number: int, source_key: str, start: int, end: int) -> str:
+        """UploadPartCopy of bytes ``[start, end)`` of ``source_key`` (same bucket) as part ``part_number``; its ETag.
+
+        SSE-C: the customer key goes on the source (to read it) and on the part.
+        """
+        source = ComposeSource(self.bucket, source_key, ssec=self._ssec)
+        headers: dict[str, str | list[str] | tuple[str]] = dict(source.gen_copy_headers())
+        headers["x-amz-copy-source-range"] = f"bytes={start}-{end - 1}"
+        if self._ssec is not None:
+            headers.update(self._ssec.headers())
+        etag, _modified = self._client._upload_part_copy(self.bucket, key, upload_id, part_number, headers)
+        return _unquote(etag)
+
     @_translated("completing a multipart upload")
-    def complete(self, key: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> str:
-        """CompleteMultipartUpload with ``(part number, etag)`` in order; the object's ETag."""
-        result = self._client._complete_multipart_upload(
-            self.bucket, key, upload_id, [Part(n, etag) for n, etag in parts], ssec=self._ssec
+    def complete(self, key: str, upload_id: str, parts: Sequence[tuple[int, str]], *, exclusive: bool = False) -> str:
+        """CompleteMultipartUpload with ``(part number, etag)`` in order; the object's ETag.
+
+        Args:
+            exclusive: send ``If-None-Match: *``: the store refuses with
+                ``code="PreconditionFailed"`` when an object exists at ``key``.
+                A store that answers NotImplemented is asked again without it
+                (and :attr:`conditional_writes` is cleared).
+        """
+        element = Element("CompleteMultipartUpload")
+        for number, etag in parts:
+            tag = SubElement(element, "Part")
+            SubElement(tag, "PartNumber", str(number))
+            SubElement(tag, "ETag", f'"{etag}"')
+        body = getbytes(element)
+        headers: dict[str, str | list[str] | tuple[str]] = {
+            "Content-Type": "application/xml",
+            "Content-MD5": str(md5sum_hash(body)),
+        }
+        if self._ssec is not None:
+            headers.update(self._ssec.headers())
+        if exclusive and self.conditional_writes:
+            try:
+                return self._complete(key, upload_id, body, {**headers, "If-None-Match": "*"})
+            except S3Error as exc:
+                if exc.code != "NotImplemented":
+                    raise
+                log.warning("the store does not support conditional writes (If-None-Match); completing without")
+                self.conditional_writes = False
+        return self._complete(key, upload_id, body, headers)
+
+    def _complete(self, key: str, upload_id: str, body: bytes, headers: dict[str, str | list[str] | tuple[str]]) -> str:
+        # What minio's _complete_multipart_upload sends, with our headers.
+        response = self._client._execute(
+            "POST", self.bucket, key, body=body, headers=headers, query_params={"uploadId": upload_id}
         )
-        return _unquote(result.etag)
+        return _unquote(CompleteMultipartUploadResult(response).etag)
 
     @_translated("aborting a multipart upload")
     def abort(self, key: str, upload_id: str) -> None:
@@ -524,23 +625,29 @@ class ObjectStore:
 
     @_translated("composing the recording")
     def compose(self, session_id: str, chunks: Sequence[Chunk]) -> ObjectInfo:
-        """Join ``chunks`` server-side into ``<prefix><sessionId>/composite.mp4``.
+        """Join ``chunks`` server-side into ``<prefix><sessionId>/composite.mp4``, never over an object.
 
-        One source is a server-side copy; more use a multipart upload of
-        ``UploadPartCopy`` requests (minio ``compose_object``), which checks
-        each source's size (all but the last at least 5 MiB) with a HEAD
-        first. SSE-C: the customer key goes on every source read and on the
+        A multipart upload of ``UploadPartCopy`` requests (a source above
+        5 GiB is copied in equal ranges), completed with ``If-None-Match: *``.
+        SSE-C: the customer key goes on every source read and on the
         destination. Tagged ``recording``, served as ``video/mp4``.
 
         Returns:
             The composed object as the store reports it (size from a HEAD).
 
         Raises:
-            StorageError: the store refused, or more than 10 000 chunks (ours).
+            StorageError: the store refused; ``code="PreconditionFailed"``: an
+                object exists at the key (it is left as it is); more than
+                10 000 parts (ours).
             ValueError: ``chunks`` is empty.
         """
         return self._compose(
-            self.composite_key(session_id), session_id, chunks, content_type="video/mp4", kind="recording"
+            self.composite_key(session_id),
+            session_id,
+            chunks,
+            content_type="video/mp4",
+            kind="recording",
+            exclusive=True,
         )
 
     @_translated("rolling chunks up")
@@ -563,41 +670,61 @@ class ObjectStore:
         if len(chunks) < 2 or any(a[1] != b[0] for a, b in zip(chunks, chunks[1:])):
             raise ValueError("a roll-up joins two or more consecutive chunks")
         key = self.chunk_key(session_id, (chunks[0][0], chunks[-1][1]))
-        return self._compose(key, session_id, chunks, content_type="application/octet-stream", kind="chunk")
+        return self._compose(
+            key, session_id, chunks, content_type="application/octet-stream", kind="chunk", exclusive=False
+        )
 
     def _compose(
-        self, key: str, session_id: str, chunks: Sequence[Chunk], *, content_type: str, kind: str
+        self,
+        key: str,
+        session_id: str,
+        chunks: Sequence[Chunk],
+        *,
+        content_type: str,
+        kind: str,
+        exclusive: bool,
     ) -> ObjectInfo:
-        """``compose_object`` of ``session_id``'s ``chunks`` into ``key``, then a HEAD of it."""
+        """A multipart upload of ``UploadPartCopy`` parts of ``session_id``'s ``chunks`` into ``key``, then a HEAD.
+
+        Not minio's ``compose_object``: it cannot complete with
+        ``If-None-Match`` (see :class:`MultipartApi`). The chunk sizes are
+        known from their ranges, so no HEAD per source either; a source that
+        is missing or of another size fails the copy or the size check after.
+        On failure the upload is aborted (best effort; a crash leaves it to
+        :meth:`abort_incomplete_uploads`).
+        """
         if not chunks:
             raise ValueError("nothing to compose")
-        if len(chunks) > MAX_COMPOSE_SOURCES:
+        pieces = _copy_ranges(chunks)
+        if len(pieces) > MAX_COMPOSE_SOURCES:
             raise StorageError(
-                f"{len(chunks)} chunks exceed the {MAX_COMPOSE_SOURCES} compose sources S3 allows; "
-                "raise RECORDING_S3_PART_SIZE_MIB",
+                f"{len(pieces)} parts exceed the {MAX_COMPOSE_SOURCES} S3 allows; raise RECORDING_S3_PART_SIZE_MIB",
                 destination=False,
             )
-        sources = [ComposeSource(self.bucket, self.chunk_key(session_id, c), ssec=self._ssec) for c in chunks]
-        result = self._client.compose_object(
-            self.bucket,
-            key,
-            sources,
-            sse=self._sse,
-            metadata={"Content-Type": content_type},
-            # Set explicitly: a one-source compose is a CopyObject, which would
-            # otherwise copy the source's tag (a recording must never carry the
-            # chunk tag the expiry rule matches).
-            tags=_kind_tags(kind),
-        )
+        # The tag is set explicitly: a recording must never carry the chunk
+        # tag the expiry rule matches.
+        upload_id = self.multipart.create(key, content_type=content_type, kind=kind)
+        try:
+            parts = []
+            for number, (chunk, start, end) in enumerate(pieces, start=1):
+                source = self.chunk_key(session_id, chunk)
+                parts.append((number, self.multipart.upload_part_copy(key, upload_id, number, source, start, end)))
+            etag = self.multipart.complete(key, upload_id, parts, exclusive=exclusive)
+        except BaseException:
+            try:
+                self.multipart.abort(key, upload_id)
+            except StorageError as exc:
+                log.warning("cannot abort the compose upload %s of %s: %s", upload_id, key, exc)
+            raise
         info = self.stat(key)
-        return ObjectInfo(self.bucket, key, info.size, _unquote(result.etag) or info.etag, info.headers)
+        return dataclasses.replace(info, etag=etag or info.etag)
 
     # -- incomplete multipart uploads ----------------------------------------
     #
     # Goes through :class:`MultipartApi`, the one place that calls minio's
     # private multipart API: minio 7.2 (the pinned line, "minio>=7.2.20,<8")
     # has no public call to list or abort a bucket's in-progress multipart
-    # uploads. ``compose_object`` aborts its own upload when a request
+    # uploads. The compose aborts its own upload when a request
     # fails, but not when the process dies mid-compose, nor when the abort
     # request itself fails (the store went away, which is usually why compose
     # failed). Such an upload is invisible in object listings and billed until
@@ -701,7 +828,37 @@ class ObjectStore:
         """
         obj = self._client.stat_object(self.bucket, key, ssec=self._ssec)
         headers = {str(k).lower(): str(v) for k, v in (obj.metadata or {}).items()}
-        return ObjectInfo(self.bucket, key, int(obj.size or 0), _unquote(obj.etag), headers)
+        return ObjectInfo(self.bucket, key, int(obj.size or 0), _unquote(obj.etag), headers, obj.last_modified)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """:meth:`stat`, or None when there is no object at ``key``.
+
+        Raises:
+            StorageError: the request failed (not for a missing object).
+        """
+        try:
+            return self.stat(key)
+        except StorageError as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                return None
+            raise
+
+    @_translated("reading an object")
+    def sha256(self, key: str) -> str:
+        """SHA-256 of the object's bytes, streamed in 1 MiB blocks (one GET; memory stays small).
+
+        Raises:
+            StorageError: no such object or the request failed.
+        """
+        digest = hashlib.sha256()
+        response = self._client.get_object(self.bucket, key, ssec=self._ssec)
+        try:
+            for block in response.stream(1 << 20):
+                digest.update(block)
+        finally:
+            response.close()
+            response.release_conn()
+        return digest.hexdigest()
 
     @_translated("downloading an object")
     def get_bytes(self, key: str) -> bytes:
@@ -741,6 +898,21 @@ class ObjectStore:
             response_headers={"response-content-type": "video/mp4"},
         )
         return url
+
+
+def _copy_ranges(chunks: Sequence[Chunk]) -> list[tuple[Chunk, int, int]]:
+    """The ``UploadPartCopy`` parts of a compose: ``(chunk, start, end)`` within each chunk object.
+
+    A chunk above S3's 5 GiB part limit is split into equal ranges (each
+    above 2.5 GiB, so none is under the 5 MiB minimum of a non-last part).
+    """
+    pieces: list[tuple[Chunk, int, int]] = []
+    for chunk in chunks:
+        size = chunk[1] - chunk[0]
+        count = max(1, -(-size // _MAX_PART_BYTES))
+        bounds = [size * i // count for i in range(count + 1)]
+        pieces.extend((chunk, a, b) for a, b in zip(bounds, bounds[1:]))
+    return pieces
 
 
 class AsyncObjectStore:
@@ -809,6 +981,14 @@ class AsyncObjectStore:
         """See :meth:`ObjectStore.stat`."""
         return await self._run(self.store.stat, key)
 
+    async def head(self, key: str) -> ObjectInfo | None:
+        """See :meth:`ObjectStore.head`."""
+        return await self._run(self.store.head, key)
+
+    async def sha256(self, key: str) -> str:
+        """See :meth:`ObjectStore.sha256`."""
+        return await self._run(self.store.sha256, key)
+
     async def get_bytes(self, key: str) -> bytes:
         """See :meth:`ObjectStore.get_bytes`."""
         return await self._run(self.store.get_bytes, key)
@@ -824,9 +1004,11 @@ class AsyncObjectStore:
         """Whether a stored part's ETag is the MD5 of its bytes (no SSE-KMS, no SSE-C)."""
         return self.store.multipart.part_etag_is_md5
 
-    async def create_multipart_upload(self, key: str, *, content_type: str, kind: str) -> str:
+    async def create_multipart_upload(self, key: str, *, content_type: str, kind: str, token: str | None = None) -> str:
         """See :meth:`MultipartApi.create`."""
-        return await self._run(functools.partial(self.store.multipart.create, key, content_type=content_type, kind=kind))
+        return await self._run(
+            functools.partial(self.store.multipart.create, key, content_type=content_type, kind=kind, token=token)
+        )
 
     async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str:
         """See :meth:`MultipartApi.upload_part`."""
@@ -837,8 +1019,12 @@ class AsyncObjectStore:
         return await self._run(self.store.multipart.list_parts, key, upload_id)
 
     async def complete_multipart_upload(self, key: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> str:
-        """See :meth:`MultipartApi.complete`."""
-        return await self._run(self.store.multipart.complete, key, upload_id, list(parts))
+        """See :meth:`MultipartApi.complete`; always exclusive (``If-None-Match: *``).
+
+        Only a recording is completed through here, and a recording never
+        replaces an object (:mod:`edge_recorder.sink.exclusive`).
+        """
+        return await self._run(functools.partial(self.store.multipart.complete, key, upload_id, list(parts), exclusive=True))
 
     async def abort_multipart_upload(self, key: str, upload_id: str) -> None:
         """See :meth:`MultipartApi.abort`."""

@@ -18,6 +18,9 @@
   into ``composite.mp4`` server-side, checks its size, hashes the spool and
   deletes the chunks, retrying for ``retry_s`` before it raises
   :class:`~edge_recorder.errors.UploadFailedError` naming the kept spool file.
+  The compose never replaces an object (``If-None-Match: *`` and a HEAD
+  before it, :mod:`edge_recorder.sink.exclusive`): a recording whose key is
+  taken by another object fails, keeping the spool.
 * after a crash or a failed finish, :meth:`resume_and_finish` lists the chunks
   already in the store, aborts any multipart upload a compose killed midway
   left for ``composite.mp4``, continues the plan from them and finishes.
@@ -40,8 +43,9 @@ from typing import TypeVar
 import trio
 
 from edge_recorder.errors import StorageError, UploadFailedError
+from edge_recorder.sink.exclusive import existing_recording
 from edge_recorder.sink.plan import S3_MIN_PART_BYTES, Chunk, ChunkPlan, validate_chunks
-from edge_recorder.sink.s3 import AsyncObjectStore
+from edge_recorder.sink.s3 import AsyncObjectStore, ObjectInfo
 
 __all__ = ["BACKOFF_FIRST_S", "BACKOFF_MAX_S", "ROLLUP_FANOUT", "SpoolUploader", "UploadResult", "backoff_s"]
 
@@ -204,6 +208,7 @@ class SpoolUploader(RetryingUploads):
         self._store = store
         self.spool_path = Path(spool_path)
         self.session_id = session_id
+        self.key = store.composite_key(session_id)
         self._retry_s = retry_s
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
@@ -243,6 +248,19 @@ class SpoolUploader(RetryingUploads):
     def uploaded_chunks(self) -> list[Chunk]:
         """The chunk objects (uploaded chunks and roll-ups) that cover the stored bytes, in order."""
         return self._plan.committed
+
+    @property
+    def url(self) -> str:
+        """``s3://bucket/key`` of the recording."""
+        return f"s3://{self._store.bucket}/{self.key}"
+
+    async def stored_object(self) -> ObjectInfo | None:
+        """The recording's object in the store (one HEAD), or None (recovery when the spool is gone).
+
+        Raises:
+            StorageError: the request failed.
+        """
+        return await self._store.head(self.key)
 
     @property
     def rollup_fanout(self) -> int:
@@ -407,8 +425,15 @@ class SpoolUploader(RetryingUploads):
                 ) from exc
         total = total_bytes
         deadline = self._clock() + self._retry_s
+        # Before uploading anything: the recording may be composed already (a
+        # crash after the compose), or the key may hold another object.
+        existing = await self._retrying(lambda: self._existing(total), deadline=deadline)
+        if existing is not None:
+            log.info("session %s: %s is already this recording; nothing to upload", self.session_id, existing.url)
+            listed = await self._retrying(lambda: self._store.list_chunks(self.session_id), deadline=deadline)
+            return await self._done(existing, listed)
         listed = await self._retrying(lambda: self._store.list_chunks(self.session_id), deadline=deadline)
-        # A process killed mid-compose leaves compose_object's multipart
+        # A process killed mid-compose leaves the compose's multipart
         # upload behind; nothing else would ever complete or abort it.
         await self._abort_incomplete_uploads()
         async with self._lock:
@@ -463,32 +488,48 @@ class SpoolUploader(RetryingUploads):
                 destination=False,
                 spool_path=str(self.spool_path),
             ) from exc
+        # Never over an object this upload did not write: a HEAD first (also
+        # the guard where the store ignores If-None-Match), then a conditional
+        # compose; a refusal asks again whose the object is (ours: a compose
+        # whose answer was lost, recognised by its bytes: the chunks mode keeps
+        # no token across a crash, so it uses none).
+        existing = await self._existing(total_bytes)
+        if existing is not None:
+            return await self._done(existing, chunks)
         try:
             info = await self._store.compose(self.session_id, chunks)
-        except StorageError:
-            # compose_object aborts its multipart upload on failure, but the
+        except StorageError as exc:
+            # The compose aborts its multipart upload on failure, but the
             # abort is a request too and fails when the store is unreachable.
             self._compose_failed = True
-            raise
-        if self._compose_failed:
-            self._compose_failed = False
-            await self._abort_incomplete_uploads()
+            if exc.code != "PreconditionFailed":
+                raise
+            existing = await self._existing(total_bytes)
+            if existing is None:
+                raise
+            return await self._done(existing, chunks)
         if info.size != total_bytes:
             raise UploadFailedError(
                 f"the composed object {info.key} has {info.size} bytes, the spool {total_bytes}",
                 destination=False,
                 spool_path=str(self.spool_path),
             )
-        if self._sha256 is None:
-            try:
-                self._sha256 = await trio.to_thread.run_sync(sha256_file, self.spool_path)
-            except OSError as exc:
-                raise UploadFailedError(
-                    f"cannot hash the spool file: {exc}", destination=False, spool_path=str(self.spool_path)
-                ) from exc
+        return await self._done(info, chunks)
+
+    async def _done(self, info: ObjectInfo, used: list[Chunk]) -> UploadResult:
+        """The verified recording: abort what a failed compose left, hash the spool, delete the chunks.
+
+        Args:
+            info: the composed object.
+            used: the chunk objects it was composed from (deleted with the stale ones).
+        """
+        if self._compose_failed:
+            self._compose_failed = False
+            await self._abort_incomplete_uploads()
+        sha256 = await self._spool_sha256()
         # The recording is safe now; leftover chunks only cost storage, and the
         # bucket's lifecycle rule expires them, so a failed delete is a warning.
-        doomed = sorted(set(chunks) | self._stale)
+        doomed = sorted(set(used) | self._stale)
         try:
             await self._store.delete_chunks(self.session_id, doomed)
         except StorageError as exc:
@@ -497,9 +538,35 @@ class SpoolUploader(RetryingUploads):
             bucket=info.bucket,
             key=info.key,
             size=info.size,
-            sha256_hex=self._sha256,
+            sha256_hex=sha256,
             etag=info.etag,
-            chunks=len(chunks),
+            chunks=len(used),
+        )
+
+    async def _spool_sha256(self) -> str:
+        """SHA-256 of the spool (once).
+
+        Raises:
+            UploadFailedError: the spool cannot be read.
+        """
+        if self._sha256 is None:
+            try:
+                self._sha256 = await trio.to_thread.run_sync(sha256_file, self.spool_path)
+            except OSError as exc:
+                raise UploadFailedError(
+                    f"cannot hash the spool file: {exc}", destination=False, spool_path=str(self.spool_path)
+                ) from exc
+        return self._sha256
+
+    async def _existing(self, total_bytes: int) -> ObjectInfo | None:
+        """See :func:`~edge_recorder.sink.exclusive.existing_recording` (refuses another object)."""
+        return await existing_recording(
+            self._store,
+            self.key,
+            total_bytes=total_bytes,
+            token=None,
+            spool_sha256=self._spool_sha256,
+            spool_path=self.spool_path,
         )
 
     async def _abort_incomplete_uploads(self) -> None:
