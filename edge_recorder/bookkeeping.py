@@ -2,14 +2,25 @@
 
 The session manager calls :meth:`Bookkeeper.on_change` synchronously on every
 status change. The record is queued (bounded; state changes are a few per
-session, so the bound is never reached in practice, and reaching it is logged
-and counted) and one writer task applies it, in order, to:
+session) and one writer task applies it, in order, to:
 
 1. the metadata database (``RecordingSession`` / ``RecordingAsset``): retried
    with backoff, because "a row always tells the truth";
 2. the shared state store (Redis through ``ResilientStateStore``, which never
    blocks a recording and resyncs after an outage);
 3. the webhooks (non-blocking; they have their own queue and retries).
+
+No metadata record is ever dropped silently. A record the database refuses
+after ``DB_RETRIES`` quick tries, or one that finds the queue full, is kept
+as its session's *pending* record (the newest per session, its asset kept:
+rows are whole snapshots and the repository's status-rank upsert never lets
+an older one win), logged at ERROR, counted in :attr:`Bookkeeper.failed`, and
+written again every ``PENDING_RETRY_S`` until the database takes it. Memory is
+bounded by the number of sessions, not by the outage's length.
+
+An uploaded spool is removed only after its ``COMPLETED`` row and asset are
+written (``remove_after``): a crash in between leaves the file, and recovery
+finds both the row and the object instead of nothing.
 
 A second task heartbeats this node into the state store (capacity, load),
 renews the leases of its active sessions, and sweeps sessions whose node
@@ -21,12 +32,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import trio
 
 from edge_recorder import __version__
-from edge_recorder.errors import EdgeRecorderError
+from edge_recorder.errors import EdgeRecorderError, public_message
 from edge_recorder.session.session import RecordingSession
 from edge_recorder.state.store import utc_now_iso
 
@@ -34,6 +46,11 @@ log = logging.getLogger(__name__)
 
 QUEUE_RECORDS = 4096
 DB_RETRIES = 5
+PENDING_RETRY_S = 5.0
+
+# One queued write: the record, its asset fields, and a spool to remove once
+# both are durable.
+_Item = tuple[dict[str, Any], "dict[str, Any] | None", "Path | None"]
 
 
 class Bookkeeper:
@@ -64,9 +81,12 @@ class Bookkeeper:
         self.webhooks = webhooks
         self._active = active_sessions
         self._capacity = capacity
-        self._send, self._receive = trio.open_memory_channel[tuple[dict[str, Any], dict[str, Any] | None]](QUEUE_RECORDS)
-        self.dropped = 0
+        self._send, self._receive = trio.open_memory_channel[_Item](QUEUE_RECORDS)
+        # Session id -> the newest record the database has not taken yet.
+        self._pending: dict[str, _Item] = {}
+        self.failed = 0  # records that went pending (database refused, or queue full)
         self.written = 0
+        self._in_flight = 0  # queued or being written
 
     def on_change(self, session: RecordingSession) -> None:
         """Queue a session's record (sync; called by the manager on every change)."""
@@ -87,46 +107,152 @@ class Bookkeeper:
         record = session.state_record()
         record["hostPeerId"] = session.host_peer_id
         record["durationS"] = session.duration_s
-        self.submit(record, asset)
+        if session.error:
+            # The operator's text (kept file, worker stderr) for the database
+            # only; shared state and webhooks get the record's public "error".
+            record["_errorDetail"] = session.error
+        remove_after = None
+        if session.status.value == "COMPLETED" and session.destination.removes_spool and session.defer_spool_removal:
+            remove_after = session.path
+        self.submit(record, asset, remove_after=remove_after)
 
-    def submit(self, record: dict[str, Any], asset: dict[str, Any] | None = None) -> None:
-        """Queue a record (and asset fields) to be written in order."""
+    def submit(self, record: dict[str, Any], asset: dict[str, Any] | None = None, *, remove_after: Path | None = None) -> None:
+        """Queue a record (and asset fields) to be written in order.
+
+        Args:
+            remove_after: a spool file to delete once the record and asset are
+                in the metadata database.
+        """
         try:
-            self._send.send_nowait((record, asset))
+            self._send.send_nowait((record, asset, remove_after))
+            self._in_flight += 1
         except trio.WouldBlock:
-            self.dropped += 1
-            log.error("bookkeeping queue full; a state record was not written", extra={"sessionId": record.get("sessionId")})
+            self._keep_pending((record, asset, remove_after), "the bookkeeping queue is full")
+        except trio.ClosedResourceError:
+            self._keep_pending((record, asset, remove_after), "the bookkeeper is closed")
+
+    @property
+    def pending(self) -> int:
+        """Sessions whose newest record the database has not taken yet."""
+        return len(self._pending)
+
+    def _keep_pending(self, item: _Item, why: str) -> None:
+        record, asset, remove_after = item
+        sid = str(record.get("sessionId"))
+        previous = self._pending.get(sid)
+        if previous is not None:
+            # Keep what the newer record lacks: the asset, the spool to remove.
+            asset = asset if asset is not None else previous[1]
+            remove_after = remove_after if remove_after is not None else previous[2]
+        self._pending[sid] = (record, asset, remove_after)
+        self.failed += 1
+        log.error(
+            "metadata record not written yet (%s); kept and retried every %.0f s",
+            why,
+            PENDING_RETRY_S,
+            extra={"sessionId": sid, "status": record.get("status"), "pending": len(self._pending)},
+        )
 
     async def flush(self) -> None:
         """Write everything queued and stop accepting (one-shot commands)."""
         self._send.close()
-        async for record, asset in self._receive:
-            await self.write(record, asset)
+        async for record, asset, remove_after in self._receive:
+            await self._write_queued(record, asset, remove_after)
+        await self._retry_pending()
+
+    async def settle(self) -> None:
+        """Wait until every queued and pending record is written (the service's
+        shutdown, under a deadline: what is still pending then is in no row,
+        and the next start's recovery finds the row as it was, spool kept)."""
+        while self._in_flight or self._pending:
+            if not self._in_flight:
+                await self._retry_pending()
+                if not self._pending:
+                    return
+            await trio.sleep(0.05)
+
+    async def _write_queued(self, record: dict[str, Any], asset: dict[str, Any] | None, remove_after: Path | None) -> None:
+        try:
+            await self.write(record, asset, remove_after=remove_after)
+        finally:
+            self._in_flight -= 1
 
     async def run(self) -> None:
-        """The writer and the heartbeat, until cancelled."""
+        """The writer, the pending retries and the heartbeat, until cancelled."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._heartbeat)
-            async for record, asset in self._receive:
-                await self.write(record, asset)
+            nursery.start_soon(self._retry_pending_forever)
+            async for record, asset, remove_after in self._receive:
+                await self._write_queued(record, asset, remove_after)
 
-    async def write(self, record: dict[str, Any], asset: dict[str, Any] | None) -> None:
-        """Apply one record everywhere. Never raises for a destination's failure."""
-        if self.metadata is not None:
-            for attempt in range(DB_RETRIES):
-                try:
-                    await self.metadata.save_session(record)
-                    if asset is not None:
-                        await self.metadata.save_asset(record["sessionId"], **asset)
-                    break
-                except EdgeRecorderError as exc:
-                    log.warning(
-                        "metadata write failed (attempt %d): %s", attempt + 1, exc, extra={"sessionId": record.get("sessionId")}
-                    )
+    async def _retry_pending_forever(self) -> None:
+        while True:
+            await trio.sleep(PENDING_RETRY_S)
+            await self._retry_pending()
+
+    async def _retry_pending(self) -> None:
+        for sid in list(self._pending):
+            record, asset, remove_after = self._pending[sid]
+            if await self._save(record, asset, tries=1, quiet=True):
+                # A newer record may have gone pending while this one was written.
+                if self._pending.get(sid) == (record, asset, remove_after):
+                    del self._pending[sid]
+                log.info("pending metadata record written", extra={"sessionId": sid, "status": record.get("status")})
+                await self._remove_spool(remove_after)
+
+    async def _save(self, record: dict[str, Any], asset: dict[str, Any] | None, *, tries: int, quiet: bool = False) -> bool:
+        """Write the row (and asset) with ``tries`` attempts; True once the database has it."""
+        if self.metadata is None:
+            return True
+        row = dict(record)
+        detail = row.pop("_errorDetail", None)
+        if detail is not None:
+            row["error"] = detail
+        for attempt in range(tries):
+            try:
+                await self.metadata.save_session(row)
+                if asset is not None:
+                    await self.metadata.save_asset(record["sessionId"], **asset)
+                return True
+            except EdgeRecorderError as exc:
+                # Pending records were reported once when they went pending.
+                (log.debug if quiet else log.warning)(
+                    "metadata write failed (attempt %d): %s", attempt + 1, exc, extra={"sessionId": record.get("sessionId")}
+                )
+                if attempt + 1 < tries:
                     await trio.sleep(min(5.0, 0.2 * 2**attempt))
-        await self.state.publish(record)
+        return False
+
+    async def _remove_spool(self, path: Path | None) -> None:
+        if path is None:
+            return
+        try:
+            await trio.to_thread.run_sync(path.unlink)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not remove the uploaded spool %s: %s", path, exc)
+
+    async def write(self, record: dict[str, Any], asset: dict[str, Any] | None, *, remove_after: Path | None = None) -> None:
+        """Apply one record everywhere. Never raises for a destination's failure.
+
+        A record the database does not take goes pending (see the module
+        docstring); shared state and webhooks get it at once either way.
+        """
+        sid = str(record.get("sessionId"))
+        if sid in self._pending:
+            # Order per session: behind a pending record, this one waits too.
+            self._keep_pending((record, asset, remove_after), "an earlier record of the session is pending")
+        elif await self._save(record, asset, tries=DB_RETRIES):
+            await self._remove_spool(remove_after)
+        else:
+            self._keep_pending((record, asset, remove_after), "the metadata database refused it")
+        public = {k: v for k, v in record.items() if not k.startswith("_")}
+        if isinstance(public.get("error"), str):
+            public["error"] = public_message(public["error"])
+        await self.state.publish(public)
         if self.webhooks is not None:
-            self.webhooks.notify(record)
+            self.webhooks.notify(public)
         self.written += 1
 
     async def _heartbeat(self) -> None:
@@ -150,11 +276,8 @@ class Bookkeeper:
                         "Recording lost with its node",
                         extra={"sessionId": lost.get("sessionId"), "serverId": lost.get("serverId"), "reason": "node-lost"},
                     )
-                    if self.metadata is not None:
-                        try:
-                            await self.metadata.save_session(lost)
-                        except EdgeRecorderError as exc:
-                            log.warning("metadata write failed: %s", exc)
+                    if not await self._save(lost, None, tries=1):
+                        self._keep_pending((lost, None, None), "the metadata database refused it")
                     if self.webhooks is not None:
                         self.webhooks.notify(lost)
             except EdgeRecorderError as exc:

@@ -67,9 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from edge_recorder.service import serve
 
+        from edge_recorder.errors import SpoolError
+
         try:
             trio.run(serve, settings)
-        except ConfigError as exc:
+        except (ConfigError, SpoolError) as exc:
             print(f"edge-recorder: refusing to start: {exc}", file=sys.stderr)
             return 2
         return 0

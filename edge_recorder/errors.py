@@ -42,6 +42,8 @@ label and the words an operator sees.
 
 from __future__ import annotations
 
+import re
+
 
 class EdgeRecorderError(Exception):
     """Base of every error edge-recorder raises on purpose."""
@@ -267,3 +269,21 @@ class MetadataError(EdgeRecorderError):
     def __init__(self, message: str, *, retryable: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+
+
+# An absolute POSIX path (or the path of a file:// URL): a "/" that does not
+# follow a word character, and the run of non-space characters after it.
+# "RECORDING_PORT_MIN/RECORDING_PORT_MAX" and "video/VP8" are left alone.
+_NODE_PATH = re.compile(r"(?<![\w.~-])/[^\s'\"(),;]+")
+
+
+def public_message(text: str) -> str:
+    """An error text as an SFU, a webhook or shared state may see it.
+
+    Operators need the kept file's path and the media worker's stderr (the log
+    and the metadata row have them); anyone else learns nothing of the node's
+    filesystem or libraries from an error: absolute paths become
+    ``<path on the node>`` and a ``; worker stderr: …`` tail is cut.
+    """
+    head = text.split("; worker stderr:", 1)[0]
+    return _NODE_PATH.sub("<path on the node>", head)

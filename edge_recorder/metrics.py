@@ -62,6 +62,7 @@ _WORKER_COUNTERS: tuple[tuple[str, str], ...] = (
     ("audio_blocks", "audio_frames_encoded"),
     ("fragments", "output_fragments_written"),
     ("bytes", "output_bytes_written"),
+    ("label_failures", "composite_labels_failed"),
 )
 # Attributes of ``ReceiverStats`` (edge_recorder.session.stream), summed over streams.
 _RECEIVER_COUNTERS: tuple[tuple[str, str], ...] = (
@@ -82,6 +83,9 @@ _RECEIVER_COUNTERS: tuple[tuple[str, str], ...] = (
     ("frames_dropped_awaiting_keyframe", "ingest_frames_awaiting_keyframe"),
     ("packets_not_shown", "rtp_packets_not_shown"),
     ("ssrc_changes", "rtp_ssrc_changes"),
+    ("frames_dropped_oversize", "ingest_frames_oversize"),
+    ("feedback_bytes", "rtcp_feedback_bytes_sent"),
+    ("feedback_refused", "rtcp_feedback_refused"),
 )
 
 # name (without _total) -> help text, in exposition order.
@@ -102,12 +106,17 @@ _SESSION_COUNTER_HELP: dict[str, str] = {
     "ingest_frames_incomplete": "Video frames dropped because packets were missing.",
     "ingest_frames_awaiting_keyframe": "Complete video frames dropped while waiting for a keyframe.",
     "rtp_packets_not_shown": "Video packets received but not decoded because the layout did not show their stream.",
-    "rtp_ssrc_changes": "Streams whose source switched to a new SSRC (sender restart, producer replaced).",
+    "rtp_ssrc_changes": "Streams whose source switched to a new SSRC (a sender without a declared SSRC restarted in place).",
+    "ingest_frames_oversize": "Frames dropped for being larger than RECORDING_MAX_FRAME_BYTES (a keyframe is requested).",
+    "rtcp_feedback_bytes_sent": "Bytes of RTCP feedback (NACK, PLI, FIR) sent to senders.",
+    "rtcp_feedback_refused": "RTCP feedback packets not sent because the stream's feedback budget was spent.",
     "video_frames_encoded": "Composite video frames encoded by media workers.",
     "video_frames_dropped": "Composite video frames skipped because the encoder fell behind.",
     "audio_frames_encoded": "Audio frames (AAC blocks) encoded by media workers.",
     "output_fragments_written": "Fragmented-MP4 fragments written by media workers.",
     "output_bytes_written": "Bytes of fragmented MP4 written by media workers.",
+    "composite_labels_failed": "Participant names that could not be drawn and were left out (the recording goes on).",
+    "worker_messages_dropped": "Messages to media workers dropped as oversize, malformed or for an unknown stream.",
 }
 _DROPS = "rtp_packets_dropped"
 
@@ -140,6 +149,9 @@ def _session_values(session: Any) -> tuple[dict[str, float], dict[str, float]]:
     worker: Mapping[str, object] = getattr(session, "worker_stats", None) or {}
     for key, name in _WORKER_COUNTERS:
         counters[name] += _num(worker.get(key))
+    pipe_drops = worker.get("pipe_drops")
+    if isinstance(pipe_drops, Mapping):
+        counters["worker_messages_dropped"] += sum(_num(n) for n in pipe_drops.values())
     return counters, drops
 
 
@@ -309,6 +321,32 @@ class RecorderMetrics:
             buckets=DURATION_BUCKETS_S,
             registry=r,
         ).labels(server=server_id)
+        # Listener protection (issue #9). The reason labels are the listeners'
+        # own fixed vocabulary, never text from a peer.
+        self._control_refused = Counter(
+            "control_connections_refused",
+            "Control connections refused at accept or whose WebSocket handshake failed, by reason.",
+            ["server", "reason"],
+            registry=r,
+        )
+        self._control_outbox_overflows = Counter(
+            "control_outbox_overflows",
+            "Control connections closed because their outbox was full (the peer was not reading), by limit.",
+            ["server", "limit"],
+            registry=r,
+        )
+        self._metadata_pending = Gauge(
+            "metadata_records_pending",
+            "Sessions whose newest state record the metadata database has not taken yet (retried until it does).",
+            ["server"],
+            registry=r,
+        ).labels(server=server_id)
+        self._http_refused = Counter(
+            "http_connections_refused",
+            "Metrics/health connections refused at accept or cut off before a complete request head, by reason.",
+            ["server", "reason"],
+            registry=r,
+        )
         self._reasons: set[str] = set()
         self._sessions = _SessionCollector(server_id)
         r.register(self._sessions)
@@ -348,6 +386,29 @@ class RecorderMetrics:
                 return _OTHER_REASON
             self._reasons.add(label)
         return label
+
+    def control_connection_refused(self, reason: str) -> None:
+        """Count a refused or failed control connection (``control_connections_refused_total``).
+
+        Args:
+            reason: one of the control listener's fixed reasons (``max_connections``,
+                ``handshake_timeout``, ``unauthorized``, ...).
+        """
+        self._control_refused.labels(server=self.server_id, reason=reason).inc()
+
+    def control_outbox_overflow(self, limit: str) -> None:
+        """Count a control connection closed for a full outbox; ``limit`` is ``"messages"`` or ``"bytes"``."""
+        self._control_outbox_overflows.labels(server=self.server_id, limit=limit).inc()
+
+    def http_connection_refused(self, reason: str) -> None:
+        """Count a refused or cut-off metrics/health connection (``http_connections_refused_total``)."""
+        self._http_refused.labels(server=self.server_id, reason=reason).inc()
+
+    def watch_metadata_backlog(self, pending: Callable[[], int]) -> None:
+        """Expose ``metadata_records_pending``: sessions whose newest record the
+        database has not taken yet (the bookkeeper retries them; alert when it
+        stays above zero)."""
+        self._metadata_pending.set_function(lambda: float(pending()))
 
     def set_active(self, n: int) -> None:
         """Set ``recordings_active`` to the number of recordings in progress."""

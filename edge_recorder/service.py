@@ -10,10 +10,20 @@
 
 Around the sessions (issue #4): every status change goes through the
 :class:`~edge_recorder.bookkeeping.Bookkeeper` to SQL, shared state and
-webhooks; sessions stream their spool to the bucket while recording; at
-start-up, sessions a previous run left unfinished are recovered in the
-background; a scheduled cleanup removes old local artifacts (never ones that
-are not safely uploaded).
+webhooks; sessions stream their spool to the bucket while recording; a
+scheduled cleanup removes old local artifacts (never ones that are not safely
+uploaded).
+
+Start-up order, so that no request can race what is already on disk:
+
+1. the node's spool directory is locked (``RECORDING_TMP_DIR/<serverId>``; a
+   second node on it refuses to start, naming the holder);
+2. the database is migrated, and the sessions a previous run left unfinished
+   are read and *fenced*: a ``recording.start`` with one of their ids is
+   answered with its record while recovery finishes it in the background;
+3. only then does the control port accept connections. ``recording.start``
+   with any id already known to shared state or the database answers with
+   that recording, never a new one over it.
 
 Shutdown (SIGTERM or SIGINT, or ``shutdown`` set in tests): stop accepting
 work (``/readyz`` turns 503, starts get ``SHUTTING_DOWN``), stop every session
@@ -36,13 +46,14 @@ from typing import Any
 import trio
 
 from edge_recorder.bookkeeping import Bookkeeper
-from edge_recorder.control.server import ControlHub, dial_out, serve_control
+from edge_recorder.control.server import ControlHub, dial_out, dial_url_warning, serve_control
 from edge_recorder.errors import ConfigError
 from edge_recorder.http import health_routes, serve_http
 from edge_recorder.metrics import RecorderMetrics
 from edge_recorder.session.manager import SessionManager
 from edge_recorder.session.session import RecordingSession
 from edge_recorder.session.state import SessionStatus
+from edge_recorder.spool import NodeSpool
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +81,25 @@ def check_control_exposure(settings: Any) -> None:
             "reaches the port could start recordings. Set a token, or RECORDING_CONTROL_ALLOW_INSECURE=true "
             "if the network is trusted",
         )
+
+
+def log_startup_warnings(settings: Any) -> list[str]:
+    """Log, as WARNING, settings that work but expose something (issue #9); returns the texts.
+
+    Unsigned or plain-http webhooks to a non-loopback host, and a control token
+    sent over ``ws://`` to a non-loopback dial-out URL.
+    """
+    from edge_recorder.webhooks import transport_warnings
+
+    state, control = settings.state, settings.control
+    texts = transport_warnings(state.webhook_urls, state.webhook_secret is not None)
+    if control.dial_url:
+        dial = dial_url_warning(control.dial_url, control.token is not None)
+        if dial is not None:
+            texts.append(dial)
+    for text in texts:
+        log.warning("Insecure setting: %s", text)
+    return texts
 
 
 def _track(metrics: RecorderMetrics, manager: SessionManager, session: RecordingSession) -> None:
@@ -101,9 +131,35 @@ async def serve(
         ConfigError: the control exposure check failed (before anything binds).
     """
     check_control_exposure(settings)
+    log_startup_warnings(settings)
+    spool = NodeSpool(Path(settings.tmp_dir), settings.server_id)
+    # Before anything else: a second node on this spool must not touch it.
+    await trio.to_thread.run_sync(spool.acquire)
+    try:
+        await _serve(settings, spool, shutdown=shutdown, task_status=task_status)
+    finally:
+        spool.release()
+
+
+async def _serve(
+    settings: Any,
+    spool: NodeSpool,
+    *,
+    shutdown: trio.Event | None,
+    task_status: trio.TaskStatus[ServiceAddresses],
+) -> None:
     parts = await build_parts(settings)
     metrics = RecorderMetrics(settings.server_id)
-    manager = SessionManager(settings, enforce_enabled=True, destination=parts.destination)
+    # What a previous run left unfinished, read before the control port opens.
+    leftover: list[dict[str, Any]] = await parts.metadata.nonterminal_sessions(settings.server_id)
+    fenced = {str(row["sessionId"]): row for row in leftover}
+    manager = SessionManager(
+        settings,
+        enforce_enabled=True,
+        destination=parts.destination,
+        known_session=partial(_known_session, parts, fenced),
+        defer_spool_removal=True,
+    )
     manager.add_state_listener(partial(_track, metrics, manager))
     bookkeeper = Bookkeeper(
         settings,
@@ -114,8 +170,9 @@ async def serve(
         capacity=manager.capacity,
     )
     manager.add_state_listener(bookkeeper.on_change)
+    metrics.watch_metadata_backlog(lambda: bookkeeper.pending)
     metrics.attach(manager.active)
-    hub = ControlHub(manager, settings, state=parts.state, store=parts.store, metadata=parts.metadata)
+    hub = ControlHub(manager, settings, state=parts.state, store=parts.store, metadata=parts.metadata, metrics=metrics)
     alive = True
     control = settings.control
     try:
@@ -126,9 +183,19 @@ async def serve(
                 await top.start(parts.webhooks.run)
             top.start_soon(bookkeeper.run)
             await top.start(manager.run)
-            top.start_soon(_recover_then_clean, settings, parts, bookkeeper)
+            top.start_soon(_recover_then_clean, settings, parts, bookkeeper, leftover, fenced)
             routes = health_routes(metrics, lambda: alive, manager.readiness)
-            http_address = await top.start(serve_http, control.metrics_host, control.metrics_port, routes)
+            http_address = await top.start(
+                partial(
+                    serve_http,
+                    control.metrics_host,
+                    control.metrics_port,
+                    routes,
+                    request_timeout_s=control.metrics_request_timeout_s,
+                    max_connections=control.metrics_max_connections,
+                    metrics=metrics,
+                )
+            )
             control_address = await top.start(serve_control, hub)
             if control.dial_url:
                 top.start_soon(dial_out, hub, control.dial_url)
@@ -166,6 +233,14 @@ async def serve(
                 # Let every SFU read the final state notifications before we go.
                 with trio.move_on_after(5):
                     await hub.close_all()
+                # Every final row written before the writer is cancelled.
+                with trio.move_on_after(10) as settle:
+                    await bookkeeper.settle()
+                if settle.cancelled_caught:
+                    log.error(
+                        "metadata records not written at shutdown; the next start recovers those sessions",
+                        extra={"pending": bookkeeper.pending},
+                    )
                 alive = False
                 top.cancel_scope.cancel()
     finally:
@@ -201,7 +276,7 @@ async def build_parts(settings: Any) -> ServiceParts:
     from edge_recorder.state.redis import RedisStateStore, ResilientStateStore
     from edge_recorder.webhooks import WebhookNotifier
 
-    Path(settings.tmp_dir).mkdir(parents=True, exist_ok=True)
+    await trio.to_thread.run_sync(NodeSpool(Path(settings.tmp_dir), settings.server_id).ensure)
     url = settings.state.database_url.reveal() if settings.state.database_url is not None else default_database_url(settings)
     await trio.to_thread.run_sync(upgrade_to_head, url)
     metadata = AsyncMetadataRepository.from_url(url)
@@ -230,15 +305,41 @@ async def build_parts(settings: Any) -> ServiceParts:
     return ServiceParts(metadata, state, webhooks, store, uploader_for, destination)
 
 
-async def _recover_then_clean(settings: Any, parts: ServiceParts, bookkeeper: Bookkeeper) -> None:
-    """Recover what a previous run left, then clean up old artifacts on a schedule."""
-    from edge_recorder.housekeeping import cleanup
-    from edge_recorder.recovery import recover
+async def _known_session(parts: ServiceParts, fenced: dict[str, dict[str, Any]], session_id: str) -> dict[str, Any] | None:
+    """``session_id``'s durable record: under recovery, in shared state, or in the database."""
+    from edge_recorder.recovery import record_from_row
 
-    try:
-        await recover(settings, metadata=parts.metadata, bookkeeper=bookkeeper, uploader_for=parts.uploader_for)
-    except Exception:
-        log.exception("recovery failed; the sessions stay as the database says")
+    if session_id in fenced:
+        return record_from_row(fenced[session_id])
+    record: dict[str, Any] | None = await parts.state.get(session_id)
+    if record is not None:
+        return record
+    row = await parts.metadata.get_session(session_id)
+    return record_from_row(row, with_asset=True) if row is not None else None
+
+
+async def _recover_then_clean(
+    settings: Any,
+    parts: ServiceParts,
+    bookkeeper: Bookkeeper,
+    leftover: list[dict[str, Any]],
+    fenced: dict[str, dict[str, Any]],
+) -> None:
+    """Recover what a previous run left (fenced until done), then clean up old artifacts on a schedule."""
+    from edge_recorder.housekeeping import cleanup
+    from edge_recorder.recovery import recover_session
+
+    for row in leftover:
+        sid = str(row["sessionId"])
+        log.warning("Recovering a recording left by a previous run", extra={"sessionId": sid, "status": row.get("status")})
+        try:
+            await recover_session(row, settings, bookkeeper=bookkeeper, uploader_for=parts.uploader_for)
+        except Exception:
+            log.exception("recovery failed; the session stays as the database says", extra={"sessionId": sid})
+        finally:
+            # The database now tells (the bookkeeper queued the final record);
+            # until it is written the lookup still finds the row as it was.
+            fenced.pop(sid, None)
     interval = settings.state.cleanup_older_than_s
     if interval <= 0:
         return

@@ -24,6 +24,7 @@ sink, the scanner and ``on_fragment``) is serialised by one lock.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import struct
@@ -357,6 +358,9 @@ class _FileSink:
     def __init__(self, fd: int, on_written: Callable[[bytes], None]) -> None:
         self._fd = fd
         self._on_written = on_written
+        # PyAV reports a failed callback as "Error in PyAV callback: '<none>'",
+        # losing what went wrong; the first failure is kept to be said plainly.
+        self.failure: MediaError | None = None
 
     def write(self, data: Any) -> int:
         """Write all of ``data`` and report it; called by FFmpeg via PyAV.
@@ -373,10 +377,23 @@ class _FileSink:
                 view = view[written:]
             self._on_written(chunk)
             return len(chunk)
-        except MediaError:
+        except MediaError as exc:
+            self.failure = self.failure or exc
             raise
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                failure = MediaError(
+                    "the disk of RECORDING_TMP_DIR is full (ENOSPC: no space left on device); "
+                    "the recording is kept up to its last complete fragment"
+                )
+            else:
+                failure = MediaError(f"writing the recording failed: {exc.strerror or exc} (errno {exc.errno})")
+            self.failure = self.failure or failure
+            raise failure from exc
         except BaseException as exc:  # noqa: BLE001 - see docstring
-            raise MediaError(f"writing the recording failed: {exc!r}") from exc
+            failure = MediaError(f"writing the recording failed: {exc!r}")
+            self.failure = self.failure or failure
+            raise failure from exc
 
     def seekable(self) -> bool:
         return False
@@ -462,7 +479,7 @@ class FragmentedMp4Writer:
     # -- setup ---------------------------------------------------------------
 
     def _open(self, settings: EncoderSettings) -> tuple[av.container.OutputContainer, VideoStream, AudioStream]:
-        sink = _FileSink(self._fd, self._on_written)
+        sink = self._sink = _FileSink(self._fd, self._on_written)
         try:
             container = av.open(sink, mode="w", format="mp4", options={"movflags": MOVFLAGS})
         except av.FFmpegError as exc:
@@ -604,6 +621,8 @@ class FragmentedMp4Writer:
                         self._container.close()
                 except (av.FFmpegError, ValueError) as exc:
                     self._abandon(self._container)
+                    if self._sink.failure is not None:
+                        raise MediaError(str(self._sink.failure)) from None
                     raise MediaError(f"finishing the recording failed: {exc}") from exc
                 except BaseException:
                     self._abandon(self._container)
@@ -655,6 +674,8 @@ class FragmentedMp4Writer:
             try:
                 self._container.mux(packets)
             except av.FFmpegError as exc:
+                if self._sink.failure is not None:
+                    raise MediaError(str(self._sink.failure)) from None
                 raise MediaError(f"muxing failed: {exc}") from exc
 
     def _on_written(self, chunk: bytes) -> None:

@@ -29,9 +29,11 @@ SQLAlchemy's default driver would be psycopg2, which we do not ship).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import logging
+import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -210,6 +212,11 @@ def create_metadata_engine(url: str) -> Engine:
             database = parsed.database or ""
             if database and database != ":memory:" and not database.startswith("file:"):
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
+                # Private, like the recordings it describes: SQLite gives its
+                # -wal and -shm files the database file's mode.
+                os.close(os.open(database, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+                with contextlib.suppress(PermissionError):
+                    os.chmod(database, 0o600)
             engine = create_engine(parsed, pool_pre_ping=True, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
             event.listen(engine, "connect", _sqlite_on_connect)
             event.listen(engine, "begin", _sqlite_on_begin)

@@ -13,13 +13,17 @@ as it; each session runs in it next to its watchdog task.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import trio
 
 from edge_recorder.errors import (
     AtCapacityError,
+    EdgeRecorderError,
+    InsufficientStorageError,
     RecordingDisabledError,
     RoomAlreadyRecordingError,
     SessionError,
@@ -31,6 +35,7 @@ from edge_recorder.session.ports import PortAllocator
 from edge_recorder.session.session import OutputOptions, RecordingSession
 from edge_recorder.session.state import SessionStatus
 from edge_recorder.session.stream import StreamSpec
+from edge_recorder.spool import NodeSpool
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,24 @@ ENDED_SESSIONS_KEPT = 256
 
 StateListener = Callable[[RecordingSession], None]
 KeyframeListener = Callable[[RecordingSession, StreamSpec], None]
+# Finds a recording by id in the durable places (shared state, metadata);
+# None when no node has ever recorded it.
+KnownSessionLookup = Callable[[str], Awaitable["dict[str, Any] | None"]]
+
+
+@dataclass(frozen=True)
+class KnownSession:
+    """A recording this node does not run, found by its id in shared state or metadata.
+
+    ``recording.start`` with the id of a recording that exists (finished, on
+    another node, or from before a restart) answers with it: never a new
+    recording over it.
+    """
+
+    session_id: str
+    room_id: str
+    status: SessionStatus
+    record: dict[str, Any]
 
 
 class SessionManager:
@@ -63,8 +86,13 @@ class SessionManager:
         on_keyframe_request: KeyframeListener | None = None,
         enforce_enabled: bool = False,
         destination: Any = None,
+        known_session: KnownSessionLookup | None = None,
+        defer_spool_removal: bool = False,
     ) -> None:
         self.settings = settings
+        self.spool = NodeSpool(Path(settings.tmp_dir), settings.server_id)
+        self._known_session = known_session
+        self._defer_spool_removal = defer_spool_removal
         # Builds each session's destination (bucket or local directory).
         self._destination = destination
         self.ports = PortAllocator(
@@ -130,8 +158,28 @@ class SessionManager:
             "accepting": self.accepting,
             "capacity": len(self.active()) < self.settings.max_sessions,
             "ports": len(self.ports.in_use) < self.ports.capacity,
+            "disk": self._disk_problem() is None,
         }
         return all(checks.values()), checks
+
+    def _disk_problem(self) -> InsufficientStorageError | None:
+        """Why the spool's disk cannot take a new recording, or None.
+
+        One ``statvfs`` call: cheap enough for a readiness probe and a start.
+        """
+        floor = self.settings.lifecycle.min_free_disk_mib << 20
+        if floor <= 0:
+            return None
+        try:
+            free = self.spool.free_bytes()
+        except OSError as exc:
+            return InsufficientStorageError(f"cannot read the free space of RECORDING_TMP_DIR: {exc.strerror or exc}")
+        if free >= floor:
+            return None
+        return InsufficientStorageError(
+            f"RECORDING_TMP_DIR has {free >> 20} MiB free, below RECORDING_MIN_FREE_DISK_MIB="
+            f"{floor >> 20}; this node starts no recording until space is freed"
+        )
 
     async def start(
         self,
@@ -148,11 +196,15 @@ class SessionManager:
 
         Returns:
             The session. A repeated start with the same ``session_id`` returns
-            the existing session, whatever its state (idempotent).
+            the existing session of this run, whatever its state (idempotent).
+            :meth:`start_or_find` also answers for ids known durably.
 
         Raises:
             RecordingDisabledError, ShuttingDownError, RoomAlreadyRecordingError,
-            AtCapacityError: as their names say; nothing was started.
+            AtCapacityError, InsufficientStorageError: as their names say;
+            nothing was started.
+            SpoolError: the id's spool file exists although nothing knows the
+            id (the file is left alone).
         """
         if self._nursery is None:
             raise SessionError("the session manager is not running")
@@ -173,6 +225,9 @@ class SessionManager:
         active = len(self.active())
         if active >= self.settings.max_sessions:
             raise AtCapacityError(active, self.settings.max_sessions)
+        disk = self._disk_problem()
+        if disk is not None:
+            raise disk
         session = RecordingSession(
             session_id=session_id,
             room_id=room_id,
@@ -184,15 +239,72 @@ class SessionManager:
             on_keyframe_request=self._keyframe,
             drain_timeout_s=self.settings.lifecycle.drain_timeout_s,
             destination=self._destination,
+            spool=self.spool,
+            defer_spool_removal=self._defer_spool_removal,
         )
         session.metadata = metadata or {}
         session.host_peer_id = host_peer_id
+        # Registered before the first await, so a concurrent start with the
+        # same id finds this one instead of racing it.
         self.sessions[session.session_id] = session
+        try:
+            # Exclusive: an existing file is a recording, never written over.
+            await trio.to_thread.run_sync(self.spool.create, session.session_id)
+        except BaseException:
+            del self.sessions[session.session_id]
+            raise
         if controller is not None:
             self.attach_controller(session.session_id, controller)
         self._forget_old_sessions()
         await self._nursery.start(self._run_session, session)
         return session
+
+    async def start_or_find(self, room_id: str, *, session_id: str | None = None, **options: Any) -> RecordingSession | KnownSession:
+        """:meth:`start`, unless ``session_id`` names a recording known durably.
+
+        This is ``recording.start``'s idempotency: the in-memory table is lost
+        on restart and holds the last few hundred sessions only, so an id is
+        also looked up in shared state and the metadata database. A known id
+        (finished, on another node, or from before a restart) is answered
+        with its record, never a new recording over it.
+
+        Raises:
+            RoomAlreadyRecordingError: the id is known for another room.
+            Everything :meth:`start` raises.
+        """
+        if session_id is not None and session_id not in self.sessions:
+            known = await self._find_known(session_id)
+            if known is not None:
+                if known.room_id != room_id:
+                    raise RoomAlreadyRecordingError(known.room_id, session_id)
+                log.info(
+                    "recording.start for a known session: answered with its record",
+                    extra={"sessionId": session_id, "status": known.status.value},
+                )
+                return known
+        return await self.start(room_id, session_id=session_id, **options)
+
+    async def _find_known(self, session_id: str) -> KnownSession | None:
+        """The durable record of ``session_id``, if any place has one.
+
+        A lookup that fails (Redis or the database down) is logged and taken
+        as "unknown": the exclusive spool and the upload's refusal to replace
+        an object stay as the last line, so nothing is written over either way.
+        """
+        if self._known_session is None:
+            return None
+        try:
+            record = await self._known_session(session_id)
+        except EdgeRecorderError as exc:
+            log.warning("could not look up session %s: %s", session_id, exc, extra={"sessionId": session_id})
+            return None
+        if record is None:
+            return None
+        try:
+            status = SessionStatus(record.get("status"))
+        except ValueError:
+            status = SessionStatus.FAILED
+        return KnownSession(session_id, str(record.get("roomId", "")), status, record)
 
     async def _run_session(self, session: RecordingSession, *, task_status: trio.TaskStatus[None]) -> None:
         """The session and its watchdog, side by side; both end when the session does."""

@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 import trio
 
-from edge_recorder.errors import EdgeRecorderError, ParseError, SessionError
+from edge_recorder.errors import EdgeRecorderError, ParseError, SessionError, SpoolError, public_message
 from edge_recorder.media import wire
 from edge_recorder.rtp.assembler import AssembledFrame
 from edge_recorder.rtp.sync import ClockDomain
@@ -53,6 +53,7 @@ from edge_recorder.session.destination import Asset, Destination, LocalDestinati
 from edge_recorder.session.ports import PortAllocator
 from edge_recorder.session.speaker import ActiveSpeakerDetector
 from edge_recorder.session.state import SessionStatus, transition
+from edge_recorder.spool import NodeSpool
 from edge_recorder.session.stream import AUDIO_LEVEL_URI, POLL_INTERVAL_S, StreamReceiver, StreamSpec
 
 log = logging.getLogger(__name__)
@@ -135,13 +136,20 @@ class RecordingSession:
         drain_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         destination: Callable[[str, Path], Destination] | None = None,
+        spool: NodeSpool | None = None,
+        defer_spool_removal: bool = False,
     ) -> None:
         self.session_id = session_id or str(uuid.uuid4())
         self.room_id = room_id
         self.settings = settings
         self.layout = layout or settings.layout
         self.output = output or OutputOptions.from_settings(settings)
-        self.path = Path(settings.tmp_dir) / f"{self.session_id}.mp4"
+        self.spool = spool or NodeSpool(Path(settings.tmp_dir), settings.server_id)
+        self.path = self.spool.path_for(self.session_id)
+        # True when the bookkeeper removes the uploaded spool, once COMPLETED
+        # and the asset are durable in the metadata database: a crash between
+        # the two then leaves the file, never a COMPLETED-less void.
+        self.defer_spool_removal = defer_spool_removal
         self.destination: Destination = (
             destination(self.session_id, self.path) if destination is not None else LocalDestination(self.path)
         )
@@ -155,7 +163,11 @@ class RecordingSession:
         self.status = SessionStatus.STARTING
         self.previous_status: SessionStatus | None = None
         self.reason: str | None = None
+        # What went wrong, for operators: names the kept file and the
+        # worker's stderr. Never sent to an SFU, webhook or shared state:
+        # ``public_error`` is (no node paths, no stderr).
         self.error: str | None = None
+        self.public_error: str | None = None
         self.started_at = _utc_now()
         self.updated_at = self.started_at
         self.stopped_at: str | None = None
@@ -196,6 +208,7 @@ class RecordingSession:
         # remote destination) or the session ended.
         self._settled = trio.Event()
         self._worker_exited = trio.Event()
+        self._events_done = trio.Event()  # the worker's stdout ended
         self._stopping = False
         self._worker_error: str | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_KEPT)
@@ -209,6 +222,7 @@ class RecordingSession:
             self._settled.set()
         if error is not None:
             self.error = error
+            self.public_error = public_message(error)
         log.info(
             "Recording session status changed",
             extra={"sessionId": self.session_id, "roomId": self.room_id, "status": target.value, "error": error},
@@ -234,8 +248,8 @@ class RecordingSession:
         }
         if self.reason:
             record["reason"] = self.reason
-        if self.error:
-            record["error"] = self.error
+        if self.public_error:
+            record["error"] = self.public_error
         if self.stopped_at:
             record["stoppedAt"] = self.stopped_at
         if self.asset is not None:
@@ -265,9 +279,12 @@ class RecordingSession:
         Cancellation (a forced stop) kills the worker, keeps the file, and
         marks the session FAILED.
         """
-        Path(self.settings.tmp_dir).mkdir(parents=True, exist_ok=True)
         process: trio.Process | None = None
         try:
+            if not self.path.exists():
+                # The manager normally created it (exclusively) before the
+                # start was accepted; a session run on its own creates it here.
+                await trio.to_thread.run_sync(self.spool.create, self.session_id)
             process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "edge_recorder.media.worker"],
                 stdin=subprocess.PIPE,
@@ -287,9 +304,19 @@ class RecordingSession:
                 nursery.start_soon(self._write_pipe, process.stdin)
                 await self._pipe_send.send(wire.encode_control("configure", **self._worker_config()))
                 with trio.move_on_after(WORKER_READY_TIMEOUT_S):
-                    await self._ready.wait()
+                    # A worker that dies before it is ready ends the wait at
+                    # once, with what it said, not after the whole timeout.
+                    while not self._ready.is_set() and process.returncode is None:
+                        with trio.move_on_after(0.05):
+                            await self._ready.wait()
                 if not self._ready.is_set():
-                    raise SessionError(f"media worker not ready after {WORKER_READY_TIMEOUT_S:.0f} s")
+                    if process.returncode is not None:
+                        with trio.move_on_after(0.5):
+                            await self._events_done.wait()  # its last words (the error event)
+                        why = f"the media worker exited before it was ready (exit {process.returncode})"
+                    else:
+                        why = f"media worker not ready after {WORKER_READY_TIMEOUT_S:.0f} s"
+                    raise SessionError(why + (f": {self._worker_error}" if self._worker_error else ""))
                 self.t0 = self._clock()
                 await self._pipe_send.send(wire.encode_control("start", t0_monotonic=self.t0))
                 self._move(SessionStatus.RECORDING)
@@ -307,7 +334,9 @@ class RecordingSession:
                 else:
                     self._fail_worker(returncode)
                 nursery.cancel_scope.cancel()
-        except (SessionError, OSError) as exc:
+        except* (SessionError, SpoolError, OSError) as group:
+            # Raised inside the nursery, so it arrives in a group.
+            exc = group.exceptions[0]
             self._fail(self._failure_text(f"the media worker could not start: {exc}", process))
             task_status.started()
         finally:
@@ -366,18 +395,21 @@ class RecordingSession:
             self.reason = "upload-failed"
             self._fail(
                 f"upload failed: {exc}; the recording is kept at {self.path} "
-                f"({total} bytes); run `edge-recorder retry-upload {self.session_id}` to finish it"
+                f"({total} bytes) on node {self.settings.server_id}; "
+                f"run `edge-recorder retry-upload {self.session_id}` there to finish it"
             )
             return
         self.asset = asset
         self.size_bytes = asset.size_bytes
         self.location = asset.url
-        if self.destination.removes_spool:
+        # COMPLETED first, the spool removed after: with a bookkeeper the
+        # file goes only once the row and its asset are written.
+        self._move(SessionStatus.COMPLETED)
+        if self.destination.removes_spool and not self.defer_spool_removal:
             try:
-                self.path.unlink()
+                await trio.to_thread.run_sync(self.path.unlink)
             except OSError as exc:
                 log.warning("could not remove the uploaded spool %s: %s", self.path, exc)
-        self._move(SessionStatus.COMPLETED)
 
     def _fail_worker(self, returncode: int) -> None:
         if returncode == 0 and not self._stopping:
@@ -440,6 +472,12 @@ class RecordingSession:
                     return  # the worker is gone; run() sees its exit status
 
     async def _read_events(self, stdout: trio.abc.ReceiveStream) -> None:
+        try:
+            await self._read_events_until_end(stdout)
+        finally:
+            self._events_done.set()
+
+    async def _read_events_until_end(self, stdout: trio.abc.ReceiveStream) -> None:
         reader = wire.EventReader()
         async for data in stdout:
             try:
@@ -488,16 +526,61 @@ class RecordingSession:
             log.warning("media worker: %s", event.get("message"))
 
     async def _read_stderr(self, stderr: trio.abc.ReceiveStream) -> None:
+        """Keep the worker's stderr tail; log a traceback it writes at ERROR.
+
+        A failing worker writes its whole traceback here (its "error" event
+        names only the root cause). From a ``Traceback`` line on, lines are
+        gathered (the last 200, each cut at 1000 characters) and logged as
+        one ERROR record when the pipe ends.
+
+        On cancellation, what the worker already wrote is still read (shielded,
+        for at most 0.5 s) and logged.
+        """
         pending = b""
-        async for data in stderr:
+        trace: collections.deque[str] = collections.deque(maxlen=200)
+        trace_lines = 0
+
+        def take(data: bytes | bytearray) -> None:
+            nonlocal pending, trace_lines
             pending += data
             *lines, pending = pending.split(b"\n")
             for line in lines:
-                text = line.decode("utf-8", "replace").strip()
+                raw = line.decode("utf-8", "replace").rstrip()
+                if trace_lines or raw.lstrip(" +|").startswith(("Traceback (most recent call last)", "Exception Group Traceback")):
+                    trace.append(raw[:1000])
+                    trace_lines += 1
+                text = raw.strip()
                 if text:
                     self._stderr_tail.append(text[:300])
                     log.debug("worker stderr: %s", text)
             pending = pending[-4096:]
+
+        ended = False
+        try:
+            async for data in stderr:
+                take(data)
+            ended = True
+        finally:
+            # Cancelled once the worker exited: what it wrote last (the
+            # traceback) may still be in the pipe.
+            with trio.move_on_after(0.5, shield=True):
+                while not ended:
+                    try:
+                        data = await stderr.receive_some()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        break
+                    ended = not data
+                    take(data)
+            if pending:
+                take(b"\n")  # the last line, unterminated
+            if trace_lines:
+                omitted = f"({trace_lines - len(trace)} earlier lines omitted)\n" if trace_lines > len(trace) else ""
+                log.error(
+                    "media worker traceback:\n%s%s",
+                    omitted,
+                    "\n".join(trace),
+                    extra={"sessionId": self.session_id, "roomId": self.room_id},
+                )
 
     def _deliver(self, receiver: StreamReceiver, media_time_s: float, frame: AssembledFrame) -> bool:
         if self.first_packet_monotonic is None:
@@ -561,6 +644,9 @@ class RecordingSession:
             on_audio_level=self._audio_level,
             on_liveness=self._liveness_changed,
             silence_dbov=ingest.audio_silence_dbov,
+            max_datagram_bytes=ingest.max_datagram_bytes,
+            max_frame_bytes=ingest.max_frame_bytes,
+            source_move_any_host=ingest.source_move_any_host,
         )
         handle = _StreamHandle(spec, receiver, trio.CancelScope(), (rtp_port,) if rtcp_socket is None else (rtp_port, rtcp_port))
         self._streams[spec.producer_id] = handle
@@ -587,8 +673,20 @@ class RecordingSession:
 
     async def _run_stream(self, handle: _StreamHandle) -> None:
         try:
+            # Removed (or replaced) before this task first ran: its sockets
+            # are already closed, and reading a closed fd is EBADF.
+            if handle.scope.cancel_called:
+                return
             with handle.scope:
                 await handle.receiver.run()
+        except OSError as exc:
+            # One stream's socket failing must not end the recording: the
+            # stream stops, the others and the file go on.
+            if not handle.scope.cancel_called:
+                log.error(
+                    "Recording stream stopped: its socket failed",
+                    extra={"sessionId": self.session_id, "producerId": handle.spec.producer_id, "error": str(exc)},
+                )
         finally:
             self._release_stream(handle)
             handle.done.set()

@@ -71,7 +71,7 @@ async def test_disabled_node_refuses_starts(settings: Any, nursery: trio.Nursery
     await nursery.start(mgr.run)
     with pytest.raises(RecordingDisabledError, match="RECORDING_ENABLED"):
         await mgr.start("room")
-    assert mgr.readiness() == (False, {"enabled": False, "accepting": True, "capacity": True, "ports": True})
+    assert mgr.readiness() == (False, {"enabled": False, "accepting": True, "capacity": True, "ports": True, "disk": True})
 
 
 @pytest.mark.parametrize(

@@ -104,7 +104,7 @@ async def test_sigterm_finalises_three_sessions_and_exits_zero(settings: Any, tm
         assert code == 0
         for sid in sessions:
             assert sfu.states(sid)[-1] == "COMPLETED", sfu.states(sid)
-            path = tmp_path / "svc" / f"{sid}.mp4"
+            path = tmp_path / "svc" / "sigterm-node" / f"{sid}.mp4"
             with av.open(str(path)) as container:
                 frames = sum(1 for _ in container.decode(video=0))
             assert frames >= 2.5 * 30, f"{sid}: {frames} frames"

@@ -79,7 +79,7 @@ async def test_recording_lands_in_the_bucket_with_rows_and_state_completed(
     assert info.headers.get("x-amz-server-side-encryption") == "AES256"
     body = await trio.to_thread.run_sync(store.get_bytes, key)
     # The spool is gone after a verified upload; the row keeps its digest.
-    assert not (Path(svc_settings.tmp_dir) / "s3-e2e.mp4").exists()
+    assert not (Path(svc_settings.tmp_dir) / svc_settings.server_id / "s3-e2e.mp4").exists()
     row = MetadataRepository(default_database_url(svc_settings)).get_session("s3-e2e")
     assert row is not None and row["status"] == "COMPLETED"
     assert row["asset"]["sha256"] == hashlib.sha256(body).hexdigest() and row["asset"]["sizeBytes"] == len(body)
@@ -112,9 +112,15 @@ async def test_store_down_at_stop_fails_keeping_the_file_and_retry_upload_comple
     await sfu.call("recording.stop", {"sessionId": "s3-down"})
     await sfu.wait_for_state("s3-down", "FAILED")
     record = await sfu.call("recording.get", {"sessionId": "s3-down"})
-    spool = Path(svc_settings.tmp_dir) / "s3-down.mp4"
-    assert record["reason"] == "upload-failed" and str(spool) in record["error"] and "retry-upload" in record["error"]
+    spool = Path(svc_settings.tmp_dir) / svc_settings.server_id / "s3-down.mp4"
+    # The SFU learns which node keeps it and what to run there; the path is
+    # the operator's (the database row, the log), not the SFU's.
+    assert record["reason"] == "upload-failed" and "retry-upload" in record["error"]
+    assert svc_settings.server_id in record["error"] and str(spool) not in record["error"]
     assert spool.exists()
+    with trio.fail_after(10):
+        while str(spool) not in ((MetadataRepository(default_database_url(svc_settings)).get_session("s3-down") or {}).get("error") or ""):
+            await trio.sleep(0.05)
     await outage.up()
     final = await run_with_parts(svc_settings, retry_upload, "s3-down")
     assert final["status"] == "COMPLETED"

@@ -3,10 +3,12 @@
 Each :class:`Host` is a namespace joined to the root namespace (where the
 recorder under test runs) by its own veth pair, on its own /24 of the
 RFC 2544 benchmarking range 198.18.0.0/15, so no address can be mistaken for
-a real network. The root side of pair ``n`` is ``198.18.n.1``, the host
-``198.18.n.2``; every host reaches every root address (the kernel's weak host
-model answers on any interface), so "the SFU" and "a stranger" are two hosts
-sending to one recorder from two different source addresses.
+a real network. The root side of a pair is ``198.18.k.1``, the host
+``198.18.k.2``, where ``k`` is drawn from a block of /24s chosen by the
+process id, so two test runs at once (two developers, a helper and its lead)
+never share an address. Every host reaches every root address (the kernel's
+weak host model answers on any interface), so "the SFU" and "a stranger" are
+two hosts sending to one recorder from two different source addresses.
 
 Programs run inside a host with :meth:`Host.run` / :meth:`Host.popen`
 (``ip netns exec``); the namespace and its veth pair are removed on exit, and a
@@ -29,6 +31,8 @@ from dataclasses import dataclass
 import pytest
 
 SUBNET_BASE = "198.18"
+HOSTS_PER_BLOCK = 5  # /24s per process: hosts() takes at most this many at once
+_BLOCKS = 256 // HOSTS_PER_BLOCK
 
 
 def require_netns() -> None:
@@ -81,6 +85,9 @@ def hosts(count: int, *, tag: str = "er") -> Iterator[list[Host]]:
     # Names are per process so parallel runs never collide; a stale one from
     # a killed run with a reused pid is deleted first.
     prefix = f"{tag}{os.getpid() % 100000}"
+    if count > HOSTS_PER_BLOCK:
+        raise ValueError(f"at most {HOSTS_PER_BLOCK} hosts at once")
+    first_subnet = (os.getpid() % _BLOCKS) * HOSTS_PER_BLOCK
     try:
         result = []
         for n in range(1, count + 1):
@@ -94,7 +101,8 @@ def hosts(count: int, *, tag: str = "er") -> Iterator[list[Host]]:
             made.append((name, root_if))
             _ip("link", "add", root_if, "type", "veth", "peer", "name", host_if)
             _ip("link", "set", host_if, "netns", name)
-            gateway, address = f"{SUBNET_BASE}.{n}.1", f"{SUBNET_BASE}.{n}.2"
+            subnet = first_subnet + n - 1
+            gateway, address = f"{SUBNET_BASE}.{subnet}.1", f"{SUBNET_BASE}.{subnet}.2"
             _ip("addr", "add", f"{gateway}/24", "dev", root_if)
             _ip("link", "set", root_if, "up")
             _ip("-n", name, "addr", "add", f"{address}/24", "dev", host_if)
