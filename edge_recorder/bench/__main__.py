@@ -10,6 +10,10 @@ the ``rooms`` markers; then (unless ``--no-upload``) the upload benchmark
 (:mod:`edge_recorder.bench.upload`): stop → COMPLETED for a 10-minute
 recording, streaming vs whole file after stop, written between the ``upload``
 markers. ``--rooms`` and ``--upload`` run only those (either or both).
+``--hostile`` runs only the receive cost per datagram of the SFU's media and
+of hostile traffic (:mod:`edge_recorder.bench.hostile`), against
+``--hostile-baseline REV`` in alternating rounds when given; a full run
+includes it (without a baseline), written between the ``hostile`` markers.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import trio
 
 from edge_recorder.bench.ffmpeg import BaselineSettings, run_baseline
 from edge_recorder.bench.inputs import Inputs, prepare_inputs
+from edge_recorder.bench import hostile as hostile_bench
 from edge_recorder.bench import upload as upload_bench
 from edge_recorder.bench.measure import MachineInfo, machine_info
 from edge_recorder.bench.report import (
@@ -106,6 +111,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     rooms.add_argument("--no-rooms", action="store_true", help="skip the room-size benchmark after the session sweep")
     parser.add_argument("--room-seconds", type=float, default=ROOM_SECONDS, help=f"media seconds per room-size round (default {ROOM_SECONDS:g})")
     parser.add_argument("--room-rounds", type=int, default=ROOM_ROUNDS, help=f"rounds of each room, alternating A B, B A, ... (default {ROOM_ROUNDS})")
+    parser.add_argument("--hostile", action="store_true", help="run only the per-datagram receive cost of media and hostile traffic")
+    parser.add_argument("--hostile-baseline", metavar="REV", help="with --hostile (or a full run): a git revision to compare with, alternating rounds")
     parser.add_argument(
         "--upload-mode",
         choices=("both", *upload_bench.UPLOAD_MODES),
@@ -243,11 +250,32 @@ def _run_rooms(args: argparse.Namespace, machine: MachineInfo, settings: Setting
         _say(f"wrote {args.doc} (rooms section)")
 
 
+def _run_hostile(args: argparse.Namespace, machine: MachineInfo) -> None:
+    """The hostile-input benchmark; writes its section of the doc unless told not to."""
+    _say(f"hostile input: receive cost per datagram{f' against {args.hostile_baseline}' if args.hostile_baseline else ''}...")
+    result = hostile_bench.compare(args.hostile_baseline, rounds=2 if args.quick else 4)
+    _say(hostile_bench.format_table(result))
+    if not args.no_doc:
+        document = args.doc.read_text(encoding="utf-8") if args.doc.exists() else ""
+        section = hostile_bench.render_markdown(
+            result, date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), machine=_machine_line(machine)
+        )
+        args.doc.write_text(
+            replace_marked_section(document, section, begin_marker=hostile_bench.HOSTILE_BEGIN, end_marker=hostile_bench.HOSTILE_END),
+            encoding="utf-8",
+        )
+        _say(f"wrote {args.doc} (hostile section)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     started = time.monotonic()
     machine = machine_info(args.ffmpeg)
+    if args.hostile:
+        _run_hostile(args, machine)
+        _say(f"\n(total {time.monotonic() - started:.0f} s)")
+        return 0
     if args.upload and not args.rooms:
         _run_upload(args, machine, load_settings(environ=dict(BENCH_ENV), config_file=None))
         _say(f"\n(total {time.monotonic() - started:.0f} s)")
@@ -318,6 +346,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_rooms:
             _say("")
             _run_rooms(args, machine, settings)
+            _say(f"\n(total {time.monotonic() - started:.0f} s)")
+        if not args.quick:
+            _say("")
+            _run_hostile(args, machine)
             _say(f"\n(total {time.monotonic() - started:.0f} s)")
         if not args.no_upload:
             _say("")

@@ -374,16 +374,18 @@ def render_markdown(report: Report) -> str:
     return "\n".join(lines)
 
 
-def replace_marked_section(document: str, section: str) -> str:
+def replace_marked_section(
+    document: str, section: str, *, begin_marker: str = BEGIN_MARKER, end_marker: str = END_MARKER
+) -> str:
     """Put ``section`` between the markers, keeping everything around them.
 
     A document without both markers (in order) gets them, with the section,
-    appended at its end.
+    appended at its end. Other sections' markers are never touched.
     """
-    block = f"{BEGIN_MARKER}\n{section.rstrip()}\n{END_MARKER}"
-    begin = document.find(BEGIN_MARKER)
-    end = document.find(END_MARKER, begin + len(BEGIN_MARKER)) if begin != -1 else -1
+    block = f"{begin_marker}\n{section.rstrip()}\n{end_marker}"
+    begin = document.find(begin_marker)
+    end = document.find(end_marker, begin + len(begin_marker)) if begin != -1 else -1
     if begin == -1 or end == -1:
         sep = "" if not document or document.endswith("\n\n") else ("\n" if document.endswith("\n") else "\n\n")
         return f"{document}{sep}{block}\n"
-    return document[:begin] + block + document[end + len(END_MARKER) :]
+    return document[:begin] + block + document[end + len(end_marker) :]

@@ -47,7 +47,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from edge_recorder.bench.inputs import BENCH_STREAMS, KEYFRAME_INTERVAL_S, StreamDef
-from edge_recorder.bench.report import MIB, PointResult, SessionResult
+from edge_recorder.bench.report import MIB, PointResult, SessionResult, replace_marked_section
 
 __all__ = [
     "LARGE_PEOPLE",
@@ -627,15 +627,5 @@ def render_rooms_markdown(report: RoomsReport) -> str:
 
 
 def replace_rooms_section(document: str, section: str) -> str:
-    """Put ``section`` between the rooms markers, keeping everything else.
-
-    A document without both markers (in order) gets them, with the section,
-    appended at its end. The other sections' markers are never touched.
-    """
-    block = f"{ROOMS_BEGIN}\n{section.rstrip()}\n{ROOMS_END}"
-    begin = document.find(ROOMS_BEGIN)
-    end = document.find(ROOMS_END, begin + len(ROOMS_BEGIN)) if begin != -1 else -1
-    if begin == -1 or end == -1:
-        sep = "" if not document or document.endswith("\n\n") else ("\n" if document.endswith("\n") else "\n\n")
-        return f"{document}{sep}{block}\n"
-    return document[:begin] + block + document[end + len(ROOMS_END) :]
+    """Put ``section`` between the rooms markers, keeping everything else."""
+    return replace_marked_section(document, section, begin_marker=ROOMS_BEGIN, end_marker=ROOMS_END)

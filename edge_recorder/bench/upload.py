@@ -82,6 +82,7 @@ import trio
 from minio import Minio
 from minio.sse import SseS3
 
+from edge_recorder.bench.report import replace_marked_section
 from edge_recorder.config import S3Settings, Secret
 from edge_recorder.media.encode import EncoderSettings, FragmentedMp4Writer, Mp4BoxScanner
 from edge_recorder.sink.multipart import MultipartSpoolUploader
@@ -444,18 +445,8 @@ def render_upload_markdown(r: UploadReport) -> str:
 
 
 def replace_upload_section(document: str, section: str) -> str:
-    """Put ``section`` between the upload markers, keeping everything else (pure).
-
-    A document without both markers (in order) gets them, with the section,
-    appended at its end. The session sweep's own markers are never touched.
-    """
-    block = f"{UPLOAD_BEGIN}\n{section.rstrip()}\n{UPLOAD_END}"
-    begin = document.find(UPLOAD_BEGIN)
-    end = document.find(UPLOAD_END, begin + len(UPLOAD_BEGIN)) if begin != -1 else -1
-    if begin == -1 or end == -1:
-        sep = "" if not document or document.endswith("\n\n") else ("\n" if document.endswith("\n") else "\n\n")
-        return f"{document}{sep}{block}\n"
-    return document[:begin] + block + document[end + len(UPLOAD_END) :]
+    """Put ``section`` between the upload markers, keeping everything else (pure)."""
+    return replace_marked_section(document, section, begin_marker=UPLOAD_BEGIN, end_marker=UPLOAD_END)
 
 
 # ----------------------------------------------------------------------------- moto_server

@@ -189,6 +189,15 @@ class SourceGate:
         self._observe_sequence(sequence_number)
         return None
 
+    def seen(self, now_s: float) -> None:
+        """A media packet of the latched, proven source with its SSRC arrived.
+
+        What :meth:`admit` concludes for such a packet (nothing moves or
+        changes), for the receiver's fast path.
+        """
+        self.moved = self.ssrc_changed = False
+        self._last_packet_s = now_s
+
     def admit_rtx(self, ssrc: int, address: Any) -> str | None:
         """Decide on one RTX packet (RFC 4588) before it is unwrapped.
 
@@ -296,12 +305,31 @@ class FeedbackBudget:
         self._max_packets = float(max(max_credit_packets, allowance_packets))
         self._bytes = float(allowance_bytes)
         self._packets = float(allowance_packets)
+        # Totals already earned from (see earn_up_to).
+        self._earned_bytes = 0
+        self._earned_packets = 0
         self.stats = FeedbackStats()
 
     def received(self, size: int) -> None:
         """Earn credit for one datagram of ``size`` bytes accepted from the source."""
-        self._bytes = min(self._max_bytes, self._bytes + size * self._byte_ratio)
-        self._packets = min(self._max_packets, self._packets + self._packet_ratio)
+        self.earn_up_to(self._earned_bytes + size, self._earned_packets + 1)
+
+    def earn_up_to(self, total_bytes: int, total_packets: int) -> None:
+        """Earn credit for everything accepted so far, given as running totals.
+
+        The receiver calls this before spending instead of :meth:`received` per
+        packet: credit only grows between two spends, so capping once is the
+        same as capping after each packet (``min(m, c + a + b) ==
+        min(m, min(m, c + a) + b)`` for ``a, b >= 0``), and the per-packet path
+        costs nothing.
+        """
+        new_bytes = max(0, total_bytes - self._earned_bytes)
+        new_packets = max(0, total_packets - self._earned_packets)
+        self._earned_bytes = max(self._earned_bytes, total_bytes)
+        self._earned_packets = max(self._earned_packets, total_packets)
+        if new_bytes or new_packets:
+            self._bytes = min(self._max_bytes, self._bytes + new_bytes * self._byte_ratio)
+            self._packets = min(self._max_packets, self._packets + new_packets * self._packet_ratio)
 
     def spend(self, size: int) -> bool:
         """Take credit for one feedback packet of ``size`` bytes.

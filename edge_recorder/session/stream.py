@@ -328,12 +328,20 @@ class StreamReceiver:
             self.stats.drops["malformed"] += 1
             return
         gate = self.gate
-        reason = gate.screen(address, live=self.live)
-        if reason is not None:
+        retransmission = False
+        if (
+            address == gate.address
+            and packet.ssrc == gate.media_ssrc
+            and packet.payload_type == self.payload_type
+            and gate.proven
+        ):
+            # The steady state, most packets: the latched, proven source with
+            # its SSRC. What admit() would decide, without its calls.
+            gate.seen(now_s)
+        elif (reason := gate.screen(address, live=self.live)) is not None:
             self.stats.drops[reason] += 1
             return
-        retransmission = False
-        if self.rtx_payload_type is not None and packet.payload_type == self.rtx_payload_type:
+        elif self.rtx_payload_type is not None and packet.payload_type == self.rtx_payload_type:
             reason = gate.admit_rtx(packet.ssrc, address)
             if reason is not None:
                 self.stats.drops[reason] += 1
@@ -371,7 +379,6 @@ class StreamReceiver:
                     "Stream latched onto source",
                     extra={"producerId": self.spec.producer_id, "source": f"{address[0]}:{address[1]}"},
                 )
-        self.budget.received(len(data))
         self._last_ssrc_packet_s = now_s
         if not self.live:
             self.live = True
@@ -605,6 +612,8 @@ class StreamReceiver:
             The bytes to send, or None (counted) when over the budget.
         """
         data = serialize_rtcp([packet])
+        # Credit is earned from what was accepted so far (never per packet).
+        self.budget.earn_up_to(self.stats.bytes, self.stats.packets)
         if not self.budget.spend(len(data)):
             self.stats.feedback_refused += 1
             return None
