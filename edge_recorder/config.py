@@ -365,7 +365,7 @@ class ControlSettings:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464
     # Connections the /metrics listener serves at once (at most a quarter of
-    # them from one IP address), and seconds a client has to send a request head.
+    # them from one IP address), and seconds a client has to send a request (head and body).
     metrics_max_connections: int = 64
     metrics_request_timeout_s: float = 5.0
 

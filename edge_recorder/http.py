@@ -14,10 +14,11 @@ Shape (every task has a parent you can name)::
 Limits, so a misbehaving client cannot hold the server (issue #9: 64 slow
 clients once blocked ``/healthz`` for 30 s per wave):
 
-* a request head (request line and headers) must arrive within
+* a request (its head, and any body) must arrive within
   ``request_timeout_s`` of the connection's accept, or on a kept-alive
   connection of the next request's first byte; a slowloris client that sends a
-  partial head and stalls is cut off then, not at the idle timeout;
+  partial head, or a body that never ends, and stalls is cut off then, not at
+  the idle timeout;
 * a whole request, and a whole response, within ``idle_timeout_s``, which is
   also how long an idle keep-alive connection stays open;
 * request heads are capped at about 16 KiB (431) and bodies at 64 KiB (413);
@@ -155,8 +156,8 @@ async def serve_http(
         idle_timeout_s: per connection, the time allowed to receive a whole
             request (or to wait for the next one on a kept-alive connection)
             and to send a whole response; past it the connection is closed.
-        request_timeout_s: the time allowed for a request head (request line
-            and headers), from the accept, or on a kept-alive connection from
+        request_timeout_s: the time allowed for a request (head and any
+            body), from the accept, or on a kept-alive connection from
             the first byte of the next request; past it the connection is
             closed without an answer (``RECORDING_METRICS_REQUEST_TIMEOUT_S``).
         max_connections: connections served at once; more are closed as soon
@@ -198,11 +199,11 @@ async def serve_http(
 @dataclass(frozen=True)
 class _Timeouts:
     idle_s: float  # a whole request or response; an idle keep-alive connection
-    head_s: float  # a request head, from accept or from the next request's first byte
+    head_s: float  # a request (head and body), from accept or from the next request's first byte
 
 
 class _HeadTimeout(Exception):
-    """A request head did not arrive within ``request_timeout_s``."""
+    """A request (head and body) did not arrive within ``request_timeout_s``."""
 
 
 def _peer_ip(stream: trio.SocketStream) -> str:
@@ -277,7 +278,7 @@ async def _serve_connection(stream: trio.SocketStream, routes: Mapping[str, Rout
     """Serve requests on one connection until it closes.
 
     Raises:
-        _HeadTimeout: a request head was not complete within ``timeouts.head_s``.
+        _HeadTimeout: a request was not complete within ``timeouts.head_s``.
     """
     idle_timeout_s = timeouts.idle_s
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
@@ -287,13 +288,21 @@ async def _serve_connection(stream: trio.SocketStream, routes: Mapping[str, Rout
             with trio.fail_after(idle_timeout_s):
                 if kept_alive:
                     await _await_next_request(conn, stream)
-                # The head's own deadline runs from the accept, or from the
-                # first byte of a kept-alive connection's next request.
+                # The request's own deadline runs from the accept, or from the
+                # first byte of a kept-alive connection's next request, and
+                # covers a body too: probes and scrapes send none, and a
+                # chunked one that never ends held the slot for the whole
+                # connection timeout.
                 with trio.move_on_after(timeouts.head_s) as head:
                     request = await _read_head(conn, stream)
+                    names = {name for name, _ in request.headers}
+                    if b"transfer-encoding" in names and b"content-length" in names:
+                        # RFC 9112 §6.1: ambiguous framing (the shape of request
+                        # smuggling); refused at once, the connection closed.
+                        raise h11.RemoteProtocolError("both Transfer-Encoding and Content-Length", error_status_hint=400)
+                    body_too_large = await _discard_body(conn, stream)
                 if head.cancelled_caught:
                     raise _HeadTimeout
-                body_too_large = await _discard_body(conn, stream)
         except (_Closed, trio.TooSlowError):
             return
         except h11.RemoteProtocolError as exc:

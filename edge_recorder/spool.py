@@ -19,7 +19,8 @@ Rules, each of them a way a recording was once lost:
 * **Never over a finished recording.** :meth:`NodeSpool.create` opens
   ``O_CREAT | O_EXCL | O_NOFOLLOW``: an existing file (a finished recording
   whose id is reused, or a symlink planted to redirect the write) is refused.
-* **Private.** Directories are 0700 and files 0600: recordings are meetings.
+* **Private.** Directories are 0700, ours (another owner is refused), and
+  files 0600: recordings are meetings.
 * **A free-space floor** (``RECORDING_MIN_FREE_DISK_MIB``): :meth:`free_bytes`
   is what readiness and ``recording.start`` check.
 
@@ -91,6 +92,13 @@ class NodeSpool:
             directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
             if directory.is_symlink():
                 raise SpoolError(f"{directory} is a symbolic link; the spool must be a real directory")
+            owner = directory.stat().st_uid
+            if owner != os.geteuid():
+                # Another user could read the meetings, or swap files under us.
+                raise SpoolError(
+                    f"{directory} belongs to uid {owner}, not to this process (uid {os.geteuid()}); "
+                    "the spool must be a directory of our own"
+                )
             with contextlib.suppress(PermissionError):
                 os.chmod(directory, DIR_MODE)
 

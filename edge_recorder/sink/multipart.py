@@ -118,7 +118,9 @@ class Sidecar:
 def _write_atomically(path: Path, text: str) -> None:
     """Write ``path`` via a temporary file, fsync, rename, fsync the directory."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    # 0600 like the spool it describes; O_NOFOLLOW: a planted link is refused.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())

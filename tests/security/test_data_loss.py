@@ -381,3 +381,34 @@ async def test_shared_state_and_webhooks_get_errors_without_node_paths(settings:
     assert metadata.rows["s"]["error"] == detail
     (published,) = state.published
     assert published["error"] == "upload failed: 503; the recording is kept at <path on the node>"
+
+
+def test_a_spool_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    """The spool must be "a 0700 directory we own": another user's could be read or swapped under us."""
+    spool = NodeSpool(tmp_path / "rec", "node-a")
+    spool.ensure()
+    os.chown(spool.directory, 4242, 4242)
+    try:
+        with pytest.raises(SpoolError, match="belongs to uid 4242"):
+            spool.create("s1")
+    finally:
+        os.chown(spool.directory, os.geteuid(), os.getegid())
+
+
+def test_the_metadata_database_is_private(settings: Any) -> None:
+    """Finding: recordings and the database were world-readable (0644)."""
+    from edge_recorder.metadata import upgrade_to_head
+
+    url = default_database_url(settings)
+    upgrade_to_head(url)
+    repo = MetadataRepository(url)
+    try:
+        repo.save_session(
+            {"sessionId": "s", "roomId": "r", "serverId": "test-node", "status": "RECORDING",
+             "startedAt": "2026-12-01T00:00:00.000Z", "updatedAt": "2026-12-01T00:00:00.000Z"}
+        )
+    finally:
+        repo.close()
+    database = Path(settings.tmp_dir) / "edge-recorder.sqlite3"
+    for path in [database, *database.parent.glob("edge-recorder.sqlite3-*")]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path

@@ -80,3 +80,25 @@ async def test_slow_clients_from_one_host_do_not_block_the_health_probe(nursery:
             for pipe in (flood.stdout, flood.stderr):
                 if pipe is not None:
                     pipe.close()
+
+
+async def test_ambiguous_framing_is_refused_at_once() -> None:
+    """Found by the fuzz run: a GET with both Transfer-Encoding: chunked and
+    Content-Length got no answer and held its slot for the 30 s connection timeout."""
+    from edge_recorder.http import serve_http
+
+    routes = {"/healthz": lambda: (200, b"ok", "text/plain")}
+    async with trio.open_nursery() as nursery:
+        host, port = await nursery.start(serve_http, "127.0.0.1", 0, routes)
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n")
+            with trio.fail_after(2):
+                reply = b""
+                while b"\r\n\r\n" not in reply:
+                    chunk = await stream.receive_some(4096)
+                    if not chunk:
+                        break
+                    reply += chunk
+        assert reply.startswith(b"HTTP/1.1 400")
+        nursery.cancel_scope.cancel()
