@@ -114,6 +114,7 @@ KNOWN_VARIABLES: tuple[str, ...] = (
     "RECORDING_RTP_MAX_DATAGRAM_BYTES",
     "RECORDING_MAX_FRAME_BYTES",
     "RECORDING_RTP_SOURCE_MOVE_ANY_HOST",
+    "RECORDING_RTP_SOURCE_NETWORKS",
     "RECORDING_S3_BUCKET",
     "RECORDING_S3_PREFIX",
     "AWS_REGION",
@@ -275,6 +276,9 @@ class IngestSettings:
     # after RECORDING_JITTER-long silence); false: only another port of the
     # same host (NAT rebinding, an SFU worker restart).
     source_move_any_host: bool = False
+    # Networks RTP may come from (the SFU hosts), as CIDRs; empty: any. A
+    # stream then cannot even be latched by a sender elsewhere.
+    source_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -754,6 +758,9 @@ def _build(r: _Reader, config_file: Path | None) -> Settings:
         max_datagram_bytes=r.integer("RECORDING_RTP_MAX_DATAGRAM_BYTES", 1500, 576, 65_507),
         max_frame_bytes=r.integer("RECORDING_MAX_FRAME_BYTES", 4 * 1024 * 1024, 64 * 1024, 15 * 1024 * 1024),
         source_move_any_host=r.boolean("RECORDING_RTP_SOURCE_MOVE_ANY_HOST", False),
+        source_networks=r.parsed(
+            "RECORDING_RTP_SOURCE_NETWORKS", (), _networks, "comma-separated CIDRs such as 10.0.0.0/24,fd00::/64, or empty"
+        ),
     )
     # A jitter buffer that holds a frame longer than the playout delay releases
     # it after the compositor has already moved past its timestamp.
@@ -835,6 +842,11 @@ def _ws_url(text: str) -> str | None:
         raise ValueError(text)
     parts.port  # noqa: B018 - raises ValueError for a bad port
     return text
+
+
+def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    # strict=False: 10.0.0.7/24 means its network, as an operator would mean it.
+    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
 
 
 def _sse_c_key(text: str) -> Secret:

@@ -39,7 +39,9 @@ The rules, and why:
 
 from __future__ import annotations
 
+import ipaddress
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +58,20 @@ __all__ = [
 #: keyframe is dozens of packets, audio 50 a second) and an attacker more.
 DEFAULT_PROBATION_PACKETS = 8
 _SEQ_MOD = 1 << 16
+
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def in_networks(address: Any, networks: Sequence[IpNetwork]) -> bool:
+    """Whether the host of ``address`` lies in one of ``networks`` (IPv4-mapped IPv6 as IPv4)."""
+    try:
+        ip = ipaddress.ip_address(host_of(address))
+    except (TypeError, ValueError):
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in networks)
 
 
 def host_of(address: Any) -> Any:
@@ -93,6 +109,7 @@ class SourceGate:
         ssrc_switch_s: float = 1.0,
         move_any_host: bool = False,
         probation_packets: int = DEFAULT_PROBATION_PACKETS,
+        source_networks: Sequence[IpNetwork] = (),
     ) -> None:
         """Create a gate.
 
@@ -103,6 +120,10 @@ class SourceGate:
                 undeclared stream adopts a new one from the latched address.
             move_any_host: allow the source to move to another host.
             probation_packets: in-sequence packets before the source is proven.
+            source_networks: the networks a source may send from
+                (``RECORDING_RTP_SOURCE_NETWORKS``, the SFU hosts); empty: any.
+                A stranger elsewhere can then not even latch a stream before
+                its sender does.
         """
         if probation_packets < 1:
             raise ValueError(f"probation_packets must be >= 1, not {probation_packets}")
@@ -113,6 +134,7 @@ class SourceGate:
         self._ssrc_switch_s = ssrc_switch_s
         self._move_any_host = move_any_host
         self._probation_packets = probation_packets
+        self._networks = tuple(source_networks)
         self.address: Any = None
         self.moved = False
         self.ssrc_changed = False
@@ -138,7 +160,11 @@ class SourceGate:
             A drop reason, or None when the address may send (a move is
             confirmed only by :meth:`admit`).
         """
-        if self.address is None or address == self.address:
+        if address == self.address:
+            return None
+        if self._networks and not in_networks(address, self._networks):
+            return "foreign-network"
+        if self.address is None:
             return None
         if live:
             return "foreign-source"

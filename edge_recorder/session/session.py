@@ -647,6 +647,7 @@ class RecordingSession:
             max_datagram_bytes=ingest.max_datagram_bytes,
             max_frame_bytes=ingest.max_frame_bytes,
             source_move_any_host=ingest.source_move_any_host,
+            source_networks=ingest.source_networks,
         )
         handle = _StreamHandle(spec, receiver, trio.CancelScope(), (rtp_port,) if rtcp_socket is None else (rtp_port, rtcp_port))
         self._streams[spec.producer_id] = handle

@@ -45,7 +45,7 @@ import socket as _stdlib_socket
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 import trio
 
@@ -67,7 +67,7 @@ from edge_recorder.rtp.rtcp import (
     serialize_rtcp,
 )
 from edge_recorder.rtp.rtx import unwrap_rtx
-from edge_recorder.rtp.trust import DEFAULT_PROBATION_PACKETS, FeedbackBudget, SourceGate
+from edge_recorder.rtp.trust import DEFAULT_PROBATION_PACKETS, FeedbackBudget, IpNetwork, SourceGate
 from edge_recorder.rtp.sync import ClockDomain, StreamSync
 from edge_recorder.session.spec import KINDS, SOURCES, StreamSpec
 
@@ -213,6 +213,7 @@ class StreamReceiver:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         source_move_any_host: bool = False,
         probation_packets: int = DEFAULT_PROBATION_PACKETS,
+        source_networks: Sequence[IpNetwork] = (),
     ) -> None:
         codec = spec.rtp_parameters.media_codec
         if codec is None:
@@ -235,6 +236,7 @@ class StreamReceiver:
             ssrc_switch_s=ssrc_switch_s,
             move_any_host=source_move_any_host,
             probation_packets=probation_packets,
+            source_networks=source_networks,
         )
         self.budget = FeedbackBudget()
         self._max_datagram_bytes = max_datagram_bytes

@@ -241,6 +241,27 @@ async def test_2_only_the_declared_ssrcs_are_accepted_and_a_stranger_cannot_move
             assert _host(receiver) == stranger.address and receiver.stats.source_moves == 1
 
 
+async def test_2_with_source_networks_a_stranger_cannot_even_latch_before_the_sender() -> None:
+    """The gap left by the SSRC rule: SSRCs travel in signalling, so a stranger
+    who knows one could latch the stream before the SFU's first packet.
+    RECORDING_RTP_SOURCE_NETWORKS (the SFU hosts) closes it."""
+    import ipaddress
+
+    with hosts(2) as (sfu, stranger):
+        sfu_net = ipaddress.ip_network(f"{sfu.address}/24", strict=False)
+        async with _receiver(source_networks=(sfu_net,)) as (receiver, port, _, _):
+            # The stranger first, with the declared SSRC and payload type.
+            await _send(stranger, stranger.gateway, [(0, 0, port, _vp8(s)) for s in range(10)])
+            assert receiver.stats.drops["foreign-network"] == 10
+            assert receiver.source_address is None and receiver.stats.packets == 0
+            await _send(sfu, sfu.gateway, [(0, 0, port, _vp8(s)) for s in range(100, 110)])
+            assert _host(receiver) == sfu.address and receiver.stats.packets == 10
+        # Without the setting, the same stranger latches: the gap it closes.
+        async with _receiver() as (receiver, port, _, _):
+            await _send(stranger, stranger.gateway, [(0, 0, port, _vp8(s)) for s in range(10)])
+            assert _host(receiver) == stranger.address
+
+
 async def test_2_a_replaced_producer_is_a_new_add_stream_with_its_new_ssrc(manager: Any) -> None:
     """The documented path (control-protocol.md, addStream with a known producerId)."""
     session = await manager.start("room-replace")

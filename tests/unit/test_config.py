@@ -558,3 +558,38 @@ def test_invalid_storage_combinations_name_the_variable(env: dict[str, str], var
     with pytest.raises(ConfigError) as info:
         load_settings(environ=env, config_file=None)
     assert info.value.variable == variable
+
+
+# --------------------------------------------------------------------------- hostile-input bounds (issue #9)
+
+
+def test_hostile_input_bounds_parse_and_validate() -> None:
+    import ipaddress
+
+    settings = load_settings(
+        environ={
+            "RECORDING_SERVER_ID": "n",
+            "RECORDING_RTP_SOURCE_NETWORKS": "10.0.0.7/24, fd00::/64",
+            "RECORDING_RTP_MAX_DATAGRAM_BYTES": "9000",
+            "RECORDING_CONTROL_MAX_CONNECTIONS": "8",
+            "RECORDING_CONTROL_MAX_CONNECTIONS_PER_IP": "8",
+            "RECORDING_MIN_FREE_DISK_MIB": "0",
+        },
+        config_file=None,
+    )
+    assert settings.ingest.source_networks == (ipaddress.ip_network("10.0.0.0/24"), ipaddress.ip_network("fd00::/64"))
+    assert settings.ingest.max_datagram_bytes == 9000 and settings.lifecycle.min_free_disk_mib == 0
+    assert load_settings(environ={"RECORDING_SERVER_ID": "n"}, config_file=None).ingest.source_networks == ()
+    for name, value in (
+        ("RECORDING_RTP_SOURCE_NETWORKS", "10.0.0.0/33"),
+        ("RECORDING_RTP_MAX_DATAGRAM_BYTES", "100"),
+        ("RECORDING_MAX_FRAME_BYTES", str(16 * 1024 * 1024)),
+        ("RECORDING_CONTROL_HANDSHAKE_TIMEOUT_S", "0"),
+    ):
+        with pytest.raises(ConfigError, match=name):
+            load_settings(environ={"RECORDING_SERVER_ID": "n", name: value}, config_file=None)
+    with pytest.raises(ConfigError, match="RECORDING_CONTROL_MAX_CONNECTIONS_PER_IP"):
+        load_settings(
+            environ={"RECORDING_SERVER_ID": "n", "RECORDING_CONTROL_MAX_CONNECTIONS": "4", "RECORDING_CONTROL_MAX_CONNECTIONS_PER_IP": "5"},
+            config_file=None,
+        )

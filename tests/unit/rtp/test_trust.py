@@ -109,3 +109,18 @@ def test_feedback_credit_is_capped() -> None:
     assert budget.spend(150) and not budget.spend(100) and budget.stats.refused == 1
     with pytest.raises(ValueError):
         FeedbackBudget(byte_ratio=-1)
+
+
+def test_source_networks_admit_only_their_hosts() -> None:
+    import ipaddress
+
+    from edge_recorder.rtp.trust import in_networks
+
+    nets = (ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("fd00::/64"))
+    assert in_networks(("10.1.2.3", 5000), nets) and in_networks(("::ffff:10.1.9.9", 1, 0, 0), nets)
+    assert in_networks(("fd00::5", 9), nets) and not in_networks(("10.2.0.1", 9), nets)
+    assert not in_networks(("not-an-ip", 9), nets) and not in_networks(None, nets)
+    gate = SourceGate(media_ssrc=1, rtx_ssrc=None, source_networks=nets)
+    assert gate.screen(("10.9.0.1", 1), live=False) == "foreign-network"
+    assert gate.admit(1, 1, ("10.1.0.1", 1), 0.0, live=False) is None
+    assert gate.screen(("10.1.0.1", 1), live=True) is None
