@@ -54,7 +54,7 @@ from edge_recorder.errors import StorageError, UploadFailedError
 from edge_recorder.sink.exclusive import existing_recording
 from edge_recorder.sink.plan import S3_MIN_PART_BYTES, Chunk, ChunkPlan
 from edge_recorder.sink.s3 import AsyncObjectStore, ObjectInfo, StoredPart
-from edge_recorder.sink.uploader import RetryingUploads, UploadResult, backoff_s, read_range, sha256_file
+from edge_recorder.sink.uploader import RetryingUploads, SpoolDigest, UploadResult, backoff_s, read_range
 
 __all__ = ["MAX_PARTS", "MultipartSpoolUploader", "Sidecar", "sidecar_path"]
 
@@ -222,7 +222,7 @@ class MultipartSpoolUploader(RetryingUploads):
         # Held while a part is chosen, uploaded and committed, so run() and
         # finish() never change the plan at once.
         self._lock = trio.Lock()
-        self._sha256: str | None = None
+        self._spool_sha256 = SpoolDigest(self.spool_path)
         self.chunks_uploaded_during_recording = 0
         self.parts_uploaded = 0
         self.failures = 0
@@ -496,21 +496,6 @@ class MultipartSpoolUploader(RetryingUploads):
                 spool_path=str(self.spool_path),
             )
         return await self._done(info, etag=etag)
-
-    async def _spool_sha256(self) -> str:
-        """SHA-256 of the spool (once).
-
-        Raises:
-            UploadFailedError: the spool cannot be read.
-        """
-        if self._sha256 is None:
-            try:
-                self._sha256 = await trio.to_thread.run_sync(sha256_file, self.spool_path)
-            except OSError as exc:
-                raise UploadFailedError(
-                    f"cannot hash the spool file: {exc}", destination=False, spool_path=str(self.spool_path)
-                ) from exc
-        return self._sha256
 
     async def _existing(self, total_bytes: int) -> ObjectInfo | None:
         """See :func:`~edge_recorder.sink.exclusive.existing_recording` (refuses another object)."""

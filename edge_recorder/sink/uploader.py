@@ -114,6 +114,32 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+class SpoolDigest:
+    """The spool's SHA-256, read once (the asset's digest and the ownership check share it).
+
+    Call it (``await digest()``) once the spool is final.
+    """
+
+    def __init__(self, spool_path: Path) -> None:
+        self._path = spool_path
+        self._hex: str | None = None
+
+    async def __call__(self) -> str:
+        """The hex digest.
+
+        Raises:
+            UploadFailedError: the spool cannot be read.
+        """
+        if self._hex is None:
+            try:
+                self._hex = await trio.to_thread.run_sync(sha256_file, self._path)
+            except OSError as exc:
+                raise UploadFailedError(
+                    f"cannot hash the spool file: {exc}", destination=False, spool_path=str(self._path)
+                ) from exc
+        return self._hex
+
+
 class RetryingUploads:
     """Retry with backoff and failure logging, shared by both upload modes.
 
@@ -219,7 +245,7 @@ class SpoolUploader(RetryingUploads):
         # roll-up (compose, commit, delete of its sources), so run() and
         # finish() never change the plan or the store's objects at once.
         self._lock = trio.Lock()
-        self._sha256: str | None = None
+        self._spool_sha256 = SpoolDigest(self.spool_path)
         # Objects that may be in the store but are not in the plan: chunks the
         # resumed plan does not use, a roll-up whose compose was cut or not
         # recorded, roll-up sources whose delete failed. Deleted after the
@@ -542,21 +568,6 @@ class SpoolUploader(RetryingUploads):
             etag=info.etag,
             chunks=len(used),
         )
-
-    async def _spool_sha256(self) -> str:
-        """SHA-256 of the spool (once).
-
-        Raises:
-            UploadFailedError: the spool cannot be read.
-        """
-        if self._sha256 is None:
-            try:
-                self._sha256 = await trio.to_thread.run_sync(sha256_file, self.spool_path)
-            except OSError as exc:
-                raise UploadFailedError(
-                    f"cannot hash the spool file: {exc}", destination=False, spool_path=str(self.spool_path)
-                ) from exc
-        return self._sha256
 
     async def _existing(self, total_bytes: int) -> ObjectInfo | None:
         """See :func:`~edge_recorder.sink.exclusive.existing_recording` (refuses another object)."""
