@@ -59,6 +59,19 @@ async def _wait_row(settings: Any, session_id: str, status: str) -> None:
     await trio.sleep(0.3)  # the service lets go of the spool lock
 
 
+async def _one_finished_recording(svc_settings: Any, sid: str, nursery: trio.Nursery) -> None:
+    """A service run that records ``sid`` for 1.5 s, stops it, and shuts down once its row says COMPLETED."""
+    shutdown = trio.Event()
+    addresses = await nursery.start(partial(serve, svc_settings, shutdown=shutdown))
+    sfu = await open_client(nursery, Service(addresses, shutdown, svc_settings).url)
+    await _record(sfu, sid, 1.5)
+    await sfu.call("recording.stop", {"sessionId": sid})
+    await sfu.wait_for_state(sid, "COMPLETED")
+    await sfu.aclose()
+    shutdown.set()
+    await _wait_row(svc_settings, sid, "COMPLETED")
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -72,15 +85,7 @@ async def test_a_reused_session_id_after_a_restart_answers_the_finished_recordin
     svc_settings = service_settings(settings)
     spool = NodeSpool(svc_settings.tmp_dir, svc_settings.server_id)
 
-    shutdown = trio.Event()
-    addresses = await nursery.start(partial(serve, svc_settings, shutdown=shutdown))
-    sfu = await open_client(nursery, Service(addresses, shutdown, svc_settings).url)
-    await _record(sfu, "reused", 1.5)
-    await sfu.call("recording.stop", {"sessionId": "reused"})
-    await sfu.wait_for_state("reused", "COMPLETED")
-    await sfu.aclose()
-    shutdown.set()
-    await _wait_row(svc_settings, "reused", "COMPLETED")
+    await _one_finished_recording(svc_settings, "reused", nursery)
     path = spool.path_for("reused")
     before = _digest(path)
     row_before = MetadataRepository(default_database_url(svc_settings)).get_session("reused")
@@ -188,15 +193,7 @@ async def test_ids_under_recovery_are_fenced_before_the_control_port_opens(setti
     svc_settings = service_settings(settings)
     spool = NodeSpool(svc_settings.tmp_dir, svc_settings.server_id)
     # A previous run: a RECORDING row of this node and its spool on disk.
-    shutdown = trio.Event()
-    addresses = await nursery.start(partial(serve, svc_settings, shutdown=shutdown))
-    sfu = await open_client(nursery, Service(addresses, shutdown, svc_settings).url)
-    await _record(sfu, "left", 1.5)
-    await sfu.call("recording.stop", {"sessionId": "left"})
-    await sfu.wait_for_state("left", "COMPLETED")
-    await sfu.aclose()
-    shutdown.set()
-    await trio.sleep(0.5)
+    await _one_finished_recording(svc_settings, "left", nursery)
     repo = MetadataRepository(default_database_url(svc_settings))
     row = repo.get_session("left")
     assert row is not None
