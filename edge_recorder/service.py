@@ -46,7 +46,8 @@ from typing import Any
 import trio
 
 from edge_recorder.bookkeeping import Bookkeeper
-from edge_recorder.control.server import ControlHub, dial_out, dial_url_warning, serve_control
+from edge_recorder.control.listener import serve_control
+from edge_recorder.control.server import ControlHub, dial_out, dial_url_warning
 from edge_recorder.errors import ConfigError
 from edge_recorder.http import health_routes, serve_http
 from edge_recorder.metrics import RecorderMetrics

@@ -26,18 +26,10 @@ import trio
 import trio.testing
 
 from edge_recorder.config import Secret, Settings
+from edge_recorder.control import listener as control_listener
 from edge_recorder.control import server as control_server
-from edge_recorder.control.server import (
-    Admission,
-    ControlHub,
-    ListenerLimits,
-    Phase,
-    fd_reserve,
-    next_phase,
-    public_record,
-    serve_control,
-    source_key,
-)
+from edge_recorder.control.listener import Admission, ListenerLimits, Phase, fd_reserve, next_phase, serve_control, source_key
+from edge_recorder.control.server import ControlHub, public_record
 from edge_recorder.errors import InsufficientStorageError, PortsExhaustedError, public_message
 from edge_recorder.metrics import RecorderMetrics
 from edge_recorder.session.manager import SessionManager
@@ -271,7 +263,7 @@ async def test_new_connections_are_refused_below_the_descriptor_reserve(
 def test_free_descriptors_are_read_from_the_process() -> None:
     import resource
 
-    free = control_server.free_fds()
+    free = control_listener.free_fds()
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert free is not None and 0 < free < soft
 
