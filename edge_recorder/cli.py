@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     from edge_recorder import housekeeping
     from edge_recorder.errors import EdgeRecorderError
 
+    # The commands run inside run_with_parts' nursery, so their errors arrive
+    # in exception groups: except* reaches them (a plain except printed a
+    # raw ExceptionGroup traceback and exited 1 by accident).
+    code = 0
     try:
         if args.command == "retry-upload":
             record = trio.run(housekeeping.run_with_parts, settings, housekeeping.retry_upload, args.session_id)
@@ -91,13 +95,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"removed {path}")
             for path, why in report.kept.items():
                 print(f"kept {path}: {why}")
-    except ValueError as exc:
-        print(f"edge-recorder: {exc}", file=sys.stderr)
-        return 2
-    except EdgeRecorderError as exc:
-        print(f"edge-recorder: {args.command} failed: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    except* ValueError as group:
+        for problem in group.exceptions:
+            print(f"edge-recorder: {problem}", file=sys.stderr)
+        code = 2
+    except* EdgeRecorderError as group:
+        for failure in group.exceptions:
+            print(f"edge-recorder: {args.command} failed: {failure}", file=sys.stderr)
+        code = code or 1
+    return code
 
 
 async def _presign(settings: object, parts: object, bookkeeper: object, session_id: str, expiry: int | None) -> str:
