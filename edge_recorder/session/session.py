@@ -280,6 +280,12 @@ class RecordingSession:
         marks the session FAILED.
         """
         process: trio.Process | None = None
+        # STARTING is the state a session is born in; announce it like every
+        # other, so clients (and shared state, the row, webhooks) see
+        # STARTING → RECORDING → … as the runbook's checklist asks.
+        log.info("Recording session status changed", extra={"sessionId": self.session_id, "roomId": self.room_id, "status": self.status.value})
+        if self._on_change is not None:
+            self._on_change(self)
         try:
             if not self.path.exists():
                 # The manager normally created it (exclusively) before the

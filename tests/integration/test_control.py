@@ -155,7 +155,7 @@ async def test_sfu_drives_a_recording_through_the_whole_protocol(service: Servic
 
     # Every status change arrived, in order.
     await sfu.wait_for_state("rec-e2e", "COMPLETED")
-    assert sfu.states("rec-e2e") == ["RECORDING", "UPLOADING", "COMPLETED"]
+    assert sfu.states("rec-e2e") == ["STARTING", "RECORDING", "UPLOADING", "COMPLETED"]
 
     # The counters moved.
     after = await service.metrics()

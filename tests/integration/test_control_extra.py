@@ -118,3 +118,29 @@ async def test_a_producer_replaced_under_the_same_id_keeps_recording(settings: A
     assert late[2] > 150 and late[0] < 100, f"the replacement's blue expected last, got {late}"
     await sfu.aclose()
     shutdown.set()
+
+
+async def test_starting_is_announced_to_every_connection_before_the_reply(settings: Any, nursery: trio.Nursery) -> None:
+    """Issue #10: the first status a client saw was RECORDING; the runbook's
+    checklist asks for STARTING -> RECORDING -> UPLOADING/COMPLETED."""
+    shutdown = trio.Event()
+    svc_settings = service_settings(settings)
+    addresses = await nursery.start(partial(serve, svc_settings, shutdown=shutdown))
+    url = Service(addresses, shutdown, svc_settings).url
+    sfu = await open_client(nursery, url)
+    observer = await open_client(nursery, url)
+    await sfu.call("recorder.info")
+    await observer.call("recorder.info")
+    reply = await sfu.call("recording.start", {"roomId": "room-s", "sessionId": "s-starting"})
+    assert reply == {"sessionId": "s-starting", "status": "RECORDING"}
+    # Read before the reply (one connection's messages arrive in order).
+    assert sfu.states("s-starting") == ["STARTING", "RECORDING"]
+    with trio.fail_after(10):
+        while observer.states("s-starting")[:2] != ["STARTING", "RECORDING"]:
+            await observer.notified.wait()
+    await sfu.call("recording.stop", {"sessionId": "s-starting"})
+    await sfu.wait_for_state("s-starting", "COMPLETED")
+    assert sfu.states("s-starting") == ["STARTING", "RECORDING", "UPLOADING", "COMPLETED"]
+    await sfu.aclose()
+    await observer.aclose()
+    shutdown.set()
