@@ -13,7 +13,10 @@ Shape of a session (every task has a parent you can name)::
 The pipe edge is bounded by ``RECORDING_STREAM_QUEUE_PACKETS`` frames: receivers
 ``send_nowait`` and drop on full (a video drop gates that stream on a keyframe);
 control messages ``await`` so none is ever lost, and share the channel so they
-stay in order with the media they refer to.
+stay in order with the media they refer to. The one control message sent from
+the reading path, a stream's liveness, never waits (a socket reader never
+blocks): on a full pipe its newest state per stream is kept and sent by a task
+of its own when there is room.
 
 Stop is end-of-stream: receivers are cancelled (their sockets close and their
 ports return to the range), a ``stop`` message with the stop instant goes to the
@@ -209,6 +212,9 @@ class RecordingSession:
         self._settled = trio.Event()
         self._worker_exited = trio.Event()
         self._events_done = trio.Event()  # the worker's stdout ended
+        # Liveness states that found the worker pipe full, newest per stream index.
+        self._liveness_pending: dict[int, bool] = {}
+        self._liveness_wakeup = trio.Event()
         self._stopping = False
         self._worker_error: str | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_KEPT)
@@ -332,6 +338,7 @@ class RecordingSession:
                 nursery.start_soon(self._run_destination, uploading)
                 nursery.start_soon(self._choose_speaker)
                 nursery.start_soon(self._poll_receivers)
+                nursery.start_soon(self._send_pending_liveness)
                 returncode = await process.wait()
                 self._worker_exited.set()
                 uploading.cancel()
@@ -738,12 +745,42 @@ class RecordingSession:
         self.speaker.observe(spec.peer_id, level_dbov, now_s)
 
     async def _liveness_changed(self, receiver: StreamReceiver, live: bool) -> None:
+        """A stream started or stopped flowing: tell the worker, never blocking the reader.
+
+        Called from the reading path (a receiver's wake-up, the shared poller).
+        Awaiting a full pipe there stalled every polled stream behind one
+        slow worker, so the message goes with ``send_nowait``; when the pipe
+        is full (or an older state of this stream is still waiting) the newest
+        state is kept, and :meth:`_send_pending_liveness` delivers it when
+        there is room. Only the latest state per stream matters to the worker.
+        """
         if self._stopping:
             return
-        try:
-            await self._pipe_send.send(wire.encode_control("stream_live", index=receiver.index, live=live))
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
+        index = receiver.index
+        if index not in self._liveness_pending:
+            try:
+                self._pipe_send.send_nowait(wire.encode_control("stream_live", index=index, live=live))
+                return
+            except trio.WouldBlock:
+                pass
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return
+        self._liveness_pending[index] = live
+        self._liveness_wakeup.set()
+
+    async def _send_pending_liveness(self) -> None:
+        """Deliver the liveness states that found the pipe full (waits for room; a task of its own)."""
+        while True:
+            await self._liveness_wakeup.wait()
+            self._liveness_wakeup = trio.Event()
+            while self._liveness_pending and not self._stopping:
+                index, live = next(iter(self._liveness_pending.items()))
+                try:
+                    await self._pipe_send.send(wire.encode_control("stream_live", index=index, live=live))
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    return
+                if self._liveness_pending.get(index) == live:
+                    del self._liveness_pending[index]
 
     async def _choose_speaker(self) -> None:
         """Follow the loudest voice, with the detector's hysteresis; explicit choices win.
