@@ -245,7 +245,9 @@ async def test_audio_starts_clean_and_runs_to_the_stop_instant(manager: SessionM
     steady = float(np.median(levels[first:last]))
     # From the first sound to the stop instant: no hole, and the tail is there.
     assert levels[first + 1 : last].min() > 0.5 * steady, "a hole in the audio"
-    assert last >= len(levels) - 2, "the tail is clipped"
+    # Seen once in twenty runs on a starved machine (2 cores shared with a
+    # fuzz run): the last ~280 ms silent. The worker's figures say why.
+    assert last >= len(levels) - 2, f"the tail is clipped: {last} of {len(levels)}; worker {session.worker_stats}"
     # The start is at speed: 440 Hz in the first 200 ms, not sped up or slowed.
     start = (first + 1) * window
     head = pcm[start : start + rate // 5]
