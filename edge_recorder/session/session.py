@@ -903,9 +903,13 @@ class RecordingSession:
             self.reason = reason
             self.stopped_at = _utc_now()
             assert self.t0 is not None
+            at_s = self._clock() - self.t0
             for handle in list(self._streams.values()):
+                # What arrived before the stop instant goes in, ahead of the
+                # stop message, before the sockets close.
+                handle.receiver.take_what_arrived()
                 handle.scope.cancel()
-            self._nursery.start_soon(self._drain, self._clock() - self.t0)
+            self._nursery.start_soon(self._drain, at_s)
         await self._settled.wait()
 
     async def _drain(self, at_s: float) -> None:

@@ -757,6 +757,21 @@ class StreamReceiver:
             self.handle_datagram(bytes(view[:size]), address, self._now())
         return MAX_DATAGRAMS_PER_WAKE
 
+    def take_what_arrived(self) -> None:
+        """At the stop instant: read what the kernel still holds and hand on every complete frame.
+
+        The stop instant is "now", and media that arrived before it belongs
+        in the file; a polled stream is read every ``POLL_INTERVAL_S``, and a
+        busy event loop can be later than that, so without this the last
+        datagrams (up to a starved loop's delay) were lost with the socket.
+        Bounded: at most four batches.
+        """
+        for _ in range(4):
+            if self.drain() < MAX_DATAGRAMS_PER_WAKE:
+                break
+        for frame in self.assembler.poll(self._now()):
+            self._forward(frame)
+
     async def poll(self, readable: bool = True) -> None:
         """The session poller's turn: read what waits, then the timed work.
 
