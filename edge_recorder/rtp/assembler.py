@@ -513,10 +513,7 @@ class FrameAssembler:
         Returns:
             Frames emitted by ending the start-up wait early.
         """
-        out: list[AssembledFrame] = []
-        if self._startup:
-            self._startup = False
-            out = self._advance(now)
+        out = self._end_startup(now)
         assert self._next is not None and self._highest is not None
         if jump:
             # Numbers between the highest and seq were never missing: count
@@ -541,6 +538,13 @@ class FrameAssembler:
         self._enter_gate()
         return out
 
+    def _end_startup(self, now: float) -> list[AssembledFrame]:
+        """End the start-up wait early (the window must move): the complete frames it held."""
+        if not self._startup:
+            return []
+        self._startup = False
+        return self._advance(now)
+
     def _shed_bytes(self, incoming: int, now: float) -> list[AssembledFrame]:
         """Drop the oldest held packets until ``incoming`` more bytes fit the byte bound.
 
@@ -553,10 +557,7 @@ class FrameAssembler:
         Returns:
             Frames emitted by ending the start-up wait early.
         """
-        out: list[AssembledFrame] = []
-        if self._startup:
-            self._startup = False
-            out = self._advance(now)
+        out = self._end_startup(now)
         assert self._next is not None and self._highest is not None
         shed = 0
         for oldest in sorted(self._packets):
