@@ -152,7 +152,12 @@ async def _serve(
     parts = await build_parts(settings)
     metrics = RecorderMetrics(settings.server_id)
     # What a previous run left unfinished, read before the control port opens.
-    leftover: list[dict[str, Any]] = await parts.metadata.nonterminal_sessions(settings.server_id)
+    try:
+        leftover: list[dict[str, Any]] = await parts.metadata.nonterminal_sessions(settings.server_id)
+    except BaseException:
+        with trio.move_on_after(5, shield=True):
+            await parts.aclose()
+        raise
     fenced = {str(row["sessionId"]): row for row in leftover}
     manager = SessionManager(
         settings,

@@ -225,7 +225,8 @@ class SessionManager:
         active = len(self.active())
         if active >= self.settings.max_sessions:
             raise AtCapacityError(active, self.settings.max_sessions)
-        disk = self._disk_problem()
+        # statvfs off the loop: the spool may be on a slow or network disk.
+        disk = await trio.to_thread.run_sync(self._disk_problem)
         if disk is not None:
             raise disk
         session = RecordingSession(

@@ -293,10 +293,9 @@ class RecordingSession:
         if self._on_change is not None:
             self._on_change(self)
         try:
-            if not self.path.exists():
-                # The manager normally created it (exclusively) before the
-                # start was accepted; a session run on its own creates it here.
-                await trio.to_thread.run_sync(self.spool.create, self.session_id)
+            # The manager normally created it (exclusively) before the start
+            # was accepted; a session run on its own creates it here.
+            await trio.to_thread.run_sync(self._ensure_spool)
             process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "edge_recorder.media.worker"],
                 stdin=subprocess.PIPE,
@@ -364,6 +363,11 @@ class RecordingSession:
                     self._fail(self._failure_text(self._worker_error or "the recording was cancelled", process))
                 self._settled.set()
                 self._finished.set()
+
+    def _ensure_spool(self) -> None:
+        """Create the spool file unless the manager already did (blocking)."""
+        if not self.path.exists():
+            self.spool.create(self.session_id)
 
     def _worker_config(self) -> dict[str, Any]:
         o = self.output
