@@ -10,7 +10,9 @@ the ``rooms`` markers; then (unless ``--no-upload``) the upload benchmark
 (:mod:`edge_recorder.bench.upload`): stop → COMPLETED for a 10-minute
 recording, streaming vs whole file after stop, written between the ``upload``
 markers. ``--rooms`` and ``--upload`` run only those (either or both).
-``--hostile`` runs only the receive cost per datagram of the SFU's media and
+``--against REV`` runs only whole recordings on this tree and on REV in
+alternating rounds (:mod:`edge_recorder.bench.against`), written between the
+``against`` markers. ``--hostile`` runs only the receive cost per datagram of the SFU's media and
 of hostile traffic (:mod:`edge_recorder.bench.hostile`), against
 ``--hostile-baseline REV`` in alternating rounds when given; a full run
 includes it (without a baseline), written between the ``hostile`` markers.
@@ -33,6 +35,7 @@ import trio
 
 from edge_recorder.bench.ffmpeg import BaselineSettings, run_baseline
 from edge_recorder.bench.inputs import Inputs, prepare_inputs
+from edge_recorder.bench import against as against_bench
 from edge_recorder.bench import hostile as hostile_bench
 from edge_recorder.bench import upload as upload_bench
 from edge_recorder.bench.measure import MachineInfo, machine_info
@@ -113,6 +116,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--room-rounds", type=int, default=ROOM_ROUNDS, help=f"rounds of each room, alternating A B, B A, ... (default {ROOM_ROUNDS})")
     parser.add_argument("--hostile", action="store_true", help="run only the per-datagram receive cost of media and hostile traffic")
     parser.add_argument("--hostile-baseline", metavar="REV", help="with --hostile (or a full run): a git revision to compare with, alternating rounds")
+    parser.add_argument("--against", metavar="REV", help="run only whole recordings on this tree and on REV (a git revision), alternating rounds")
+    parser.add_argument("--against-rounds", type=int, default=3, help="with --against: rounds of each tree (default 3)")
     parser.add_argument(
         "--upload-mode",
         choices=("both", *upload_bench.UPLOAD_MODES),
@@ -267,11 +272,33 @@ def _run_hostile(args: argparse.Namespace, machine: MachineInfo) -> None:
         _say(f"wrote {args.doc} (hostile section)")
 
 
+def _run_against(args: argparse.Namespace, machine: MachineInfo) -> None:
+    """Whole recordings on this tree and ``--against REV``, alternating; writes its section unless told not to."""
+    _say(f"against {args.against}: {', '.join(name for name, _, _ in against_bench.SCENARIOS)}; {args.against_rounds} rounds of {args.seconds:g} s each side")
+    result = against_bench.compare(args.against, rounds=args.against_rounds, seconds=args.seconds, say=_say)
+    _say("")
+    _say(against_bench.format_table(result))
+    if not args.no_doc:
+        document = args.doc.read_text(encoding="utf-8") if args.doc.exists() else ""
+        section = against_bench.render_markdown(
+            result, date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), machine=_machine_line(machine)
+        )
+        args.doc.write_text(
+            replace_marked_section(document, section, begin_marker=against_bench.AGAINST_BEGIN, end_marker=against_bench.AGAINST_END),
+            encoding="utf-8",
+        )
+        _say(f"wrote {args.doc} (against section)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     started = time.monotonic()
     machine = machine_info(args.ffmpeg)
+    if args.against:
+        _run_against(args, machine)
+        _say(f"\n(total {time.monotonic() - started:.0f} s)")
+        return 0
     if args.hostile:
         _run_hostile(args, machine)
         _say(f"\n(total {time.monotonic() - started:.0f} s)")
