@@ -29,8 +29,10 @@ import re
 import threading
 import weakref
 from collections import Counter as _Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Protocol
+
+from edge_recorder.session.state import SessionStatus
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -121,6 +123,28 @@ _SESSION_COUNTER_HELP: dict[str, str] = {
 _DROPS = "rtp_packets_dropped"
 
 
+class MeteredStream(Protocol):
+    """What the metrics read of one stream's statistics (``session.stream.ReceiverStats``).
+
+    The counters of :data:`_RECEIVER_COUNTERS` are read by name, from that table.
+    """
+
+    @property
+    def drops(self) -> Mapping[str, int]: ...
+
+
+class MeteredSession(Protocol):
+    """What the metrics read of a session (``session.session.RecordingSession``)."""
+
+    @property
+    def status(self) -> SessionStatus: ...
+
+    @property
+    def worker_stats(self) -> Mapping[str, object]: ...
+
+    def receiver_stats(self) -> Sequence[MeteredStream]: ...
+
+
 def _num(value: object) -> float:
     """A stats value as a float; anything missing or malformed counts as 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -128,12 +152,8 @@ def _num(value: object) -> float:
     return float(value)
 
 
-def _session_values(session: Any) -> tuple[dict[str, float], dict[str, float]]:
+def _session_values(session: MeteredSession) -> tuple[dict[str, float], dict[str, float]]:
     """One session's cumulative counters, and its packet drops by reason.
-
-    Args:
-        session: anything with ``receiver_stats()`` and ``worker_stats``
-            (a :class:`~edge_recorder.session.session.RecordingSession` or a fake).
 
     Returns:
         (counters by metric name, drops by reason). Missing values count as 0.
@@ -143,20 +163,15 @@ def _session_values(session: Any) -> tuple[dict[str, float], dict[str, float]]:
     for stats in session.receiver_stats():
         for attr, name in _RECEIVER_COUNTERS:
             counters[name] += _num(getattr(stats, attr, 0))
-        reasons: Mapping[str, object] = getattr(stats, "drops", None) or {}
-        for reason, n in reasons.items():
+        for reason, n in stats.drops.items():
             drops[str(reason)] = drops.get(str(reason), 0.0) + _num(n)
-    worker: Mapping[str, object] = getattr(session, "worker_stats", None) or {}
+    worker = session.worker_stats
     for key, name in _WORKER_COUNTERS:
         counters[name] += _num(worker.get(key))
     pipe_drops = worker.get("pipe_drops")
     if isinstance(pipe_drops, Mapping):
         counters["worker_messages_dropped"] += sum(_num(n) for n in pipe_drops.values())
     return counters, drops
-
-
-def _is_terminal(session: Any) -> bool:
-    return bool(getattr(getattr(session, "status", None), "terminal", False))
 
 
 class _SessionCollector(Collector):
@@ -168,21 +183,21 @@ class _SessionCollector(Collector):
 
     def __init__(self, server_id: str) -> None:
         self._server_id = server_id
-        self._live: Callable[[], Iterable[Any]] = lambda: ()
+        self._live: Callable[[], Iterable[MeteredSession]] = lambda: ()
         self._lock = threading.Lock()
         self._retired_counters: dict[str, float] = dict.fromkeys(_SESSION_COUNTER_HELP, 0.0)
         self._retired_drops: _Counter[str] = _Counter()
         # Sessions already folded into the totals. Weak, so a long-lived
         # service does not keep every finished session alive for this.
-        self._retired: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._retired: weakref.WeakSet[MeteredSession] = weakref.WeakSet()
         # Highest value exposed per (metric, reason): counters never go back,
         # even between a session leaving the live set and being retired.
         self._high_water: dict[tuple[str, str], float] = {}
 
-    def attach(self, live_sessions: Callable[[], Iterable[Any]]) -> None:
+    def attach(self, live_sessions: Callable[[], Iterable[MeteredSession]]) -> None:
         self._live = live_sessions
 
-    def retire(self, session: Any) -> bool:
+    def retire(self, session: MeteredSession) -> bool:
         """Fold a finished session's final values into the totals, once.
 
         Returns:
@@ -239,9 +254,9 @@ class _SessionCollector(Collector):
                     totals[name] += value
                 for reason, value in session_drops.items():
                     drops[reason] = drops.get(reason, 0.0) + value
-                if _is_terminal(session):
+                if session.status.terminal:
                     continue  # a finished worker's lag and skew are history
-                worker: Mapping[str, object] = getattr(session, "worker_stats", None) or {}
+                worker = session.worker_stats
                 lag = max(lag, _num(worker.get("lag_s")))
                 skew = worker.get("av_skew_s")
                 if isinstance(skew, (int, float)) and not isinstance(skew, bool):
@@ -416,7 +431,7 @@ class RecorderMetrics:
 
     # -- sessions ----------------------------------------------------------------
 
-    def attach(self, live_sessions: Callable[[], Iterable[Any]]) -> None:
+    def attach(self, live_sessions: Callable[[], Iterable[MeteredSession]]) -> None:
         """Read ingest and pipeline metrics from these sessions at scrape time.
 
         Args:
@@ -431,7 +446,7 @@ class RecorderMetrics:
         """
         self._sessions.attach(live_sessions)
 
-    def retire_session(self, session: Any) -> None:
+    def retire_session(self, session: MeteredSession) -> None:
         """Fold a session's final stats into the running totals.
 
         Call once when the session reaches a terminal state (calling it again
