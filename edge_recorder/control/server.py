@@ -38,7 +38,7 @@ import ssl
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
@@ -51,6 +51,10 @@ from edge_recorder.rtp.parameters import recorder_rtp_capabilities
 from edge_recorder.session.manager import SessionManager
 from edge_recorder.session.session import OutputOptions, RecordingSession
 from edge_recorder.session.stream import StreamSpec
+from edge_recorder.state.store import StateStore
+
+if TYPE_CHECKING:
+    from edge_recorder.metadata import MetadataStore
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +107,9 @@ class ControlHub:
         settings: Any,
         *,
         clock: Callable[[], float] = trio.current_time,
-        state: Any = None,
+        state: StateStore | None = None,
         store: Any = None,
-        metadata: Any = None,
+        metadata: MetadataStore | None = None,
         metrics: RecorderMetrics | None = None,
     ) -> None:
         self.manager = manager
@@ -285,8 +289,8 @@ class ControlHub:
         if isinstance(params, rpc.ListParams):
             records = {s.session_id: s.state_record() for s in self.manager.sessions.values()}
             if self._state is not None:
-                for record in await self._state.list(500):
-                    records.setdefault(record["sessionId"], record)
+                for shared in await self._state.list(500):
+                    records.setdefault(shared["sessionId"], shared)
             return {"sessions": [public_record(r) for r in records.values()]}
         if isinstance(params, rpc.GetParams):
             found = (

@@ -15,6 +15,7 @@ from edge_recorder.metadata.models import RecordingAsset, RecordingSession
 from edge_recorder.metadata.repository import (
     AsyncMetadataRepository,
     MetadataRepository,
+    MetadataStore,
     create_metadata_engine,
     default_database_url,
     normalize_url,
@@ -23,6 +24,7 @@ from edge_recorder.metadata.repository import (
 __all__ = [
     "AsyncMetadataRepository",
     "MetadataRepository",
+    "MetadataStore",
     "RecordingAsset",
     "RecordingSession",
     "create_metadata_engine",

@@ -37,7 +37,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
 from sqlalchemy import (
@@ -567,6 +567,43 @@ class MetadataRepository:
             return [self._row_dict(row) for row in conn.execute(query)]
 
 
+class MetadataStore(Protocol):
+    """What the service needs of the metadata database, from Trio.
+
+    :class:`AsyncMetadataRepository` is the implementation; the seam lets the
+    bookkeeper, recovery, the manager and the control hub be typed against it
+    and tested with a fake.
+    """
+
+    async def save_session(self, record: Mapping[str, Any]) -> None: ...
+
+    async def save_asset(
+        self,
+        session_id: str,
+        *,
+        bucket: str | None,
+        key: str | None,
+        url: str | None,
+        size_bytes: int | None,
+        sha256: str | None,
+        sse_mode: str | None,
+        duration_s: float | None,
+        local_path: str | None,
+        uploaded_bytes: int | None,
+        kind: str = ASSET_KIND_COMPOSITE,
+    ) -> None: ...
+
+    async def record_upload_progress(self, session_id: str, uploaded_bytes: int, *, kind: str = ASSET_KIND_COMPOSITE) -> None: ...
+
+    async def get_session(self, session_id: str) -> dict[str, Any] | None: ...
+
+    async def nonterminal_sessions(self, server_id: str) -> list[dict[str, Any]]: ...
+
+    async def list_sessions(self, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    async def aclose(self) -> None: ...
+
+
 class AsyncMetadataRepository:
     """:class:`MetadataRepository` for Trio: each call runs in a worker thread.
 
@@ -664,3 +701,8 @@ class AsyncMetadataRepository:
     async def aclose(self) -> None:
         """Close the pooled connections (in a thread; shield it in ``finally``)."""
         await self._call(self.sync.close)
+
+
+if TYPE_CHECKING:
+    # AsyncMetadataRepository is a MetadataStore (checked by mypy, not at run time).
+    _check: type[MetadataStore] = AsyncMetadataRepository
