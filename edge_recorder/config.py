@@ -1,5 +1,14 @@
 """Settings: built-in defaults < a TOML file < environment variables.
 
+Each setting is declared once, as a field of the frozen dataclasses below:
+its attribute, environment variable, type, default, allowed values (a
+:class:`Kind`), one-line doc, notes and section. Everything else is derived
+from those declarations: parsing and validation, :data:`KNOWN_VARIABLES` (and
+the warning about unknown ``RECORDING_*`` variables), the annotated example
+``config/edge-recorder.toml`` and the settings table of ``README.md``.
+``python -m edge_recorder.config --write`` regenerates both files;
+``tests/unit/test_config.py`` fails when the committed copies differ.
+
 One vocabulary: the TOML file's keys are the environment variable names
 themselves (``RECORDING_PORT_MIN = 40000``), so an operator moves a setting
 between the file and the environment without translating it. The environment
@@ -9,11 +18,14 @@ The file is found from the ``config_file`` argument, else the environment
 variable ``RECORDING_CONFIG_FILE``, else there is none.
 
 Every value is checked at load, so a bad setting stops the process at start-up
-with :class:`~edge_recorder.errors.ConfigError` naming the variable, the value
-(never a secret's) and what is allowed, rather than failing mid-recording.
-Unknown keys in the file are an error (a typo must not pass silently); unknown
-``RECORDING_*`` environment variables only log a warning, because the
-environment is shared with other programs and older deployments.
+with one :class:`~edge_recorder.errors.ConfigError` naming every invalid
+variable, one per line, with its value (never a secret's), where it came from
+and what is allowed, rather than failing mid-recording. Rules between settings
+(port range, jitter within the playout delay, SSE key pairs...) are checked
+only over values that are valid on their own. Unknown keys in the file are an
+error (a typo must not pass silently); unknown ``RECORDING_*`` environment
+variables only log a warning, because the environment is shared with other
+programs and older deployments.
 
 Loading is pure apart from reading the file and the host name: it creates no
 directory and opens no socket.
@@ -21,29 +33,37 @@ directory and opens no socket.
 
 from __future__ import annotations
 
+import abc
+import argparse
 import base64
 import binascii
 import dataclasses
 import difflib
 import hmac
 import ipaddress
+import json
 import logging
 import math
 import os
 import re
 import socket
+import sys
+import textwrap
 import tomllib
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast, get_args
+from typing import Any, Generic, Literal, TypeAlias, TypeVar, cast, get_args
 
 from edge_recorder.errors import ConfigError
 
 __all__ = [
     "KNOWN_VARIABLES",
+    "SETTINGS",
     "ControlSettings",
+    "Declared",
+    "Entry",
     "IngestSettings",
     "LifecycleSettings",
     "OutputSettings",
@@ -53,12 +73,15 @@ __all__ = [
     "StateSettings",
     "Settings",
     "load_settings",
+    "render_markdown",
+    "render_toml",
 ]
 
 logger = logging.getLogger(__name__)
 
 Layout = Literal["pip", "grid"]
 Corner = Literal["top-left", "top-right", "bottom-left", "bottom-right"]
+# Every mode sink/s3.py's ObjectStore applies (SseS3, SseKMS, SseCustomerKey).
 SseMode = Literal["none", "AES256", "aws:kms", "SSE-C"]
 UploadMode = Literal["multipart", "chunks"]
 X264Preset = Literal[
@@ -73,6 +96,7 @@ X264Preset = Literal[
     "veryslow",
     "placebo",
 ]
+Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 CONFIG_FILE_VARIABLE = "RECORDING_CONFIG_FILE"
 FFMPEG_PATH_VARIABLE = "RECORDING_FFMPEG_PATH"
@@ -80,95 +104,12 @@ FFMPEG_PATH_WARNING = (
     "RECORDING_FFMPEG_PATH no longer applies: edge-recorder encodes in-process with PyAV"
 )
 
-# Every key the TOML file may hold; each is also read from the environment.
-# RECORDING_CONFIG_FILE is environment-only (a file cannot name itself).
-KNOWN_VARIABLES: tuple[str, ...] = (
-    "RECORDING_ENABLED",
-    "RECORDING_TMP_DIR",
-    "RECORDING_LAYOUT",
-    "RECORDING_BIND_IP",
-    "RECORDING_PORT_MIN",
-    "RECORDING_PORT_MAX",
-    "RECORDING_SERVER_ID",
-    "RECORDING_MAX_SESSIONS",
-    "RECORDING_OUTPUT_WIDTH",
-    "RECORDING_OUTPUT_HEIGHT",
-    "RECORDING_OUTPUT_FPS",
-    "RECORDING_VIDEO_BITRATE_KBPS",
-    "RECORDING_AUDIO_BITRATE_KBPS",
-    "RECORDING_X264_PRESET",
-    "RECORDING_KEYFRAME_INTERVAL_S",
-    "RECORDING_X264_THREADS",
-    "RECORDING_OVERLAY_WIDTH_PCT",
-    "RECORDING_OVERLAY_CORNER",
-    "RECORDING_OVERLAY_MARGIN_PX",
-    "RECORDING_SPEAKER_HOLD_MS",
-    "RECORDING_AUDIO_SILENCE_DBOV",
-    "RECORDING_SPEAKER_EXPLICIT_HOLD_MS",
-    "RECORDING_PLAYOUT_DELAY_MS",
-    "RECORDING_JITTER_VIDEO_MS",
-    "RECORDING_JITTER_AUDIO_MS",
-    "RECORDING_KEYFRAME_REQUEST_INTERVAL_MS",
-    "RECORDING_UDP_RCVBUF_BYTES",
-    "RECORDING_STREAM_QUEUE_PACKETS",
-    "RECORDING_RTP_MAX_DATAGRAM_BYTES",
-    "RECORDING_MAX_FRAME_BYTES",
-    "RECORDING_RTP_SOURCE_MOVE_ANY_HOST",
-    "RECORDING_RTP_SOURCE_NETWORKS",
-    "RECORDING_S3_BUCKET",
-    "RECORDING_S3_PREFIX",
-    "AWS_REGION",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "RECORDING_S3_ENDPOINT",
-    "RECORDING_S3_SSE",
-    "RECORDING_S3_SSE_KMS_KEY_ID",
-    "RECORDING_CONTROL_HOST",
-    "RECORDING_CONTROL_PORT",
-    "RECORDING_CONTROL_PATH",
-    "RECORDING_CONTROL_TOKEN",
-    "RECORDING_CONTROL_ALLOW_INSECURE",
-    "RECORDING_CONTROL_DIAL_URL",
-    "RECORDING_CONTROL_RATE_LIMIT",
-    "RECORDING_CONTROL_MAX_CONNECTIONS",
-    "RECORDING_CONTROL_MAX_CONNECTIONS_PER_IP",
-    "RECORDING_CONTROL_HANDSHAKE_TIMEOUT_S",
-    "RECORDING_METRICS_MAX_CONNECTIONS",
-    "RECORDING_METRICS_REQUEST_TIMEOUT_S",
-    "RECORDING_METRICS_HOST",
-    "RECORDING_METRICS_PORT",
-    "RECORDING_MEDIA_TIMEOUT_S",
-    "RECORDING_ROOM_EMPTY_GRACE_S",
-    "RECORDING_CONTROLLER_GRACE_S",
-    "RECORDING_MAX_DURATION_S",
-    "RECORDING_DRAIN_TIMEOUT_S",
-    "RECORDING_MIN_FREE_DISK_MIB",
-    "RECORDING_S3_SSE_C_KEY",
-    "RECORDING_S3_PART_SIZE_MIB",
-    "RECORDING_S3_UPLOAD_MODE",
-    "RECORDING_UPLOAD_RETRY_S",
-    "RECORDING_S3_PRESIGN_EXPIRY_S",
-    "RECORDING_S3_PRESIGN_IN_STATE",
-    "RECORDING_DATABASE_URL",
-    "RECORDING_REDIS_URL",
-    "RECORDING_LEASE_TTL_S",
-    "RECORDING_HEARTBEAT_INTERVAL_S",
-    "RECORDING_WEBHOOK_URLS",
-    "RECORDING_WEBHOOK_SECRET",
-    "RECORDING_CLEANUP_OLDER_THAN_S",
-    FFMPEG_PATH_VARIABLE,
-)
-
-_SECRET_VARIABLES = frozenset(
-    {
-        "AWS_SECRET_ACCESS_KEY",
-        "RECORDING_CONTROL_TOKEN",
-        "RECORDING_S3_SSE_C_KEY",
-        "RECORDING_DATABASE_URL",  # may carry a password
-        "RECORDING_REDIS_URL",  # may carry a password
-        "RECORDING_WEBHOOK_SECRET",
-    }
-)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TOML_PATH = REPO_ROOT / "config" / "edge-recorder.toml"
+README_PATH = REPO_ROOT / "README.md"
+REGENERATE_COMMAND = ".venv/bin/python -m edge_recorder.config --write"
+README_BEGIN = f"<!-- settings table: generated by `{REGENERATE_COMMAND}`, do not edit -->"
+README_END = "<!-- end of the generated settings table -->"
 
 
 class Secret:
@@ -202,473 +143,327 @@ class Secret:
         return hash(self._value)
 
 
-@dataclass(frozen=True)
-class OutputSettings:
-    """The composite MP4 the encoder produces."""
-
-    # Output frame width in pixels; even (4:2:0 chroma), 160..3840.
-    width_px: int = 1280
-    # Output frame height in pixels; even (4:2:0 chroma), 90..2160.
-    height_px: int = 720
-    # Output frame rate in frames per second, 1..60; the compositor ticks at this rate.
-    fps: int = 30
-    # H.264 target bitrate in kbit/s.
-    video_bitrate_kbps: int = 2500
-    # AAC target bitrate in kbit/s.
-    audio_bitrate_kbps: int = 128
-    # x264 speed/quality preset (ultrafast .. placebo); slower costs CPU per session.
-    x264_preset: X264Preset = "veryfast"
-    # Seconds between forced keyframes; also the fMP4 fragment length, so the
-    # most a crash can lose and the granularity of the streamed upload.
-    keyframe_interval_s: float = 2.0
-    # x264 worker threads per session; 0 lets x264 choose (one per core).
-    x264_threads: int = 1
-
-
-@dataclass(frozen=True)
-class OverlaySettings:
-    """Geometry of the picture-in-picture overlay (the speaker's camera)."""
-
-    # Overlay width as a percentage of the output width, 5..50.
-    width_pct: int = 25
-    # Corner of the output the overlay sits in.
-    corner: Corner = "bottom-right"
-    # Gap in pixels between the overlay and the output's edges.
-    margin_px: int = 24
-    # Shortest time one speaker stays in the overlay before audio levels may
-    # switch to another (hysteresis: the overlay never flickers).
-    speaker_hold_ms: int = 2000
-    # How long an explicit recording.setActiveSpeaker wins over audio levels.
-    speaker_explicit_hold_ms: int = 3000
-
-
-@dataclass(frozen=True)
-class IngestSettings:
-    """RTP receive, jitter buffering and playout."""
-
-    # How far behind real time the compositor runs, in milliseconds, so late
-    # packets still make it into the frame they belong to.
-    playout_delay_ms: int = 300
-    # Longest a video frame waits in the jitter buffer for missing packets, ms.
-    video_jitter_ms: int = 150
-    # Longest an audio packet waits in the jitter buffer for a gap to fill, ms.
-    audio_jitter_ms: int = 60
-    # Minimum milliseconds between two keyframe requests (RTCP PLI/FIR) per stream.
-    keyframe_request_interval_ms: int = 500
-    # SO_RCVBUF requested for each RTP socket, in bytes (the kernel may cap it
-    # at net.core.rmem_max).
-    udp_receive_buffer_bytes: int = 4 * 1024 * 1024
-    # Packets queued between a socket reader and its jitter buffer before
-    # packets are dropped (and counted).
-    stream_queue_packets: int = 512
-    # Audio whose RFC 6464 level stays below this many dBov (voice flag off)
-    # is not decoded or mixed; -127 mixes everything.
-    audio_silence_dbov: int = -55
-    # Largest UDP datagram (RTP or RTCP) a stream's socket accepts, bytes;
-    # anything longer is dropped unparsed and counted (near the path MTU: an
-    # SFU never sends more; 1500 leaves room for RTX and header extensions).
-    max_datagram_bytes: int = 1500
-    # Largest assembled video frame, bytes; a frame that grows past it is
-    # dropped (counted) and a keyframe requested. Also bounds each jitter
-    # buffer (a few frames' worth) and the worker pipe's messages.
-    max_frame_bytes: int = 4 * 1024 * 1024
-    # Allow a stream's latched source to move to another host (the same SSRC
-    # after RECORDING_JITTER-long silence); false: only another port of the
-    # same host (NAT rebinding, an SFU worker restart).
-    source_move_any_host: bool = False
-    # Networks RTP may come from (the SFU hosts), as CIDRs; empty: any. A
-    # stream then cannot even be latched by a sender elsewhere.
-    source_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    """Where finished recordings go (used by the S3 sink)."""
-
-    # Target bucket; None keeps recordings in tmp_dir only.
-    bucket: str | None = None
-    # Key prefix for every object; "" or ends with "/".
-    prefix: str = "recordings/"
-    # AWS region of the bucket; None lets the client library decide.
-    region: str | None = None
-    # Explicit access key id; None uses the default credential chain.
-    access_key_id: str | None = None
-    # Explicit secret access key, set exactly when access_key_id is.
-    secret_access_key: Secret | None = None
-    # S3-compatible endpoint URL (e.g. MinIO at http://127.0.0.1:9000); None for AWS.
-    endpoint: str | None = None
-    # Server-side encryption: "none", "AES256" (SSE-S3) or "aws:kms" (SSE-KMS).
-    sse: SseMode = "none"
-    # KMS key for "aws:kms"; None uses the bucket's (or AWS-managed) default key.
-    sse_kms_key_id: str | None = None
-    # Customer key for "SSE-C": 32 bytes, given base64-encoded. Needs https.
-    sse_customer_key: Secret | None = None
-    # Size of each uploaded piece while recording, MiB (S3's minimum part is 5).
-    part_size_mib: int = 8
-    # How the spool reaches the bucket while recording: "multipart" (one S3
-    # multipart upload, completed at stop) or "chunks" (chunk objects composed
-    # server-side at stop). docs/storage.md compares them.
-    upload_mode: UploadMode = "multipart"
-    # How long an upload is retried (with backoff) before the session fails
-    # with the artifact kept on disk, seconds.
-    upload_retry_s: float = 300.0
-    # Lifetime of presigned GET URLs, seconds (S3 allows up to 7 days).
-    presign_expiry_s: int = 3600
-    # Put a presigned URL in recording.get / the state record's asset.url.
-    presign_in_state: bool = False
-
-
-@dataclass(frozen=True)
-class StateSettings:
-    """Metadata (SQL), shared state (Redis), webhooks and housekeeping."""
-
-    # SQLAlchemy URL of the metadata database; None: SQLite at
-    # <RECORDING_TMP_DIR>/edge-recorder.sqlite3.
-    database_url: Secret | None = None
-    # Redis URL for shared state (redis://host:port/db); None: in-memory, this node only.
-    redis_url: Secret | None = None
-    # Seconds a node's lease on a recording lasts without renewal.
-    lease_ttl_s: float = 15.0
-    # Seconds between heartbeats (node registration, lease renewal).
-    heartbeat_interval_s: float = 5.0
-    # URLs that receive every state change as signed JSON.
-    webhook_urls: tuple[str, ...] = ()
-    # HMAC-SHA256 key for the webhook signature header.
-    webhook_secret: Secret | None = None
-    # Local artifacts older than this are removed by the scheduled cleanup
-    # (never unless safely uploaded), seconds; 0 disables the schedule.
-    cleanup_older_than_s: float = 7 * 86_400.0
-
-
-@dataclass(frozen=True)
-class ControlSettings:
-    """The control plane: the SFU's WebSocket and the HTTP health/metrics endpoint."""
-
-    # Address the control WebSocket listens on.
-    host: str = "127.0.0.1"
-    # TCP port of the control WebSocket; 0 picks a free one (tests).
-    port: int = 8765
-    # URL path of the control WebSocket.
-    path: str = "/control"
-    # Bearer token every control handshake must carry; None accepts any.
-    token: Secret | None = None
-    # Allow a non-loopback control address without a token (explicit opt-out).
-    allow_insecure: bool = False
-    # ws:// or wss:// URL of an SFU to dial out to (edge boxes behind NAT).
-    dial_url: str | None = None
-    # Requests per second one connection may send (burst twice that) before
-    # getting "rate limited" errors.
-    rate_limit_per_s: int = 50
-    # Control connections open at once (handshaking or established), in all
-    # and from one IP address; more are refused before any parsing.
-    max_connections: int = 64
-    max_connections_per_ip: int = 16
-    # Seconds a new control connection has to complete its WebSocket handshake.
-    handshake_timeout_s: float = 5.0
-    # Address and port of /metrics, /healthz and /readyz; port 0 picks one.
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9464
-    # Connections the /metrics listener serves at once (at most a quarter of
-    # them from one IP address), and seconds a client has to send a request (head and body).
-    metrics_max_connections: int = 64
-    metrics_request_timeout_s: float = 5.0
-
-
-@dataclass(frozen=True)
-class LifecycleSettings:
-    """When sessions stop by themselves, and how long stopping may take."""
-
-    # Stop (reason media-timeout) when no stream has delivered a packet for
-    # this many seconds; 0 disables.
-    media_timeout_s: float = 30.0
-    # Stop (reason room-empty) this many seconds after the last stream was
-    # removed, unless one is added meanwhile.
-    room_empty_grace_s: float = 10.0
-    # Stop (reason controller-lost) when every control connection that drove
-    # a session has been gone this long.
-    controller_grace_s: float = 30.0
-    # Stop (reason max-duration) after this many seconds; 0 means no limit.
-    max_duration_s: float = 0.0
-    # Longest a graceful stop may take to finalise one session, and the
-    # service's drain deadline on SIGTERM.
-    drain_timeout_s: float = 30.0
-    # Free space RECORDING_TMP_DIR must keep, MiB: below it /readyz says not
-    # ready and recording.start is refused (a spool that fills the disk loses
-    # the recording being written, not only the new one).
-    min_free_disk_mib: int = 256
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything edge-recorder reads from its configuration, validated."""
-
-    # Master switch: when False the service refuses to start recordings.
-    recording_enabled: bool = False
-    # Absolute scratch directory for fragments being written and spooled.
-    tmp_dir: Path = Path("tmp/recordings")
-    # Composite layout: "pip" (screen share full frame, speaker overlay) or "grid".
-    layout: Layout = "pip"
-    # IP literal (v4 or v6) the RTP sockets bind to.
-    bind_ip: str = "127.0.0.1"
-    # Lowest UDP port handed to an RTP socket (inclusive), 1024..65535.
-    port_min: int = 40000
-    # Highest UDP port handed to an RTP socket (inclusive), >= port_min.
-    port_max: int = 40999
-    # Name of this recorder instance in metrics labels and shared state.
-    server_id: str = ""
-    # Concurrent recordings this instance accepts before refusing new ones.
-    max_sessions: int = 4
-    # Encoder and container output.
-    output: OutputSettings = dataclasses.field(default_factory=OutputSettings)
-    # Picture-in-picture overlay geometry.
-    overlay: OverlaySettings = dataclasses.field(default_factory=OverlaySettings)
-    # RTP receive and playout timing.
-    ingest: IngestSettings = dataclasses.field(default_factory=IngestSettings)
-    # Upload destination.
-    s3: S3Settings = dataclasses.field(default_factory=S3Settings)
-    # Control WebSocket and HTTP endpoints.
-    control: ControlSettings = dataclasses.field(default_factory=ControlSettings)
-    # Auto-stop rules and drain deadlines.
-    lifecycle: LifecycleSettings = dataclasses.field(default_factory=LifecycleSettings)
-    # Metadata database, shared state, webhooks, cleanup.
-    state: StateSettings = dataclasses.field(default_factory=StateSettings)
-    # The TOML file these settings were loaded from, if any (for the start-up log).
-    config_file: Path | None = None
-
-    def describe(self) -> dict[str, Any]:
-        """All values as a JSON-friendly nested dict, secrets shown as ``"***"``.
-
-        Meant for one structured log line at start-up.
-        """
-        return cast(dict[str, Any], _describe(self))
-
-
-def _describe(value: object) -> object:
-    if isinstance(value, Secret):
-        return "***"
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _describe(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def load_settings(
-    environ: Mapping[str, str] | None = None,
-    config_file: str | os.PathLike[str] | None = None,
-) -> Settings:
-    """Load and validate settings.
-
-    Args:
-        environ: the environment to read; ``os.environ`` when None.
-        config_file: a TOML file; when None, ``RECORDING_CONFIG_FILE`` from
-            ``environ`` names it, and without that no file is read.
-
-    Returns:
-        The validated, frozen settings.
-
-    Raises:
-        ConfigError: the file is missing, unreadable, not TOML or has an unknown
-            key, or any value is invalid. ``variable`` names the culprit.
-    """
-    env = os.environ if environ is None else environ
-    path = _config_path(env, config_file)
-    raw: dict[str, _Raw] = {}
-    if path is not None:
-        for name, value in _read_toml(path).items():
-            raw[name] = _Raw(value, f"config file {path}")
-    for name, value in env.items():
-        if name in KNOWN_VARIABLES:
-            raw[name] = _Raw(value, "environment")
-        elif name.startswith("RECORDING_") and name != CONFIG_FILE_VARIABLE:
-            logger.warning(
-                "ignoring unknown environment variable %s%s", name, _did_you_mean(name)
-            )
-    if FFMPEG_PATH_VARIABLE in raw:
-        logger.warning(FFMPEG_PATH_WARNING)
-    return _build(_Reader(raw), path)
-
-
-def _config_path(
-    env: Mapping[str, str], config_file: str | os.PathLike[str] | None
-) -> Path | None:
-    if config_file is not None:
-        given: str = os.fspath(config_file)
-    else:
-        given = env.get(CONFIG_FILE_VARIABLE, "").strip()
-        if not given:
-            return None
-    return Path(os.path.abspath(os.path.expanduser(given)))
-
-
-def _read_toml(path: Path) -> dict[str, object]:
-    try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(CONFIG_FILE_VARIABLE, f"{path}: no such file") from None
-    except OSError as exc:
-        raise ConfigError(CONFIG_FILE_VARIABLE, f"{path}: cannot read: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(CONFIG_FILE_VARIABLE, f"{path}: not valid TOML: {exc}") from exc
-    for key, value in data.items():
-        if key == CONFIG_FILE_VARIABLE:
-            raise ConfigError(
-                key, f"{path}: only the environment or the command line can name the config file"
-            )
-        if key not in KNOWN_VARIABLES:
-            raise ConfigError(
-                key,
-                f"{path}: unknown key{_did_you_mean(key)}; keys are the environment "
-                "variable names, see config/edge-recorder.toml",
-            )
-        if isinstance(value, (dict, list)):
-            raise ConfigError(key, f"{path}: must be a single value, not a table or array")
-    return data
-
-
-def _did_you_mean(name: str) -> str:
-    close = difflib.get_close_matches(name, KNOWN_VARIABLES, n=1, cutoff=0.75)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
-@dataclass(frozen=True)
-class _Raw:
-    value: object  # str from the environment; str/int/float/bool from TOML
-    source: str  # "environment" or "config file /path"
-
+# --------------------------------------------------------------------------- kinds of value
 
 _T = TypeVar("_T")
 _S = TypeVar("_S", bound=str)
+_G = TypeVar("_G")
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 
 
-class _Reader:
-    """Typed look-ups over the merged raw values, failing with ConfigError."""
+class _Invalid(Exception):
+    """A raw value a kind refuses; ``problem`` completes "the value ...", e.g. "is out of range"."""
 
-    def __init__(self, raw: Mapping[str, _Raw]) -> None:
-        self._raw = raw
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
 
-    def is_set(self, name: str) -> bool:
-        return name in self._raw
 
-    def fail(self, name: str, problem: str, allowed: str) -> ConfigError:
-        """An error naming the variable, its value (unless secret) and source."""
-        raw = self._raw.get(name)
-        if raw is None:  # a default that conflicts with another setting
-            return ConfigError(name, f"the default {problem}; allowed: {allowed}")
-        shown = "the value" if name in _SECRET_VARIABLES else repr(raw.value)
-        return ConfigError(name, f"{shown} (from {raw.source}) {problem}; allowed: {allowed}")
+def _text(value: object) -> str:
+    """A raw value (str from the environment; str/int/float/bool from TOML) as stripped text."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise _Invalid("has the wrong type")
+    return str(value).strip()
 
-    def _text(self, name: str, allowed: str) -> str | None:
-        """The raw value as stripped text, None when unset."""
-        raw = self._raw.get(name)
-        if raw is None:
-            return None
-        if isinstance(raw.value, bool) or not isinstance(raw.value, (str, int, float)):
-            raise self.fail(name, "has the wrong type", allowed)
-        return str(raw.value).strip()
 
-    def boolean(self, name: str, default: bool) -> bool:
-        allowed = "true/false, 1/0, yes/no, on/off"
-        raw = self._raw.get(name)
-        if raw is None:
-            return default
-        if isinstance(raw.value, bool):
-            return raw.value
-        if isinstance(raw.value, str):
-            word = raw.value.strip().lower()
+class Kind(abc.ABC, Generic[_T]):
+    """What a setting may hold: how raw text or TOML becomes a value, and how a value is written.
+
+    Attributes:
+        allowed: what an operator may write, in the words of error messages,
+            the TOML comments and the README table.
+        secret: the value is never shown, not even in an error message.
+    """
+
+    allowed: str = ""
+    secret: bool = False
+
+    @abc.abstractmethod
+    def read(self, value: object) -> _T:
+        """The value of a raw setting.
+
+        Raises:
+            _Invalid: the value is not allowed.
+        """
+
+    def resolve_default(self, default: _T) -> _T:
+        """The value an unset setting takes at load (the declared default, unless it is relative)."""
+        return default
+
+    def toml(self, value: _T) -> str:
+        """``value`` as a TOML literal that :meth:`read` turns back into it."""
+        return json.dumps(self.text(value))
+
+    def text(self, value: _T) -> str:
+        """``value`` as an operator writes it (README defaults)."""
+        return str(value)
+
+
+class Bool(Kind[bool]):
+    allowed = "true/false, 1/0, yes/no, on/off"
+
+    def read(self, value: object) -> bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            word = value.strip().lower()
             if word in _TRUE:
                 return True
             if word in _FALSE:
                 return False
-        raise self.fail(name, "is not a boolean", allowed)
+        raise _Invalid("is not a boolean")
 
-    def integer(self, name: str, default: int, lo: int, hi: int) -> int:
-        allowed = f"an integer {lo}..{hi}"
-        raw = self._raw.get(name)
-        if raw is None:
-            return default
-        value = raw.value
+    def toml(self, value: bool) -> str:
+        return self.text(value)
+
+    def text(self, value: bool) -> str:
+        return "true" if value else "false"
+
+
+class Int(Kind[int]):
+    def __init__(self, lo: int, hi: int, *, even: bool = False) -> None:
+        self.lo, self.hi, self.even = lo, hi, even
+        self.allowed = f"an {'even ' if even else ''}integer {lo}..{hi}"
+
+    def read(self, value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise self.fail(name, "is not an integer", allowed)
+            raise _Invalid("is not an integer")
         if isinstance(value, str):
-            try:
-                # Plain decimal only: int() would also take "1_000" and " +5 ".
-                if not re.fullmatch(r"[+-]?[0-9]+", value.strip()):
-                    raise ValueError(value)
-                value = int(value.strip())
-            except ValueError:
-                raise self.fail(name, "is not an integer", allowed) from None
-        if not lo <= value <= hi:
-            raise self.fail(name, "is out of range", allowed)
+            # Plain decimal only: int() would also take "1_000" and " +5 ".
+            if not re.fullmatch(r"[+-]?[0-9]+", value.strip()):
+                raise _Invalid("is not an integer")
+            value = int(value.strip())
+        if not self.lo <= value <= self.hi:
+            raise _Invalid("is out of range")
+        if self.even and value % 2:
+            raise _Invalid("is odd (4:2:0 video needs even sizes)")
         return value
 
-    def even_integer(self, name: str, default: int, lo: int, hi: int) -> int:
-        value = self.integer(name, default, lo, hi)
-        if value % 2:
-            raise self.fail(name, "is odd (4:2:0 video needs even sizes)", f"an even integer {lo}..{hi}")
-        return value
+    def toml(self, value: int) -> str:
+        return str(value)
 
-    def number(self, name: str, default: float, lo: float, hi: float) -> float:
-        allowed = f"a number {lo:g}..{hi:g}"
-        raw = self._raw.get(name)
-        if raw is None:
-            return default
-        value = raw.value
+
+class Float(Kind[float]):
+    def __init__(self, lo: float, hi: float) -> None:
+        self.lo, self.hi = lo, hi
+        self.allowed = f"a number {_number_text(lo)}..{_number_text(hi)}"
+
+    def read(self, value: object) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise self.fail(name, "is not a number", allowed)
+            raise _Invalid("is not a number")
         try:
             number = float(value)
         except ValueError:
-            raise self.fail(name, "is not a number", allowed) from None
-        if not math.isfinite(number) or not lo <= number <= hi:
-            raise self.fail(name, "is out of range", allowed)
+            raise _Invalid("is not a number") from None
+        if not math.isfinite(number) or not self.lo <= number <= self.hi:
+            raise _Invalid("is out of range")
         return number
 
-    def choice(self, name: str, default: _S, choices: tuple[_S, ...]) -> _S:
-        allowed = " | ".join(choices)
-        text = self._text(name, allowed)
-        if text is None:
-            return default
-        for choice in choices:  # case-insensitive, returned in canonical spelling
+    def toml(self, value: float) -> str:
+        return repr(float(value))
+
+    def text(self, value: float) -> str:
+        return _number_text(value)
+
+
+def _number_text(value: float) -> str:
+    """A number as an operator writes it: 2, 0.5, 604800 (not 6.048e+05)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+class Choice(Kind[_S]):
+    """One of a few words, matched case-insensitively and returned in its canonical spelling."""
+
+    def __init__(self, choices: tuple[_S, ...]) -> None:
+        self.choices = choices
+        self.allowed = " | ".join(choices)
+
+    def read(self, value: object) -> _S:
+        text = _text(value)
+        for choice in self.choices:
             if text.lower() == choice.lower():
                 return choice
-        raise self.fail(name, "is not one of the choices", allowed)
+        raise _Invalid("is not one of the choices")
 
-    def string(self, name: str, default: str, pattern: str, allowed: str) -> str:
-        text = self._text(name, allowed)
-        if text is None:
-            return default
-        if not re.fullmatch(pattern, text):
-            raise self.fail(name, "is not valid", allowed)
+
+class Pattern(Kind[str]):
+    """A string matching a regular expression."""
+
+    def __init__(self, pattern: str, allowed: str) -> None:
+        self.pattern, self.allowed = pattern, allowed
+
+    def read(self, value: object) -> str:
+        text = _text(value)
+        if not re.fullmatch(self.pattern, text):
+            raise _Invalid("is not valid")
         return text
 
-    def optional(self, name: str, pattern: str, allowed: str) -> str | None:
-        """An optional string: unset or empty gives None (empty overrides the file)."""
-        text = self._text(name, allowed)
+
+class OptionalPattern(Kind[str | None]):
+    """An optional string: unset or empty gives None (empty overrides the file)."""
+
+    def __init__(self, pattern: str, allowed: str) -> None:
+        self.pattern, self.allowed = pattern, allowed
+
+    def read(self, value: object) -> str | None:
+        text = _text(value)
         if not text:
             return None
-        if not re.fullmatch(pattern, text):
-            raise self.fail(name, "is not valid", allowed)
+        if not re.fullmatch(self.pattern, text):
+            raise _Invalid("is not valid")
         return text
 
-    def parsed(
-        self, name: str, default: _T, parse: Callable[[str], _T], allowed: str
-    ) -> _T:
-        """A string turned into a value by ``parse``, which raises ValueError."""
-        text = self._text(name, allowed)
-        if text is None:
-            return default
+    def text(self, value: str | None) -> str:
+        return "" if value is None else value
+
+
+class OptionalSecret(Kind[Secret | None]):
+    """An optional :class:`Secret`: unset or empty gives None; its value is never shown."""
+
+    secret = True
+
+    def __init__(self, pattern: str, allowed: str) -> None:
+        self.plain = OptionalPattern(pattern, allowed)
+        self.allowed = allowed
+
+    def read(self, value: object) -> Secret | None:
+        text = self.plain.read(value)
+        return None if text is None else Secret(text)
+
+    def text(self, value: Secret | None) -> str:
+        return "" if value is None else "***"
+
+
+class Parsed(Kind[_T]):
+    """Text turned into a value by ``parse``, which raises ValueError; ``format`` writes one back."""
+
+    def __init__(
+        self,
+        parse: Callable[[str], _T],
+        allowed: str,
+        format: Callable[[_T], str],  # noqa: A002 - the inverse of parse
+        *,
+        secret: bool = False,
+    ) -> None:
+        self.parse, self.allowed, self.format, self.secret = parse, allowed, format, secret
+
+    def read(self, value: object) -> _T:
         try:
-            return parse(text)
+            return self.parse(_text(value))
         except ValueError:
-            raise self.fail(name, "is not valid", allowed) from None
+            raise _Invalid("is not valid") from None
+
+    def text(self, value: _T) -> str:
+        return self.format(value)
+
+
+def _absolute_dir(text: str) -> Path:
+    if not text:
+        raise ValueError("empty")
+    # abspath, not resolve(): keep symlinks the operator chose (e.g. /tmp on macOS).
+    return Path(os.path.abspath(os.path.expanduser(text)))
+
+
+class Directory(Kind[Path]):
+    """A directory path, made absolute from the working directory at load (the default too)."""
+
+    allowed = "a non-empty directory path (relative paths are taken from the working directory)"
+
+    def read(self, value: object) -> Path:
+        text = _text(value)
+        if not text:
+            raise _Invalid("is not valid")
+        return _absolute_dir(text)
+
+    def resolve_default(self, default: Path) -> Path:
+        return _absolute_dir(str(default))
+
+    def text(self, value: Path) -> str:
+        return str(value) if value.is_absolute() else f"./{value.as_posix()}"
+
+
+# --------------------------------------------------------------------------- declarations
+
+# Sections of the TOML file and the README table, in order: key, title.
+SECTIONS: tuple[tuple[str, str], ...] = (
+    ("service", "service"),
+    ("ingest", "RTP ingest"),
+    ("output", "output (H.264 + AAC in fragmented MP4)"),
+    ("overlay", "picture-in-picture overlay and active speaker"),
+    ("s3", "upload to S3 (or an S3-compatible store such as MinIO)"),
+    ("state", "metadata, shared state, webhooks"),
+    ("control", "control plane (edge-recorder serve)"),
+    ("lifecycle", "when recordings stop by themselves"),
+)
+
+_SETTING = "edge_recorder.setting"
+_GROUP = "edge_recorder.group"
+
+
+@dataclass(frozen=True)
+class Declared(Generic[_T]):
+    """One setting as declared: the single source of everything said about it.
+
+    Attributes:
+        env: the environment variable, also the TOML key.
+        kind: what it may hold (parsing, allowed values, how to write one).
+        default: its value when unset (:meth:`Kind.resolve_default` applied at load).
+        doc: one line saying what it does today, with its unit.
+        notes: further lines for the TOML file's comment.
+        rule: a constraint against other settings (checked in ``_check_rules``).
+        example: a valid value to show, commented out, when the default is
+            unset or not a literal (the TOML line is then ``# VAR = "example"``).
+        shown: the default in words when it is not a literal ("the host name").
+        section: the TOML/README section; None: the group's.
+    """
+
+    env: str
+    kind: Kind[_T]
+    default: _T
+    doc: str
+    notes: str = ""
+    rule: str = ""
+    example: str | None = None
+    shown: str | None = None
+    section: str | None = None
+
+    @property
+    def allowed(self) -> str:
+        """What may be written, with the rule against other settings."""
+        return f"{self.kind.allowed}; {self.rule}" if self.rule else self.kind.allowed
+
+    def default_text(self) -> str:
+        """The default as the README shows it; "—" for unset."""
+        if self.shown is not None:
+            return self.shown
+        if self.default is None:
+            return "—"
+        text = self.kind.text(self.default)
+        return text if text else "—"
+
+
+def setting(
+    env: str,
+    kind: Kind[_T],
+    default: _T,
+    doc: str,
+    *,
+    notes: str = "",
+    rule: str = "",
+    example: str | None = None,
+    shown: str | None = None,
+    section: str | None = None,
+) -> _T:
+    """Declare a setting as a dataclass field (typed as its value, for mypy and callers)."""
+    declared = Declared(env, kind, default, doc, notes, rule, example, shown, section)
+    return dataclasses.field(default=default, metadata={_SETTING: declared})
+
+
+def group(cls: Callable[[], _G], section: str) -> _G:
+    """Declare a nested group of settings whose fields default to ``section``."""
+    return dataclasses.field(default_factory=cls, metadata={_GROUP: section})
 
 
 # S3 bucket naming rules (also MinIO's): 3..63 of a-z 0-9 . -, starting and
@@ -679,13 +474,7 @@ _SERVER_ID_RE = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}"
 _SERVER_ID_ALLOWED = "1..128 characters of A-Z a-z 0-9 . _ : -, starting with a letter or digit"
 _TOKEN_RE = r"\S{1,256}"
 _TOKEN_ALLOWED = "1..256 characters without spaces"
-
-
-def _absolute_dir(text: str) -> Path:
-    if not text:
-        raise ValueError("empty")
-    # abspath, not resolve(): keep symlinks the operator chose (e.g. /tmp on macOS).
-    return Path(os.path.abspath(os.path.expanduser(text)))
+_IP_ALLOWED = "an IPv4 or IPv6 address literal"
 
 
 def _ip_literal(text: str) -> str:
@@ -717,123 +506,6 @@ def _s3_prefix(text: str) -> str:
     return text
 
 
-def _build(r: _Reader, config_file: Path | None) -> Settings:
-    hostname = socket.gethostname()
-    output = OutputSettings(
-        width_px=r.even_integer("RECORDING_OUTPUT_WIDTH", 1280, 160, 3840),
-        height_px=r.even_integer("RECORDING_OUTPUT_HEIGHT", 720, 90, 2160),
-        fps=r.integer("RECORDING_OUTPUT_FPS", 30, 1, 60),
-        video_bitrate_kbps=r.integer("RECORDING_VIDEO_BITRATE_KBPS", 2500, 100, 50_000),
-        audio_bitrate_kbps=r.integer("RECORDING_AUDIO_BITRATE_KBPS", 128, 16, 512),
-        x264_preset=r.choice("RECORDING_X264_PRESET", "veryfast", get_args(X264Preset)),
-        keyframe_interval_s=r.number("RECORDING_KEYFRAME_INTERVAL_S", 2.0, 0.5, 10.0),
-        x264_threads=r.integer("RECORDING_X264_THREADS", 1, 0, 64),
-    )
-    overlay = OverlaySettings(
-        width_pct=r.integer("RECORDING_OVERLAY_WIDTH_PCT", 25, 5, 50),
-        corner=r.choice("RECORDING_OVERLAY_CORNER", "bottom-right", get_args(Corner)),
-        margin_px=r.integer("RECORDING_OVERLAY_MARGIN_PX", 24, 0, 512),
-        speaker_hold_ms=r.integer("RECORDING_SPEAKER_HOLD_MS", 2000, 0, 60_000),
-        speaker_explicit_hold_ms=r.integer("RECORDING_SPEAKER_EXPLICIT_HOLD_MS", 3000, 0, 600_000),
-    )
-    if 2 * overlay.margin_px >= min(output.width_px, output.height_px):
-        raise r.fail(
-            "RECORDING_OVERLAY_MARGIN_PX",
-            f"leaves no room: twice RECORDING_OVERLAY_MARGIN_PX={overlay.margin_px} must be "
-            f"smaller than the output's {output.width_px}x{output.height_px}",
-            "a margin below half the output's smaller side",
-        )
-    ingest = IngestSettings(
-        playout_delay_ms=r.integer("RECORDING_PLAYOUT_DELAY_MS", 300, 0, 10_000),
-        video_jitter_ms=r.integer("RECORDING_JITTER_VIDEO_MS", 150, 0, 5_000),
-        audio_jitter_ms=r.integer("RECORDING_JITTER_AUDIO_MS", 60, 0, 5_000),
-        keyframe_request_interval_ms=r.integer(
-            "RECORDING_KEYFRAME_REQUEST_INTERVAL_MS", 500, 50, 10_000
-        ),
-        udp_receive_buffer_bytes=r.integer(
-            "RECORDING_UDP_RCVBUF_BYTES", 4 * 1024 * 1024, 64 * 1024, 256 * 1024 * 1024
-        ),
-        stream_queue_packets=r.integer("RECORDING_STREAM_QUEUE_PACKETS", 512, 16, 65_536),
-        audio_silence_dbov=r.integer("RECORDING_AUDIO_SILENCE_DBOV", -55, -127, 0),
-        max_datagram_bytes=r.integer("RECORDING_RTP_MAX_DATAGRAM_BYTES", 1500, 576, 65_507),
-        max_frame_bytes=r.integer("RECORDING_MAX_FRAME_BYTES", 4 * 1024 * 1024, 64 * 1024, 15 * 1024 * 1024),
-        source_move_any_host=r.boolean("RECORDING_RTP_SOURCE_MOVE_ANY_HOST", False),
-        source_networks=r.parsed(
-            "RECORDING_RTP_SOURCE_NETWORKS", (), _networks, "comma-separated CIDRs such as 10.0.0.0/24,fd00::/64, or empty"
-        ),
-    )
-    # A jitter buffer that holds a frame longer than the playout delay releases
-    # it after the compositor has already moved past its timestamp.
-    for name, jitter_ms in (
-        ("RECORDING_JITTER_VIDEO_MS", ingest.video_jitter_ms),
-        ("RECORDING_JITTER_AUDIO_MS", ingest.audio_jitter_ms),
-    ):
-        if jitter_ms > ingest.playout_delay_ms:
-            culprit = name if r.is_set(name) else "RECORDING_PLAYOUT_DELAY_MS"
-            raise r.fail(
-                culprit,
-                f"is inconsistent: {name}={jitter_ms} exceeds "
-                f"RECORDING_PLAYOUT_DELAY_MS={ingest.playout_delay_ms}",
-                "jitter buffer delays no longer than the playout delay",
-            )
-
-    s3 = _build_s3(r)
-
-    port_min = r.integer("RECORDING_PORT_MIN", 40000, 1024, 65535)
-    port_max = r.integer("RECORDING_PORT_MAX", 40999, 1024, 65535)
-    if port_min > port_max:
-        culprit = "RECORDING_PORT_MIN" if r.is_set("RECORDING_PORT_MIN") else "RECORDING_PORT_MAX"
-        raise r.fail(
-            culprit,
-            f"makes an empty range: RECORDING_PORT_MIN={port_min} > RECORDING_PORT_MAX={port_max}",
-            "RECORDING_PORT_MIN <= RECORDING_PORT_MAX",
-        )
-
-    if r.is_set("RECORDING_SERVER_ID"):
-        server_id = r.string(
-            "RECORDING_SERVER_ID", hostname, _SERVER_ID_RE, _SERVER_ID_ALLOWED
-        )
-    elif re.fullmatch(_SERVER_ID_RE, hostname):
-        server_id = hostname
-    else:
-        raise ConfigError(
-            "RECORDING_SERVER_ID",
-            f"unset, and the host name {hostname!r} cannot stand in for it; "
-            f"set it to {_SERVER_ID_ALLOWED}",
-        )
-
-    return Settings(
-        recording_enabled=r.boolean("RECORDING_ENABLED", False),
-        tmp_dir=r.parsed(
-            "RECORDING_TMP_DIR",
-            _absolute_dir("./tmp/recordings"),
-            _absolute_dir,
-            "a non-empty directory path (relative paths are taken from the working directory)",
-        ),
-        layout=r.choice("RECORDING_LAYOUT", "pip", get_args(Layout)),
-        bind_ip=r.parsed("RECORDING_BIND_IP", "127.0.0.1", _ip_literal, "an IPv4 or IPv6 address literal"),
-        port_min=port_min,
-        port_max=port_max,
-        server_id=server_id,
-        max_sessions=r.integer("RECORDING_MAX_SESSIONS", 4, 1, 256),
-        output=output,
-        overlay=overlay,
-        ingest=ingest,
-        s3=s3,
-        control=_build_control(r),
-        state=_build_state(r),
-        lifecycle=LifecycleSettings(
-            media_timeout_s=r.number("RECORDING_MEDIA_TIMEOUT_S", 30.0, 0.0, 86_400.0),
-            room_empty_grace_s=r.number("RECORDING_ROOM_EMPTY_GRACE_S", 10.0, 0.0, 86_400.0),
-            controller_grace_s=r.number("RECORDING_CONTROLLER_GRACE_S", 30.0, 0.0, 86_400.0),
-            max_duration_s=r.number("RECORDING_MAX_DURATION_S", 0.0, 0.0, 7 * 86_400.0),
-            drain_timeout_s=r.number("RECORDING_DRAIN_TIMEOUT_S", 30.0, 1.0, 3_600.0),
-            min_free_disk_mib=r.integer("RECORDING_MIN_FREE_DISK_MIB", 256, 0, 1_048_576),
-        ),
-        config_file=config_file,
-    )
-
-
 def _ws_url(text: str) -> str | None:
     if not text:
         return None
@@ -844,12 +516,12 @@ def _ws_url(text: str) -> str | None:
     return text
 
 
-def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+def _networks(text: str) -> tuple[Network, ...]:
     # strict=False: 10.0.0.7/24 means its network, as an operator would mean it.
     return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
 
 
-def _sse_c_key(text: str) -> Secret:
+def _sse_c_key(text: str) -> Secret | None:
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
@@ -868,118 +540,919 @@ def _url_list(text: str) -> tuple[str, ...]:
     return urls
 
 
-def _build_state(r: _Reader) -> StateSettings:
-    database = r.optional("RECORDING_DATABASE_URL", r"[a-z0-9+]+://\S*", "an SQLAlchemy URL such as postgresql+psycopg://user@host/db or sqlite:///path")
-    redis = r.optional("RECORDING_REDIS_URL", r"(redis|rediss|unix)://\S+", "a redis:// or rediss:// URL")
-    secret = r.optional("RECORDING_WEBHOOK_SECRET", r"\S{16,256}", "16..256 characters without spaces")
-    lease = r.number("RECORDING_LEASE_TTL_S", 15.0, 2.0, 3600.0)
-    heartbeat = r.number("RECORDING_HEARTBEAT_INTERVAL_S", 5.0, 0.5, 600.0)
-    if heartbeat * 2 > lease:
-        raise r.fail(
-            "RECORDING_HEARTBEAT_INTERVAL_S",
-            f"is too long for RECORDING_LEASE_TTL_S={lease:g}: a lease must survive a missed heartbeat",
-            "at most half of RECORDING_LEASE_TTL_S",
-        )
-    return StateSettings(
-        database_url=None if database is None else Secret(database),
-        redis_url=None if redis is None else Secret(redis),
-        lease_ttl_s=lease,
-        heartbeat_interval_s=heartbeat,
-        webhook_urls=r.parsed("RECORDING_WEBHOOK_URLS", (), _url_list, "comma-separated http(s) URLs"),
-        webhook_secret=None if secret is None else Secret(secret),
-        cleanup_older_than_s=r.number("RECORDING_CLEANUP_OLDER_THAN_S", 7 * 86_400.0, 0.0, 365 * 86_400.0),
+def _optional_text(value: str | None) -> str:
+    return "" if value is None else value
+
+
+def _joined(values: tuple[object, ...]) -> str:
+    return ",".join(str(v) for v in values)
+
+
+def _ip_kind() -> Parsed[str]:
+    return Parsed(_ip_literal, _IP_ALLOWED, str)
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """The composite MP4 the encoder produces."""
+
+    width_px: int = setting(
+        "RECORDING_OUTPUT_WIDTH", Int(160, 3840, even=True), 1280,
+        "Output frame width in pixels (even: 4:2:0 chroma).",
+    )
+    height_px: int = setting(
+        "RECORDING_OUTPUT_HEIGHT", Int(90, 2160, even=True), 720,
+        "Output frame height in pixels (even: 4:2:0 chroma).",
+    )
+    fps: int = setting(
+        "RECORDING_OUTPUT_FPS", Int(1, 60), 30,
+        "Output frame rate in frames per second; the compositor ticks at this rate.",
+    )
+    video_bitrate_kbps: int = setting(
+        "RECORDING_VIDEO_BITRATE_KBPS", Int(100, 50_000), 2500, "H.264 target bitrate in kbit/s."
+    )
+    audio_bitrate_kbps: int = setting(
+        "RECORDING_AUDIO_BITRATE_KBPS", Int(16, 512), 128, "AAC target bitrate in kbit/s."
+    )
+    x264_preset: X264Preset = setting(
+        "RECORDING_X264_PRESET", Choice[X264Preset](get_args(X264Preset)), "veryfast",
+        "x264 speed/quality preset; slower presets compress better and cost more CPU per session.",
+    )
+    keyframe_interval_s: float = setting(
+        "RECORDING_KEYFRAME_INTERVAL_S", Float(0.5, 10.0), 2.0,
+        "Seconds between forced keyframes; also the fMP4 fragment length.",
+        notes="So also the most a crash can lose, and the granularity of the streamed upload.",
+    )
+    x264_threads: int = setting(
+        "RECORDING_X264_THREADS", Int(0, 64), 1,
+        "x264 worker threads per session; 0 lets x264 choose (one per core).",
     )
 
 
-def _build_control(r: _Reader) -> ControlSettings:
-    token = r.optional("RECORDING_CONTROL_TOKEN", r"[\x21-\x7e]{16,256}", "16..256 printable characters without spaces")
-    max_connections = r.integer("RECORDING_CONTROL_MAX_CONNECTIONS", 64, 1, 4096)
-    per_ip = r.integer("RECORDING_CONTROL_MAX_CONNECTIONS_PER_IP", 16, 1, 4096)
-    if per_ip > max_connections:
-        raise r.fail(
-            "RECORDING_CONTROL_MAX_CONNECTIONS_PER_IP",
-            f"exceeds RECORDING_CONTROL_MAX_CONNECTIONS={max_connections}",
-            "at most RECORDING_CONTROL_MAX_CONNECTIONS",
-        )
-    return ControlSettings(
-        host=r.parsed("RECORDING_CONTROL_HOST", "127.0.0.1", _ip_literal, "an IPv4 or IPv6 address literal"),
-        port=r.integer("RECORDING_CONTROL_PORT", 8765, 0, 65535),
-        path=r.string("RECORDING_CONTROL_PATH", "/control", r"/[A-Za-z0-9._~/-]{0,127}", "a URL path starting with /"),
-        token=None if token is None else Secret(token),
-        allow_insecure=r.boolean("RECORDING_CONTROL_ALLOW_INSECURE", False),
-        dial_url=r.parsed("RECORDING_CONTROL_DIAL_URL", None, _ws_url, "a ws:// or wss:// URL, or empty"),
-        rate_limit_per_s=r.integer("RECORDING_CONTROL_RATE_LIMIT", 50, 1, 100_000),
-        max_connections=max_connections,
-        max_connections_per_ip=per_ip,
-        handshake_timeout_s=r.number("RECORDING_CONTROL_HANDSHAKE_TIMEOUT_S", 5.0, 0.5, 60.0),
-        metrics_max_connections=r.integer("RECORDING_METRICS_MAX_CONNECTIONS", 64, 4, 4096),
-        metrics_request_timeout_s=r.number("RECORDING_METRICS_REQUEST_TIMEOUT_S", 5.0, 0.5, 60.0),
-        metrics_host=r.parsed("RECORDING_METRICS_HOST", "127.0.0.1", _ip_literal, "an IPv4 or IPv6 address literal"),
-        metrics_port=r.integer("RECORDING_METRICS_PORT", 9464, 0, 65535),
-    )
+@dataclass(frozen=True)
+class OverlaySettings:
+    """Geometry of the picture-in-picture overlay (the speaker's camera) and who is in it."""
 
-
-def _build_s3(r: _Reader) -> S3Settings:
-    access_key_id = r.optional("AWS_ACCESS_KEY_ID", _TOKEN_RE, _TOKEN_ALLOWED)
-    secret_text = r.optional("AWS_SECRET_ACCESS_KEY", _TOKEN_RE, _TOKEN_ALLOWED)
-    if (access_key_id is None) != (secret_text is None):
-        missing, present = (
-            ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID")
-            if secret_text is None
-            else ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-        )
-        raise ConfigError(
-            missing,
-            f"is unset but {present} is set; set both AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY, or neither to use the default credential chain",
-        )
-    sse = r.choice("RECORDING_S3_SSE", "none", get_args(SseMode))
-    kms_key_id = r.optional("RECORDING_S3_SSE_KMS_KEY_ID", _TOKEN_RE, _TOKEN_ALLOWED)
-    if kms_key_id is not None and sse != "aws:kms":
-        raise r.fail(
-            "RECORDING_S3_SSE_KMS_KEY_ID",
-            f"is set but RECORDING_S3_SSE is {sse!r}",
-            "a KMS key id only with RECORDING_S3_SSE=aws:kms",
-        )
-    sse_c = r.parsed("RECORDING_S3_SSE_C_KEY", None, _sse_c_key, "32 random bytes, base64-encoded")
-    if (sse == "SSE-C") != (sse_c is not None):
-        culprit = "RECORDING_S3_SSE_C_KEY" if sse_c is not None else "RECORDING_S3_SSE"
-        raise r.fail(
-            culprit,
-            f"does not match: RECORDING_S3_SSE={sse!r} with{'' if sse_c is not None else 'out'} a customer key",
-            "RECORDING_S3_SSE=SSE-C together with RECORDING_S3_SSE_C_KEY, or neither",
-        )
-    endpoint = r.parsed(
-        "RECORDING_S3_ENDPOINT",
-        None,
-        _endpoint_url,
-        "an http:// or https:// URL with a host and optional port and no path, "
-        "e.g. http://127.0.0.1:9000, or empty for AWS",
+    width_pct: int = setting(
+        "RECORDING_OVERLAY_WIDTH_PCT", Int(5, 50), 25, "Overlay width as a percentage of the output width."
     )
-    if sse == "SSE-C" and endpoint is not None and endpoint.startswith("http://"):
-        raise r.fail(
-            "RECORDING_S3_SSE",
-            "is SSE-C over plain http: S3 refuses customer keys without TLS",
-            "an https:// RECORDING_S3_ENDPOINT with SSE-C",
-        )
-    return S3Settings(
-        bucket=r.optional("RECORDING_S3_BUCKET", _BUCKET_RE, _BUCKET_ALLOWED),
-        prefix=r.parsed(
-            "RECORDING_S3_PREFIX",
-            "recordings/",
-            _s3_prefix,
-            "a key prefix not starting with '/' (a trailing '/' is added), or empty",
+    corner: Corner = setting(
+        "RECORDING_OVERLAY_CORNER", Choice[Corner](get_args(Corner)), "bottom-right",
+        "Corner of the output the overlay sits in.",
+    )
+    margin_px: int = setting(
+        "RECORDING_OVERLAY_MARGIN_PX", Int(0, 512), 24,
+        "Gap in pixels between the overlay and the output's edges.",
+        rule="less than half the output's smaller side",
+    )
+    speaker_hold_ms: int = setting(
+        "RECORDING_SPEAKER_HOLD_MS", Int(0, 60_000), 2000,
+        "Shortest time one speaker keeps the overlay before audio levels may switch to another, ms.",
+        notes=(
+            "The active speaker comes from RFC 6464 audio levels (or decoded energy when a "
+            "stream does not carry them); the hold is hysteresis, so the overlay never flickers."
         ),
-        region=r.optional("AWS_REGION", r"[A-Za-z0-9-]{1,64}", "a region name such as eu-west-1"),
-        access_key_id=access_key_id,
-        secret_access_key=None if secret_text is None else Secret(secret_text),
-        endpoint=endpoint,
-        sse=sse,
-        sse_kms_key_id=kms_key_id,
-        sse_customer_key=sse_c,
-        part_size_mib=r.integer("RECORDING_S3_PART_SIZE_MIB", 8, 5, 5120),
-        upload_mode=r.choice("RECORDING_S3_UPLOAD_MODE", "multipart", get_args(UploadMode)),
-        upload_retry_s=r.number("RECORDING_UPLOAD_RETRY_S", 300.0, 0.0, 7 * 86_400.0),
-        presign_expiry_s=r.integer("RECORDING_S3_PRESIGN_EXPIRY_S", 3600, 1, 7 * 86_400),
-        presign_in_state=r.boolean("RECORDING_S3_PRESIGN_IN_STATE", False),
     )
+    speaker_explicit_hold_ms: int = setting(
+        "RECORDING_SPEAKER_EXPLICIT_HOLD_MS", Int(0, 600_000), 3000,
+        "How long an explicit recording.setActiveSpeaker from the SFU wins over audio levels, ms.",
+    )
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """RTP receive, jitter buffering and playout."""
+
+    playout_delay_ms: int = setting(
+        "RECORDING_PLAYOUT_DELAY_MS", Int(0, 10_000), 300,
+        "How far behind real time the compositor runs, ms, so late packets still make it into their frame.",
+        rule="at least RECORDING_JITTER_VIDEO_MS and RECORDING_JITTER_AUDIO_MS",
+    )
+    video_jitter_ms: int = setting(
+        "RECORDING_JITTER_VIDEO_MS", Int(0, 5_000), 150,
+        "Longest a video frame waits in the jitter buffer for missing packets, ms.",
+        notes="NACKs and retransmissions (RTX) happen inside this wait, before the frame is given up.",
+        rule="at most RECORDING_PLAYOUT_DELAY_MS",
+    )
+    audio_jitter_ms: int = setting(
+        "RECORDING_JITTER_AUDIO_MS", Int(0, 5_000), 60,
+        "Longest an audio packet waits in the jitter buffer for a gap to fill, ms.",
+        rule="at most RECORDING_PLAYOUT_DELAY_MS",
+    )
+    keyframe_request_interval_ms: int = setting(
+        "RECORDING_KEYFRAME_REQUEST_INTERVAL_MS", Int(50, 10_000), 500,
+        "Minimum time between two keyframe requests (RTCP PLI/FIR) for one stream, ms.",
+    )
+    udp_receive_buffer_bytes: int = setting(
+        "RECORDING_UDP_RCVBUF_BYTES", Int(64 * 1024, 256 * 1024 * 1024), 4 * 1024 * 1024,
+        "SO_RCVBUF asked for on each RTP socket, bytes; Linux caps it at net.core.rmem_max.",
+    )
+    stream_queue_packets: int = setting(
+        "RECORDING_STREAM_QUEUE_PACKETS", Int(16, 65_536), 512,
+        "Frames the session's one pipe to its media worker holds (all its streams' assembled "
+        "frames, and control messages); when it is full a frame is dropped and counted.",
+        notes=(
+            "Despite the name it counts frames, not packets, and there is one pipe per session, "
+            "not one per stream. A full pipe never blocks the socket reader: the frame is dropped "
+            "(frames_dropped_queue_full) and a dropped video frame asks for a keyframe; control "
+            "messages wait for room instead."
+        ),
+    )
+    audio_silence_dbov: int = setting(
+        "RECORDING_AUDIO_SILENCE_DBOV", Int(-127, 0), -55,
+        "Audio whose RFC 6464 level stays below this many dBov (voice flag off) is not decoded "
+        "or mixed; -127 mixes everything.",
+        notes=(
+            "Silence suppression for big rooms: it starts 300 ms after the last audible packet. "
+            "Twenty open microphones in quiet rooms otherwise cost twenty decoders and add their "
+            "noise floors to the mix. Streams without levels are always mixed."
+        ),
+    )
+    max_datagram_bytes: int = setting(
+        "RECORDING_RTP_MAX_DATAGRAM_BYTES", Int(576, 65_507), 1500,
+        "Largest UDP datagram (RTP or RTCP) a stream's socket accepts, bytes; longer ones are "
+        "dropped unparsed and counted.",
+        notes=(
+            "Near the path MTU: an SFU never sends more (1500 leaves room for RTX and header "
+            "extensions). Raise it only on jumbo-frame networks."
+        ),
+    )
+    max_frame_bytes: int = setting(
+        "RECORDING_MAX_FRAME_BYTES", Int(64 * 1024, 15 * 1024 * 1024), 4 * 1024 * 1024,
+        "Largest assembled video frame, bytes; a bigger one is dropped (counted) and a keyframe requested.",
+        notes="It also bounds each jitter buffer (a few frames' worth) and the worker pipe's messages.",
+    )
+    source_move_any_host: bool = setting(
+        "RECORDING_RTP_SOURCE_MOVE_ANY_HOST", Bool(), False,
+        "Let a stream's latched source move to another host (same SSRC, after silence); "
+        "false: only to another port of the same host.",
+        notes=(
+            "Another port of the same host covers NAT rebinding and an SFU worker restart; "
+            "with false a stranger elsewhere can never take a stream over."
+        ),
+    )
+    source_networks: tuple[Network, ...] = setting(
+        "RECORDING_RTP_SOURCE_NETWORKS",
+        Parsed(_networks, "comma-separated CIDRs such as 10.0.0.0/24,fd00::/64, or empty", _joined),
+        (),
+        "Networks RTP may come from (the SFU hosts), as CIDRs; empty: any address.",
+        notes=(
+            "With it, a stranger elsewhere cannot even latch a stream before the SFU's first "
+            "packet (SSRCs are not secret). Firewalling the port range does the same one layer down."
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where finished recordings go (used by the S3 sink)."""
+
+    bucket: str | None = setting(
+        "RECORDING_S3_BUCKET", OptionalPattern(_BUCKET_RE, _BUCKET_ALLOWED), None,
+        "Target bucket; unset or empty: recordings stay in RECORDING_TMP_DIR.",
+        example="my-recordings",
+    )
+    prefix: str = setting(
+        "RECORDING_S3_PREFIX",
+        Parsed(_s3_prefix, "a key prefix not starting with '/' (a trailing '/' is added), or empty", str),
+        "recordings/",
+        "Prefix of every object key; a trailing '/' is added when missing, \"\" for the bucket root.",
+    )
+    region: str | None = setting(
+        "AWS_REGION", OptionalPattern(r"[A-Za-z0-9-]{1,64}", "a region name such as eu-west-1"), None,
+        "Region of the bucket; unset: the client library's default.",
+        example="eu-west-1",
+    )
+    access_key_id: str | None = setting(
+        "AWS_ACCESS_KEY_ID", OptionalPattern(_TOKEN_RE, _TOKEN_ALLOWED), None,
+        "Explicit access key id; unset: the default credential chain.",
+        rule="set together with AWS_SECRET_ACCESS_KEY, or neither",
+        example="AKIAEXAMPLE",
+    )
+    secret_access_key: Secret | None = setting(
+        "AWS_SECRET_ACCESS_KEY", OptionalSecret(_TOKEN_RE, _TOKEN_ALLOWED), None,
+        "Explicit secret access key; unset: the default credential chain.",
+        notes="Prefer the environment for it: this file is often readable by many.",
+        rule="set together with AWS_ACCESS_KEY_ID, or neither",
+        example="...",
+    )
+    endpoint: str | None = setting(
+        "RECORDING_S3_ENDPOINT",
+        Parsed(
+            _endpoint_url,
+            "an http:// or https:// URL with a host and optional port and no path, "
+            "e.g. http://127.0.0.1:9000, or empty for AWS",
+            _optional_text,
+        ),
+        None,
+        "S3-compatible endpoint URL (e.g. a local MinIO); unset: AWS S3.",
+        example="http://127.0.0.1:9000",
+    )
+    sse: SseMode = setting(
+        "RECORDING_S3_SSE", Choice[SseMode](get_args(SseMode)), "none",
+        "Server-side encryption: none, AES256 (SSE-S3), aws:kms (SSE-KMS) or SSE-C (customer key).",
+        rule="SSE-C exactly when RECORDING_S3_SSE_C_KEY is set, and only over https",
+    )
+    sse_kms_key_id: str | None = setting(
+        "RECORDING_S3_SSE_KMS_KEY_ID", OptionalPattern(_TOKEN_RE, _TOKEN_ALLOWED), None,
+        "KMS key id or ARN for aws:kms; unset: the bucket's (or the AWS-managed) default key.",
+        rule="only with RECORDING_S3_SSE=aws:kms",
+        example="arn:aws:kms:eu-west-1:111122223333:key/example",
+    )
+    sse_customer_key: Secret | None = setting(
+        "RECORDING_S3_SSE_C_KEY",
+        Parsed(_sse_c_key, "32 random bytes, base64-encoded", lambda s: "" if s is None else "***", secret=True),
+        None,
+        "Customer key for SSE-C: 32 random bytes, base64-encoded.",
+        notes=(
+            "S3 refuses SSE-C without https. Prefer the environment for it. A presigned URL of "
+            "an SSE-C object still needs the key headers to download."
+        ),
+        rule="only with RECORDING_S3_SSE=SSE-C",
+        example="AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+    )
+    part_size_mib: int = setting(
+        "RECORDING_S3_PART_SIZE_MIB", Int(5, 5120), 8,
+        "Size of each piece uploaded while recording, MiB (S3's minimum part size is 5).",
+    )
+    upload_mode: UploadMode = setting(
+        "RECORDING_S3_UPLOAD_MODE", Choice[UploadMode](get_args(UploadMode)), "multipart",
+        "How the spool reaches the bucket while recording: multipart (one S3 multipart upload, "
+        "completed at stop) or chunks (chunk objects composed server-side at stop).",
+        notes=(
+            "multipart keeps its upload id in <session id>.upload.json next to the spool; chunks "
+            "needs no sidecar but stops slower. docs/storage.md compares them."
+        ),
+    )
+    upload_retry_s: float = setting(
+        "RECORDING_UPLOAD_RETRY_S", Float(0.0, 7 * 86_400.0), 300.0,
+        "Seconds a failing upload is retried with backoff before the session fails.",
+        notes="The artifact stays on disk and `edge-recorder retry-upload <id>` finishes it.",
+    )
+    presign_expiry_s: int = setting(
+        "RECORDING_S3_PRESIGN_EXPIRY_S", Int(1, 7 * 86_400), 3600,
+        "Lifetime of presigned GET URLs, seconds (S3 allows up to 7 days).",
+    )
+    presign_in_state: bool = setting(
+        "RECORDING_S3_PRESIGN_IN_STATE", Bool(), False,
+        "Put a presigned URL in recording.get and the state record's asset.url.",
+    )
+
+
+@dataclass(frozen=True)
+class StateSettings:
+    """Metadata (SQL), shared state (Redis), webhooks and housekeeping."""
+
+    database_url: Secret | None = setting(
+        "RECORDING_DATABASE_URL",
+        OptionalSecret(
+            r"[a-z0-9+]+://\S*",
+            "an SQLAlchemy URL such as postgresql+psycopg://user@host/db or sqlite:///path",
+        ),
+        None,
+        "SQLAlchemy URL of the metadata database; unset: SQLite at <RECORDING_TMP_DIR>/edge-recorder.sqlite3.",
+        notes="Prefer the environment if it carries a password (it is treated as a secret).",
+        example="postgresql+psycopg://recorder@127.0.0.1:5432/recordings",
+    )
+    redis_url: Secret | None = setting(
+        "RECORDING_REDIS_URL",
+        OptionalSecret(r"(redis|rediss|unix)://\S+", "a redis:// or rediss:// URL"),
+        None,
+        "Redis for shared state across nodes; unset: state is kept in memory on this node.",
+        notes="Enable AOF persistence on that Redis in HA deployments.",
+        example="redis://127.0.0.1:6379/0",
+    )
+    lease_ttl_s: float = setting(
+        "RECORDING_LEASE_TTL_S", Float(2.0, 3600.0), 15.0,
+        "Seconds a node's lease on a recording lasts without renewal.",
+        notes="A sweeper on any node fails recordings whose lease expired (reason node-lost).",
+    )
+    heartbeat_interval_s: float = setting(
+        "RECORDING_HEARTBEAT_INTERVAL_S", Float(0.5, 600.0), 5.0,
+        "Seconds between heartbeats (node registration and lease renewal).",
+        rule="at most half of RECORDING_LEASE_TTL_S",
+    )
+    webhook_urls: tuple[str, ...] = setting(
+        "RECORDING_WEBHOOK_URLS", Parsed(_url_list, "comma-separated http(s) URLs", _joined), (),
+        "URLs that receive every state change as JSON (signed when RECORDING_WEBHOOK_SECRET is set).",
+        example="https://hooks.example.com/recordings",
+    )
+    webhook_secret: Secret | None = setting(
+        "RECORDING_WEBHOOK_SECRET", OptionalSecret(r"\S{16,256}", "16..256 characters without spaces"), None,
+        "Key of the HMAC-SHA256 signature over each webhook body.",
+        example="change-me-to-a-long-random-secret",
+    )
+    cleanup_older_than_s: float = setting(
+        "RECORDING_CLEANUP_OLDER_THAN_S", Float(0.0, 365 * 86_400.0), 7 * 86_400.0,
+        "Local artifacts older than this many seconds are removed by the scheduled cleanup; 0 disables it.",
+        notes="Never one that is not safely uploaded.",
+    )
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    """The control plane: the SFU's WebSocket and the HTTP health/metrics endpoint."""
+
+    host: str = setting(
+        "RECORDING_CONTROL_HOST", _ip_kind(), "127.0.0.1",
+        "Address the control WebSocket listens on (the SFU connects to it).",
+        notes="A non-loopback address needs RECORDING_CONTROL_TOKEN (or RECORDING_CONTROL_ALLOW_INSECURE = true).",
+    )
+    port: int = setting(
+        "RECORDING_CONTROL_PORT", Int(0, 65535), 8765, "TCP port of the control WebSocket; 0 picks a free one."
+    )
+    path: str = setting(
+        "RECORDING_CONTROL_PATH", Pattern(r"/[A-Za-z0-9._~/-]{0,127}", "a URL path starting with /"), "/control",
+        "URL path of the control WebSocket.",
+    )
+    token: Secret | None = setting(
+        "RECORDING_CONTROL_TOKEN",
+        OptionalSecret(r"[\x21-\x7e]{16,256}", "16..256 printable characters without spaces"),
+        None,
+        "Bearer token every control handshake must carry; unset: no authentication (loopback only).",
+        notes="Prefer the environment for it.",
+        example="change-me-to-a-long-random-token",
+    )
+    allow_insecure: bool = setting(
+        "RECORDING_CONTROL_ALLOW_INSECURE", Bool(), False,
+        "Allow a non-loopback control address without a token (explicit opt-out; think twice).",
+    )
+    dial_url: str | None = setting(
+        "RECORDING_CONTROL_DIAL_URL", Parsed(_ws_url, "a ws:// or wss:// URL, or empty", _optional_text), None,
+        "ws:// or wss:// URL of an SFU to dial out to (edge boxes behind NAT), as well as listening.",
+        notes="The recorder reconnects with jittered backoff and speaks the same protocol.",
+        example="wss://sfu.example.com/recorder",
+    )
+    rate_limit_per_s: int = setting(
+        "RECORDING_CONTROL_RATE_LIMIT", Int(1, 100_000), 50,
+        "Requests per second one control connection may send (bursts of twice that) before "
+        "getting rate-limited errors.",
+    )
+    max_connections: int = setting(
+        "RECORDING_CONTROL_MAX_CONNECTIONS", Int(1, 4096), 64,
+        "Control connections open at once (handshaking or established); more are refused before any parsing.",
+    )
+    max_connections_per_ip: int = setting(
+        "RECORDING_CONTROL_MAX_CONNECTIONS_PER_IP", Int(1, 4096), 16,
+        "Control connections open at once from one IP address.",
+        rule="at most RECORDING_CONTROL_MAX_CONNECTIONS",
+    )
+    handshake_timeout_s: float = setting(
+        "RECORDING_CONTROL_HANDSHAKE_TIMEOUT_S", Float(0.5, 60.0), 5.0,
+        "Seconds a new control connection has to finish its WebSocket handshake.",
+    )
+    metrics_host: str = setting(
+        "RECORDING_METRICS_HOST", _ip_kind(), "127.0.0.1",
+        "Address of /metrics (Prometheus), /healthz and /readyz.",
+    )
+    metrics_port: int = setting(
+        "RECORDING_METRICS_PORT", Int(0, 65535), 9464,
+        "TCP port of /metrics, /healthz and /readyz; 0 picks a free one.",
+    )
+    metrics_max_connections: int = setting(
+        "RECORDING_METRICS_MAX_CONNECTIONS", Int(4, 4096), 64,
+        "Connections the /metrics listener serves at once (at most a quarter of them from one address).",
+    )
+    metrics_request_timeout_s: float = setting(
+        "RECORDING_METRICS_REQUEST_TIMEOUT_S", Float(0.5, 60.0), 5.0,
+        "Seconds a /metrics client has to send its request (head and any body).",
+    )
+
+
+@dataclass(frozen=True)
+class LifecycleSettings:
+    """When sessions stop by themselves, and how long stopping may take."""
+
+    media_timeout_s: float = setting(
+        "RECORDING_MEDIA_TIMEOUT_S", Float(0.0, 86_400.0), 30.0,
+        "Stop (reason media-timeout) after this many seconds without a packet on any stream; 0 disables.",
+    )
+    room_empty_grace_s: float = setting(
+        "RECORDING_ROOM_EMPTY_GRACE_S", Float(0.0, 86_400.0), 10.0,
+        "Stop (reason room-empty) this many seconds after the last stream was removed, unless one is added.",
+    )
+    controller_grace_s: float = setting(
+        "RECORDING_CONTROLLER_GRACE_S", Float(0.0, 86_400.0), 30.0,
+        "Stop (reason controller-lost) when every control connection that drove a recording "
+        "has been gone this many seconds.",
+    )
+    max_duration_s: float = setting(
+        "RECORDING_MAX_DURATION_S", Float(0.0, 7 * 86_400.0), 0.0,
+        "Stop (reason max-duration) after this many seconds; 0 means no limit.",
+    )
+    drain_timeout_s: float = setting(
+        "RECORDING_DRAIN_TIMEOUT_S", Float(1.0, 3_600.0), 30.0,
+        "Seconds a graceful stop may take to finalise one recording; also the drain deadline on SIGTERM/SIGINT.",
+    )
+    min_free_disk_mib: int = setting(
+        "RECORDING_MIN_FREE_DISK_MIB", Int(0, 1_048_576), 256,
+        "Free space RECORDING_TMP_DIR must keep, MiB: below it /readyz is not ready and "
+        "recording.start is refused; 0 disables.",
+        notes="A spool that fills the disk loses the recording being written, not only the new one.",
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything edge-recorder reads from its configuration, validated.
+
+    The one settings type: annotate a ``settings`` parameter with it (frozen,
+    picklable for the media workers, attributes grouped as ``settings.s3.bucket``).
+    """
+
+    recording_enabled: bool = setting(
+        "RECORDING_ENABLED", Bool(), False,
+        "Master switch: when false the service starts and answers but refuses to record.",
+    )
+    tmp_dir: Path = setting(
+        "RECORDING_TMP_DIR", Directory(), Path("tmp/recordings"),
+        "Scratch directory for the MP4 being written while it uploads (the spool).",
+        notes=(
+            "Each node writes under <RECORDING_TMP_DIR>/<RECORDING_SERVER_ID>/ (0700, files 0600) "
+            "and locks it: a second node with the same server id refuses to start. Made absolute "
+            "from the working directory at start-up."
+        ),
+    )
+    layout: Layout = setting(
+        "RECORDING_LAYOUT", Choice[Layout](get_args(Layout)), "pip",
+        "Composite layout: pip (screen share full frame, active speaker as an overlay) or grid.",
+    )
+    bind_ip: str = setting(
+        "RECORDING_BIND_IP", _ip_kind(), "127.0.0.1",
+        "IP address the RTP sockets bind to (the SFU's plain transports send here).",
+        notes='"0.0.0.0" or "::" for every interface.',
+        section="ingest",
+    )
+    port_min: int = setting(
+        "RECORDING_PORT_MIN", Int(1024, 65535), 40000,
+        "Lowest UDP port handed to an RTP socket (inclusive); open the range in firewalls.",
+        notes="Each stream takes one port with RTCP mux, two without.",
+        rule="at most RECORDING_PORT_MAX",
+        section="ingest",
+    )
+    port_max: int = setting(
+        "RECORDING_PORT_MAX", Int(1024, 65535), 40999,
+        "Highest UDP port handed to an RTP socket (inclusive).",
+        rule="at least RECORDING_PORT_MIN",
+        section="ingest",
+    )
+    server_id: str = setting(
+        "RECORDING_SERVER_ID", Pattern(_SERVER_ID_RE, _SERVER_ID_ALLOWED), "",
+        "Name of this instance in metrics labels, shared state and the spool directory.",
+        example="recorder-1",
+        shown="the host name",
+    )
+    max_sessions: int = setting(
+        "RECORDING_MAX_SESSIONS", Int(1, 256), 4,
+        "Concurrent recordings this instance accepts; past it recording.start gets \"at capacity\".",
+    )
+    output: OutputSettings = group(OutputSettings, "output")
+    overlay: OverlaySettings = group(OverlaySettings, "overlay")
+    ingest: IngestSettings = group(IngestSettings, "ingest")
+    s3: S3Settings = group(S3Settings, "s3")
+    control: ControlSettings = group(ControlSettings, "control")
+    lifecycle: LifecycleSettings = group(LifecycleSettings, "lifecycle")
+    state: StateSettings = group(StateSettings, "state")
+    # The TOML file these settings were loaded from, if any (for the start-up log).
+    config_file: Path | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """All values as a JSON-friendly nested dict, secrets shown as ``"***"``.
+
+        Meant for one structured log line at start-up.
+        """
+        return cast(dict[str, Any], _describe(self))
+
+
+def _describe(value: object) -> object:
+    if isinstance(value, Secret):
+        return "***"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _describe(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A declared setting where it sits: ``settings.<path>`` and its section."""
+
+    path: tuple[str, ...]
+    section: str
+    declared: Declared[Any]
+
+    @property
+    def env(self) -> str:
+        return self.declared.env
+
+
+def _walk(cls: type, path: tuple[str, ...], section: str) -> Iterator[Entry]:
+    for f in dataclasses.fields(cls):
+        if _GROUP in f.metadata:
+            factory = f.default_factory
+            assert isinstance(factory, type)
+            yield from _walk(factory, (*path, f.name), f.metadata[_GROUP])
+        elif _SETTING in f.metadata:
+            declared: Declared[Any] = f.metadata[_SETTING]
+            yield Entry((*path, f.name), declared.section or section, declared)
+
+
+def _entries() -> tuple[Entry, ...]:
+    order = [key for key, _ in SECTIONS]
+    walked = list(_walk(Settings, (), "service"))
+    names = [e.env for e in walked]
+    duplicates = {n for n in names if names.count(n) > 1}
+    assert not duplicates, f"declared twice: {sorted(duplicates)}"
+    return tuple(sorted(walked, key=lambda e: order.index(e.section)))  # stable: declaration order within
+
+
+# Every declared setting, in the order of the TOML file and the README table.
+SETTINGS: tuple[Entry, ...] = _entries()
+_BY_ENV: dict[str, Entry] = {e.env: e for e in SETTINGS}
+
+# Accepted but ignored, with a warning: name -> (why, an example value).
+RETIRED: dict[str, tuple[str, str]] = {
+    FFMPEG_PATH_VARIABLE: (
+        "edge-recorder encodes in-process with PyAV and runs no FFmpeg process.",
+        "ffmpeg",
+    ),
+}
+
+# Every key the TOML file may hold; each is also read from the environment.
+# RECORDING_CONFIG_FILE is environment-only (a file cannot name itself).
+KNOWN_VARIABLES: tuple[str, ...] = (*(e.env for e in SETTINGS), *RETIRED)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class _Raw:
+    value: object  # str from the environment; str/int/float/bool from TOML
+    source: str  # "environment" or "config file /path"
+
+
+@dataclass(frozen=True)
+class _Problem:
+    variable: str
+    message: str  # what follows "VARIABLE: "
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+) -> Settings:
+    """Load and validate settings.
+
+    Args:
+        environ: the environment to read; ``os.environ`` when None.
+        config_file: a TOML file; when None, ``RECORDING_CONFIG_FILE`` from
+            ``environ`` names it, and without that no file is read.
+
+    Returns:
+        The validated, frozen settings.
+
+    Raises:
+        ConfigError: the file is missing, unreadable or not TOML; or any key
+            is unknown or any value invalid: then one error lists every one,
+            a line each, and ``variable`` names the first.
+    """
+    env = os.environ if environ is None else environ
+    path = _config_path(env, config_file)
+    problems: list[_Problem] = []
+    raw: dict[str, _Raw] = {}
+    if path is not None:
+        for name, value in _read_toml(path, problems).items():
+            raw[name] = _Raw(value, f"config file {path}")
+    for name, value in env.items():
+        if name in KNOWN_VARIABLES:
+            raw[name] = _Raw(value, "environment")
+        elif name.startswith("RECORDING_") and name != CONFIG_FILE_VARIABLE:
+            logger.warning(
+                "ignoring unknown environment variable %s%s", name, _did_you_mean(name)
+            )
+    if FFMPEG_PATH_VARIABLE in raw:
+        logger.warning(FFMPEG_PATH_WARNING)
+    values: dict[str, Any] = {}
+    for entry in SETTINGS:
+        declared = entry.declared
+        given = raw.get(entry.env)
+        if given is None:
+            values[entry.env] = declared.kind.resolve_default(declared.default)
+            continue
+        try:
+            values[entry.env] = declared.kind.read(given.value)
+        except _Invalid as exc:
+            problems.append(_fail(raw, entry.env, exc.problem, declared.allowed))
+    problems.extend(_check_rules(values, raw))
+    if problems:
+        raise ConfigError(
+            problems[0].variable,
+            "\n".join([problems[0].message, *(f"{p.variable}: {p.message}" for p in problems[1:])]),
+        )
+    return cast(Settings, _assemble(Settings, values, path))
+
+
+def _assemble(cls: type, values: Mapping[str, Any], path: Path | None) -> object:
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if _GROUP in f.metadata:
+            factory = f.default_factory
+            assert isinstance(factory, type)
+            kwargs[f.name] = _assemble(factory, values, path)
+        elif _SETTING in f.metadata:
+            kwargs[f.name] = values[f.metadata[_SETTING].env]
+    if cls is Settings:
+        kwargs["config_file"] = path
+    return cls(**kwargs)
+
+
+def _fail(raw: Mapping[str, _Raw], name: str, problem: str, allowed: str) -> _Problem:
+    """A problem naming the variable, its value (unless secret) and source."""
+    given = raw.get(name)
+    if given is None:  # a default that conflicts with another setting
+        return _Problem(name, f"the default {problem}; allowed: {allowed}")
+    entry = _BY_ENV.get(name)
+    shown = "the value" if entry is not None and entry.declared.kind.secret else repr(given.value)
+    return _Problem(name, f"{shown} (from {given.source}) {problem}; allowed: {allowed}")
+
+
+def _check_rules(values: Mapping[str, Any], raw: Mapping[str, _Raw]) -> list[_Problem]:
+    """Rules between settings, each checked only when all its settings are valid on their own.
+
+    May also fill in values that derive from others (the server id from the host name).
+    """
+    v = cast(dict[str, Any], values)
+    problems: list[_Problem] = []
+
+    def have(*names: str) -> bool:
+        return all(name in v for name in names)
+
+    def culprit(preferred: str, other: str) -> str:
+        return preferred if preferred in raw else other
+
+    def broken(name: str, problem: str) -> None:
+        # "allowed" is the declared rule: the one text the documents show.
+        problems.append(_fail(raw, name, problem, _BY_ENV[name].declared.allowed))
+
+    if have("RECORDING_OVERLAY_MARGIN_PX", "RECORDING_OUTPUT_WIDTH", "RECORDING_OUTPUT_HEIGHT"):
+        margin, width, height = (
+            v["RECORDING_OVERLAY_MARGIN_PX"], v["RECORDING_OUTPUT_WIDTH"], v["RECORDING_OUTPUT_HEIGHT"]
+        )
+        if 2 * margin >= min(width, height):
+            broken(
+                "RECORDING_OVERLAY_MARGIN_PX",
+                f"leaves no room: twice RECORDING_OVERLAY_MARGIN_PX={margin} must be "
+                f"smaller than the output's {width}x{height}",
+            )
+    # A jitter buffer that holds a frame longer than the playout delay releases
+    # it after the compositor has already moved past its timestamp.
+    for name in ("RECORDING_JITTER_VIDEO_MS", "RECORDING_JITTER_AUDIO_MS"):
+        if have(name, "RECORDING_PLAYOUT_DELAY_MS") and v[name] > v["RECORDING_PLAYOUT_DELAY_MS"]:
+            broken(
+                culprit(name, "RECORDING_PLAYOUT_DELAY_MS"),
+                f"is inconsistent: {name}={v[name]} exceeds "
+                f"RECORDING_PLAYOUT_DELAY_MS={v['RECORDING_PLAYOUT_DELAY_MS']}",
+            )
+    if have("RECORDING_PORT_MIN", "RECORDING_PORT_MAX") and v["RECORDING_PORT_MIN"] > v["RECORDING_PORT_MAX"]:
+        broken(
+            culprit("RECORDING_PORT_MIN", "RECORDING_PORT_MAX"),
+            f"makes an empty range: RECORDING_PORT_MIN={v['RECORDING_PORT_MIN']} > "
+            f"RECORDING_PORT_MAX={v['RECORDING_PORT_MAX']}",
+        )
+    if "RECORDING_SERVER_ID" not in raw:
+        hostname = socket.gethostname()
+        if re.fullmatch(_SERVER_ID_RE, hostname):
+            v["RECORDING_SERVER_ID"] = hostname
+        else:
+            problems.append(_Problem(
+                "RECORDING_SERVER_ID",
+                f"unset, and the host name {hostname!r} cannot stand in for it; "
+                f"set it to {_SERVER_ID_ALLOWED}",
+            ))
+    if have("RECORDING_LEASE_TTL_S", "RECORDING_HEARTBEAT_INTERVAL_S"):
+        lease, heartbeat = v["RECORDING_LEASE_TTL_S"], v["RECORDING_HEARTBEAT_INTERVAL_S"]
+        if heartbeat * 2 > lease:
+            broken(
+                "RECORDING_HEARTBEAT_INTERVAL_S",
+                f"is too long for RECORDING_LEASE_TTL_S={lease:g}: a lease must survive a missed heartbeat",
+            )
+    if have("RECORDING_CONTROL_MAX_CONNECTIONS", "RECORDING_CONTROL_MAX_CONNECTIONS_PER_IP"):
+        total = v["RECORDING_CONTROL_MAX_CONNECTIONS"]
+        if v["RECORDING_CONTROL_MAX_CONNECTIONS_PER_IP"] > total:
+            broken(
+                "RECORDING_CONTROL_MAX_CONNECTIONS_PER_IP",
+                f"exceeds RECORDING_CONTROL_MAX_CONNECTIONS={total}",
+            )
+    if have("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        key_id, secret = v["AWS_ACCESS_KEY_ID"], v["AWS_SECRET_ACCESS_KEY"]
+        if (key_id is None) != (secret is None):
+            missing, present = (
+                ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID")
+                if secret is None
+                else ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+            )
+            problems.append(_Problem(
+                missing,
+                f"is unset but {present} is set; set both AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or neither to use the default credential chain",
+            ))
+    if have("RECORDING_S3_SSE", "RECORDING_S3_SSE_KMS_KEY_ID"):
+        sse = v["RECORDING_S3_SSE"]
+        if v["RECORDING_S3_SSE_KMS_KEY_ID"] is not None and sse != "aws:kms":
+            broken(
+                "RECORDING_S3_SSE_KMS_KEY_ID",
+                f"is set but RECORDING_S3_SSE is {sse!r}",
+            )
+    if have("RECORDING_S3_SSE", "RECORDING_S3_SSE_C_KEY"):
+        sse, key = v["RECORDING_S3_SSE"], v["RECORDING_S3_SSE_C_KEY"]
+        if (sse == "SSE-C") != (key is not None):
+            broken(
+                "RECORDING_S3_SSE_C_KEY" if key is not None else "RECORDING_S3_SSE",
+                f"does not match: RECORDING_S3_SSE={sse!r} with{'' if key is not None else 'out'} a customer key",
+            )
+    if have("RECORDING_S3_SSE", "RECORDING_S3_ENDPOINT"):
+        endpoint = v["RECORDING_S3_ENDPOINT"]
+        if v["RECORDING_S3_SSE"] == "SSE-C" and endpoint is not None and endpoint.startswith("http://"):
+            broken(
+                "RECORDING_S3_SSE",
+                "is SSE-C over plain http: S3 refuses customer keys without TLS",
+            )
+    return problems
+
+
+def _config_path(
+    env: Mapping[str, str], config_file: str | os.PathLike[str] | None
+) -> Path | None:
+    if config_file is not None:
+        given: str = os.fspath(config_file)
+    else:
+        given = env.get(CONFIG_FILE_VARIABLE, "").strip()
+        if not given:
+            return None
+    return Path(os.path.abspath(os.path.expanduser(given)))
+
+
+def _read_toml(path: Path, problems: list[_Problem]) -> dict[str, object]:
+    """The file's single values; unknown keys and tables or arrays go to ``problems``."""
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(CONFIG_FILE_VARIABLE, f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(CONFIG_FILE_VARIABLE, f"{path}: cannot read: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(CONFIG_FILE_VARIABLE, f"{path}: not valid TOML: {exc}") from exc
+    kept: dict[str, object] = {}
+    for key, value in data.items():
+        if key == CONFIG_FILE_VARIABLE:
+            problems.append(_Problem(
+                key, f"{path}: only the environment or the command line can name the config file"
+            ))
+        elif key not in KNOWN_VARIABLES:
+            problems.append(_Problem(
+                key,
+                f"{path}: unknown key{_did_you_mean(key)}; keys are the environment "
+                "variable names, see config/edge-recorder.toml",
+            ))
+        elif isinstance(value, (dict, list)):
+            problems.append(_Problem(key, f"{path}: must be a single value, not a table or array"))
+        else:
+            kept[key] = value
+    return kept
+
+
+def _did_you_mean(name: str) -> str:
+    close = difflib.get_close_matches(name, KNOWN_VARIABLES, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+# --------------------------------------------------------------------------- generated documents
+
+_TOML_HEADER = """\
+# edge-recorder configuration: an annotated example with every key at its default.
+# Generated from the declarations in edge_recorder/config.py: do not edit by hand,
+# run `{command}`.
+#
+# Keys are the environment variable names themselves, so a setting moves between
+# this file and the environment unchanged. Precedence, lowest first:
+#   built-in defaults < this file < environment variables (the environment wins).
+# Point the recorder at a file with RECORDING_CONFIG_FILE=/path/to/edge-recorder.toml
+# (or `edge-recorder --config`). An unknown key here is an error (a typo must not
+# pass silently). Values may be TOML strings, integers, floats or booleans; every
+# invalid value is reported at start-up, all at once.
+"""
+
+_WIDTH = 88
+
+
+def _comment(text: str) -> list[str]:
+    return textwrap.wrap(text, _WIDTH - 2, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False)
+
+
+def _section_rule(title: str) -> str:
+    head = f"# --- {title} "
+    return head + "-" * max(3, _WIDTH - len(head))
+
+
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def render_toml() -> str:
+    """The annotated example file, ``config/edge-recorder.toml``, every key at its default."""
+    lines = _TOML_HEADER.format(command=REGENERATE_COMMAND).splitlines()
+    titles = dict(SECTIONS)
+    current = None
+    for entry in SETTINGS:
+        declared = entry.declared
+        if entry.section != current:
+            current = entry.section
+            lines += ["", _section_rule(titles[current])]
+        lines.append("")
+        lines += _comment(f"{declared.doc} {declared.notes}".strip())
+        default = "" if declared.shown is None else f" Default: {declared.shown}."
+        lines += _comment(f"Allowed: {declared.allowed}.{default}")
+        if declared.example is not None:
+            lines.append(f"# {entry.env} = {json.dumps(declared.example)}")
+        else:
+            lines.append(f"{entry.env} = {declared.kind.toml(declared.default)}")
+    lines += ["", _section_rule("retired")]
+    for name, (why, example) in RETIRED.items():
+        lines.append("")
+        lines += _comment(f"Accepted but ignored, with a warning: {why}")
+        lines.append(f"# {name} = {json.dumps(example)}")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_markdown() -> str:
+    """The README's settings table (between its markers), one row per variable."""
+    rows = [
+        "| variable | default | allowed | meaning |",
+        "| --- | --- | --- | --- |",
+        f"| `{CONFIG_FILE_VARIABLE}` | — | a TOML file path | the settings file to read "
+        "(environment only; `--config` wins) |",
+    ]
+    for entry in SETTINGS:
+        d = entry.declared
+        default = d.default_text()
+        shown = default if default in ("—",) or d.shown is not None else f"`{default}`"
+        rows.append(f"| `{entry.env}` | {_cell(shown)} | {_cell(d.allowed)} | {_cell(d.doc)} |")
+    for name, (why, _example) in RETIRED.items():
+        rows.append(f"| `{name}` | — | anything | ignored, with a warning: {_cell(why)} |")
+    return "\n".join(rows) + "\n"
+
+
+def _readme_with_table(readme: str, table: str) -> str:
+    """``readme`` with the text between the markers replaced by ``table``."""
+    begin, end = readme.find(README_BEGIN), readme.find(README_END)
+    if begin < 0 or end < begin:
+        raise ValueError(f"README.md lacks the markers {README_BEGIN!r} ... {README_END!r}")
+    return readme[: begin + len(README_BEGIN)] + "\n" + table + readme[end:]
+
+
+def readme_table(readme: str) -> str:
+    """The committed table between the README's markers."""
+    begin, end = readme.find(README_BEGIN), readme.find(README_END)
+    if begin < 0 or end < begin:
+        raise ValueError(f"README.md lacks the markers {README_BEGIN!r} ... {README_END!r}")
+    return readme[begin + len(README_BEGIN) + 1 : end]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m edge_recorder.config --toml | --markdown | --write``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m edge_recorder.config",
+        description="Print or rewrite the documents generated from the settings declarations.",
+    )
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--toml", action="store_true", help="print config/edge-recorder.toml")
+    what.add_argument("--markdown", action="store_true", help="print the README's settings table")
+    what.add_argument("--write", action="store_true", help="rewrite config/edge-recorder.toml and the README table")
+    args = parser.parse_args(argv)
+    if args.toml:
+        sys.stdout.write(render_toml())
+    elif args.markdown:
+        sys.stdout.write(render_markdown())
+    else:
+        if not (TOML_PATH.parent.is_dir() and README_PATH.is_file()):
+            parser.error(f"--write rewrites a source checkout's files; {REPO_ROOT} is not one")
+        # Only files that change are written: others may be editing the README.
+        for path, text in (
+            (TOML_PATH, render_toml()),
+            (README_PATH, _readme_with_table(README_PATH.read_text(), render_markdown())),
+        ):
+            if path.read_text() != text:
+                path.write_text(text)
+                print(f"rewrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,19 +1,30 @@
-"""Settings: precedence, validation, secrets and the shipped example file."""
+"""Settings: precedence, validation, secrets, and the documents generated from the declarations."""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import logging
+import math
 import pickle
 import re
 import socket
+import tomllib
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edge_recorder.config import (
     KNOWN_VARIABLES,
+    REGENERATE_COMMAND,
+    SETTINGS,
+    Choice,
+    Entry,
+    Float,
+    Int,
     IngestSettings,
     OutputSettings,
     OverlaySettings,
@@ -21,10 +32,15 @@ from edge_recorder.config import (
     Secret,
     Settings,
     load_settings,
+    readme_table,
+    render_markdown,
+    render_toml,
 )
+from edge_recorder.config import main as config_main
 from edge_recorder.errors import ConfigError
 
 EXAMPLE_FILE = Path(__file__).resolve().parents[2] / "config" / "edge-recorder.toml"
+README = Path(__file__).resolve().parents[2] / "README.md"
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 
 
@@ -593,3 +609,281 @@ def test_hostile_input_bounds_parse_and_validate() -> None:
             environ={"RECORDING_SERVER_ID": "n", "RECORDING_CONTROL_MAX_CONNECTIONS": "4", "RECORDING_CONTROL_MAX_CONNECTIONS_PER_IP": "5"},
             config_file=None,
         )
+
+
+# --------------------------------------------------------------------------- declared once (issue #10)
+
+
+def _drift(committed: str, generated: str, name: str) -> str | None:
+    """None when ``committed`` is the generated text, else a diff and how to regenerate."""
+    if committed == generated:
+        return None
+    diff = "".join(
+        difflib.unified_diff(
+            committed.splitlines(keepends=True),
+            generated.splitlines(keepends=True),
+            f"{name} (committed)",
+            f"{name} (generated from edge_recorder/config.py)",
+        )
+    )
+    return f"{name} differs from the settings declarations; regenerate with `{REGENERATE_COMMAND}`\n{diff}"
+
+
+def test_committed_toml_is_the_generated_one() -> None:
+    drift = _drift(EXAMPLE_FILE.read_text(), render_toml(), "config/edge-recorder.toml")
+    if drift is not None:
+        pytest.fail(drift, pytrace=False)
+
+
+def test_readme_settings_table_is_the_generated_one() -> None:
+    drift = _drift(readme_table(README.read_text()), render_markdown(), "README.md settings table")
+    if drift is not None:
+        pytest.fail(drift, pytrace=False)
+
+
+def test_drift_check_can_fail() -> None:
+    # The two checks above compare text: an edited copy must show up as a diff.
+    edited = render_toml().replace("RECORDING_MAX_SESSIONS = 4", "RECORDING_MAX_SESSIONS = 5")
+    drift = _drift(edited, render_toml(), "config/edge-recorder.toml")
+    assert drift is not None
+    assert "-RECORDING_MAX_SESSIONS = 5" in drift and "+RECORDING_MAX_SESSIONS = 4" in drift
+    assert REGENERATE_COMMAND in drift
+    table = render_markdown()
+    assert _drift(table.replace("`4`", "`5`"), table, "README") is not None
+    with pytest.raises(ValueError, match="markers"):
+        readme_table("no markers here")
+
+
+def test_generator_command_prints_the_documents(capsys: pytest.CaptureFixture[str]) -> None:
+    assert config_main(["--toml"]) == 0
+    assert capsys.readouterr().out == render_toml()
+    assert config_main(["--markdown"]) == 0
+    assert capsys.readouterr().out == render_markdown()
+
+
+def test_every_setting_is_declared_once_with_a_doc() -> None:
+    names = [entry.env for entry in SETTINGS]
+    assert len(names) == len(set(names))
+    assert set(KNOWN_VARIABLES) == {*names, "RECORDING_FFMPEG_PATH"}
+    table = render_markdown()
+    for entry in SETTINGS:
+        declared = entry.declared
+        assert declared.doc and "\n" not in declared.doc, entry.env
+        assert f"| `{entry.env}` |" in table, entry.env
+        # The attribute path reaches a field of Settings of the declared default.
+        value: object = Settings()
+        for name in entry.path:
+            value = getattr(value, name)
+        assert value == declared.default, entry.env
+
+
+def test_every_default_and_example_reads_back() -> None:
+    # What the generated documents show must be what the loader accepts.
+    for entry in SETTINGS:
+        kind, default = entry.declared.kind, entry.declared.default
+        if entry.declared.example is None and not isinstance(default, Path):  # written as a literal
+            assert kind.read(tomllib.loads(f"x = {kind.toml(default)}")["x"]) == default, entry.env
+        if entry.declared.example is not None:
+            kind.read(entry.declared.example)  # raises if the example is invalid
+
+
+def test_all_invalid_settings_are_reported_at_once(tmp_path: Path) -> None:
+    path = write_toml(
+        tmp_path,
+        'RECORDING_LAYOUT = "mosaic"\nRECORDING_PORT_MINIMUM = 40000\nRECORDING_OUTPUT_FPS = 61\n',
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            environ={
+                "RECORDING_MAX_SESSIONS": "0",
+                "RECORDING_BIND_IP": "localhost",
+                "RECORDING_HEARTBEAT_INTERVAL_S": "10",  # a rule: more than half the 15 s lease
+                "AWS_SECRET_ACCESS_KEY": "not a valid secret",
+                "RECORDING_SERVER_ID": "n",
+            },
+            config_file=path,
+        )
+    lines = str(info.value).splitlines()
+    expected = {
+        "RECORDING_LAYOUT": ("'mosaic'", "pip | grid"),
+        "RECORDING_PORT_MINIMUM": ("unknown key", "RECORDING_PORT_MIN?"),
+        "RECORDING_OUTPUT_FPS": ("61", "an integer 1..60"),
+        "RECORDING_MAX_SESSIONS": ("'0'", "an integer 1..256"),
+        "RECORDING_BIND_IP": ("'localhost'", "an IPv4 or IPv6 address literal"),
+        "RECORDING_HEARTBEAT_INTERVAL_S": ("'10'", "at most half of RECORDING_LEASE_TTL_S"),
+        "AWS_SECRET_ACCESS_KEY": ("the value", "1..256 characters without spaces"),
+    }
+    assert len(lines) == len(expected), lines
+    for variable, (value, allowed) in expected.items():
+        (line,) = [line for line in lines if line.startswith(f"{variable}: ")]
+        assert value in line and allowed in line, line
+    assert "not a valid secret" not in str(info.value)
+    assert info.value.variable == lines[0].split(":")[0]
+    assert str(info.value).startswith(f"{info.value.variable}: ")
+
+
+def test_rules_are_skipped_when_their_settings_are_invalid() -> None:
+    # An invalid port is reported once, not again as an empty range.
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"RECORDING_PORT_MIN": "80", "RECORDING_PORT_MAX": "1000"})
+    lines = str(info.value).splitlines()
+    assert [line.split(":")[0] for line in lines] == ["RECORDING_PORT_MIN", "RECORDING_PORT_MAX"]
+    assert not any("empty range" in line for line in lines)
+
+
+# Every variable of the runbook of the recorder we replace
+# (server-side-recording-runbook.md, "Environment Variables"), with its
+# default where it gives one. RECORDING_FFMPEG_PATH is accepted and ignored:
+# a deliberate difference, declared in config.RETIRED.
+_NO_DEFAULT = object()  # the runbook gives none
+# variable: (a value, the attribute it sets, what it becomes, the runbook's default)
+RUNBOOK_VARIABLES: dict[str, tuple[str, tuple[str, ...], object, object]] = {
+    "RECORDING_ENABLED": ("true", ("recording_enabled",), True, False),
+    "RECORDING_TMP_DIR": ("/var/rec", ("tmp_dir",), Path("/var/rec"), "./tmp/recordings"),
+    "RECORDING_LAYOUT": ("grid", ("layout",), "grid", _NO_DEFAULT),
+    "RECORDING_BIND_IP": ("0.0.0.0", ("bind_ip",), "0.0.0.0", "127.0.0.1"),
+    "RECORDING_PORT_MIN": ("40100", ("port_min",), 40100, _NO_DEFAULT),
+    "RECORDING_PORT_MAX": ("40900", ("port_max",), 40900, _NO_DEFAULT),
+    "AWS_REGION": ("eu-west-1", ("s3", "region"), "eu-west-1", _NO_DEFAULT),
+    "RECORDING_S3_BUCKET": ("my-recordings", ("s3", "bucket"), "my-recordings", _NO_DEFAULT),
+    "RECORDING_S3_PREFIX": ("rec", ("s3", "prefix"), "rec/", "recordings/"),  # trailing slash enforced
+    "RECORDING_S3_SSE": ("AES256", ("s3", "sse"), "AES256", _NO_DEFAULT),
+}
+
+
+@pytest.mark.parametrize("variable", [*RUNBOOK_VARIABLES, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "RECORDING_FFMPEG_PATH"])
+def test_runbook_variables_are_known(variable: str) -> None:
+    assert variable in KNOWN_VARIABLES
+
+
+@pytest.mark.parametrize(("variable", "case"), RUNBOOK_VARIABLES.items())
+def test_runbook_variables_are_accepted_with_the_runbook_defaults(
+    variable: str, case: tuple[str, tuple[str, ...], object, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    text, path, expected, runbook_default = case
+    given: object = load_settings(environ={variable: text})
+    default: object = load_settings(environ={})
+    for name in path:
+        given, default = getattr(given, name), getattr(default, name)
+    assert given == expected
+    if runbook_default is not _NO_DEFAULT:
+        if variable == "RECORDING_TMP_DIR":  # made absolute from the working directory
+            assert default == tmp_path / "tmp" / "recordings"
+        else:
+            assert default == runbook_default
+
+
+def test_runbook_credentials_are_accepted_in_pairs() -> None:
+    s3 = load_settings(environ={"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": SECRET}).s3
+    assert s3.access_key_id == "AKIAEXAMPLE"
+    assert s3.secret_access_key == Secret(SECRET)
+
+
+def test_every_sse_mode_the_sink_applies_is_accepted_and_documented() -> None:
+    import base64
+
+    key = base64.b64encode(bytes(32)).decode()
+    for mode, extra in (
+        ("none", {}),
+        ("AES256", {}),
+        ("aws:kms", {}),
+        ("SSE-C", {"RECORDING_S3_SSE_C_KEY": key, "RECORDING_S3_ENDPOINT": "https://s3.example.com"}),
+    ):
+        assert load_settings(environ={"RECORDING_S3_SSE": mode, **extra}).s3.sse == mode
+        (row,) = [r for r in render_markdown().splitlines() if r.startswith("| `RECORDING_S3_SSE` |")]
+        assert mode in row
+    toml_lines = render_toml().split("RECORDING_S3_SSE = ")[0].rsplit("\n\n", 1)[1]
+    assert "SSE-C" in toml_lines and "SSE-KMS" in toml_lines
+
+
+def test_stream_queue_description_says_what_it_bounds() -> None:
+    # session.py sizes the session -> media worker pipe with it, in frames.
+    (entry,) = [e for e in SETTINGS if e.env == "RECORDING_STREAM_QUEUE_PACKETS"]
+    assert entry.path == ("ingest", "stream_queue_packets")
+    text = f"{entry.declared.doc} {entry.declared.notes}"
+    assert "media worker" in text and "frames" in text and "per session" in text
+
+
+@given(st.data())
+def test_numbers_round_trip_through_their_written_form(data: st.DataObject) -> None:
+    # parse(write(x)) == x for every declared integer and number setting, from
+    # the environment (text) and from TOML (a literal); one step past either
+    # end of the range is refused.
+    entry = data.draw(st.sampled_from([e for e in SETTINGS if isinstance(e.declared.kind, (Int, Float))]))
+    kind = entry.declared.kind
+    assert isinstance(kind, (Int, Float))
+    if isinstance(kind, Int):
+        value: float = data.draw(st.integers(kind.lo, kind.hi).filter(lambda v: not (kind.even and v % 2)))
+        outside: float = data.draw(st.sampled_from([kind.lo - 1, kind.hi + 1]))
+    else:
+        value = data.draw(st.floats(kind.lo, kind.hi, allow_nan=False))
+        outside = data.draw(st.sampled_from([math.nextafter(kind.lo, -math.inf), math.nextafter(kind.hi, math.inf)]))
+    assert kind.read(kind.text(value)) == value  # type: ignore[arg-type]
+    assert kind.read(tomllib.loads(f"x = {kind.toml(value)}")["x"]) == value  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=entry.env):
+        load_settings(environ={entry.env: kind.text(outside), "RECORDING_SERVER_ID": "n"})  # type: ignore[arg-type]
+
+
+@given(st.sampled_from([e for e in SETTINGS if isinstance(e.declared.kind, Choice)]), st.data())
+def test_choices_match_in_any_case(entry: Entry, data: st.DataObject) -> None:
+    kind = entry.declared.kind
+    assert isinstance(kind, Choice)
+    choice = data.draw(st.sampled_from(kind.choices))
+    spelled = "".join(c.upper() if data.draw(st.booleans()) else c.lower() for c in choice)
+    assert kind.read(f" {spelled} ") == choice
+
+
+def test_the_command_line_prints_every_invalid_setting_and_exits_2(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECORDING_", "AWS_"))}
+    env.update({"RECORDING_OUTPUT_FPS": "0", "RECORDING_LAYOUT": "mosaic", "RECORDING_CONTROL_TOKEN": "x y"})
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_recorder", "serve"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("edge-recorder: invalid configuration: RECORDING_")
+    named = sorted(line.removeprefix("edge-recorder: invalid configuration: ").split(":")[0] for line in lines)
+    assert named == ["RECORDING_CONTROL_TOKEN", "RECORDING_LAYOUT", "RECORDING_OUTPUT_FPS"]
+    assert "x y" not in result.stderr
+
+
+_SSE_C_KEY = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+# For every setting that declares a rule against others: an environment that breaks it.
+RULE_BREAKERS: dict[str, dict[str, str]] = {
+    "RECORDING_OVERLAY_MARGIN_PX": {"RECORDING_OVERLAY_MARGIN_PX": "400"},
+    "RECORDING_PLAYOUT_DELAY_MS": {"RECORDING_PLAYOUT_DELAY_MS": "100"},
+    "RECORDING_JITTER_VIDEO_MS": {"RECORDING_JITTER_VIDEO_MS": "301"},
+    "RECORDING_JITTER_AUDIO_MS": {"RECORDING_JITTER_AUDIO_MS": "301"},
+    "RECORDING_PORT_MIN": {"RECORDING_PORT_MIN": "41000"},
+    "RECORDING_PORT_MAX": {"RECORDING_PORT_MAX": "39000"},
+    "RECORDING_HEARTBEAT_INTERVAL_S": {"RECORDING_HEARTBEAT_INTERVAL_S": "10"},
+    "RECORDING_CONTROL_MAX_CONNECTIONS_PER_IP": {"RECORDING_CONTROL_MAX_CONNECTIONS_PER_IP": "65"},
+    "RECORDING_S3_SSE_KMS_KEY_ID": {"RECORDING_S3_SSE_KMS_KEY_ID": "alias/rec"},
+    "RECORDING_S3_SSE_C_KEY": {"RECORDING_S3_SSE_C_KEY": _SSE_C_KEY},
+    "RECORDING_S3_SSE": {"RECORDING_S3_SSE": "SSE-C", "RECORDING_S3_SSE_C_KEY": _SSE_C_KEY, "RECORDING_S3_ENDPOINT": "http://127.0.0.1:9000"},
+    "AWS_ACCESS_KEY_ID": {"AWS_SECRET_ACCESS_KEY": SECRET},
+    "AWS_SECRET_ACCESS_KEY": {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE"},
+}
+
+
+def test_every_declared_rule_has_a_breaking_case() -> None:
+    assert {e.env for e in SETTINGS if e.declared.rule} == set(RULE_BREAKERS)
+
+
+@pytest.mark.parametrize(("variable", "env"), RULE_BREAKERS.items())
+def test_declared_rules_are_enforced(variable: str, env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"RECORDING_SERVER_ID": "n", **env})
+    assert info.value.variable == variable
+    (entry,) = [e for e in SETTINGS if e.env == variable]
+    if variable.startswith("AWS_"):  # the pair's own words: which one is missing
+        assert "or neither" in str(info.value)
+    else:
+        assert entry.declared.rule in str(info.value)  # the documented rule is the message's
