@@ -18,11 +18,11 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import av
 
 from edge_recorder.bench.inputs import Inputs
+from edge_recorder.config import Settings
 from edge_recorder.session.session import OutputOptions
 
 __all__ = ["BaselineResult", "BaselineSettings", "ffmpeg_command", "run_baseline"]
@@ -49,7 +49,7 @@ class BaselineSettings:
     overlay_corner: str
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "BaselineSettings":
+    def from_settings(cls, settings: Settings) -> "BaselineSettings":
         # The same output options a session takes from these settings, so the
         # two contenders cannot drift apart.
         output = dataclasses.asdict(OutputOptions.from_settings(settings))

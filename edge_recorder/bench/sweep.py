@@ -29,6 +29,7 @@ from edge_recorder.bench.inputs import ACTIVE_SPEAKER, Inputs
 from edge_recorder.bench.measure import RssPeaks, cpu_seconds, sample_rss
 from edge_recorder.bench.report import PointResult, SessionResult
 from edge_recorder.bench.rooms import Room
+from edge_recorder.config import Settings
 from edge_recorder.session.manager import SessionManager
 from edge_recorder.session.session import RecordingSession
 from edge_recorder.session.stream import StreamSpec
@@ -95,7 +96,7 @@ def _cpu_or(process: psutil.Process, default: float) -> float:
 
 
 async def run_point(
-    settings: Any, inputs: Inputs, n: int, seconds: float, *, say: Callable[[str], None], room: Room | None = None
+    settings: Settings, inputs: Inputs, n: int, seconds: float, *, say: Callable[[str], None], room: Room | None = None
 ) -> PointResult:
     """Record N sessions of the replayed room and measure them.
 

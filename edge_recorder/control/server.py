@@ -44,6 +44,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
 from edge_recorder import __version__
+from edge_recorder.config import Settings
 from edge_recorder.control import protocol as rpc
 from edge_recorder.errors import EdgeRecorderError, SessionNotActiveError, UnknownSessionError, public_message
 from edge_recorder.metrics import RecorderMetrics
@@ -103,8 +104,8 @@ class ControlHub:
 
     def __init__(
         self,
-        manager: SessionManager,
-        settings: Any,
+        manager: SessionManager[RecordingSession],
+        settings: Settings,
         *,
         clock: Callable[[], float] = trio.current_time,
         state: StateStore | None = None,
@@ -131,7 +132,7 @@ class ControlHub:
     # -- notifications (called synchronously, in order, from the sessions) -----------
 
     def _on_state(self, session: RecordingSession) -> None:
-        self.broadcast(rpc.state_notification(public_record(session.state_record())))
+        self.broadcast(rpc.state_notification(public_record(session.state_record().to_wire())))
 
     def _on_keyframe_request(self, session: RecordingSession, spec: StreamSpec) -> None:
         self.broadcast(rpc.keyframe_request_notification(session.session_id, spec.producer_id))
@@ -287,7 +288,7 @@ class ControlHub:
             )
             return {"sessionId": session.session_id, "status": session.status.value}
         if isinstance(params, rpc.ListParams):
-            records = {s.session_id: s.state_record() for s in self.manager.sessions.values()}
+            records = {s.session_id: s.state_record().to_wire() for s in self.manager.sessions.values()}
             if self._state is not None:
                 for shared in await self._state.list(500):
                     records.setdefault(shared["sessionId"], shared)
@@ -296,7 +297,7 @@ class ControlHub:
             found = (
                 self.manager.get(params.session_id) if params.session_id is not None else self.manager.by_room(params.room_id or "")
             )
-            record = found.state_record() if found is not None else None
+            record = found.state_record().to_wire() if found is not None else None
             if record is None and self._state is not None:
                 record = (
                     await self._state.get(params.session_id)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Callable, TextIO
 
 import trio
 
+from edge_recorder.config import Settings
 from edge_recorder.demo.sfu import SyntheticProducer, demo_producers, run_producer
 from edge_recorder.session.manager import SessionManager
 from edge_recorder.session.session import RecordingSession
@@ -36,7 +37,7 @@ def _progress_line(session: RecordingSession, elapsed_s: float, speaker: str) ->
     )
 
 
-async def run_demo(settings: Any, *, duration_s: float = 15.0, out: TextIO = sys.stdout) -> RecordingSession:
+async def run_demo(settings: Settings, *, duration_s: float = 15.0, out: TextIO = sys.stdout) -> RecordingSession:
     """Record the synthetic room for ``duration_s`` and return the finished session."""
     say: Callable[[str], None] = lambda line: print(line, file=out, flush=True)  # noqa: E731
     producers = demo_producers()
