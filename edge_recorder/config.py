@@ -1357,10 +1357,6 @@ def _section_rule(title: str) -> str:
     return head + "-" * max(3, _WIDTH - len(head))
 
 
-def _capitalised(text: str) -> str:
-    return text[:1].upper() + text[1:]
-
-
 def render_toml() -> str:
     """The annotated example file, ``config/edge-recorder.toml``, every key at its default."""
     lines = _TOML_HEADER.format(command=REGENERATE_COMMAND).splitlines()

@@ -134,10 +134,6 @@ class NodeSpool:
         if fd is not None:
             os.close(fd)  # closing the descriptor releases the flock
 
-    @property
-    def locked(self) -> bool:
-        return self._lock_fd is not None
-
     def free_bytes(self) -> int:
         """Bytes available to us on the spool's filesystem."""
         target = self.directory if self.directory.exists() else self.root

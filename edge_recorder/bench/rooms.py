@@ -273,14 +273,6 @@ class RoomFigures:
         return _div(cpu, self.media_s)
 
     @property
-    def worker_whole_run(self) -> float:
-        return _div(self._sum("worker_cpu_s"), self.media_s)
-
-    @property
-    def parent_whole_run(self) -> float:
-        return _div(sum(r.point.parent_cpu_s for r in self.rounds), self.media_s)
-
-    @property
     def sender_steady(self) -> float:
         return _div(sum(r.point.sender_cpu_s for r in self.rounds), self.window_s)
 

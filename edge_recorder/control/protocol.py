@@ -52,7 +52,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, NoReturn, NotRequired, TypeAlias, TypedDict
+from typing import Any, Final, Literal, NoReturn, TypeAlias
 
 from edge_recorder.session.spec import StreamSpec
 from edge_recorder.errors import (
@@ -75,14 +75,10 @@ from edge_recorder.errors import (
 __all__ = [
     "AT_CAPACITY_DATA_KEYS",
     "AddStreamParams",
-    "AddStreamResult",
-    "Asset",
-    "Capacity",
     "ErrorCode",
     "ErrorObject",
     "GetParams",
     "InfoParams",
-    "InfoResult",
     "JsonRpcError",
     "KEYFRAME_REQUEST_NOTIFICATION",
     "KNOWN_STOP_REASONS",
@@ -120,11 +116,7 @@ __all__ = [
     "STATE_NOTIFICATION",
     "SetActiveSpeakerParams",
     "StartParams",
-    "StartResult",
-    "StateRecord",
     "StopParams",
-    "StopResult",
-    "StreamRecord",
     "error_from_exception",
     "error_message",
     "keyframe_request_notification",
@@ -1292,82 +1284,3 @@ def parse_request_params(method: str, params: object, request_id: RequestId = No
         return parser(params)
     except JsonRpcError as exc:
         raise JsonRpcError(exc.code, exc.message, exc.data, request_id) from None
-
-
-# ---------------------------------------------------------------- result shapes
-
-
-class StreamRecord(TypedDict):
-    """One stream in a state record."""
-
-    producerId: str
-    peerId: str
-    kind: Literal["audio", "video"]
-    source: str
-
-
-class Asset(TypedDict):
-    """Where the finished recording is."""
-
-    bucket: str | None  # null when the file stayed on the node's disk
-    key: str | None
-    size: int | None  # bytes
-    url: NotRequired[str | None]
-
-
-class StateRecord(TypedDict):
-    """A session's state, as ``recording.get``/``recording.list``/``recording.state`` carry it."""
-
-    sessionId: str
-    roomId: str
-    status: Literal["STARTING", "RECORDING", "UPLOADING", "COMPLETED", "FAILED"]
-    previousStatus: str | None
-    reason: NotRequired[str]
-    error: NotRequired[str]
-    startedAt: str  # ISO 8601 UTC
-    updatedAt: str
-    stoppedAt: NotRequired[str]
-    serverId: str
-    layout: str
-    streams: list[StreamRecord]
-    asset: NotRequired[Asset]
-
-
-class Capacity(TypedDict):
-    """``recorder.info`` ``capacity``."""
-
-    activeSessions: int
-    maxSessions: int
-    load: float
-
-
-class InfoResult(TypedDict):
-    """``recorder.info`` result."""
-
-    serverId: str
-    version: str
-    rtpCapabilities: dict[str, Any]
-    capacity: Capacity
-
-
-class StartResult(TypedDict):
-    """``recording.start`` result."""
-
-    sessionId: str
-    status: str
-
-
-class AddStreamResult(TypedDict):
-    """``recording.addStream`` result: where the SFU's ``transport.connect`` points."""
-
-    ip: str
-    port: int
-    rtcpPort: int
-
-
-class StopResult(TypedDict):
-    """``recording.stop`` result."""
-
-    sessionId: str
-    status: str
-
