@@ -54,6 +54,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NoReturn, TypeAlias
 
+from edge_recorder.media.layout import LAYOUTS, LayoutName
 from edge_recorder.session.spec import StreamSpec
 from edge_recorder.errors import (
     AtCapacityError,
@@ -82,7 +83,6 @@ __all__ = [
     "JsonRpcError",
     "KEYFRAME_REQUEST_NOTIFICATION",
     "KNOWN_STOP_REASONS",
-    "LAYOUTS",
     "ListParams",
     "MAX_DISPLAY_NAME_LENGTH",
     "MAX_ID_LENGTH",
@@ -183,7 +183,8 @@ KNOWN_STOP_REASONS: Final = (
     "shutdown",  # the recorder is shutting down (SIGTERM)
 )
 
-LAYOUTS: Final = ("pip", "grid")
+# The layouts (media/layout.py owns the names), by wire name.
+_LAYOUT_NAMES: Final[dict[str, LayoutName]] = {name: name for name in LAYOUTS}
 
 RequestId: TypeAlias = str | int | None
 
@@ -892,7 +893,7 @@ class StartParams:
     room_id: str
     session_id: str | None = None
     host_peer_id: str | None = None
-    layout: Literal["pip", "grid"] | None = None
+    layout: LayoutName | None = None
     output: OutputParams | None = None
     metadata: dict[str, Any] | None = None
 
@@ -914,15 +915,11 @@ class StartParams:
         session_id = _identifier(obj, "sessionId", required=False, session=True)
         host_peer_id = _identifier(obj, "hostPeerId", required=False)
         layout_value = obj.get("layout")
-        layout: Literal["pip", "grid"] | None
-        if layout_value is None:
-            layout = None
-        elif layout_value == "pip":
-            layout = "pip"
-        elif layout_value == "grid":
-            layout = "grid"
-        else:
-            raise _invalid("layout", 'must be "pip" or "grid"')
+        layout: LayoutName | None = None
+        if layout_value is not None:
+            if not isinstance(layout_value, str) or layout_value not in _LAYOUT_NAMES:
+                raise _invalid("layout", "must be " + " or ".join(f'"{name}"' for name in LAYOUTS))
+            layout = _LAYOUT_NAMES[layout_value]
         output_value = obj.get("output")
         output = None if output_value is None else OutputParams.from_params(output_value)
         metadata_value = obj.get("metadata")

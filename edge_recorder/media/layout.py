@@ -27,10 +27,12 @@ import math
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Literal, TypeAlias, get_args
 
 __all__ = [
     "CORNERS",
     "LAYOUTS",
+    "LayoutName",
     "LayoutSettings",
     "Placement",
     "Rect",
@@ -42,7 +44,9 @@ __all__ = [
     "inputs_to_decode",
 ]
 
-LAYOUTS = ("pip", "grid")
+#: The layouts :func:`compute_scene` draws (the worker pipe's ``layout`` fields take these).
+LayoutName: TypeAlias = Literal["pip", "grid"]
+LAYOUTS: tuple[LayoutName, ...] = get_args(LayoutName)
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 SOURCES = ("camera", "screen")
 

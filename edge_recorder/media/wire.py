@@ -1,4 +1,4 @@
-"""The pipe between a session and its media worker process (pure framing).
+"""The pipe between a session and its media worker: framing and message types (pure).
 
 Session → worker (the worker's stdin) carries length-prefixed messages::
 
@@ -6,25 +6,62 @@ Session → worker (the worker's stdin) carries length-prefixed messages::
     type CONTROL: body is one JSON object with an "op" field
     type MEDIA:   body is !HdB (stream index, media time in s, flags) + frame bytes
 
-Worker → session (the worker's stdout) carries one JSON object per line: events
-such as ``ready``, ``first_frame``, ``keyframe_needed``, ``fragment``, ``stats``
-and ``finished``. Lines are small and rare (a few per second), so JSON is fine;
-media goes the other way in binary because it is the bulk.
+Worker → session (the worker's stdout) carries one JSON object per line, with
+an ``"event"`` field. Lines are small and rare (a few per second), so JSON is
+fine; media goes the other way in binary because it is the bulk.
+
+Every control op and every event is a frozen dataclass below; its fields are
+the JSON object's keys (a field's ``wire`` metadata names a key that is not a
+good Python name). The ops, in the order a session sends them:
+
+==================  ===========================================================
+``configure``       :class:`Configure`: output file, encoder, layout (first)
+``start``           :class:`Start`: the timeline origin, once ``ready`` came
+``add_stream``      :class:`AddStream`: a new input stream and its index
+``remove_stream``   :class:`RemoveStream`
+``stream_live``     :class:`StreamLive`: media started or stopped flowing
+``active_speaker``  :class:`ActiveSpeaker`: whose camera the pip layout shows
+``layout``          :class:`Layout`: switch layout
+``stop``            :class:`Stop`: the media instant to stop at (then EOF)
+==================  ===========================================================
+
+The events:
+
+==================  ===========================================================
+``ready``           :class:`Ready`: the output file is open
+``first_frame``     :class:`FirstFrame`: the first output frame showing video
+``keyframe_needed`` :class:`KeyframeNeeded`: a stream needs a keyframe, and why
+``fragment``        :class:`Fragment`: the file is playable up to this byte
+``visibility``      :class:`Visibility`: the video streams the layout decodes
+``levels``          :class:`Levels`: decoded audio levels (streams without RFC 6464)
+``stats``           :class:`Stats`: counters, once a second
+``finished``        :class:`Finished`: the last counters, the file is closed
+``warning``         :class:`WorkerWarning`: something to log, not fatal
+``error``           :class:`WorkerError`: why the worker failed (then it exits 1)
+==================  ===========================================================
 
 Both directions are decoded by incremental, pure parsers so the Trio shells
 stay thin and the framing is testable without processes. Neither parser
 raises: a bad or oversize message is skipped and reported (a
 :class:`DroppedMessage`, a ``warning`` event), because a recording must
-never end over one message.
+never end over one message. The decode of a message's fields is strict: an
+``int`` is an int (not a bool nor a string), a ``float`` a JSON number, a
+``Literal`` one of its values; unknown keys are ignored, a missing key takes
+the field's default or drops the message.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import struct
-from dataclasses import dataclass
-from typing import Any
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, TypeAlias, TypeVar
 
+from edge_recorder.media.layout import LAYOUTS, LayoutName
 
 CONTROL = 1
 MEDIA = 2
@@ -35,6 +72,27 @@ _PREFIX = struct.Struct("!IB")
 _MEDIA_HEADER = struct.Struct("!HdB")
 # A frame bigger than this is not a frame but a bug (a 4K keyframe is < 2 MiB).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+#: A JSON scalar, the values of the nested settings objects of :class:`Configure`.
+Scalar: TypeAlias = int | float | str | bool
+MediaKind: TypeAlias = Literal["video", "audio"]
+_MEDIA_KINDS: dict[str, MediaKind] = {kind: kind for kind in typing.get_args(MediaKind)}
+_LAYOUT_NAMES: dict[str, LayoutName] = {name: name for name in LAYOUTS}
+
+
+def media_kind(text: str) -> MediaKind:
+    """``text`` as a stream kind.
+
+    Raises:
+        ValueError: neither ``"video"`` nor ``"audio"``.
+    """
+    kind = _MEDIA_KINDS.get(text)
+    if kind is None:
+        raise ValueError(f"unknown stream kind {text!r}")
+    return kind
+
+
+# -- session → worker ----------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,20 +107,118 @@ class MediaMessage:
 
 @dataclass(frozen=True, slots=True)
 class ControlMessage:
-    op: str
-    params: dict[str, Any]
+    """What every control op has: its name on the wire and its JSON fields."""
+
+    op: ClassVar[str]
+
+    @property
+    def params(self) -> dict[str, object]:
+        """The op's fields as they go on the wire (without ``op``)."""
+        return _to_json(self)
 
 
-def encode_control(op: str, **params: Any) -> bytes:
-    """Frame one control message."""
-    body = json.dumps({"op": op, **params}, separators=(",", ":")).encode()
-    return _PREFIX.pack(len(body) + 1, CONTROL) + body
+@dataclass(frozen=True, slots=True)
+class Configure(ControlMessage):
+    """The first message: what to record and how.
+
+    Attributes:
+        path: the output file (created by the parent's spool).
+        encoder: :class:`~edge_recorder.media.encode.EncoderSettings` fields.
+        overlay: :class:`~edge_recorder.media.layout.LayoutSettings` fields
+            other than the canvas size.
+        layout: the layout to start with.
+        playout_delay_s: how far behind real time the output runs, seconds.
+        max_lag_s: lag past which whole ticks are skipped, seconds.
+        threads: the worker's blocking-call limiter.
+    """
+
+    op: ClassVar[str] = "configure"
+    path: str
+    encoder: dict[str, Scalar] = field(default_factory=dict)
+    overlay: dict[str, Scalar] = field(default_factory=dict)
+    layout: LayoutName = "pip"
+    playout_delay_s: float = 0.3
+    max_lag_s: float = 1.0
+    threads: int = 4
 
 
-def encode_media(stream_index: int, media_time_s: float, keyframe: bool, data: bytes) -> bytes:
-    """Frame one media message."""
-    header = _MEDIA_HEADER.pack(stream_index, media_time_s, FLAG_KEYFRAME if keyframe else 0)
-    return _PREFIX.pack(1 + len(header) + len(data), MEDIA) + header + data
+@dataclass(frozen=True, slots=True)
+class Start(ControlMessage):
+    """The timeline origin (``time.monotonic()`` of media time 0), sent once ``ready`` came."""
+
+    op: ClassVar[str] = "start"
+    t0_monotonic: float
+
+
+@dataclass(frozen=True, slots=True)
+class AddStream(ControlMessage):
+    """A new input stream; its media messages carry ``index``. An index again replaces it."""
+
+    op: ClassVar[str] = "add_stream"
+    index: int
+    key: str
+    kind: MediaKind
+    codec: str
+    source: str = "camera"
+    peer_id: str = ""
+    # Empty: the peer id is drawn instead.
+    display_name: str = ""
+    live: bool = False
+    # No RFC 6464 levels on the wire: the worker reports decoded energy (``levels``).
+    report_levels: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveStream(ControlMessage):
+    op: ClassVar[str] = "remove_stream"
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLive(ControlMessage):
+    """Media of a stream started or stopped flowing (a paused camera leaves the layout)."""
+
+    op: ClassVar[str] = "stream_live"
+    index: int
+    live: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveSpeaker(ControlMessage):
+    """The peer whose camera the pip layout shows; ``None``: the first camera."""
+
+    op: ClassVar[str] = "active_speaker"
+    peer_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Layout(ControlMessage):
+    op: ClassVar[str] = "layout"
+    layout: LayoutName
+
+    @classmethod
+    def named(cls, layout: str) -> Layout:
+        """The message switching to ``layout``.
+
+        Raises:
+            ValueError: not one of :data:`~edge_recorder.media.layout.LAYOUTS`.
+        """
+        name = _LAYOUT_NAMES.get(layout)
+        if name is None:
+            raise ValueError(f"unknown layout {layout!r}")
+        return cls(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Stop(ControlMessage):
+    """Stop at media time ``at_s`` (``None``: now), flush and close the file."""
+
+    op: ClassVar[str] = "stop"
+    at_s: float | None = None
+
+
+Control: TypeAlias = Configure | Start | AddStream | RemoveStream | StreamLive | ActiveSpeaker | Layout | Stop
+CONTROL_TYPES: dict[str, type[Control]] = {cls.op: cls for cls in typing.get_args(Control)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,19 +226,32 @@ class DroppedMessage:
     """A message the reader skipped instead of delivering.
 
     Attributes:
-        reason: ``"oversize"`` (declared longer than :data:`MAX_MESSAGE_BYTES`)
-            or ``"malformed"`` (bad control JSON, a truncated media header, an
-            unknown type, a zero length).
+        reason: ``"oversize"`` (declared longer than :data:`MAX_MESSAGE_BYTES`),
+            ``"malformed"`` (bad control JSON, a truncated media header, an
+            unknown type, a zero length), ``"bad_control"`` (a known op whose
+            fields do not fit its type) or ``"unknown_op"``.
         size: the declared length of the message, in bytes.
         detail: what was wrong, for a log line.
     """
 
-    reason: str
+    reason: Literal["oversize", "malformed", "bad_control", "unknown_op"]
     size: int
     detail: str
 
 
-PipeItem = ControlMessage | MediaMessage | DroppedMessage
+PipeItem: TypeAlias = Control | MediaMessage | DroppedMessage
+
+
+def encode_control(message: Control) -> bytes:
+    """Frame one control message."""
+    body = json.dumps({"op": message.op, **_to_json(message)}, separators=(",", ":")).encode()
+    return _PREFIX.pack(len(body) + 1, CONTROL) + body
+
+
+def encode_media(stream_index: int, media_time_s: float, keyframe: bool, data: bytes) -> bytes:
+    """Frame one media message."""
+    header = _MEDIA_HEADER.pack(stream_index, media_time_s, FLAG_KEYFRAME if keyframe else 0)
+    return _PREFIX.pack(1 + len(header) + len(data), MEDIA) + header + data
 
 
 class MessageReader:
@@ -155,12 +324,19 @@ def _decode_message(kind: int, body: bytes, length: int) -> PipeItem:
     if kind == CONTROL:
         try:
             obj = json.loads(body)
-        except ValueError as exc:
-            return DroppedMessage("malformed", length, f"bad control JSON: {exc}")
+        except (ValueError, RecursionError) as exc:
+            # RecursionError: JSON nested deeper than the parser's stack.
+            return DroppedMessage("malformed", length, f"bad control JSON: {type(exc).__name__}: {exc}")
         if not isinstance(obj, dict) or not isinstance(obj.get("op"), str):
             return DroppedMessage("malformed", length, "control message without op")
         op = obj.pop("op")
-        return ControlMessage(op, obj)
+        cls = CONTROL_TYPES.get(op)
+        if cls is None:
+            return DroppedMessage("unknown_op", length, f"unknown control op {op!r}")
+        try:
+            return _from_json(cls, obj)
+        except _Misfit as exc:
+            return DroppedMessage("bad_control", length, f"{op}: {exc}")
     if kind == MEDIA:
         if len(body) < _MEDIA_HEADER.size:
             return DroppedMessage("malformed", length, "truncated media header")
@@ -169,18 +345,154 @@ def _decode_message(kind: int, body: bytes, length: int) -> PipeItem:
     return DroppedMessage("malformed", length, f"unknown message type {kind}")
 
 
-def encode_event(event: str, **fields: Any) -> bytes:
+# -- worker → session ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerEvent:
+    """What every event has: its name on the wire."""
+
+    event: ClassVar[str]
+
+    def to_json(self) -> dict[str, object]:
+        """The event as the JSON object on its line, ``"event"`` included."""
+        return {"event": self.event, **_to_json(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class Ready(WorkerEvent):
+    """The output file is open; the worker waits for ``start``."""
+
+    event: ClassVar[str] = "ready"
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class FirstFrame(WorkerEvent):
+    """The first output frame that shows video: when (``time.monotonic()``) and at which media time."""
+
+    event: ClassVar[str] = "first_frame"
+    monotonic: float
+    media_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class KeyframeNeeded(WorkerEvent):
+    """Stream ``index`` cannot be decoded before its next keyframe (``why``: queue-full, decode-error…)."""
+
+    event: ClassVar[str] = "keyframe_needed"
+    index: int
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment(WorkerEvent):
+    """The file's first ``complete_bytes`` bytes play up to ``media_end_s``."""
+
+    event: ClassVar[str] = "fragment"
+    complete_bytes: int = field(metadata={"wire": "bytes"})
+    media_end_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Visibility(WorkerEvent):
+    """The indices of the video streams the layout shows, so worth forwarding and decoding."""
+
+    event: ClassVar[str] = "visibility"
+    visible: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Levels(WorkerEvent):
+    """Loudest decoded level per stream index since the last report, dBov."""
+
+    event: ClassVar[str] = "levels"
+    levels: dict[int, float]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStats:
+    """One input stream's counters in :class:`Stats` (the optional ones by kind)."""
+
+    decoded: int
+    decode_errors: int
+    queue_drops: int
+    # Video: whether the layout wants it decoded.
+    decoding: bool | None = None
+    # Audio: the placer's error, seconds, and the samples it stretched or trimmed.
+    placement_error_s: float | None = None
+    samples_inserted: int | None = None
+    samples_removed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stats(WorkerEvent):
+    """The worker's counters, every ``STATS_INTERVAL_S``.
+
+    Attributes:
+        complete_bytes: bytes of the file up to its last complete fragment.
+        lag_s: how far the output clock is behind where it should be.
+        streams: per stream key.
+        pipe_drops: pipe messages dropped instead of ending the recording, by reason.
+        label_failures: names that could not be drawn.
+    """
+
+    event: ClassVar[str] = "stats"
+    frames_encoded: int
+    frames_dropped: int
+    audio_blocks: int
+    fragments: int
+    complete_bytes: int = field(metadata={"wire": "bytes"})
+    lag_s: float
+    streams: dict[str, StreamStats]
+    pipe_drops: dict[str, int]
+    label_failures: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finished(Stats):
+    """The last counters: the encoders are flushed and the file is closed."""
+
+    event: ClassVar[str] = "finished"
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerWarning(WorkerEvent):
+    """Something to log; the recording goes on. Also what a dropped event line becomes."""
+
+    event: ClassVar[str] = "warning"
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerError(WorkerEvent):
+    """Why the worker failed, on one line (the traceback's tail too, when there is one)."""
+
+    event: ClassVar[str] = "error"
+    message: str
+    traceback: str | None = None
+
+
+Event: TypeAlias = (
+    Ready | FirstFrame | KeyframeNeeded | Fragment | Visibility | Levels | Stats | Finished | WorkerWarning | WorkerError
+)
+EVENT_TYPES: dict[str, type[Event]] = {cls.event: cls for cls in typing.get_args(Event)}
+
+
+def encode_event(event: Event) -> bytes:
     """One worker → session event line."""
-    return json.dumps({"event": event, **fields}, separators=(",", ":")).encode() + b"\n"
+    return json.dumps(event.to_json(), separators=(",", ":")).encode() + b"\n"
 
 
 class EventReader:
     """Incremental decoder for the worker → session direction (JSON lines).
 
     It never raises, so one bad line cannot hide the good events around it:
-    a line that is not a JSON object with an ``"event"`` field, or that grows
-    past ``max_line_bytes`` (discarded as it arrives, never buffered), comes
-    out as a ``warning`` event saying so, which the session logs.
+    a line that is not a JSON object naming a known ``"event"`` with fields
+    that fit its type, or that grows past ``max_line_bytes`` (discarded as it
+    arrives, never buffered), comes out as a :class:`WorkerWarning` saying
+    so, which the session logs, and is counted in :attr:`dropped_lines`.
 
     Args:
         max_line_bytes: longest line kept, in bytes.
@@ -193,9 +505,9 @@ class EventReader:
         self._skipping = False
         self.dropped_lines = 0
 
-    def feed(self, data: bytes | bytearray) -> list[dict[str, Any]]:
+    def feed(self, data: bytes | bytearray) -> list[Event]:
         """Add bytes; return every complete event, bad lines as warnings."""
-        events: list[dict[str, Any]] = []
+        events: list[Event] = []
         view = memoryview(data)
         if self._skipping:
             nl = bytes(view).find(b"\n")
@@ -220,16 +532,161 @@ class EventReader:
             if len(line) > self._max:
                 events.append(self._dropped(f"line longer than {self._max} bytes"))
                 continue
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                events.append(self._dropped(f"bad JSON line {line[:80]!r}"))
-                continue
-            if not isinstance(obj, dict) or "event" not in obj:
-                events.append(self._dropped(f"not an event {line[:80]!r}"))
-                continue
-            events.append(obj)
+            events.append(self._decode_line(line))
 
-    def _dropped(self, why: str) -> dict[str, Any]:
+    def _decode_line(self, line: bytes) -> Event:
+        try:
+            obj = json.loads(line)
+        except (ValueError, RecursionError):
+            return self._dropped(f"bad JSON line {line[:80]!r}")
+        if not isinstance(obj, dict) or "event" not in obj:
+            return self._dropped(f"not an event {line[:80]!r}")
+        name = obj.pop("event")
+        cls = EVENT_TYPES.get(name) if isinstance(name, str) else None
+        if cls is None:
+            return self._dropped(f"unknown event {name!r}"[:120])
+        try:
+            return _from_json(cls, obj)
+        except _Misfit as exc:
+            return self._dropped(f"{name}: {exc}")
+
+    def _dropped(self, why: str) -> WorkerWarning:
         self.dropped_lines += 1
-        return {"event": "warning", "message": f"dropped a worker event line: {why}"}
+        return WorkerWarning(message=f"dropped a worker event line: {why}")
+
+
+# -- the field codec -----------------------------------------------------------------
+#
+# One codec for every message above, driven by the dataclasses' annotations,
+# so a message's type is the one place its fields are written.
+
+
+class _Misfit(ValueError):
+    """A JSON value that does not fit the field it is for (caught in this module only)."""
+
+
+M = TypeVar("M")
+
+
+def _wire_name(f: dataclasses.Field[object]) -> str:
+    name = f.metadata.get("wire", f.name)
+    assert isinstance(name, str)
+    return name
+
+
+_HINTS: dict[type, dict[str, object]] = {}
+
+
+def _hints(cls: type) -> dict[str, object]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
+def _to_json(obj: object) -> dict[str, object]:
+    """A message's fields as JSON values; a ``None`` whose default is ``None`` is left out."""
+    out: dict[str, object] = {}
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        if value is None and f.default is None:
+            continue
+        out[_wire_name(f)] = _json_value(value)
+    return out
+
+
+def _json_value(value: object) -> object:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _to_json(value)
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def _from_json(cls: type[M], obj: dict[str, object]) -> M:
+    """Build ``cls`` from a JSON object.
+
+    Raises:
+        _Misfit: a required key is missing, or a value does not fit its field.
+    """
+    hints = _hints(cls)
+    kwargs: dict[str, object] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        key = _wire_name(f)
+        if key not in obj:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise _Misfit(f"missing {key!r}")
+            continue
+        kwargs[f.name] = _value(hints[f.name], obj[key], key)
+    return cls(**kwargs)
+
+
+_INT_KEY = re.compile(r"-?[0-9]{1,20}")
+# Ints past this overflow float().
+_FLOAT_INT_MAX = 2**1023
+
+
+def _value(tp: object, value: object, where: str) -> object:
+    """``value`` as type ``tp``, or :class:`_Misfit` saying why not."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        # NaN and the infinities pass: Python's json writes them, and a
+        # fragment whose end could not be measured says NaN.
+        if isinstance(value, float):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) < _FLOAT_INT_MAX:
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif origin is Literal:
+        if isinstance(value, str) and value in args:
+            return value
+    elif origin in (typing.Union, types.UnionType):
+        for arg in args:
+            try:
+                return _value(arg, value, where)
+            except _Misfit:
+                continue
+    elif origin is tuple:
+        if isinstance(value, list):
+            return tuple(_value(args[0], v, where) for v in value)
+    elif origin is dict:
+        if isinstance(value, dict):
+            key_type, value_type = args
+            out: dict[object, object] = {}
+            for k, v in value.items():
+                key: object = k
+                if key_type is int:
+                    if not _INT_KEY.fullmatch(k):
+                        raise _Misfit(f"{where}: key {k[:40]!r} is not an integer")
+                    key = int(k)
+                out[key] = _value(value_type, v, f"{where}.{k[:40]}")
+            return out
+    elif isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return _from_json(tp, value)
+    else:  # pragma: no cover - a field type this codec was not taught
+        raise TypeError(f"no wire codec for {tp!r}")
+    raise _Misfit(f"{where}: {_describe(value)} does not fit {_type_name(tp)}")
+
+
+def _describe(value: object) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'…' if len(text) > 40 else ''}"
+
+
+def _type_name(tp: object) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")

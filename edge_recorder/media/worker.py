@@ -18,11 +18,14 @@ Stages and the policy on each edge::
     audio clock (4 AAC frames per tick) → mix → AAC encoder       both → FragmentedMp4Writer (serialised mux)
 
 No single message from the pipe can end the recording: an oversize or
-malformed one is skipped by the parser, a control message whose params do not
-fit and media for an unknown stream are dropped here, all counted
-(``pipe_drops`` in the stats events) and the first of each kind reported as a
-``warning``. A participant's name that cannot be drawn is left out of the
-picture (``label_failures``). When the worker does fail, its ``error`` event
+malformed one, and a control message whose params do not fit its type
+(:mod:`edge_recorder.media.wire`), are skipped by the parser, media for an
+unknown stream is dropped here, all counted (``pipe_drops`` in the stats
+events) and the first of each kind reported as a ``warning``; an unknown op
+is a warning each time. Control messages are dispatched with ``match`` on
+their types, exhaustively (mypy checks the ``assert_never``). A
+participant's name that cannot be drawn is left out of the picture
+(``label_failures``). When the worker does fail, its ``error`` event
 names the root cause (never just "ExceptionGroup") and the whole traceback
 goes to stderr, which the session logs at ERROR.
 
@@ -46,18 +49,21 @@ finalises the file all the same.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, assert_never
 
 import trio
 
 from edge_recorder.errors import DecodeError
 from edge_recorder.media import wire
+from edge_recorder.media.layout import LayoutName
+from edge_recorder.media.levels import SILENCE_DBOV, dbov_of_pcm
 
 T = TypeVar("T")
 
@@ -86,7 +92,7 @@ class _StreamSlot:
 
     index: int
     key: str
-    kind: str
+    kind: wire.MediaKind
     source: str
     peer_id: str
     display_name: str
@@ -103,7 +109,7 @@ class _StreamSlot:
     wanted: bool = False
     # Audio without the RFC 6464 extension: report decoded energy instead.
     report_levels: bool = False
-    level_dbov: float = -127.0
+    level_dbov: float = SILENCE_DBOV
     placer: Any = None
     awaiting_keyframe: bool = True
     decoded: int = 0
@@ -112,25 +118,35 @@ class _StreamSlot:
 
 
 class MediaWorker:
-    """The worker's state and its Trio tasks. Built from the ``configure`` message."""
+    """The worker's state and its Trio tasks. Built from the ``configure`` message.
 
-    def __init__(self, config: dict[str, Any], emit: Callable[[bytes], None]) -> None:
+    Args:
+        config: the first message.
+        emit: writes one encoded event line to the parent (any thread).
+
+    Raises:
+        TypeError, ValueError: ``config``'s encoder or overlay settings do not fit.
+    """
+
+    def __init__(self, config: wire.Configure, emit: Callable[[bytes], None]) -> None:
         from edge_recorder.media.composite import Compositor
         from edge_recorder.media.encode import EncoderSettings
         from edge_recorder.media.layout import LayoutSettings
         from edge_recorder.media.mixer import AudioMixer
 
         self._emit = emit
-        self.path: str = config["path"]
+        self.path: str = config.path
         # The timeline origin comes with the "start" message, once the parent
         # has seen "ready": worker start-up time is not recording time.
         self.t0: float = 0.0
         self.started = trio.Event()
-        self.layout: str = config.get("layout", "pip")
-        self.delay_s: float = float(config.get("playout_delay_s", 0.3))
-        self.max_lag_s: float = float(config.get("max_lag_s", 1.0))
-        self.encoder_settings = EncoderSettings(**config["encoder"])
-        overlay = config.get("overlay", {})
+        self.layout: LayoutName = config.layout
+        self.delay_s: float = config.playout_delay_s
+        self.max_lag_s: float = config.max_lag_s
+        # The settings' own constructors check these (a key they lack is a TypeError).
+        encoder: dict[str, Any] = dict(config.encoder)
+        overlay: dict[str, Any] = dict(config.overlay)
+        self.encoder_settings = EncoderSettings(**encoder)
         self.layout_settings = LayoutSettings(
             width=self.encoder_settings.width, height=self.encoder_settings.height, **overlay
         )
@@ -140,11 +156,11 @@ class MediaWorker:
         self.compositor = Compositor(
             self.encoder_settings.width,
             self.encoder_settings.height,
-            on_warning=lambda message: self._emit(wire.encode_event("warning", message=message)),
+            on_warning=lambda message: self._event(wire.WorkerWarning(message)),
         )
         self.mixer = AudioMixer(sample_rate=self.encoder_settings.sample_rate, channels=2)
         self.writer: Any = None
-        self.limiter = trio.CapacityLimiter(int(config.get("threads", 4)))
+        self.limiter = trio.CapacityLimiter(config.threads)
         self.streams: dict[int, _StreamSlot] = {}
         self.active_speaker: str | None = None
         self.stop_at_s: float | None = None
@@ -156,9 +172,10 @@ class MediaWorker:
         self.fragment_bytes = 0
         self.first_frame_sent = False
         # Pipe messages dropped instead of ending the recording, by reason:
-        # "oversize" and "malformed" (framing or JSON, from the parser),
-        # "bad_control" (a control op whose params do not fit),
+        # "oversize" and "malformed" (framing or JSON), "bad_control" (a
+        # control op whose params do not fit its type), all from the parser;
         # "unknown_stream" (media for an index not added or already removed).
+        # An unknown op is a warning each time, not counted.
         self.pipe_drops: dict[str, int] = {"oversize": 0, "malformed": 0, "bad_control": 0, "unknown_stream": 0}
         self._decoders: trio.Nursery | None = None
         self._wanted: frozenset[int] = frozenset()
@@ -185,80 +202,75 @@ class MediaWorker:
 
     # -- control -------------------------------------------------------------------
 
+    def _event(self, event: wire.Event) -> None:
+        self._emit(wire.encode_event(event))
+
     def _on_fragment(self, complete_bytes: int, media_end_s: float) -> None:
         # Called in the muxing thread; emit() is a non-blocking buffered write.
         self.fragments += 1
         self.fragment_bytes = complete_bytes
-        self._emit(wire.encode_event("fragment", bytes=complete_bytes, media_end_s=round(media_end_s, 3)))
+        self._event(wire.Fragment(complete_bytes=complete_bytes, media_end_s=round(media_end_s, 3)))
 
     def _count_drop(self, reason: str, detail: str) -> None:
         """Count a dropped pipe message; the first of each reason is also a warning."""
         self.pipe_drops[reason] += 1
         if self.pipe_drops[reason] == 1:
-            self._emit(wire.encode_event("warning", message=f"dropped a pipe message ({reason}): {detail[:200]}"))
+            self._event(wire.WorkerWarning(f"dropped a pipe message ({reason}): {detail[:200]}"))
 
-    def handle_control(self, msg: wire.ControlMessage) -> None:
-        """Apply one control message; one whose params do not fit is dropped and counted."""
-        try:
-            self._apply_control(msg)
-        except (KeyError, TypeError, ValueError, OverflowError) as exc:
-            # A bug in the parent, or a corrupted message: either way it
-            # must cost this message, not the recording.
-            self._count_drop("bad_control", f"{msg.op}: {type(exc).__name__}: {exc}")
-
-    def _apply_control(self, msg: wire.ControlMessage) -> None:
-        from edge_recorder.media.layout import LAYOUTS
-
-        p = msg.params
-        if msg.op == "add_stream":
-            self._add_stream(p)
-        elif msg.op == "remove_stream":
-            self._remove_stream(int(p["index"]))
-        elif msg.op == "start":
-            self.t0 = float(p["t0_monotonic"])
-            self.started.set()
-        elif msg.op == "active_speaker":
-            self.active_speaker = p.get("peer_id")
-        elif msg.op == "layout":
-            if p["layout"] not in LAYOUTS:
-                raise ValueError(f"unknown layout {p['layout']!r}")
-            self.layout = p["layout"]
-        elif msg.op == "stream_live":
-            slot = self.streams.get(int(p["index"]))
-            if slot is not None:
-                slot.live = bool(p["live"])
-        elif msg.op == "stop":
-            at = p.get("at_s")
-            self.stop_at_s = max(0.0, float(at)) if at is not None else self._now_media_s()
-            self.stop_requested.set()
-            self.started.set()
+    def _on_dropped(self, msg: wire.DroppedMessage) -> None:
+        if msg.reason == "unknown_op":
+            # A newer parent, or a typo: said every time, as it always was.
+            self._event(wire.WorkerWarning(msg.detail))
         else:
-            self._emit(wire.encode_event("warning", message=f"unknown control op {msg.op!r}"))
+            self._count_drop(msg.reason, msg.detail)
 
-    def _add_stream(self, p: dict[str, Any]) -> None:
-        index = int(p["index"])
-        if p["kind"] not in ("video", "audio") or not isinstance(p["codec"], str) or not isinstance(p["key"], str):
-            raise ValueError(f"stream {index}: bad kind, codec or key")
-        display_name = p.get("display_name") or p.get("peer_id", "")
-        if not isinstance(display_name, str):
-            raise TypeError(f"stream {index}: display_name must be a string")
+    def handle_control(self, msg: wire.Control) -> None:
+        """Apply one control message (the parser already dropped those whose params do not fit)."""
+        match msg:
+            case wire.AddStream():
+                self._add_stream(msg)
+            case wire.RemoveStream(index=index):
+                self._remove_stream(index)
+            case wire.Start(t0_monotonic=t0):
+                self.t0 = t0
+                self.started.set()
+            case wire.ActiveSpeaker(peer_id=peer_id):
+                self.active_speaker = peer_id
+            case wire.Layout(layout=layout):
+                self.layout = layout
+            case wire.StreamLive(index=index, live=live):
+                slot = self.streams.get(index)
+                if slot is not None:
+                    slot.live = live
+            case wire.Stop(at_s=at_s):
+                self.stop_at_s = max(0.0, at_s) if at_s is not None else self._now_media_s()
+                self.stop_requested.set()
+                self.started.set()
+            case wire.Configure():
+                # Only the first message configures; the recording goes on as it is.
+                self._event(wire.WorkerWarning("configure again ignored: the worker is configured once"))
+            case _:
+                assert_never(msg)
+
+    def _add_stream(self, msg: wire.AddStream) -> None:
+        index = msg.index
         if index in self.streams:
             self._remove_stream(index)
-        capacity = VIDEO_QUEUE_FRAMES if p["kind"] == "video" else AUDIO_QUEUE_PACKETS
+        capacity = VIDEO_QUEUE_FRAMES if msg.kind == "video" else AUDIO_QUEUE_PACKETS
         send, receive = trio.open_memory_channel[wire.MediaMessage](capacity)
         slot = _StreamSlot(
             index=index,
-            key=p["key"],
-            kind=p["kind"],
-            source=p.get("source", "camera"),
-            peer_id=p.get("peer_id", ""),
-            display_name=display_name,
-            codec=p["codec"],
+            key=msg.key,
+            kind=msg.kind,
+            source=msg.source,
+            peer_id=msg.peer_id,
+            display_name=msg.display_name or msg.peer_id,
+            codec=msg.codec,
             send=send,
             receive=receive,
-            awaiting_keyframe=p["kind"] == "video",
-            live=bool(p.get("live", False)),
-            report_levels=bool(p.get("report_levels", False)),
+            awaiting_keyframe=msg.kind == "video",
+            live=msg.live,
+            report_levels=msg.report_levels,
         )
         self.streams[index] = slot
         if slot.kind == "audio":
@@ -292,18 +304,19 @@ class MediaWorker:
             slot.queue_drops += 1
             if slot.kind == "video" and not slot.awaiting_keyframe:
                 slot.awaiting_keyframe = True
-                self._emit(wire.encode_event("keyframe_needed", index=slot.index, why="queue-full"))
+                self._event(wire.KeyframeNeeded(slot.index, why="queue-full"))
         except trio.ClosedResourceError:
             pass
 
     def _dispatch(self, messages: list[wire.PipeItem]) -> None:
         for msg in messages:
-            if isinstance(msg, wire.ControlMessage):
-                self.handle_control(msg)
-            elif isinstance(msg, wire.MediaMessage):
-                self.handle_media(msg)
-            else:
-                self._count_drop(msg.reason, msg.detail)
+            match msg:
+                case wire.MediaMessage():
+                    self.handle_media(msg)
+                case wire.DroppedMessage():
+                    self._on_dropped(msg)
+                case _:
+                    self.handle_control(msg)
 
     async def reader(
         self,
@@ -352,7 +365,7 @@ class MediaWorker:
                     # good picture until the next keyframe.
                     slot.decode_errors += 1
                     slot.awaiting_keyframe = True
-                    self._emit(wire.encode_event("keyframe_needed", index=slot.index, why=f"decode-error: {exc}"))
+                    self._event(wire.KeyframeNeeded(slot.index, why=f"decode-error: {exc}"))
                     continue
                 slot.awaiting_keyframe = False
                 if not slot.wanted:
@@ -367,7 +380,6 @@ class MediaWorker:
     async def _audio_decoder(self, slot: _StreamSlot) -> None:
         from edge_recorder.media.decode import AudioDecoder
         from edge_recorder.media.drift import AudioPlacer
-        from edge_recorder.session.speaker import dbov_of_pcm
 
         decoder = await self._blocking(AudioDecoder, slot.codec, self.encoder_settings.sample_rate)
         rate = self.encoder_settings.sample_rate
@@ -470,7 +482,7 @@ class MediaWorker:
                 self.compositor.forget(slot.key)
             slot.wanted = now_wanted
         self._wanted = wanted
-        self._emit(wire.encode_event("visibility", visible=sorted(wanted)))
+        self._event(wire.Visibility(visible=tuple(sorted(wanted))))
 
     def _scene_inputs(self, tick_s: float) -> tuple[list[Any], dict[str, Any], list[str]]:
         from edge_recorder.media.layout import VideoInput
@@ -541,7 +553,7 @@ class MediaWorker:
             self.frames_encoded += 1
             if scene.placements and not self.first_frame_sent:
                 self.first_frame_sent = True
-                self._emit(wire.encode_event("first_frame", monotonic=time.monotonic(), media_s=tick_s))
+                self._event(wire.FirstFrame(monotonic=time.monotonic(), media_s=tick_s))
             n += 1
 
     async def audio_clock(self) -> None:
@@ -570,7 +582,7 @@ class MediaWorker:
     async def stats_loop(self) -> None:
         while True:
             await trio.sleep(STATS_INTERVAL_S)
-            self._emit(self.stats_event("stats"))
+            self._event(self.stats())
 
     async def levels_loop(self) -> None:
         """Report the loudest decoded level of each stream without RFC 6464 levels."""
@@ -579,37 +591,45 @@ class MediaWorker:
             levels = {}
             for slot in self.streams.values():
                 if slot.report_levels:
-                    levels[str(slot.index)] = round(slot.level_dbov, 1)
-                    slot.level_dbov = -127.0
+                    levels[slot.index] = round(slot.level_dbov, 1)
+                    slot.level_dbov = SILENCE_DBOV
             if levels:
-                self._emit(wire.encode_event("levels", levels=levels))
+                self._event(wire.Levels(levels))
 
-    def _slot_stats(self, slot: _StreamSlot) -> dict[str, Any]:
-        out: dict[str, Any] = {"decoded": slot.decoded, "decode_errors": slot.decode_errors, "queue_drops": slot.queue_drops}
+    def _slot_stats(self, slot: _StreamSlot) -> wire.StreamStats:
+        counts = wire.StreamStats(decoded=slot.decoded, decode_errors=slot.decode_errors, queue_drops=slot.queue_drops)
         if slot.kind == "video":
-            out["decoding"] = slot.wanted
-        elif slot.placer is not None:
+            return dataclasses.replace(counts, decoding=slot.wanted)
+        if slot.placer is not None:
             placer = slot.placer
-            out["placement_error_s"] = round(placer.error_samples / self.encoder_settings.sample_rate, 4)
-            out["samples_inserted"] = placer.stats.samples_inserted
-            out["samples_removed"] = placer.stats.samples_removed
-        return out
+            return dataclasses.replace(
+                counts,
+                placement_error_s=round(placer.error_samples / self.encoder_settings.sample_rate, 4),
+                samples_inserted=placer.stats.samples_inserted,
+                samples_removed=placer.stats.samples_removed,
+            )
+        return counts
 
-    def stats_event(self, name: str, **extra: Any) -> bytes:
+    def stats(self) -> wire.Stats:
+        """The counters now, for a ``stats`` event."""
         lag = self._now_media_s() - self.delay_s - (self.frames_encoded + self.frames_dropped) / self.fps
-        return wire.encode_event(
-            name,
+        return wire.Stats(
             frames_encoded=self.frames_encoded,
             frames_dropped=self.frames_dropped,
             audio_blocks=self.audio_blocks,
             fragments=self.fragments,
-            bytes=self.fragment_bytes,
+            complete_bytes=self.fragment_bytes,
             lag_s=round(max(0.0, lag), 3),
             streams={s.key: self._slot_stats(s) for s in self.streams.values()},
             pipe_drops=dict(self.pipe_drops),
             label_failures=self.compositor.label_failures,
-            **extra,
         )
+
+    def finished(self) -> wire.Finished:
+        """The last counters, once the file is closed."""
+        stats = self.stats()
+        counters = {f.name: getattr(stats, f.name) for f in dataclasses.fields(stats)}
+        return wire.Finished(**counters, duration_s=round(self.frames_encoded / self.fps, 3))
 
     # -- the whole life ----------------------------------------------------------
 
@@ -629,7 +649,7 @@ class MediaWorker:
         self.writer = await self._blocking(
             lambda: FragmentedMp4Writer(self.path, self.encoder_settings, on_fragment=self._on_fragment)
         )
-        self._emit(wire.encode_event("ready", pid=os.getpid()))
+        self._event(wire.Ready(pid=os.getpid()))
         try:
             async with trio.open_nursery() as outer:
                 self._decoders = outer
@@ -648,7 +668,7 @@ class MediaWorker:
             # encoder must not keep a dead session's process alive forever.
             with trio.move_on_after(30, shield=True):
                 await self._blocking(self.writer.close)
-        self._emit(self.stats_event("finished", duration_s=round(self.frames_encoded / self.fps, 3)))
+        self._event(self.finished())
 
 
 class _EventPipe:
@@ -732,31 +752,37 @@ def describe_failure(exc: BaseException) -> str:
     return message
 
 
+def _framing_drop(item: wire.PipeItem) -> bool:
+    return isinstance(item, wire.DroppedMessage) and item.reason in ("oversize", "malformed")
+
+
 async def _amain() -> int:
     emit = _EventPipe(sys.stdout.fileno())
     stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
     parser = wire.MessageReader()
     pending: list[wire.PipeItem] = []
-    # Skipped messages before "configure" are kept, to be counted once the
-    # worker exists.
-    while not any(not isinstance(item, wire.DroppedMessage) for item in pending):
+    # Messages skipped by their framing before "configure" are kept, to be
+    # counted once the worker exists; the first message that parsed must be
+    # a configure that fits.
+    while not any(not _framing_drop(item) for item in pending):
         data = await stdin.receive_some(1 << 16)
         if not data:
             return 0
         pending += parser.feed(data)
-    first_index = next(i for i, item in enumerate(pending) if not isinstance(item, wire.DroppedMessage))
+    first_index = next(i for i, item in enumerate(pending) if not _framing_drop(item))
     first = pending.pop(first_index)
-    if not isinstance(first, wire.ControlMessage) or first.op != "configure":
-        emit(wire.encode_event("error", message="first message must be configure"))
+    if not isinstance(first, wire.Configure):
+        why = f": {first.detail}" if isinstance(first, wire.DroppedMessage) else ""
+        emit(wire.encode_event(wire.WorkerError(f"first message must be configure{why}")))
         return 2
     try:
-        worker = MediaWorker(first.params, emit)
+        worker = MediaWorker(first, emit)
         await worker.run(stdin, parser, pending)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, then exit 1
         # The full traceback (groups drawn in full) goes to stderr, which the
         # parent logs at ERROR; the event names the root cause.
         trace = "".join(traceback.format_exception(exc))
-        emit(wire.encode_event("error", message=describe_failure(exc), traceback=trace[-4000:]))
+        emit(wire.encode_event(wire.WorkerError(describe_failure(exc), traceback=trace[-4000:])))
         sys.stderr.write(trace)
         sys.stderr.flush()
         return 1

@@ -4,7 +4,8 @@ The receivers feed :meth:`ActiveSpeakerDetector.observe` one level per audio
 packet: the RFC 6464 client-to-mixer audio level when the stream carries
 ``urn:ietf:params:rtp-hdrext:ssrc-audio-level`` (``-level`` of
 :func:`edge_recorder.rtp.packet.audio_level`), else the energy of the decoded
-audio (:func:`dbov_of_pcm`). The session calls :meth:`~ActiveSpeakerDetector.update`
+audio (:func:`edge_recorder.media.levels.dbov_of_pcm`, measured by the media
+worker). The session calls :meth:`~ActiveSpeakerDetector.update`
 on a timer (every 100 ms is plenty) and sends a control message only when it
 returns a new speaker. No Trio and no clock here: every call takes ``now_s``.
 
@@ -52,38 +53,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-import numpy.typing as npt
+from edge_recorder.media.levels import SILENCE_DBOV
 
-__all__ = ["SILENCE_DBOV", "ActiveSpeakerDetector", "dbov_of_pcm"]
-
-#: RFC 6464 §3: level 127 (-127 dBov) is digital silence, the floor of the scale.
-SILENCE_DBOV = -127.0
+__all__ = ["SILENCE_DBOV", "ActiveSpeakerDetector"]
 
 # Typical Opus ptime in WebRTC; what a peer's first packet is taken to cover.
 _FIRST_PACKET_S = 0.02
-
-
-def dbov_of_pcm(pcm: npt.NDArray[np.floating]) -> float:
-    """RMS level of decoded audio, in dBov (the energy fallback for :meth:`ActiveSpeakerDetector.observe`).
-
-    0 dBov is the RMS of a full-scale square wave (ITU-T G.100.1, the reference
-    RFC 6464 uses), so a full-scale sine reads -3.01 dBov.
-
-    Args:
-        pcm: float samples nominally in [-1, 1], any shape (all channels are
-            pooled); NaN counts as silence.
-
-    Returns:
-        ``20·log10(rms)`` clamped to [-127, 0]; -127 for an empty or silent array.
-    """
-    if pcm.size == 0:
-        return SILENCE_DBOV
-    flat = np.nan_to_num(pcm.astype(np.float64, copy=False).ravel(), nan=0.0, posinf=1.0, neginf=-1.0)
-    mean_square = float(np.dot(flat, flat)) / flat.size
-    if mean_square <= 0.0:
-        return SILENCE_DBOV
-    return min(0.0, max(SILENCE_DBOV, 10.0 * math.log10(mean_square)))
 
 
 class _Peer:
@@ -164,7 +139,8 @@ class ActiveSpeakerDetector:
             peer_id: who sent it; a new peer becomes a candidate.
             level_dbov: 0 (loudest) to -127 (silence), e.g. ``-level`` from
                 :func:`~edge_recorder.rtp.packet.audio_level` or
-                :func:`dbov_of_pcm`; clamped into that range, NaN is silence.
+                :func:`~edge_recorder.media.levels.dbov_of_pcm`; clamped into
+                that range, NaN is silence.
             now_s: seconds on the clock ``update`` uses.
             voice: the RFC 6464 V flag. False counts the packet as silence (the
                 sender's voice activity detector says it is not speech: music,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 import subprocess
 import sys
 import time
@@ -50,8 +51,8 @@ class Worker:
         reader = wire.EventReader()
         async for data in self.process.stdout:
             for event in reader.feed(data):
-                self.events.append(event)
-                if event["event"] == "ready":
+                self.events.append(event.to_json())
+                if isinstance(event, wire.Ready):
                     self.ready.set()
 
     async def read_stderr(self) -> None:
@@ -82,10 +83,10 @@ async def _run_worker(path: Path, script: Any) -> Worker:
                 "playout_delay_s": 0.3,
                 "encoder": {"width": WIDTH, "height": HEIGHT, "fps": FPS, "x264_preset": "ultrafast", "keyframe_interval_s": 1},
             }
-            await worker.send(wire.encode_control("configure", **config))
+            await worker.send(wire.encode_control(wire.Configure(**config)))
             with trio.fail_after(20):
                 await worker.ready.wait()
-            await worker.send(wire.encode_control("start", t0_monotonic=time.monotonic()))
+            await worker.send(wire.encode_control(wire.Start(t0_monotonic=time.monotonic())))
             await script(worker)
             with trio.fail_after(30):
                 await process.wait()
@@ -107,6 +108,12 @@ def _vp8_frames(seconds: float) -> list[tuple[float, bool, bytes]]:
     return out
 
 
+def _raw_control(obj: dict[str, Any]) -> bytes:
+    """A control frame around any JSON, as a buggy or hostile parent would send it."""
+    body = json.dumps(obj).encode()
+    return struct.pack("!IB", len(body) + 1, wire.CONTROL) + body
+
+
 def _garbage() -> list[bytes]:
     """Framed but bad: every kind of message the parser and the worker must drop."""
     return [
@@ -116,9 +123,9 @@ def _garbage() -> list[bytes]:
         b"\x00\x00\x00\x03\x02ab",  # media shorter than its header
         b"\x00\x00\x00\x00",  # zero length
         wire.encode_media(9, 0.5, True, b"\x00" * 100),  # media for a stream never added
-        wire.encode_control("add_stream", index="zero"),  # params that do not fit
-        wire.encode_control("layout", layout="mosaic"),  # a layout that does not exist
-        wire.encode_control("teleport"),  # an op that does not exist (a warning, as before)
+        _raw_control({"op": "add_stream", "index": "zero"}),  # params that do not fit
+        _raw_control({"op": "layout", "layout": "mosaic"}),  # a layout that does not exist
+        _raw_control({"op": "teleport"}),  # an op that does not exist (a warning, as before)
     ]
 
 
@@ -139,7 +146,7 @@ async def test_an_oversize_or_malformed_message_is_dropped_and_the_worker_finish
     async def script(worker: Worker) -> None:
         await worker.send(
             wire.encode_control(
-                "add_stream", index=0, key="cam", kind="video", codec="vp8", peer_id="alice", display_name="Alice", live=True
+                wire.AddStream(index=0, key="cam", kind="video", codec="vp8", peer_id="alice", display_name="Alice", live=True)
             )
         )
         # The worker decodes only what its layout shows, and says so.
@@ -156,7 +163,7 @@ async def test_an_oversize_or_malformed_message_is_dropped_and_the_worker_finish
             if n == 8:
                 for bad in _garbage():
                     await worker.send(bad)
-        await worker.send(wire.encode_control("stop", at_s=2.0))
+        await worker.send(wire.encode_control(wire.Stop(at_s=2.0)))
 
     worker = await _run_worker(path, script)
     assert worker.process.returncode == 0, (worker.events, worker.stderr.decode(errors="replace"))
@@ -180,7 +187,7 @@ async def test_a_failing_worker_names_the_root_cause_and_logs_its_traceback(
         # A stream the worker has no decoder for: its decoder task fails
         # inside the worker's nursery (the parent validates codecs, so this
         # stands for any bug in a task).
-        await worker.send(wire.encode_control("add_stream", index=0, key="cam", kind="video", codec="bogus", live=True))
+        await worker.send(wire.encode_control(wire.AddStream(index=0, key="cam", kind="video", codec="bogus", live=True)))
 
     worker = await _run_worker(tmp_path / "out.mp4", script)
     assert worker.process.returncode == 1
@@ -246,3 +253,37 @@ async def test_a_worker_that_dies_before_it_is_ready_fails_the_start_at_once_wit
     assert session.error is not None and "exited before it was ready" in session.error
     assert "cancelled" not in session.error
     assert "preset" in session.error.lower() or "x264" in session.error.lower(), session.error
+
+
+@pytest.mark.parametrize(
+    ("first", "words"),
+    [
+        ({"op": "configure", "layout": "pip"}, "first message must be configure: configure: missing 'path'"),
+        ({"op": "start", "t0_monotonic": 1.0}, "first message must be configure"),
+        ({"op": "teleport"}, "first message must be configure: unknown control op 'teleport'"),
+    ],
+)
+async def test_a_worker_whose_first_message_is_not_a_configure_that_fits_says_so(
+    first: dict[str, Any], words: str
+) -> None:
+    """A configure whose fields do not fit is refused at once, with what was wrong
+    (not waited on as if it had never come); framing garbage before it is skipped."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "edge_recorder.media.worker"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    worker = Worker(process)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.read_events)
+            nursery.start_soon(worker.read_stderr)
+            await worker.send(b"\x00\x00\x00\x03\x01{x" + _raw_control(first))
+            with trio.fail_after(20):
+                await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+    assert process.returncode == 2
+    assert [e["message"] for e in worker.named("error")] == [words]

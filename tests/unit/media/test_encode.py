@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 import threading
 import time
 from pathlib import Path
@@ -11,15 +10,11 @@ import av
 import numpy as np
 import numpy.typing as npt
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from edge_recorder.errors import MediaError
-from edge_recorder.media.encode import (
-    EncoderSettings,
-    FragmentedMp4Writer,
-    Mp4BoxScanner,
-)
+from edge_recorder.media.encode import EncoderSettings, FragmentedMp4Writer
+from edge_recorder.media.mp4 import Mp4BoxScanner, fragment_media_end_s, parse_moov_tracks
+from tests.unit.media.test_mp4 import split
 
 RATE = 48000
 FPS = 30
@@ -239,46 +234,7 @@ def test_encode_cost_720p_veryfast(tmp_path: Path) -> None:
     print(f"\nencode 1280x720 veryfast zerolatency threads=1: {elapsed:.2f} ms/frame (panning noise)")
 
 
-# -- box scanner -------------------------------------------------------------------
-
-
-def box(kind: str, body: bytes, large: bool = False) -> bytes:
-    if large:
-        return struct.pack(">I4sQ", 1, kind.encode(), 16 + len(body)) + body
-    return struct.pack(">I4s", 8 + len(body), kind.encode()) + body
-
-
-boxes_st = st.lists(
-    st.tuples(
-        st.sampled_from(["ftyp", "moov", "moof", "mdat", "mfra", "free"]),
-        st.binary(max_size=300),
-        st.booleans(),
-    ),
-    max_size=12,
-)
-
-
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
-
-
-@settings(max_examples=200)
-@given(boxes_st, st.lists(st.integers(min_value=0), max_size=30))
-def test_scanner_same_boxes_under_any_split(boxes: list[tuple[str, bytes, bool]], cuts: list[int]) -> None:
-    stream = b"".join(box(kind, body, large) for kind, body, large in boxes)
-    expected = []
-    offset = 0
-    for kind, body, large in boxes:
-        size = len(body) + (16 if large else 8)
-        expected.append((kind, offset, offset + size))
-        offset += size
-    scanner = Mp4BoxScanner(keep=("moof",))
-    found = [item for piece in split(stream, cuts) for item in scanner.feed(piece)]
-    assert found == expected
-    assert scanner.position == len(stream)
-    bodies = [scanner.pop_body(start) for kind, start, _ in found if kind == "moof"]
-    assert bodies == [body for kind, body, _ in boxes if kind == "moof"]
+# -- the box scanner on the writer's output (the pure tests are in test_mp4.py) --------
 
 
 def test_scanner_on_real_output_under_random_splits(tmp_path: Path) -> None:
@@ -295,12 +251,10 @@ def test_scanner_on_real_output_under_random_splits(tmp_path: Path) -> None:
         scanner = Mp4BoxScanner()
         cuts = sorted(rng.integers(0, len(data), size=40).tolist())
         assert [b for piece in split(data, cuts) for b in scanner.feed(piece)] == whole
-
-
-def test_scanner_rejects_impossible_size_and_handles_open_ended_box() -> None:
-    with pytest.raises(MediaError):
-        Mp4BoxScanner().feed(struct.pack(">I4s", 4, b"moof"))
-    scanner = Mp4BoxScanner()
-    assert scanner.feed(box("ftyp", b"x") + struct.pack(">I4s", 0, b"mdat") + b"abc") == [("ftyp", 0, 9)]
-    assert scanner.feed(b"more") == []
-
+    # Each fragment ends later than the one before, the last at the clip's end.
+    kept = Mp4BoxScanner(keep=("moov", "moof"))
+    boxes = kept.feed(data)
+    tracks = parse_moov_tracks(kept.pop_body(next(start for kind, start, _ in boxes if kind == "moov")) or b"")
+    assert len(tracks) == 2 and RATE in {info.timescale for info in tracks.values()}
+    ends = [fragment_media_end_s(kept.pop_body(start) or b"", tracks) for kind, start, _ in boxes if kind == "moof"]
+    assert ends == sorted(ends) and ends[-1] == pytest.approx(2.5, abs=0.05)

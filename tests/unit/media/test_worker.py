@@ -4,6 +4,7 @@ pipe messages (in process; the real process is driven in tests/security)."""
 from __future__ import annotations
 
 import json
+import struct
 from typing import Any
 
 import pytest
@@ -75,11 +76,17 @@ def test_description_is_bounded() -> None:
 
 
 def _worker(events: list[dict[str, Any]]) -> MediaWorker:
-    config = {
-        "path": "/nonexistent/never-opened.mp4",
-        "encoder": {"width": 320, "height": 180, "fps": 10, "x264_preset": "ultrafast"},
-    }
+    config = wire.Configure(
+        path="/nonexistent/never-opened.mp4",
+        encoder={"width": 320, "height": 180, "fps": 10, "x264_preset": "ultrafast"},
+    )
     return MediaWorker(config, lambda line: events.append(json.loads(line)))
+
+
+def _raw_control(op: str, params: dict[str, Any]) -> bytes:
+    """A control frame around any params, as a buggy or hostile parent would send it."""
+    body = json.dumps({"op": op, **params}).encode()
+    return struct.pack("!IB", len(body) + 1, wire.CONTROL) + body
 
 
 @pytest.mark.parametrize(
@@ -101,11 +108,34 @@ def _worker(events: list[dict[str, Any]]) -> MediaWorker:
 def test_a_control_message_with_bad_params_is_dropped_and_counted(op: str, params: dict[str, Any]) -> None:
     events: list[dict[str, Any]] = []
     worker = _worker(events)
-    worker.handle_control(wire.ControlMessage(op, params))
-    worker.handle_control(wire.ControlMessage(op, params))
+    worker._dispatch(wire.MessageReader().feed(_raw_control(op, params) * 2))
     assert worker.pipe_drops["bad_control"] == 2
     assert [e["event"] for e in events] == ["warning"]  # the first of a kind is said, the rest counted
+    assert op in events[0]["message"] and "bad_control" in events[0]["message"]
     assert worker.layout == "pip" and not worker.streams and not worker.stop_requested.is_set()
+
+
+def test_an_unknown_op_is_a_warning_each_time_and_not_counted() -> None:
+    events: list[dict[str, Any]] = []
+    worker = _worker(events)
+    worker._dispatch(wire.MessageReader().feed(_raw_control("teleport", {}) * 2))
+    assert events == [{"event": "warning", "message": "unknown control op 'teleport'"}] * 2
+    assert sum(worker.pipe_drops.values()) == 0
+
+
+def test_control_messages_are_applied() -> None:
+    events: list[dict[str, Any]] = []
+    worker = _worker(events)
+    worker.handle_control(wire.Start(t0_monotonic=5.0))
+    worker.handle_control(wire.Layout("grid"))
+    worker.handle_control(wire.ActiveSpeaker("alice"))
+    assert (worker.t0, worker.layout, worker.active_speaker) == (5.0, "grid", "alice") and worker.started.is_set()
+    worker.handle_control(wire.StreamLive(index=4, live=True))  # no such stream: nothing to change
+    worker.handle_control(wire.Configure(path="/elsewhere.mp4"))  # only the first configures
+    assert worker.path == "/nonexistent/never-opened.mp4"
+    assert [e["event"] for e in events] == ["warning"]
+    worker.handle_control(wire.Stop(at_s=-1.0))
+    assert worker.stop_at_s == 0.0 and worker.stop_requested.is_set()
 
 
 def test_drops_are_counted_in_the_stats_event() -> None:
@@ -119,7 +149,9 @@ def test_drops_are_counted_in_the_stats_event() -> None:
             wire.DroppedMessage("oversize", 17 << 20, "too big"),
         ]
     )
-    stats = json.loads(worker.stats_event("stats"))
+    stats = json.loads(wire.encode_event(worker.stats()))
     assert stats["pipe_drops"] == {"oversize": 2, "malformed": 1, "bad_control": 0, "unknown_stream": 1}
     assert stats["label_failures"] == 0
     assert sum(e["event"] == "warning" for e in events) == 3
+    finished = worker.finished()
+    assert finished.event == "finished" and finished.pipe_drops == stats["pipe_drops"] and finished.duration_s == 0.0
