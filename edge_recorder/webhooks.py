@@ -74,6 +74,8 @@ from typing import Any
 import httpx
 import trio
 
+from edge_recorder.backoff import backoff_s
+
 __all__ = ["WebhookNotifier", "WebhookStats", "sign", "transport_warnings", "verify"]
 
 log = logging.getLogger(__name__)
@@ -314,9 +316,8 @@ class WebhookNotifier:
         return "refused", None
 
     def _backoff(self, attempt: int, retry_after_s: float | None) -> float:
-        """Delay after the ``attempt``-th failure: exponential with jitter, in ``[d/2, d]``."""
-        ceiling = min(self._backoff_max_s, self._backoff_initial_s * 2.0 ** (attempt - 1))
-        delay = ceiling / 2 + self._rng.random() * ceiling / 2
+        """Delay after the ``attempt``-th failure (:func:`~edge_recorder.backoff.backoff_s`), at least ``Retry-After``."""
+        delay = backoff_s(attempt, self._rng, first_s=self._backoff_initial_s, max_s=self._backoff_max_s)
         if retry_after_s is not None:
             delay = max(delay, min(retry_after_s, self._backoff_max_s))
         return delay

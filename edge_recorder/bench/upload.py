@@ -1,9 +1,12 @@
 """``python -m edge_recorder.bench --upload``: stop → COMPLETED upload latency, three designs, one run.
 
 The question (the upload-latency issue): how long after stop is a 10-minute
-recording in the store as ``composite.mp4``, with this project's design
-(chunks streamed while recording, composed server-side at stop: docs/storage.md)
-against the runbook's (upload the whole file after stop)? Target: ≤ 2 s.
+recording in the store as ``composite.mp4``, with this project's designs (the
+spool streamed while recording, by one
+:class:`~edge_recorder.sink.streamer.SpoolStreamer` with either target:
+parts of one multipart upload completed at stop, the default, or chunk
+objects composed server-side at stop: docs/storage.md) against the runbook's
+(upload the whole file after stop)? Target: ≤ 2 s.
 
 What runs, against a ``moto_server`` started here on a free port (the same
 server the integration tests use; no real S3 is touched):
@@ -19,22 +22,24 @@ server the integration tests use; no real S3 is touched):
    (video + audio, ±15 % per GOP). The upload path only sees bytes and
    fragment offsets, so this is what it would see from a real recording, at a
    fraction of the encoding time.
-2. **Streaming design:** the file grows fragment by fragment, *faster than real
-   time* (10 minutes in about :data:`WRITE_WALL_S` seconds), each fragment
-   reported with ``SpoolUploader.fragment_written`` while ``run()`` uploads
-   chunks in the background, as a session does. Before the last fragment the
+2. **Chunks design** (``RECORDING_S3_UPLOAD_MODE=chunks``): the file grows
+   fragment by fragment, *faster than real time* (10 minutes in about
+   :data:`WRITE_WALL_S` seconds), each fragment reported with
+   ``SpoolStreamer.fragment_written`` while ``run()`` uploads chunks
+   (:class:`~edge_recorder.sink.compose.ComposeTarget`) in the background, as a
+   session does. Before the last fragment the
    benchmark waits until ``run()`` has stored every chunk that was due (a
    real-time recording gives it 2 s per fragment; the wait is reported), and
    until it has done every roll-up that was due (chunks rolled up server-side,
    ``ROLLUP_FANOUT`` at a time: docs/storage.md). Then
    the last fragment and the trailer land, ``run()`` is cancelled and
-   ``finish(total)`` runs: tail upload, compose, size check, SHA-256, chunk
+   ``upload(total)`` runs: tail upload, compose, size check, SHA-256, chunk
    delete. Its wall time, from "stop" to the verified object, is the figure.
    stop → COMPLETED is that plus the media finalisation.
 2b. **Multipart design** (``RECORDING_S3_UPLOAD_MODE=multipart``, the
    default): the same growing spool, uploaded by
-   :class:`~edge_recorder.sink.multipart.MultipartSpoolUploader` as the parts
-   of one multipart upload; at stop ``finish(total)`` sends the tail as the
+   the same streamer with a :class:`~edge_recorder.sink.multipart.MultipartTarget`,
+   as the parts of one multipart upload; at stop ``upload(total)`` sends the tail as the
    last part and completes the upload (no server-side copy), checks the size
    and hashes the spool. ``--upload-mode`` picks which streaming designs run
    (default both).
@@ -84,11 +89,13 @@ from minio.sse import SseS3
 
 from edge_recorder.bench.report import replace_marked_section
 from edge_recorder.config import S3Settings, Secret
-from edge_recorder.media.encode import EncoderSettings, FragmentedMp4Writer, Mp4BoxScanner
-from edge_recorder.sink.multipart import MultipartSpoolUploader
+from edge_recorder.media.encode import EncoderSettings, FragmentedMp4Writer
+from edge_recorder.media.mp4 import Mp4BoxScanner
+from edge_recorder.sink.compose import ROLLUP_FANOUT, ComposeTarget, compose_uploader
+from edge_recorder.sink.multipart import MultipartTarget, multipart_uploader
 from edge_recorder.sink.plan import Chunk
 from edge_recorder.sink.s3 import AsyncObjectStore, ObjectInfo, ObjectStore
-from edge_recorder.sink.uploader import ROLLUP_FANOUT, SpoolUploader
+from edge_recorder.sink.streamer import SpoolStreamer
 
 __all__ = [
     "FPUT_PARALLEL",
@@ -195,7 +202,7 @@ class MultipartFigures:
     part_put_busy_s: float
     tail_bytes: int
     parts_total: int
-    finish_s: float  # stop → verified composite.mp4 (MultipartSpoolUploader.finish)
+    finish_s: float  # stop → verified composite.mp4 (SpoolStreamer.upload, multipart target)
     finish_tail_s: float  # the last part(s)
     finish_complete_s: float  # CompleteMultipartUpload
 
@@ -225,7 +232,7 @@ class UploadReport:
     chunk_put_busy_s: float  # summed wall time of the chunk PUTs while recording
     tail_bytes: int  # uploaded by finish()
     chunks_total: int
-    finish_s: float  # stop → verified composite.mp4 (SpoolUploader.finish)
+    finish_s: float  # stop → verified composite.mp4 (SpoolStreamer.upload, compose target)
     finish_tail_s: float
     finish_compose_s: float
     finish_delete_s: float
@@ -475,7 +482,8 @@ class LocalStore:
         return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for moto_server)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -490,7 +498,8 @@ def moto_binary() -> str | None:
     return shutil.which("moto_server")
 
 
-def _wait_until_answers(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+def wait_until_answers(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Wait until ``process`` answers HTTP at ``url`` (any status); RuntimeError if it exits or times out."""
     deadline = time.monotonic() + timeout_s
     while True:
         if process.poll() is not None:
@@ -507,8 +516,12 @@ def _wait_until_answers(url: str, process: subprocess.Popen[bytes], timeout_s: f
 
 
 @contextlib.contextmanager
-def moto_server(log_dir: Path) -> Iterator[LocalStore]:
-    """Start ``moto_server`` on a free port (127.0.0.1), make the bucket, stop it afterwards.
+def moto_process(log_dir: Path) -> Iterator[int]:
+    """Run ``moto_server`` on a free 127.0.0.1 port until the block ends; yields the port.
+
+    Its output goes to ``log_dir/moto_server.log``; it never sees real AWS
+    credentials (the ``AWS_*`` variables are dropped). The tests start theirs
+    with it too (``tests/integration/s3_support.py``).
 
     Raises:
         RuntimeError: moto_server is not installed (``pip install -e '.[test]'``) or did not start.
@@ -516,7 +529,7 @@ def moto_server(log_dir: Path) -> Iterator[LocalStore]:
     binary = moto_binary()
     if binary is None:
         raise RuntimeError("moto_server is not installed: pip install -e '.[test]' (moto[server])")
-    port = _free_port()
+    port = free_port()
     with (log_dir / "moto_server.log").open("wb") as log:
         process = subprocess.Popen(
             [binary, "-H", "127.0.0.1", "-p", str(port)],
@@ -526,10 +539,8 @@ def moto_server(log_dir: Path) -> Iterator[LocalStore]:
             env={**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, "AWS_DEFAULT_REGION": "us-east-1"},
         )
     try:
-        _wait_until_answers(f"http://127.0.0.1:{port}/", process, timeout_s=30.0)
-        store = LocalStore(endpoint=f"http://127.0.0.1:{port}", host="127.0.0.1", port=port)
-        ObjectStore(store.settings()).ensure_bucket()
-        yield store
+        wait_until_answers(f"http://127.0.0.1:{port}/", process, timeout_s=30.0)
+        yield port
     finally:
         process.terminate()
         try:
@@ -537,6 +548,19 @@ def moto_server(log_dir: Path) -> Iterator[LocalStore]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextlib.contextmanager
+def moto_server(log_dir: Path) -> Iterator[LocalStore]:
+    """Start ``moto_server`` on a free port (127.0.0.1), make the bucket, stop it afterwards.
+
+    Raises:
+        RuntimeError: moto_server is not installed (``pip install -e '.[test]'``) or did not start.
+    """
+    with moto_process(log_dir) as port:
+        store = LocalStore(endpoint=f"http://127.0.0.1:{port}", host="127.0.0.1", port=port)
+        ObjectStore(store.settings()).ensure_bucket()
+        yield store
 
 
 # ----------------------------------------------------------------------------- the shaped link
@@ -738,11 +762,13 @@ async def _stream(
     """One streaming design (``mode``: "chunks" or "multipart") over a growing spool; the multipart
     figures land in the chunk-named fields (part uploads as "puts", Complete as "compose")."""
     sid = f"bench-{uuid.uuid4().hex[:12]}"
-    uploader: SpoolUploader | MultipartSpoolUploader
+    uploader: SpoolStreamer[MultipartTarget] | SpoolStreamer[ComposeTarget]
+    compose: ComposeTarget | None = None
     if mode == "multipart":
-        uploader = MultipartSpoolUploader(store, spool, sid, part_size_bytes, retry_s=120)
+        uploader = multipart_uploader(store, spool, sid, part_size_bytes, retry_s=120)
     else:
-        uploader = SpoolUploader(store, spool, sid, part_size_bytes, retry_s=120, rollup_fanout=rollup_fanout)
+        uploader = compose_uploader(store, spool, sid, part_size_bytes, retry_s=120, rollup_fanout=rollup_fanout)
+        compose = uploader.target
     put = "part" if mode == "multipart" else "put"
     merge = "complete" if mode == "multipart" else "compose"
     pool = np.random.default_rng(11).integers(0, 256, 2 * max(sizes) + 4 * _MIB, dtype=np.uint8).tobytes()
@@ -773,7 +799,7 @@ async def _stream(
             # A real-time recording gives run() 2 s per fragment; here it may lag
             # the accelerated writer, so let it store what is due, as it would have.
             caught = trio.current_time()
-            while written - uploader.uploaded_bytes >= part_size_bytes or getattr(uploader, "rollup_due", False):
+            while written - uploader.uploaded_bytes >= part_size_bytes or uploader.idle_work_waiting:
                 await trio.sleep(0.01)
             catch_up_s = trio.current_time() - caught
             during = uploader.chunks_uploaded_during_recording
@@ -787,7 +813,7 @@ async def _stream(
             stop = trio.current_time()
             nursery.cancel_scope.cancel()
     total = written
-    result = await uploader.finish(total)
+    result = await uploader.upload(total)
     finish_s = trio.current_time() - stop
     if result.size != total:
         raise RuntimeError(f"composed {result.size} bytes, the spool has {total}")
@@ -803,8 +829,8 @@ async def _stream(
         finish_tail_s=store.busy_s(put, since=stop),
         finish_compose_s=store.busy_s(merge, since=stop),
         finish_delete_s=store.busy_s("delete", since=stop),
-        rollup_fanout=uploader.rollup_fanout if isinstance(uploader, SpoolUploader) else 0,
-        rollups=uploader.rollups if isinstance(uploader, SpoolUploader) else 0,
+        rollup_fanout=compose.rollup_fanout if compose is not None else 0,
+        rollups=compose.rollups if compose is not None else 0,
         rollup_busy_s=store.busy_s("roll_up") + store.busy_s("delete", before=stop),
     )
 

@@ -1,56 +1,51 @@
-"""Where a finished recording goes: a bucket, or the local directory.
+"""Where a finished recording goes, as a session sees it: a bucket, or the local directory.
 
 A session feeds its destination each complete fragment as it lands (so a
 bucket receives the recording *while* it is recorded) and, at stop, asks it to
 finish. The local spool file is always complete; it is removed only after a
 verified upload and kept, with its path in the error, when the upload fails.
 
+Every destination is one :class:`~edge_recorder.sink.streamer.SpoolStreamer`
+driving a target (:mod:`edge_recorder.sink`):
+
 * :class:`LocalDestination` (no bucket configured, the embedded default): the
-  spool file is the artifact; the session completes with a ``file://`` URL.
-  It writes nothing: the spool was created exclusively
-  (:meth:`~edge_recorder.spool.NodeSpool.create`), so no finished recording is
-  ever written over.
-* :class:`S3Destination`: parts (or chunks) uploaded in the background during
-  the recording, completed (or composed) into ``<prefix><sessionId>/composite.mp4``
-  at stop, never over an object another upload wrote (see
-  ``edge_recorder/sink/exclusive.py`` and docs/storage.md).
+  spool file is the artifact (:class:`~edge_recorder.sink.local.LocalTarget`);
+  the session completes with a ``file://`` URL. It writes nothing: the spool
+  was created exclusively (:meth:`~edge_recorder.spool.NodeSpool.create`), so
+  no finished recording is ever written over.
+* a bucket (:func:`bucket_destination`): parts of one multipart upload (the
+  default, :class:`~edge_recorder.sink.multipart.MultipartTarget`) or chunk
+  objects (:class:`~edge_recorder.sink.compose.ComposeTarget`) uploaded in the
+  background during the recording, completed (or composed) into
+  ``<prefix><sessionId>/composite.mp4`` at stop, never over an object another
+  upload wrote (``edge_recorder/sink/exclusive.py``, docs/storage.md).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-import trio
+from edge_recorder.config import UploadMode
+from edge_recorder.sink.compose import ComposeTarget, compose_uploader
+from edge_recorder.sink.local import LocalTarget
+from edge_recorder.sink.multipart import MultipartTarget, multipart_uploader
+from edge_recorder.sink.plan import MAX_OFFSET
+from edge_recorder.sink.store import RecordingStore
+from edge_recorder.sink.streamer import Asset, SpoolStreamer
 
-from edge_recorder.sink.uploader import sha256_file
+__all__ = ["Asset", "BucketUploader", "Destination", "LocalDestination", "bucket_destination"]
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Asset:
-    """The recording at its destination (``RecordingAsset``).
-
-    ``sha256`` is None only for a recording recovered from the store after its
-    spool was gone, when no row had kept the hash.
-    """
-
-    url: str
-    size_bytes: int
-    sha256: str | None
-    bucket: str | None = None
-    key: str | None = None
-    sse_mode: str | None = None
-
-    def record(self) -> dict[str, Any]:
-        """The state record's ``asset`` block."""
-        return {"bucket": self.bucket, "key": self.key, "size": self.size_bytes, "url": self.url}
+BucketUploader = SpoolStreamer[MultipartTarget] | SpoolStreamer[ComposeTarget]
+"""A spool streamer with a bucket behind it (either upload mode)."""
 
 
 class Destination(Protocol):
+    """What a session needs of its destination (a :class:`~edge_recorder.sink.streamer.SpoolStreamer`)."""
+
     def fragment_written(self, complete_bytes: int) -> None:
         """A fragment ending at ``complete_bytes`` is on disk (cheap, sync)."""
 
@@ -69,54 +64,47 @@ class Destination(Protocol):
     def removes_spool(self) -> bool:
         """Whether the spool is deleted after a successful finish."""
 
-
-class LocalDestination:
-    """The local directory is the destination: nothing to upload."""
-
-    removes_spool = False
-
-    def __init__(self, spool_path: Path) -> None:
-        self._path = spool_path
-
-    def fragment_written(self, complete_bytes: int) -> None:
-        pass
-
-    async def run(self) -> None:
-        await trio.sleep_forever()
-
-    async def finish(self, total_bytes: int) -> Asset:
-        sha = await trio.to_thread.run_sync(sha256_file, self._path)
-        return Asset(url=self._path.resolve().as_uri(), size_bytes=total_bytes, sha256=sha)
-
-
-class S3Destination:
-    """Streams the spool to a bucket while recording (chunks), composes at stop."""
-
-    removes_spool = True
-
-    def __init__(self, uploader: Any, *, bucket: str, sse_mode: str, presign: Any = None) -> None:
-        self._uploader = uploader
-        self._bucket = bucket
-        self._sse_mode = sse_mode
-
-    def fragment_written(self, complete_bytes: int) -> None:
-        self._uploader.fragment_written(complete_bytes)
-
     @property
     def uploaded_bytes(self) -> int:
-        """Bytes of the recording safely in the store so far."""
-        return int(self._uploader.uploaded_bytes)
+        """Bytes of the recording safely at the destination so far (0 while recording locally)."""
 
-    async def run(self) -> None:
-        await self._uploader.run()
 
-    async def finish(self, total_bytes: int) -> Asset:
-        result = await self._uploader.finish(total_bytes)
-        return Asset(
-            url=f"s3://{result.bucket}/{result.key}",
-            size_bytes=result.size,
-            sha256=result.sha256_hex,
-            bucket=result.bucket,
-            key=result.key,
-            sse_mode=self._sse_mode,
-        )
+class LocalDestination(SpoolStreamer[LocalTarget]):
+    """The local directory is the destination: nothing to upload.
+
+    Args:
+        spool_path: the spool, which is the recording.
+    """
+
+    def __init__(self, spool_path: Path) -> None:
+        # A part size beyond any file: nothing is "sent" while recording, and
+        # the one range at stop is the whole file (LocalTarget never reads it).
+        # retry_s 0: nothing here retries (the target makes no request).
+        super().__init__(LocalTarget(spool_path), spool_path, spool_path.stem, MAX_OFFSET, retry_s=0.0)
+
+
+def bucket_destination(
+    store: RecordingStore,
+    session_id: str,
+    spool_path: Path,
+    *,
+    upload_mode: UploadMode,
+    part_size_bytes: int,
+    retry_s: float,
+    sse_mode: str,
+) -> BucketUploader:
+    """The uploader of one session's spool to the bucket (``RECORDING_S3_UPLOAD_MODE``).
+
+    Args:
+        store: the bucket.
+        session_id: names the object.
+        spool_path: ``RECORDING_TMP_DIR/<sessionId>.mp4``.
+        upload_mode: ``multipart`` (one multipart upload, the default) or
+            ``chunks`` (chunk objects composed at stop).
+        part_size_bytes: ``RECORDING_S3_PART_SIZE_MIB`` in bytes.
+        retry_s: ``RECORDING_UPLOAD_RETRY_S``.
+        sse_mode: ``RECORDING_S3_SSE``, recorded on the asset.
+    """
+    if upload_mode == "multipart":
+        return multipart_uploader(store, spool_path, session_id, part_size_bytes, retry_s=retry_s, sse_mode=sse_mode)
+    return compose_uploader(store, spool_path, session_id, part_size_bytes, retry_s=retry_s, sse_mode=sse_mode)

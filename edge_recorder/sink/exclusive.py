@@ -1,4 +1,4 @@
-"""Never over an object we did not write: the check both upload modes make before they complete.
+"""Never over an object we did not write: the check every upload makes before its final write.
 
 A session id can come back (a client that reuses ids, a restart that replays a
 start): its recording would go to the key of a finished one,
@@ -6,8 +6,8 @@ start): its recording would go to the key of a finished one,
 the final write of a recording (CompleteMultipartUpload in the ``multipart``
 mode, the compose in the ``chunks`` mode) is conditional (``If-None-Match:
 *``, see :class:`~edge_recorder.sink.s3.MultipartApi`), and before it, and
-after a refusal, the uploader asks :func:`existing_recording` whose the object
-at the key is:
+after a refusal, the spool streamer (:mod:`edge_recorder.sink.streamer`) asks
+:func:`existing_recording` whose the object at the key is:
 
 * **ours**: it carries this upload's token (:data:`~edge_recorder.sink.s3.UPLOAD_TOKEN_HEADER`,
   kept in the multipart sidecar) and the spool's size. That is our own
@@ -28,16 +28,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Protocol
 
 from edge_recorder.errors import UploadFailedError
-from edge_recorder.sink.s3 import AsyncObjectStore, ObjectInfo
+from edge_recorder.sink.store import ObjectInfo
 
-__all__ = ["OBJECT_EXISTS", "existing_recording", "is_this_upload", "object_exists_error"]
+__all__ = ["OBJECT_EXISTS", "ObjectAtKey", "existing_recording", "is_this_upload", "object_exists_error"]
 
 log = logging.getLogger(__name__)
 
 # StorageError.code of a refused upload: the key holds an object that is not this recording.
 OBJECT_EXISTS = "ObjectExists"
+
+
+class ObjectAtKey(Protocol):
+    """The recording's key as the check reads it (an upload target)."""
+
+    async def head(self) -> ObjectInfo | None:
+        """The object at the key, or None."""
+
+    async def stored_sha256(self) -> str:
+        """SHA-256 of the object at the key."""
 
 
 def is_this_upload(info: ObjectInfo, *, total_bytes: int, token: str | None) -> bool:
@@ -57,8 +68,7 @@ def object_exists_error(info: ObjectInfo, spool_path: Path) -> UploadFailedError
 
 
 async def existing_recording(
-    store: AsyncObjectStore,
-    key: str,
+    at_key: ObjectAtKey,
     *,
     total_bytes: int,
     token: str | None,
@@ -68,8 +78,7 @@ async def existing_recording(
     """Whose is the object at ``key``? None when there is none.
 
     Args:
-        store: the store.
-        key: the recording's final key.
+        at_key: the recording's final key (HEAD and, rarely, its SHA-256).
         total_bytes: the spool's size.
         token: this upload's token (None: unknown, e.g. no sidecar).
         spool_sha256: the spool's SHA-256 (called only to compare contents).
@@ -82,12 +91,12 @@ async def existing_recording(
         UploadFailedError: ``code="ObjectExists"``: another object is there.
         StorageError: a request failed (the caller retries).
     """
-    info = await store.head(key)
+    info = await at_key.head()
     if info is None:
         return None
     if is_this_upload(info, total_bytes=total_bytes, token=token):
         return info
-    if info.size == total_bytes and await store.sha256(key) == await spool_sha256():
+    if info.size == total_bytes and await at_key.stored_sha256() == await spool_sha256():
         log.info("%s already holds this recording (same size and SHA-256); not written again", info.url)
         return info
     raise object_exists_error(info, spool_path)

@@ -1,4 +1,4 @@
-"""Which byte ranges of the spool file become which chunk objects (pure).
+"""Which byte ranges of the spool file are sent, and when: multipart parts or chunk objects (pure).
 
 The recorder appends a fragmented MP4 to ``RECORDING_TMP_DIR/<sessionId>.mp4``
 (``ftyp`` + ``moov``, then ``moof`` + ``mdat`` fragments) and reports the end
@@ -9,9 +9,11 @@ that growing file into chunks ``[start, end)`` that
 * end on a fragment boundary, so the chunks uploaded so far always form a
   playable fMP4 prefix (notes §3: a file cut after a complete fragment
   decodes with no error), and
-* are at least ``part_size_bytes`` long, because the chunks are finally joined
-  by S3 ``UploadPartCopy`` (``ObjectStore.compose``), where every source but
-  the last must be at least 5 MiB.
+* are at least ``part_size_bytes`` long, because every part of an S3
+  multipart upload but the last must be at least 5 MiB: the chunks are the
+  parts of the recording's multipart upload (the default ``multipart``
+  mode), or chunk objects joined at stop by S3 ``UploadPartCopy``
+  (``ObjectStore.compose``, the ``chunks`` mode), under the same rule.
 
 A chunk is cut at the *first* fragment end at least ``part_size_bytes`` past
 its start, never at the latest one, so a store that was down for an hour does
@@ -26,7 +28,7 @@ just under twice the part size.
 **Roll-ups** (``rollup_fanout`` ≥ 2): while recording, whenever
 ``rollup_fanout`` consecutive committed objects have the same *level* (an
 uploaded chunk is level 0), :meth:`ChunkPlan.next_rollup` names them; the
-uploader composes them server-side into one chunk object covering their whole
+compose target's roll-ups (``compose.py``) join them server-side into one chunk object covering their whole
 range (level + 1) and :meth:`ChunkPlan.commit_rollup` replaces them. Done
 eagerly, this is a base-``fanout`` counter: levels never increase left to
 right and each level holds at most ``fanout - 1`` objects, so a recording of
@@ -44,11 +46,12 @@ Object keys (see docs/storage.md)::
     <prefix><sessionId>/composite.mp4                     the composed recording
 
 Zero-padded offsets make the store's lexicographic listing the byte order.
-No I/O here and no ``trio``: the uploader (``uploader.py``) is the shell.
+No I/O here and no ``trio``: the spool streamer (``streamer.py``) is the shell.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterable, Sequence
 
@@ -62,6 +65,7 @@ __all__ = [
     "chunks_prefix",
     "choose_cover",
     "composite_key",
+    "is_session_upload_key",
     "parse_chunk_key",
     "validate_chunks",
 ]
@@ -122,6 +126,23 @@ def composite_key(prefix: str, session_id: str) -> str:
     return f"{prefix}{session_id}/composite.mp4"
 
 
+def is_session_upload_key(prefix: str, session_id: str, name: str) -> bool:
+    """Whether a key is one a session's uploads write: its ``composite.mp4`` or one of its chunk keys.
+
+    What ``abort_incomplete_uploads`` may abort (other keys under
+    ``<prefix><sessionId>/`` are not ours to touch).
+    """
+    if name == composite_key(prefix, session_id):
+        return True
+    if not name.startswith(chunks_prefix(prefix, session_id)):
+        return False
+    try:
+        parse_chunk_key(name)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_chunk_key(key: str) -> Chunk:
     """The byte range a chunk key names (its last path element), inverse of :func:`chunk_key`.
 
@@ -148,7 +169,7 @@ def parse_chunk_key(key: str) -> Chunk:
 class ChunkPlan:
     """Decides the chunks of one spool file; the caller uploads and commits them.
 
-    Usage (the uploader's loop)::
+    Usage (the spool streamer's loop)::
 
         plan.fragment_end(n)                 # per complete fragment, cheap
         chunk = plan.next_chunk()            # None until part_size bytes are complete
@@ -242,11 +263,10 @@ class ChunkPlan:
         """
         if complete_bytes is not None:
             self.fragment_end(complete_bytes)
-        target = self._end + self.part_size_bytes
-        for boundary in self._boundaries:
-            if boundary >= target:
-                return self._end, boundary
-        return None
+        # Binary search: the boundaries are ascending, and a target that no
+        # range ever reaches (the local target's) keeps every one of them.
+        i = bisect.bisect_left(self._boundaries, self._end + self.part_size_bytes)
+        return (self._end, self._boundaries[i]) if i < len(self._boundaries) else None
 
     # -- after stop -----------------------------------------------------------
 

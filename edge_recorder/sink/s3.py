@@ -1,9 +1,12 @@
 """The object store (S3 or MinIO) behind one blocking adapter and one async door.
 
-Design (docs/storage.md has the whole story): two upload modes
-(``RECORDING_S3_UPLOAD_MODE``). The default, ``multipart``, drives one S3
-multipart upload directly through :class:`MultipartApi` (see
-``edge_recorder/sink/multipart.py``). In the ``chunks`` mode, while recording, the spool file
+It implements :class:`~edge_recorder.sink.store.RecordingStore`, the seam the
+spool streamer and its targets use (:mod:`edge_recorder.sink.memory` is its
+in-memory twin). Design (docs/storage.md has the whole story): two upload
+modes (``RECORDING_S3_UPLOAD_MODE``). The default, ``multipart``, drives one
+S3 multipart upload directly through :class:`MultipartApi` (see
+``edge_recorder/sink/multipart.py``). In the ``chunks`` mode
+(``edge_recorder/sink/compose.py``), while recording, the spool file
 is uploaded as **chunk objects** ``<prefix><sessionId>/chunks/<start>-<end>``
 (see :mod:`edge_recorder.sink.plan`); at stop they are joined **server-side**
 into ``<prefix><sessionId>/composite.mp4`` (a multipart upload of S3
@@ -13,7 +16,7 @@ with the same compose code (a roll-up), so few objects remain at stop.
 
 A recording never replaces an object: its final write (the Complete in either
 mode) carries ``If-None-Match: *`` (see :class:`MultipartApi`), and the
-uploaders check the key before it (:mod:`edge_recorder.sink.exclusive`).
+spool streamer checks the key before it (:mod:`edge_recorder.sink.exclusive`).
 
 Why the chunks mode does not use ``put_object(length=-1)`` streaming one multipart upload: minio keeps
 that upload's id in memory only, so a crash orphans every part uploaded so far
@@ -52,8 +55,7 @@ import io
 import logging
 import urllib.parse
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar
 
 import certifi
@@ -78,12 +80,14 @@ from minio.xml import Element, SubElement, getbytes
 
 from edge_recorder.config import S3Settings
 from edge_recorder.errors import StorageError
+from edge_recorder.sink.store import OBJECT_KIND_TAG, UPLOAD_TOKEN_HEADER, ObjectInfo, RecordingStore, StoredPart
 from edge_recorder.sink.plan import (
     MAX_COMPOSE_SOURCES,
     Chunk,
     chunk_key,
     chunks_prefix,
     composite_key,
+    is_session_upload_key,
     parse_chunk_key,
 )
 
@@ -102,16 +106,6 @@ log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-# Object tag that tells chunks from recordings: S3 lifecycle filters match key
-# prefixes only, and "<prefix>*/chunks/" is not a prefix, so the rule that
-# expires stray chunks filters on this tag (docs/storage.md).
-OBJECT_KIND_TAG = "edge-recorder-object"
-
-# User metadata naming the upload that wrote a recording (a random token the
-# uploader keeps, in the multipart sidecar too): how an uploader tells "my own
-# Complete, whose answer was lost" from someone else's object at the same key.
-UPLOAD_TOKEN_HEADER = "x-amz-meta-edge-recorder-upload"
 
 
 def _kind_tags(kind: str) -> Tags:
@@ -257,55 +251,9 @@ class _SseKmsDefaultKey(Sse):
         return {"X-Amz-Server-Side-Encryption": "aws:kms"}
 
 
-@dataclass(frozen=True)
-class ObjectInfo:
-    """An object in the store.
-
-    Attributes:
-        bucket: the bucket.
-        key: the object key.
-        size: bytes.
-        etag: the ETag without quotes (a multipart one ends in ``-<parts>``).
-        headers: the response headers of the HEAD request, names lowercased
-            (e.g. ``x-amz-server-side-encryption``); empty when not from a stat.
-        last_modified: when the store says the object was written (None when unknown).
-    """
-
-    bucket: str
-    key: str
-    size: int
-    etag: str
-    headers: dict[str, str] = field(default_factory=dict)
-    last_modified: datetime | None = None
-
-    @property
-    def upload_token(self) -> str | None:
-        """The token of the upload that wrote it (:data:`UPLOAD_TOKEN_HEADER`), if any."""
-        return self.headers.get(UPLOAD_TOKEN_HEADER) or None
-
-    @property
-    def url(self) -> str:
-        """``s3://bucket/key``."""
-        return f"s3://{self.bucket}/{self.key}"
-
 
 def _unquote(etag: str | None) -> str:
     return (etag or "").strip('"')
-
-
-@dataclass(frozen=True)
-class StoredPart:
-    """One part of an in-progress multipart upload, as ListParts reports it.
-
-    Attributes:
-        number: the part number (1-based).
-        size: bytes.
-        etag: the ETag without quotes (the part's MD5 unless SSE-KMS or SSE-C).
-    """
-
-    number: int
-    size: int
-    etag: str
 
 
 # ----------------------------------------------------------------------------- minio's private multipart API
@@ -363,7 +311,7 @@ class MultipartApi:
         self.part_etag_is_md5 = sse_mode in ("none", "AES256")
         # Cleared when the store answers an exclusive Complete with
         # NotImplemented (an S3 clone without conditional writes): the
-        # uploaders' HEAD of the key before Complete is then the only guard.
+        # spool streamer's HEAD of the key before Complete is then the only guard.
         self.conditional_writes = True
 
     @_translated("starting a multipart upload")
@@ -752,20 +700,10 @@ class ObjectStore:
         Raises:
             StorageError: the listing or an abort failed.
         """
-        key = self.composite_key(session_id)
-        session_prefix = key[: -len("composite.mp4")]
-        chunk_prefix = chunks_prefix(self.prefix, session_id)
+        session_prefix = self.composite_key(session_id)[: -len("composite.mp4")]
 
         def ours(name: str) -> bool:
-            if name == key:
-                return True
-            if not name.startswith(chunk_prefix):
-                return False
-            try:
-                parse_chunk_key(name)
-            except ValueError:
-                return False
-            return True
+            return is_session_upload_key(self.prefix, session_id, name)
 
         aborted = 0
         # Aborted uploads leave the listing, so each round lists from the start
@@ -1029,3 +967,7 @@ class AsyncObjectStore:
     async def abort_multipart_upload(self, key: str, upload_id: str) -> None:
         """See :meth:`MultipartApi.abort`."""
         await self._run(self.store.multipart.abort, key, upload_id)
+
+
+def _is_a_recording_store(store: AsyncObjectStore) -> RecordingStore:
+    return store  # mypy proves the adapter has the Protocol's shape

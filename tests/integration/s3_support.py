@@ -19,22 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from urllib.parse import urlsplit
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
+from edge_recorder.bench.upload import moto_binary, moto_process
 from edge_recorder.config import S3Settings, Secret
 from edge_recorder.sink.s3 import ObjectStore
 
@@ -75,39 +68,6 @@ class S3Target:
         return dataclasses.replace(self, endpoint=f"http://{host}:{port}", host=host, port=port)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _moto_binary() -> str:
-    here = Path(sys.executable).parent / "moto_server"
-    if here.exists():
-        return str(here)
-    found = shutil.which("moto_server")
-    if found is None:
-        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
-    return found
-
-
-def _wait_until_answers(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"moto_server exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1.0):
-                return
-        except urllib.error.HTTPError:
-            return  # it answered, with an error status: it is up
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"moto_server did not answer at {url} within {timeout_s} s") from None
-            time.sleep(0.1)
-
-
 @pytest.fixture(scope="session")
 def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Target]:
     """A running S3 endpoint with a bucket: moto_server, or the configured real store."""
@@ -126,18 +86,9 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Target]:
         ObjectStore(s3_settings(target)).ensure_bucket()
         yield target
         return
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("moto") / "moto_server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [_moto_binary(), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            # Dummy credentials only: never let moto (or anything it starts) see real ones.
-            env={**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, "AWS_DEFAULT_REGION": "us-east-1"},
-        )
-    try:
-        _wait_until_answers(f"http://127.0.0.1:{port}/", process, timeout_s=30.0)
+    if moto_binary() is None:
+        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
+    with moto_process(tmp_path_factory.mktemp("moto")) as port:
         target = S3Target(
             endpoint=f"http://127.0.0.1:{port}",
             host="127.0.0.1",
@@ -149,13 +100,6 @@ def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Target]:
         )
         ObjectStore(s3_settings(target)).ensure_bucket()
         yield target
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def s3_settings(target: S3Target, **overrides: Any) -> S3Settings:

@@ -2,7 +2,8 @@
 
 Against moto_server over real HTTP (``tests/integration/s3_support.py``), with
 S3's real 5 MiB part minimum and a real fragmented MP4 (helpers shared with
-``test_s3_upload.py``).
+``test_s3_upload.py``). Outages while recording and at stop run on the
+in-memory twin under virtual time (``tests/unit/sink/test_streamer.py``).
 """
 
 from __future__ import annotations
@@ -10,18 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
-from edge_recorder.errors import UploadFailedError
-from edge_recorder.sink.multipart import MultipartSpoolUploader
+from edge_recorder.sink.multipart import MultipartTarget, multipart_uploader
+from edge_recorder.sink.streamer import SpoolStreamer
 from edge_recorder.sink.s3 import AsyncObjectStore, ObjectStore, StoredPart
-from tests.integration.s3_support import S3Target, StoreOutage, moto, s3_settings
+from tests.integration.s3_support import S3Target, moto, s3_settings
 from tests.integration.test_s3_upload import (
     PART,
     Recording,
-    ShortestJitter,
     encode_recording,
     in_progress_uploads,
     recording,
@@ -50,13 +51,13 @@ def make_store(target: S3Target, **overrides: object) -> CountingStore:
     return CountingStore(ObjectStore(s3_settings(target, **overrides), connect_timeout_s=2, read_timeout_s=20, http_retries=1))
 
 
-async def caught_up(uploader: MultipartSpoolUploader, complete_bytes: int) -> None:
+async def caught_up(uploader: SpoolStreamer[MultipartTarget], complete_bytes: int) -> None:
     with trio.fail_after(60):
         while complete_bytes - uploader.uploaded_bytes >= PART:
             await trio.sleep(0.05)
 
 
-def append_all(spool: Path, rec: Recording, uploader: MultipartSpoolUploader, written: int, upto: int | None = None) -> int:
+def append_all(spool: Path, rec: Recording, uploader: SpoolStreamer[Any], written: int, upto: int | None = None) -> int:
     """Append fragments after ``written`` (all, then the trailer, unless ``upto``); returns the bytes written."""
     with spool.open("ab") as f:
         for end in [e for e in rec.fragment_ends if e > written]:
@@ -80,7 +81,7 @@ async def test_live_recording_uploads_parts_then_completes_the_exact_object(moto
     store = make_store(moto, sse="AES256")
     sid = session_id()
     spool = tmp_path / f"{sid}.mp4"
-    uploader = MultipartSpoolUploader(store, spool, sid, PART, retry_s=30)
+    uploader = multipart_uploader(store, spool, sid, PART, retry_s=30)
     ends: list[int] = []
 
     def on_fragment(complete_bytes: int, _media_end_s: float) -> None:
@@ -91,8 +92,8 @@ async def test_live_recording_uploads_parts_then_completes_the_exact_object(moto
         nursery.start_soon(uploader.run)
         total = await trio.to_thread.run_sync(encode_recording, spool, on_fragment)
         await caught_up(uploader, ends[-1])
-        assert uploader.upload_id is not None
-        before_stop = await stored_parts(store, uploader.key, uploader.upload_id)
+        assert uploader.target.upload_id is not None
+        before_stop = await stored_parts(store, uploader.key, uploader.target.upload_id)
         nursery.cancel_scope.cancel()
 
     # Parts were in the store before stop, numbered from 1, each ending on a fragment.
@@ -101,12 +102,12 @@ async def test_live_recording_uploads_parts_then_completes_the_exact_object(moto
     assert [p.size for p in before_stop] == [e - s for s, e in uploader.uploaded_chunks]
     assert all(end in ends for _s, end in uploader.uploaded_chunks)
     # The sidecar holds the upload id while the upload is open.
-    sidecar = json.loads(uploader.sidecar_path.read_text())
-    assert sidecar["upload_id"] == uploader.upload_id
+    sidecar = json.loads(uploader.target.sidecar_path.read_text())
+    assert sidecar["upload_id"] == uploader.target.upload_id
     assert sidecar["key"] == f"recordings/{sid}/composite.mp4" and sidecar["bucket"] == moto.bucket
-    assert uploader.sidecar_path == tmp_path / f"{sid}.upload.json"
+    assert uploader.target.sidecar_path == tmp_path / f"{sid}.upload.json"
 
-    result = await uploader.finish(total)
+    result = await uploader.upload(total)
 
     data = spool.read_bytes()
     assert result.size == total == len(data)
@@ -119,76 +120,8 @@ async def test_live_recording_uploads_parts_then_completes_the_exact_object(moto
     assert info.headers["x-amz-server-side-encryption"] == "AES256"
     assert info.headers["content-type"] == "video/mp4"
     assert await store.tags(result.key) == {"edge-recorder-object": "recording"}
-    assert not uploader.sidecar_path.exists()
+    assert not uploader.target.sidecar_path.exists()
     assert await trio.to_thread.run_sync(in_progress_uploads, store, result.key) == []
-
-
-async def test_store_down_mid_recording_then_catches_up(moto: S3Target, recording: Recording, tmp_path: Path) -> None:
-    sid = session_id()
-    spool = tmp_path / f"{sid}.mp4"
-    async with trio.open_nursery() as nursery:
-        outage = StoreOutage(moto.host, moto.port)
-        port = await nursery.start(outage.run)
-        store = make_store(moto.via(port))
-        uploader = MultipartSpoolUploader(store, spool, sid, PART, retry_s=30)
-        async with trio.open_nursery() as recording_nursery:
-            recording_nursery.start_soon(uploader.run)
-            written = append_all(spool, recording, uploader, 0, upto=PART + 1)
-            await caught_up(uploader, written)
-            assert uploader.uploaded_bytes > 0
-            await outage.down()
-            stored_when_down = uploader.uploaded_bytes
-
-            total = append_all(spool, recording, uploader, written)
-            await trio.sleep(5)
-            assert uploader.uploaded_bytes == stored_when_down
-            assert uploader.failures >= 2
-
-            await outage.up()
-            await caught_up(uploader, recording.fragment_ends[-1])
-            assert uploader.uploaded_bytes > stored_when_down  # caught up before stop
-            recording_nursery.cancel_scope.cancel()
-
-        result = await uploader.finish(total)
-        assert await store.get_bytes(result.key) == recording.data
-        assert result.sha256_hex == hashlib.sha256(recording.data).hexdigest()
-        nursery.cancel_scope.cancel()
-
-
-async def test_store_down_at_finish_fails_then_resume_completes_without_resending_parts(
-    moto: S3Target, recording: Recording, tmp_path: Path
-) -> None:
-    sid = session_id()
-    spool = tmp_path / f"{sid}.mp4"
-    async with trio.open_nursery() as nursery:
-        outage = StoreOutage(moto.host, moto.port)
-        port = await nursery.start(outage.run)
-        store = make_store(moto.via(port))
-        uploader = MultipartSpoolUploader(store, spool, sid, PART, retry_s=2, rng=ShortestJitter())
-        async with trio.open_nursery() as recording_nursery:
-            recording_nursery.start_soon(uploader.run)
-            total = append_all(spool, recording, uploader, 0)
-            await caught_up(uploader, recording.fragment_ends[-1])
-            recording_nursery.cancel_scope.cancel()
-        sent_while_recording = list(store.part_numbers)
-        assert len(sent_while_recording) >= 2
-
-        await outage.down()
-        started = trio.current_time()
-        with pytest.raises(UploadFailedError) as info:
-            await uploader.finish(total)
-        assert trio.current_time() - started >= 2
-        assert info.value.spool_path == str(spool)
-        assert uploader.sidecar_path.exists()  # kept for the resume
-
-        await outage.up()
-        result = await uploader.resume_and_finish(total)
-        # Only the tail was sent after stop: the stored parts were verified, not re-sent.
-        assert store.part_numbers[: len(sent_while_recording)] == sent_while_recording
-        assert store.part_numbers[len(sent_while_recording) :] == [len(sent_while_recording) + 1]
-        assert await store.get_bytes(result.key) == recording.data
-        assert not uploader.sidecar_path.exists()
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_new_process_resumes_from_the_sidecar_and_the_spool(
@@ -197,27 +130,27 @@ async def test_a_new_process_resumes_from_the_sidecar_and_the_spool(
     sid = session_id()
     spool = tmp_path / f"{sid}.mp4"
     store = make_store(moto)
-    crashed = MultipartSpoolUploader(store, spool, sid, PART, retry_s=30)
+    crashed = multipart_uploader(store, spool, sid, PART, retry_s=30)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(crashed.run)
         written = append_all(spool, recording, crashed, 0, upto=2 * PART + 1)
         await caught_up(crashed, written)
         nursery.cancel_scope.cancel()  # the process dies here
     stored = crashed.uploaded_bytes
-    assert stored >= 2 * PART and crashed.sidecar_path.exists()
+    assert stored >= 2 * PART and crashed.target.sidecar_path.exists()
     # The recovery cuts the spool at its last complete fragment (here: it is whole
     # up to `written`); the rest of the recording is lost with the process.
     assert spool.stat().st_size == written
 
     fresh = make_store(moto)
-    resumed = MultipartSpoolUploader(fresh, spool, sid, PART, retry_s=10)
+    resumed = multipart_uploader(fresh, spool, sid, PART, retry_s=10)
     result = await resumed.resume_and_finish()
 
-    assert resumed.upload_id == crashed.upload_id
+    assert resumed.target.upload_id == crashed.target.upload_id
     assert fresh.part_numbers == ([len(crashed.uploaded_chunks) + 1] if written > stored else [])  # only the rest
     assert result.size == written
     assert await fresh.get_bytes(result.key) == recording.data[:written]
-    assert not resumed.sidecar_path.exists()
+    assert not resumed.target.sidecar_path.exists()
     assert await trio.to_thread.run_sync(in_progress_uploads, fresh, result.key) == []
 
 
@@ -228,20 +161,20 @@ async def test_a_part_that_does_not_match_the_spool_is_sent_again(
     spool = tmp_path / f"{sid}.mp4"
     spool.write_bytes(recording.data)
     store = make_store(moto)
-    first = MultipartSpoolUploader(store, spool, sid, PART, retry_s=10)
+    first = multipart_uploader(store, spool, sid, PART, retry_s=10)
     for end in recording.fragment_ends:
         first.fragment_written(end)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(first.run)
         await caught_up(first, recording.fragment_ends[-1])
         nursery.cancel_scope.cancel()
-    assert first.upload_id is not None and len(first.uploaded_chunks) >= 2
+    assert first.target.upload_id is not None and len(first.uploaded_chunks) >= 2
     # Part 2 holds other bytes of the right size (a torn write, say).
     s, e = first.uploaded_chunks[1]
-    await store.upload_part(first.key, first.upload_id, 2, bytes(e - s))
+    await store.upload_part(first.key, first.target.upload_id, 2, bytes(e - s))
     store.part_numbers.clear()
 
-    resumed = MultipartSpoolUploader(store, spool, sid, PART, retry_s=10)
+    resumed = multipart_uploader(store, spool, sid, PART, retry_s=10)
     result = await resumed.resume_and_finish()
     assert store.part_numbers[0] == 2  # part 1 kept, everything from part 2 sent again
     assert await store.get_bytes(result.key) == recording.data
@@ -253,26 +186,26 @@ async def test_missing_sidecar_starts_afresh_and_aborts_the_orphan(
     sid = session_id()
     spool = tmp_path / f"{sid}.mp4"
     store = make_store(moto)
-    crashed = MultipartSpoolUploader(store, spool, sid, PART, retry_s=30)
+    crashed = multipart_uploader(store, spool, sid, PART, retry_s=30)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(crashed.run)
         written = append_all(spool, recording, crashed, 0, upto=PART + 1)
         await caught_up(crashed, written)
         nursery.cancel_scope.cancel()
-    orphan = crashed.upload_id
+    orphan = crashed.target.upload_id
     assert orphan is not None
     assert await trio.to_thread.run_sync(in_progress_uploads, store, crashed.key) == [orphan]
-    crashed.sidecar_path.unlink()  # lost (never written, or the disk lost it)
+    crashed.target.sidecar_path.unlink()  # lost (never written, or the disk lost it)
 
     fresh = make_store(moto)
-    resumed = MultipartSpoolUploader(fresh, spool, sid, PART, retry_s=10)
+    resumed = multipart_uploader(fresh, spool, sid, PART, retry_s=10)
     result = await resumed.resume_and_finish()
 
-    assert resumed.upload_id != orphan
+    assert resumed.target.upload_id != orphan
     assert fresh.part_numbers[0] == 1  # from byte 0
     assert await fresh.get_bytes(result.key) == recording.data[:written]
     assert await trio.to_thread.run_sync(in_progress_uploads, fresh, result.key) == []
-    assert not resumed.sidecar_path.exists()
+    assert not resumed.target.sidecar_path.exists()
 
 
 async def test_an_upload_the_store_forgot_starts_afresh(moto: S3Target, recording: Recording, tmp_path: Path) -> None:
@@ -286,9 +219,9 @@ async def test_an_upload_the_store_forgot_starts_afresh(moto: S3Target, recordin
     (tmp_path / f"{sid}.upload.json").write_text(
         json.dumps({"version": 1, "upload_id": gone, "bucket": moto.bucket, "key": key, "part_size_bytes": PART})
     )
-    resumed = MultipartSpoolUploader(store, spool, sid, PART, retry_s=10)
+    resumed = multipart_uploader(store, spool, sid, PART, retry_s=10)
     result = await resumed.resume_and_finish()
-    assert resumed.upload_id != gone
+    assert resumed.target.upload_id != gone
     assert store.part_numbers[0] == 1
     assert await store.get_bytes(result.key) == recording.data
 

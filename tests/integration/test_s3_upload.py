@@ -1,4 +1,9 @@
-"""The spool goes to S3 while recording, is composed at stop, and survives outages and crashes.
+"""The ``chunks`` target over real HTTP: chunks while recording, composed at stop, outages and crashes.
+
+The retry rules in virtual time (a minute's outage, the retry period at stop,
+refusals and lost answers) run on the in-memory twin in
+``tests/unit/sink/test_streamer.py``; here the real-HTTP cases: a proxy cut
+mid-request, minio's error translation, SSE headers, crashes and resumes.
 
 Runs against moto_server over real HTTP (or a real MinIO/S3, see
 ``tests/integration/s3_support.py``), with S3's real 5 MiB part minimum: the
@@ -27,7 +32,8 @@ from edge_recorder.errors import StorageError, UploadFailedError
 from edge_recorder.media.encode import EncoderSettings, FragmentedMp4Writer
 from edge_recorder.sink.plan import S3_MIN_PART_BYTES, Chunk
 from edge_recorder.sink.s3 import AsyncObjectStore, ObjectInfo, ObjectStore
-from edge_recorder.sink.uploader import BACKOFF_MAX_S, ROLLUP_FANOUT, SpoolUploader
+from edge_recorder.sink.compose import ROLLUP_FANOUT, ComposeTarget, compose_uploader
+from edge_recorder.sink.streamer import SpoolStreamer
 from tests.integration.s3_support import S3Target, StoreOutage, moto, s3_settings
 
 __all__ = ["moto"]  # the fixture, imported so pytest finds it here
@@ -121,7 +127,7 @@ def session_id() -> str:
 
 
 async def replay(
-    spool: Path, rec: Recording, uploader: SpoolUploader, *, pace_s: float, upto: int | None = None
+    spool: Path, rec: Recording, uploader: SpoolStreamer[ComposeTarget], *, pace_s: float, upto: int | None = None
 ) -> int:
     """Append the recording to ``spool`` fragment by fragment, reporting each; returns the bytes written.
 
@@ -142,7 +148,7 @@ async def replay(
     return len(rec.data)
 
 
-async def caught_up(uploader: SpoolUploader, complete_bytes: int) -> None:
+async def caught_up(uploader: SpoolStreamer[ComposeTarget], complete_bytes: int) -> None:
     """Wait until run() has stored every chunk the plan allows for ``complete_bytes``."""
     with trio.fail_after(60):
         # complete_bytes is itself a fragment end, so a chunk is pending
@@ -180,7 +186,7 @@ async def test_live_recording_streams_chunks_then_composes_a_playable_object(
     store = make_store(moto, sse="AES256")
     sid = session_id()
     spool = tmp_path / f"{sid}.mp4"
-    uploader = SpoolUploader(store, spool, sid, PART, retry_s=30)
+    uploader = compose_uploader(store, spool, sid, PART, retry_s=30)
     ends: list[int] = []
     listed_before_finish: list[Chunk] = []
 
@@ -201,7 +207,7 @@ async def test_live_recording_streams_chunks_then_composes_a_playable_object(
     assert all(end in ends for _start, end in listed_before_finish)
     assert all(end - start >= PART for start, end in listed_before_finish)
 
-    result = await uploader.finish(total)
+    result = await uploader.upload(total)
 
     data = spool.read_bytes()
     assert result.size == total == len(data)
@@ -235,7 +241,7 @@ async def test_a_long_live_recording_rolls_chunks_up_before_stop(moto: S3Target,
     store = make_store(moto, sse="AES256")
     sid = session_id()
     spool = tmp_path / f"{sid}.mp4"
-    uploader = SpoolUploader(store, spool, sid, PART, retry_s=30)
+    uploader = compose_uploader(store, spool, sid, PART, retry_s=30)
     ends: list[int] = []
     most_objects = 0
 
@@ -255,7 +261,7 @@ async def test_a_long_live_recording_rolls_chunks_up_before_stop(moto: S3Target,
         total = await trio.to_thread.run_sync(lambda: encode_recording(spool, on_fragment, 3 * FRAMES))
         await caught_up(uploader, ends[-1])
         with trio.fail_after(60):
-            while uploader.rollup_due:
+            while uploader.idle_work_waiting:
                 await trio.sleep(0.05)
         listed_before_finish = await store.list_chunks(sid)
         nursery.cancel_scope.cancel()
@@ -263,9 +269,9 @@ async def test_a_long_live_recording_rolls_chunks_up_before_stop(moto: S3Target,
     uploaded = uploader.chunks_uploaded_during_recording
     assert total > ROLLUP_FANOUT * PART and uploaded > ROLLUP_FANOUT
     # Rolled up while recording: fanout chunks became one object, twice here.
-    assert uploader.rollups >= uploaded // ROLLUP_FANOUT
+    assert uploader.target.rollups >= uploaded // ROLLUP_FANOUT
     assert listed_before_finish == uploader.uploaded_chunks
-    assert len(listed_before_finish) <= uploaded % ROLLUP_FANOUT + uploader.rollups
+    assert len(listed_before_finish) <= uploaded % ROLLUP_FANOUT + uploader.target.rollups
     assert len(listed_before_finish) < uploaded
     # At any moment at most one roll-up's sources and its result beside the rest.
     assert most_objects <= ROLLUP_FANOUT + 1 + 1
@@ -277,7 +283,7 @@ async def test_a_long_live_recording_rolls_chunks_up_before_stop(moto: S3Target,
     assert (await store.stat(rollup_key)).headers["x-amz-server-side-encryption"] == "AES256"
     assert await store.get_bytes(rollup_key) == spool.read_bytes()[biggest[0] : biggest[1]]
 
-    result = await uploader.finish(total)
+    result = await uploader.upload(total)
     data = spool.read_bytes()
     assert result.chunks == len(listed_before_finish) + 1
     assert result.size == total == len(data)
@@ -309,7 +315,7 @@ async def test_resume_after_a_crash_mid_rollup_prefers_the_rollup_and_deletes_ev
     assert await trio.to_thread.run_sync(in_progress_uploads, store, cut_key) == [cut]
 
     fresh = make_store(moto)
-    resumed = SpoolUploader(fresh, spool, sid, PART, retry_s=10)
+    resumed = compose_uploader(fresh, spool, sid, PART, retry_s=10)
     result = await resumed.resume_and_finish()
 
     assert resumed.uploaded_chunks[:2] == [(0, 2 * PART), chunks[2]]
@@ -329,7 +335,7 @@ async def test_store_down_mid_recording_then_catches_up_with_no_byte_lost(
         outage = StoreOutage(moto.host, moto.port)
         port = await nursery.start(outage.run)
         store = make_store(moto.via(port))
-        uploader = SpoolUploader(store, spool, sid, PART, retry_s=30)
+        uploader = compose_uploader(store, spool, sid, PART, retry_s=30)
         async with trio.open_nursery() as recording_nursery:
             recording_nursery.start_soon(uploader.run)
 
@@ -358,144 +364,11 @@ async def test_store_down_mid_recording_then_catches_up_with_no_byte_lost(
             assert uploader.uploaded_bytes > stored_when_down  # caught up before stop
             recording_nursery.cancel_scope.cancel()
 
-        result = await uploader.finish(total)
+        result = await uploader.upload(total)
         assert await store.get_bytes(result.key) == recording.data
         assert result.sha256_hex == hashlib.sha256(recording.data).hexdigest()
         assert await store.list_chunks(sid) == []
         nursery.cancel_scope.cancel()
-
-
-@pytest.mark.slow
-async def test_store_down_for_a_full_minute_mid_recording_catches_up_with_no_byte_lost(
-    moto: S3Target, tmp_path: Path
-) -> None:
-    """The issue's case: the store is down for 60 s while the spool grows by several chunks."""
-    # A longer real recording than the shared one: 18 s, about 9 chunks.
-    ends: list[int] = []
-    source = tmp_path / "source.mp4"
-    await trio.to_thread.run_sync(lambda: encode_recording(source, lambda n, _t: ends.append(n), 3 * FRAMES))
-    rec = Recording(source.read_bytes(), ends)
-    assert rec.fragment_ends[-1] > 7 * PART
-
-    outage_s = 60.0
-    sid = session_id()
-    spool = tmp_path / f"{sid}.mp4"
-    async with trio.open_nursery() as nursery:
-        outage = StoreOutage(moto.host, moto.port)
-        port = await nursery.start(outage.run)
-        store = make_store(moto.via(port))
-        # The shortest jitter makes the retry times deterministic (0.25, 0.75,
-        # 1.75 ... 45.75, 60.75 s after the first failure); jitter only decides
-        # *when* the store's return is noticed (within BACKOFF_MAX_S), not what.
-        uploader = SpoolUploader(store, spool, sid, PART, retry_s=30, rng=ShortestJitter())
-        fragments = iter(rec.fragment_ends)
-        written = 0
-
-        def append(end: int) -> None:
-            nonlocal written
-            with spool.open("ab") as f:
-                f.write(rec.data[written:end])
-            written = end
-            uploader.fragment_written(end)
-
-        async with trio.open_nursery() as recording_nursery:
-            recording_nursery.start_soon(uploader.run)
-
-            # Record until the first chunk is stored, then lose the store.
-            for end in fragments:
-                append(end)
-                if end > PART:
-                    break
-            await caught_up(uploader, written)
-            stored_when_down = uploader.uploaded_bytes
-            assert stored_when_down > 0
-            await outage.down()
-            down_at = trio.current_time()
-
-            # Keep recording through the outage: a chunk is due at once, then the
-            # rest of the recording lands spread over the first 50 s.
-            for end in fragments:
-                append(end)
-                if written - stored_when_down >= PART:
-                    break
-            rest = list(fragments)
-            for i, end in enumerate(rest):
-                await trio.sleep_until(down_at + 50.0 * (i + 1) / len(rest))
-                append(end)
-            with spool.open("ab") as f:  # the trailer after the last fragment
-                f.write(rec.data[written:])
-            total = len(rec.data)
-            await trio.sleep_until(down_at + outage_s)
-
-            # A minute later: nothing got through, nothing was lost, several
-            # chunks' worth wait in the spool.
-            assert uploader.uploaded_bytes == stored_when_down
-            assert rec.fragment_ends[-1] - stored_when_down >= 5 * PART
-            assert uploader.failures >= 6
-            assert spool.read_bytes() == rec.data
-
-            await outage.up()
-            up_at = trio.current_time()
-            await caught_up(uploader, rec.fragment_ends[-1])
-            caught_up_s = trio.current_time() - up_at
-            assert caught_up_s < BACKOFF_MAX_S + 15.0  # noticed within one longest backoff
-            assert uploader.chunks_uploaded_during_recording >= 6  # caught up before stop
-            recording_nursery.cancel_scope.cancel()
-
-        result = await uploader.finish(total)
-        composed = await store.get_bytes(result.key)
-        nursery.cancel_scope.cancel()
-
-    assert result.size == total
-    assert composed == rec.data
-    assert result.sha256_hex == hashlib.sha256(rec.data).hexdigest()
-    assert await make_store(moto).list_chunks(sid) == []
-    frames, _last = await trio.to_thread.run_sync(decode, composed)
-    assert frames == 3 * FRAMES
-
-
-async def test_store_down_at_finish_fails_after_retry_s_then_resume_completes(
-    moto: S3Target, recording: Recording, tmp_path: Path
-) -> None:
-    sid = session_id()
-    spool = tmp_path / f"{sid}.mp4"
-    async with trio.open_nursery() as nursery:
-        outage = StoreOutage(moto.host, moto.port)
-        port = await nursery.start(outage.run)
-        store = make_store(moto.via(port))
-        uploader = SpoolUploader(store, spool, sid, PART, retry_s=2.0)
-        async with trio.open_nursery() as recording_nursery:
-            recording_nursery.start_soon(uploader.run)
-            total = await replay(spool, recording, uploader, pace_s=0.02)
-            await caught_up(uploader, recording.fragment_ends[-1])
-            during = uploader.uploaded_chunks
-            assert during
-            await outage.down()
-            recording_nursery.cancel_scope.cancel()
-
-        started = trio.current_time()
-        with pytest.raises(UploadFailedError) as failed:
-            await uploader.finish(total)
-        elapsed = trio.current_time() - started
-        assert 2.0 <= elapsed < 10.0
-        assert str(spool) in str(failed.value)
-        assert failed.value.spool_path == str(spool)
-        assert failed.value.destination is False
-        assert uploader.failures >= 2
-
-        # The store comes back; retry-upload resumes from what is stored.
-        await outage.up()
-        retry_store = make_store(moto.via(port))
-        again = SpoolUploader(retry_store, spool, sid, PART, retry_s=30)
-        result = await again.resume_and_finish()
-        nursery.cancel_scope.cancel()
-
-    assert again.uploaded_chunks[: len(during)] == during
-    assert all(store.chunk_key(sid, c) not in retry_store.put_keys for c in during)
-    assert result.size == total
-    direct = make_store(moto)
-    assert await direct.get_bytes(result.key) == recording.data
-    assert await direct.list_chunks(sid) == []
 
 
 async def test_new_uploader_after_a_crash_resumes_from_the_listed_chunks(
@@ -504,7 +377,7 @@ async def test_new_uploader_after_a_crash_resumes_from_the_listed_chunks(
     sid = session_id()
     spool = tmp_path / f"{sid}.mp4"
     store = make_store(moto)
-    crashed = SpoolUploader(store, spool, sid, PART, retry_s=30)
+    crashed = compose_uploader(store, spool, sid, PART, retry_s=30)
     # "Crash": the recorder dies after two chunks are stored; no finish().
     async with trio.open_nursery() as nursery:
         nursery.start_soon(crashed.run)
@@ -518,7 +391,7 @@ async def test_new_uploader_after_a_crash_resumes_from_the_listed_chunks(
     # The recovered spool (its complete prefix, plus the rest as if recovery
     # appended nothing more: a truncated recording is playable to its last fragment).
     fresh_store = make_store(moto)
-    recovered = SpoolUploader(fresh_store, spool, sid, PART, retry_s=30)
+    recovered = compose_uploader(fresh_store, spool, sid, PART, retry_s=30)
     result = await recovered.resume_and_finish()
 
     assert recovered.uploaded_chunks[:2] == stored
@@ -551,7 +424,7 @@ async def test_resume_aborts_a_multipart_upload_left_by_a_crash_mid_compose(
     other = await trio.to_thread.run_sync(start_multipart_upload, store, other_key)
     assert await trio.to_thread.run_sync(in_progress_uploads, store, key) == [crashed]
 
-    result = await SpoolUploader(store, spool, sid, PART, retry_s=10).resume_and_finish()
+    result = await compose_uploader(store, spool, sid, PART, retry_s=10).resume_and_finish()
 
     assert await trio.to_thread.run_sync(in_progress_uploads, store, key) == []
     assert await trio.to_thread.run_sync(in_progress_uploads, store, other_key) == [other]
@@ -585,10 +458,10 @@ async def test_finish_aborts_the_upload_a_failed_compose_left(
     spool = tmp_path / f"{sid}.mp4"
     spool.write_bytes(recording.data)
     store = ComposeCutOnce(ObjectStore(s3_settings(moto), connect_timeout_s=2, read_timeout_s=20, http_retries=1))
-    uploader = SpoolUploader(store, spool, sid, PART, retry_s=30, rng=ShortestJitter())
+    uploader = compose_uploader(store, spool, sid, PART, retry_s=30, rng=ShortestJitter())
     for end in recording.fragment_ends:
         uploader.fragment_written(end)
-    result = await uploader.finish(len(recording.data))
+    result = await uploader.upload(len(recording.data))
     assert store.composes == 2
     assert uploader.failures == 1
     assert await trio.to_thread.run_sync(in_progress_uploads, store, result.key) == []
@@ -603,7 +476,7 @@ async def test_resume_replaces_a_short_stray_chunk(moto: S3Target, tmp_path: Pat
     spool.write_bytes(data)
     store = make_store(moto)
     await store.put_chunk(store.chunk_key(sid, (0, 1000)), data[:1000])
-    result = await SpoolUploader(store, spool, sid, PART, retry_s=10).resume_and_finish()
+    result = await compose_uploader(store, spool, sid, PART, retry_s=10).resume_and_finish()
     assert result.size == len(data) and result.chunks == 1
     assert await store.get_bytes(result.key) == data
     assert await store.tags(result.key) == {"edge-recorder-object": "recording"}
@@ -616,11 +489,11 @@ async def test_a_recording_smaller_than_a_part_is_one_chunk(moto: S3Target, tmp_
     data = b"\x00\x00\x00\x10ftypisom" + bytes(range(256)) * 10
     spool.write_bytes(data)
     store = make_store(moto)
-    uploader = SpoolUploader(store, spool, sid, PART, retry_s=10)
+    uploader = compose_uploader(store, spool, sid, PART, retry_s=10)
     uploader.fragment_written(len(data))
     await store.put_chunk(store.chunk_key(sid, (0, len(data))), data)
     assert await store.tags(store.chunk_key(sid, (0, len(data)))) == {"edge-recorder-object": "chunk"}
-    result = await uploader.finish(len(data))
+    result = await uploader.upload(len(data))
     assert result.chunks == 1
     assert await store.get_bytes(result.key) == data
     # One chunk is a CopyObject, which would copy the chunk's tag: it is replaced.
@@ -634,7 +507,7 @@ async def test_sse_kms_headers_on_the_composed_object(moto: S3Target, recording:
     spool = tmp_path / f"{sid}.mp4"
     spool.write_bytes(recording.data)
     store = make_store(moto, sse="aws:kms", sse_kms_key_id="test-key-id")
-    result = await SpoolUploader(store, spool, sid, PART, retry_s=10).resume_and_finish()
+    result = await compose_uploader(store, spool, sid, PART, retry_s=10).resume_and_finish()
     info = await store.stat(result.key)
     assert info.headers["x-amz-server-side-encryption"] == "aws:kms"
     assert info.headers["x-amz-server-side-encryption-aws-kms-key-id"] == "test-key-id"
@@ -650,7 +523,7 @@ async def test_sse_c_key_on_sources_destination_and_reads(
     spool.write_bytes(recording.data)
     key = Secret("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")  # base64 of 32 bytes
     store = make_store(moto, sse="SSE-C", sse_customer_key=key)
-    result = await SpoolUploader(store, spool, sid, PART, retry_s=10).resume_and_finish()
+    result = await compose_uploader(store, spool, sid, PART, retry_s=10).resume_and_finish()
     assert result.chunks == 3  # 5 MiB, 5 MiB, and a tail under 2 x 5 MiB
     assert await store.get_bytes(result.key) == recording.data
 

@@ -20,10 +20,11 @@ import pytest
 from edge_recorder.errors import StorageError, UploadFailedError
 from edge_recorder.recovery import last_complete_fragment_end, recover_session
 from edge_recorder.sink.exclusive import OBJECT_EXISTS
-from edge_recorder.sink.multipart import MultipartSpoolUploader
+from edge_recorder.sink.multipart import MultipartTarget, multipart_uploader
+from edge_recorder.sink.streamer import SpoolStreamer
 from edge_recorder.sink.plan import Chunk
 from edge_recorder.sink.s3 import AsyncObjectStore, ObjectInfo, ObjectStore
-from edge_recorder.sink.uploader import SpoolUploader
+from edge_recorder.sink.compose import ComposeTarget, compose_uploader
 from edge_recorder.spool import NodeSpool
 from tests.integration.s3_support import S3Target, moto, s3_settings
 from tests.integration.test_s3_upload import PART, Recording, recording, session_id
@@ -32,7 +33,7 @@ __all__ = ["moto", "recording"]  # the fixtures, imported so pytest finds them h
 
 pytestmark = pytest.mark.integration
 
-Uploader = MultipartSpoolUploader | SpoolUploader
+Uploader = SpoolStreamer[MultipartTarget] | SpoolStreamer[ComposeTarget]
 MODES = ["multipart", "chunks"]
 
 
@@ -94,8 +95,8 @@ def make_store(target: S3Target) -> Store:
 
 
 def make_uploader(mode: str, store: AsyncObjectStore, spool: Path, sid: str, *, retry_s: float = 10) -> Uploader:
-    cls = MultipartSpoolUploader if mode == "multipart" else SpoolUploader
-    return cls(store, spool, sid, PART, retry_s=retry_s)
+    make = multipart_uploader if mode == "multipart" else compose_uploader
+    return make(store, spool, sid, PART, retry_s=retry_s)
 
 
 def write_spool(path: Path, rec: Recording, uploader: Uploader | None = None) -> None:
@@ -155,7 +156,7 @@ async def test_an_existing_object_at_the_key_is_never_overwritten(
     write_spool(spool, recording, uploader)
 
     with pytest.raises(UploadFailedError) as refused:
-        await uploader.finish(len(recording.data))
+        await uploader.upload(len(recording.data))
 
     assert refused.value.code == OBJECT_EXISTS and refused.value.destination
     message = str(refused.value)
@@ -179,7 +180,7 @@ async def test_the_final_write_itself_is_conditional(mode: str, moto: S3Target, 
     store.blind_heads = 1  # the check before the Complete sees nothing
 
     with pytest.raises(UploadFailedError) as refused:
-        await uploader.finish(len(recording.data))
+        await uploader.upload(len(recording.data))
 
     assert refused.value.code == OBJECT_EXISTS
     assert await store.get_bytes(key) == racer
@@ -212,7 +213,7 @@ async def test_our_own_complete_whose_answer_was_lost_is_recognised(
     write_spool(spool, recording, uploader)
     store.lose_complete_answers = 1
 
-    result = await uploader.finish(len(recording.data))
+    result = await uploader.upload(len(recording.data))
 
     assert uploader.failures == 1
     assert result.size == len(recording.data)
@@ -226,20 +227,20 @@ async def test_a_resume_after_complete_whose_sidecar_survived_uploads_nothing(
     store = make_store(moto)
     sid = session_id()
     spool = tmp_path / f"{sid}.mp4"
-    first = MultipartSpoolUploader(store, spool, sid, PART, retry_s=10)
+    first = multipart_uploader(store, spool, sid, PART, retry_s=10)
     write_spool(spool, recording, first)
-    store.sidecar = first.sidecar_path
-    await first.finish(len(recording.data))
+    store.sidecar = first.target.sidecar_path
+    await first.upload(len(recording.data))
     # The sidecar as it was at the Complete: the crash kept it.
     assert '"token"' in store.sidecar_text
-    first.sidecar_path.write_text(store.sidecar_text)
+    first.target.sidecar_path.write_text(store.sidecar_text)
     store.parts_sent = 0
 
-    result = await MultipartSpoolUploader(store, spool, sid, PART, retry_s=10).resume_and_finish()
+    result = await multipart_uploader(store, spool, sid, PART, retry_s=10).resume_and_finish()
 
     assert store.parts_sent == 0
     assert result.size == len(recording.data)
-    assert not first.sidecar_path.exists()
+    assert not first.target.sidecar_path.exists()
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -282,7 +283,7 @@ async def test_recovery_with_the_spool_gone_and_the_object_there_completes(
     spool = NodeSpool(svc.tmp_dir, svc.server_id).path_for(sid)
     uploader = make_uploader(mode, store, spool, sid)
     write_spool(spool, recording, uploader)
-    uploaded = await uploader.finish(len(recording.data))
+    uploaded = await uploader.upload(len(recording.data))
     spool.unlink()  # ... and the process died before the row said COMPLETED
     books = Books()
 

@@ -16,7 +16,7 @@ from edge_recorder.bench.upload import (
     render_upload_markdown,
     replace_upload_section,
 )
-from edge_recorder.media.encode import Mp4BoxScanner
+from edge_recorder.media.mp4 import Mp4BoxScanner
 
 
 def report(**overrides: object) -> UploadReport:
