@@ -38,9 +38,13 @@ from typing import Any
 import trio
 
 from edge_recorder import __version__
+from edge_recorder.config import Settings
 from edge_recorder.errors import EdgeRecorderError, public_message
+from edge_recorder.metadata import MetadataStore
 from edge_recorder.session.session import RecordingSession
-from edge_recorder.state.store import utc_now_iso
+from edge_recorder.session.state import SessionStatus
+from edge_recorder.state.store import StateStore, utc_now_iso
+from edge_recorder.webhooks import WebhookNotifier
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +71,11 @@ class Bookkeeper:
 
     def __init__(
         self,
-        settings: Any,
+        settings: Settings,
         *,
-        metadata: Any | None,
-        state: Any,
-        webhooks: Any | None,
+        metadata: MetadataStore | None,
+        state: StateStore,
+        webhooks: WebhookNotifier | None,
         active_sessions: Callable[[], list[RecordingSession]],
         capacity: Callable[[], dict[str, Any]],
     ) -> None:
@@ -104,7 +108,7 @@ class Bookkeeper:
                 "local_path": None if session.destination.removes_spool else str(session.path),
                 "uploaded_bytes": a.size_bytes,
             }
-        record = session.state_record()
+        record = session.state_record().to_wire()
         record["hostPeerId"] = session.host_peer_id
         record["durationS"] = session.duration_s
         if session.error:
@@ -112,7 +116,7 @@ class Bookkeeper:
             # only; shared state and webhooks get the record's public "error".
             record["_errorDetail"] = session.error
         remove_after = None
-        if session.status.value == "COMPLETED" and session.destination.removes_spool and session.defer_spool_removal:
+        if session.status is SessionStatus.COMPLETED and session.destination.removes_spool and session.defer_spool_removal:
             remove_after = session.path
         self.submit(record, asset, remove_after=remove_after)
 
@@ -266,9 +270,11 @@ class Bookkeeper:
                 await self.state.renew_leases(self.settings.server_id, [s.session_id for s in active])
                 if self.metadata is not None:
                     # Upload progress (bytes safely in the store) for operators;
-                    # the chunk objects themselves are what recovery trusts.
+                    # what the store holds (the multipart upload's parts, or
+                    # the chunk objects in compose mode) is what recovery trusts.
                     for session in active:
-                        uploaded = getattr(session.destination, "uploaded_bytes", None)
+                        # A local destination stores nothing anywhere else: no progress to record.
+                        uploaded = session.destination.uploaded_bytes if session.destination.removes_spool else 0
                         if uploaded:
                             await self.metadata.record_upload_progress(session.session_id, uploaded)
                 for lost in await self.state.sweep_expired(utc_now_iso()):

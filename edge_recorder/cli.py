@@ -12,11 +12,22 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 import trio
 
 from edge_recorder import __version__
 from edge_recorder.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edge_recorder.bookkeeping import Bookkeeper
+    from edge_recorder.config import Settings
+    from edge_recorder.housekeeping import CleanupReport
+    from edge_recorder.wiring import ServiceParts
+
+# The imports inside main() are deferred, not hiding a cycle: ``--version``
+# and a bad configuration answer without loading SQLAlchemy, redis, minio,
+# PyAV and the rest, and each command loads only what it uses.
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             report = trio.run(housekeeping.run_with_parts, settings, _cleanup, age, args.force)
             for path in report.removed:
                 print(f"removed {path}")
-            for path, why in report.kept.items():
-                print(f"kept {path}: {why}")
+            for kept, why in report.kept.items():
+                print(f"kept {kept}: {why}")
     except* ValueError as group:
         for problem in group.exceptions:
             print(f"edge-recorder: {problem}", file=sys.stderr)
@@ -106,13 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-async def _presign(settings: object, parts: object, bookkeeper: object, session_id: str, expiry: int | None) -> str:
-    from edge_recorder.housekeeping import presign
+async def _presign(settings: Settings, parts: ServiceParts, bookkeeper: Bookkeeper, session_id: str, expiry: int | None) -> str:
+    from edge_recorder.housekeeping import presign  # deferred, see the top of the module
 
     return await presign(settings, parts, session_id, expiry)
 
 
-async def _cleanup(settings: object, parts: object, bookkeeper: object, age: float, force: bool) -> object:
-    from edge_recorder.housekeeping import cleanup
+async def _cleanup(settings: Settings, parts: ServiceParts, bookkeeper: Bookkeeper, age: float, force: bool) -> CleanupReport:
+    from edge_recorder.housekeeping import cleanup  # deferred, see the top of the module
 
-    return await cleanup(settings, getattr(parts, "metadata"), older_than_s=age, force=force)
+    return await cleanup(settings, parts.metadata, older_than_s=age, force=force)

@@ -230,7 +230,8 @@ class UploadFailedError(StorageError):
     """Uploading a recording failed for longer than ``RECORDING_UPLOAD_RETRY_S``.
 
     The spool file is kept; ``edge-recorder retry-upload <sessionId>`` re-runs
-    the upload from the chunks already in the store.
+    the upload from what the store already holds: the parts of the open
+    multipart upload (the default mode), or the chunk objects (compose mode).
 
     Attributes:
         spool_path: the local artifact that is kept (also in the message).

@@ -1,8 +1,11 @@
 """Operator commands' cores: retry an upload, clean up old artifacts, presign.
 
-Each is an async function taking the settings and the adapters, so the CLI
+Each is an async function taking the settings and the adapters
+(:class:`~edge_recorder.wiring.ServiceParts`), so the CLI
 (``edge-recorder retry-upload|cleanup|presign``) and the service (the
-scheduled cleanup) share one implementation.
+scheduled cleanup) share one implementation. A retried upload reopens its
+FAILED row through the lifecycle's transition function as an operator's
+retry (:attr:`~edge_recorder.session.state.Mover.OPERATOR_RETRY`).
 """
 
 from __future__ import annotations
@@ -10,16 +13,22 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import trio
 
+from edge_recorder.bookkeeping import Bookkeeper
+from edge_recorder.config import Settings
 from edge_recorder.errors import ConfigError, EdgeRecorderError, UnknownSessionError
+from edge_recorder.recovery import recover_session
+from edge_recorder.session.state import Mover, SessionRecord, SessionStatus, transition
 from edge_recorder.sink.multipart import sidecar_path
-from edge_recorder.sink.uploader import sha256_file
+from edge_recorder.sink.streamer import sha256_file
 from edge_recorder.spool import NodeSpool
+from edge_recorder.wiring import ServiceParts, build_parts
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +71,7 @@ def _unsafe_reason(row: dict[str, Any] | None, size: int) -> str | None:
     if row is None:
         return "unknown session"
     asset = row.get("asset") or {}
-    if row.get("status") != "COMPLETED" or not asset.get("bucket") or not asset.get("key"):
+    if row.get("status") != SessionStatus.COMPLETED.value or not asset.get("bucket") or not asset.get("key"):
         return f"status {row.get('status')}, not safely uploaded"
     if asset.get("sizeBytes") != size:
         return f"{size} bytes, the uploaded object {asset.get('sizeBytes')}: not the uploaded recording"
@@ -74,7 +83,14 @@ def _remove(path: Path, session_id: str) -> None:
     sidecar_path(path, session_id).unlink(missing_ok=True)  # a multipart upload's, useless without the spool
 
 
-async def cleanup(settings: Any, metadata: Any, *, older_than_s: float, force: bool) -> CleanupReport:
+class SessionRows(Protocol):
+    """What cleanup needs of the metadata repository."""
+
+    async def get_session(self, session_id: str) -> dict[str, Any] | None:
+        """The session's row and its asset, or None."""
+
+
+async def cleanup(settings: Settings, metadata: SessionRows, *, older_than_s: float, force: bool) -> CleanupReport:
     """Remove local artifacts older than ``older_than_s``.
 
     A file is removed only when its session is COMPLETED with the artifact in a
@@ -107,7 +123,7 @@ async def cleanup(settings: Any, metadata: Any, *, older_than_s: float, force: b
     return report
 
 
-async def retry_upload(settings: Any, parts: Any, bookkeeper: Any, session_id: str) -> dict[str, Any]:
+async def retry_upload(settings: Settings, parts: ServiceParts, bookkeeper: Bookkeeper, session_id: str) -> dict[str, Any]:
     """Re-run a session's upload from its kept spool and mark it COMPLETED.
 
     The spool is this node's (or in the layout before it); when it is gone,
@@ -119,27 +135,31 @@ async def retry_upload(settings: Any, parts: Any, bookkeeper: Any, session_id: s
         EdgeRecorderError: the upload failed (the file stays, the message says
             where) or there is nothing to upload.
     """
-    from edge_recorder.recovery import recover_session
-
     if parts.uploader_for is None:
         raise ConfigError("RECORDING_S3_BUCKET", "is unset: there is nowhere to upload to")
     row = await parts.metadata.get_session(session_id)
     if row is None:
         raise UnknownSessionError(f"unknown session {session_id}")
-    if row.get("status") == "COMPLETED":
+    status = SessionRecord.from_row(row).status
+    if status is SessionStatus.COMPLETED:
         return dict(row)
     # With the spool gone the recovery still looks for the object in the store
     # (an upload that finished before the row could say so).
     # FAILED is terminal in the lifecycle; an operator's retry is the one way
-    # back: the row is reopened as UPLOADING, then finished like a recovery.
-    row = {**row, "status": "UPLOADING"}
-    final = await recover_session(row, settings, bookkeeper=bookkeeper, uploader_for=parts.uploader_for)
-    if final["status"] != "COMPLETED":
+    # back (Mover.OPERATOR_RETRY): the row is reopened as UPLOADING, then
+    # finished like a recovery.
+    if status is not SessionStatus.UPLOADING:
+        status = transition(status, SessionStatus.UPLOADING, by=Mover.OPERATOR_RETRY)
+    row = {**row, "status": status.value}
+    final = await recover_session(
+        row, settings, bookkeeper=bookkeeper, uploader_for=parts.uploader_for, by=Mover.OPERATOR_RETRY
+    )
+    if final["status"] != SessionStatus.COMPLETED.value:
         raise EdgeRecorderError(final.get("error") or "upload failed")
     return {**final, "reason": final.get("reason")}
 
 
-async def presign(settings: Any, parts: Any, session_id: str, expiry_s: int | None = None) -> str:
+async def presign(settings: Settings, parts: ServiceParts, session_id: str, expiry_s: int | None = None) -> str:
     """A presigned GET URL of a session's object."""
     if parts.store is None:
         raise ConfigError("RECORDING_S3_BUCKET", "is unset: recordings are local files, nothing to presign")
@@ -149,19 +169,25 @@ async def presign(settings: Any, parts: Any, session_id: str, expiry_s: int | No
     return str(await parts.store.presign(row["asset"]["key"], expiry_s or settings.s3.presign_expiry_s))
 
 
-async def run_with_parts(settings: Any, fn: Any, *args: Any) -> Any:
-    """Open the service's adapters and a bookkeeper, run ``fn``, write everything out."""
-    from edge_recorder.bookkeeping import Bookkeeper
-    from edge_recorder.service import build_parts
+T = TypeVar("T")
 
+
+async def run_with_parts(
+    settings: Settings, fn: Callable[..., Awaitable[T]], *args: Any
+) -> T:
+    """Open the service's adapters and a bookkeeper, run ``fn(settings, parts, bookkeeper, *args)``, write everything out.
+
+    Raises:
+        Whatever ``fn`` raises, inside an exception group (it runs in a
+        nursery): callers catch with ``except*``.
+    """
     parts = await build_parts(settings)
     bookkeeper = Bookkeeper(
         settings, metadata=parts.metadata, state=parts.state, webhooks=parts.webhooks, active_sessions=list, capacity=dict
     )
     try:
         async with trio.open_nursery() as nursery:
-            if hasattr(parts.state, "run"):
-                await nursery.start(parts.state.run)
+            await nursery.start(parts.run_state)
             result = await fn(settings, parts, bookkeeper, *args)
             await bookkeeper.flush()  # write what the command changed before leaving
             nursery.cancel_scope.cancel()

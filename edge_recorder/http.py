@@ -40,7 +40,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import h11
 import trio
@@ -50,7 +50,6 @@ from edge_recorder.metrics import RecorderMetrics
 __all__ = [
     "Route",
     "health_routes",
-    "recorder_readiness",
     "serve_http",
 ]
 
@@ -486,7 +485,9 @@ def health_routes(
             True, else 503 ``{"status":"unhealthy"}`` (a liveness probe: restart me).
         readiness: returns (ready, details); ``/readyz`` answers 200 when ready,
             else 503, with ``{"status": "ready"|"not ready", **details}`` as
-            JSON (see :func:`recorder_readiness`).
+            JSON. The service passes
+            :meth:`~edge_recorder.session.manager.SessionManager.readiness`,
+            the one readiness implementation.
 
     Returns:
         path → handler, for :func:`serve_http`.
@@ -507,69 +508,3 @@ def health_routes(
         return (200 if ready else 503), _json(body), _JSON
 
     return {"/metrics": metrics_route, "/healthz": healthz, "/readyz": readyz}
-
-
-class _ReadinessSettings(Protocol):
-    @property
-    def recording_enabled(self) -> bool: ...
-    @property
-    def max_sessions(self) -> int: ...
-
-
-class _Ports(Protocol):
-    @property
-    def capacity(self) -> int: ...
-    @property
-    def in_use(self) -> frozenset[int]: ...
-
-
-class _Manager(Protocol):
-    @property
-    def ports(self) -> _Ports: ...
-    def active(self) -> list[Any]: ...
-
-
-def recorder_readiness(
-    settings: _ReadinessSettings, manager: _Manager, *, min_free_ports: int = 2
-) -> Callable[[], tuple[bool, dict[str, Any]]]:
-    """A readiness check for ``/readyz``: can this server take one more recording?
-
-    Args:
-        settings: ``recording_enabled`` and ``max_sessions`` are read.
-        manager: the session manager (``active()`` and ``ports``).
-        min_free_ports: UDP ports a new recording needs at least (one audio and
-            one video stream with RTCP multiplexed).
-
-    Returns:
-        A callable returning (ready, details). ``details["checks"]`` maps each
-        condition (``enabled``, ``capacity``, ``ports``) to true/false, and
-        ``details["failing"]`` lists the failing ones with the numbers behind
-        them, e.g. ``{"capacity": "4 of 4 sessions active"}``.
-    """
-
-    def check() -> tuple[bool, dict[str, Any]]:
-        active = len(manager.active())
-        free_ports = manager.ports.capacity - len(manager.ports.in_use)
-        checks = {
-            "enabled": settings.recording_enabled,
-            "capacity": active < settings.max_sessions,
-            "ports": free_ports >= min_free_ports,
-        }
-        failing: dict[str, str] = {}
-        if not checks["enabled"]:
-            failing["enabled"] = "recording is disabled (RECORDING_ENABLED=false)"
-        if not checks["capacity"]:
-            failing["capacity"] = f"{active} of {settings.max_sessions} sessions active"
-        if not checks["ports"]:
-            failing["ports"] = f"{free_ports} free UDP ports, {min_free_ports} needed"
-        details: dict[str, Any] = {
-            "checks": checks,
-            "activeSessions": active,
-            "maxSessions": settings.max_sessions,
-            "freePorts": free_ports,
-        }
-        if failing:
-            details["failing"] = failing
-        return not failing, details
-
-    return check

@@ -14,7 +14,10 @@ mid-upload). For each:
    this recording is never overwritten); without one, the file stays as the
    artifact;
 3. the session moves to ``COMPLETED`` with reason ``recovered``, or to
-   ``FAILED`` with the reason and the kept file's path;
+   ``FAILED`` with reason ``recovery-failed`` and the kept file's path; every
+   move is the row's :class:`~edge_recorder.session.state.SessionRecord` moved
+   by :func:`~edge_recorder.session.state.transition` as
+   :attr:`~edge_recorder.session.state.Mover.RECOVERY`;
 4. every change is written through the bookkeeper (SQL, shared state,
    webhooks), so the row tells the truth again; an uploaded spool is removed
    only once its ``COMPLETED`` row is written.
@@ -26,11 +29,15 @@ written after the session started, the session is ``COMPLETED``
 (``recovered``) with that object as its asset; otherwise ``FAILED`` with what
 was looked for and where.
 
-Chunk objects of an upload that cannot be completed are left for a later
-``retry-upload`` (they are the progress). A process killed in the middle of
-composing leaves that compose's multipart upload open: resuming aborts every
-in-progress multipart upload of the session's composite key first (best
-effort; the bucket's AbortIncompleteMultipartUpload rule is the backstop).
+What an upload that cannot be completed already stored is left for a later
+``retry-upload``: it is the progress. With the default multipart mode
+(``RECORDING_S3_UPLOAD_MODE=multipart``) that is the open multipart upload of
+the recording's key and its parts (the spool's sidecar names it); resuming
+asks the store which parts it holds and sends the rest. With the compose mode
+it is the chunk objects; a process killed in the middle of composing leaves
+that compose's multipart upload open, and resuming aborts every in-progress
+multipart upload of the session's composite key first (best effort; the
+bucket's AbortIncompleteMultipartUpload rule is the backstop).
 """
 
 from __future__ import annotations
@@ -44,11 +51,15 @@ from typing import Any, Protocol
 
 import trio
 
+from edge_recorder.config import Settings
 from edge_recorder.errors import EdgeRecorderError, StorageError
-from edge_recorder.media.encode import Mp4BoxScanner
+from edge_recorder.media.mp4 import Mp4BoxScanner
+from edge_recorder.session.destination import Asset, LocalDestination
+from edge_recorder.session.state import AssetEntry, Mover, SessionRecord, SessionStatus, iso_timestamp
 from edge_recorder.sink.s3 import ObjectInfo
-from edge_recorder.sink.uploader import UploadResult
+from edge_recorder.sink.streamer import UploadResult
 from edge_recorder.spool import NodeSpool
+from edge_recorder.state.store import utc_now_iso
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +85,13 @@ class RecoverableUpload(Protocol):
 
 
 UploaderFor = Callable[[str, Path], RecoverableUpload]
+
+
+class RecordSink(Protocol):
+    """What recovery needs of the bookkeeper: queue a record (and asset fields) to be written."""
+
+    def submit(self, record: dict[str, Any], asset: dict[str, Any] | None = None, *, remove_after: Path | None = None) -> None:
+        """See :meth:`~edge_recorder.bookkeeping.Bookkeeper.submit`."""
 
 
 def last_complete_fragment_end(path: Path) -> int:
@@ -115,34 +133,17 @@ def _iso(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, dt.datetime):
-        return value.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return iso_timestamp(value)
     return str(value)
 
 
 def record_from_row(row: dict[str, Any], *, with_asset: bool = False) -> dict[str, Any]:
-    """A protocol state record from a metadata row (and its asset, if asked)."""
-    record: dict[str, Any] = {
-        "sessionId": row["sessionId"],
-        "roomId": row.get("roomId"),
-        "status": row.get("status"),
-        "previousStatus": row.get("previousStatus"),
-        "reason": row.get("reason"),
-        "error": row.get("error"),
-        "startedAt": _iso(row.get("startedAt")),
-        "updatedAt": _iso(row.get("updatedAt")),
-        "stoppedAt": _iso(row.get("stoppedAt")),
-        "serverId": row.get("serverId"),
-        "layout": row.get("layout") or "pip",
-        "streams": [],
-    }
-    asset = row.get("asset")
-    if with_asset and asset and asset.get("url"):
-        record["asset"] = {"bucket": asset.get("bucket"), "key": asset.get("key"), "size": asset.get("sizeBytes"), "url": asset.get("url")}
-    return record
+    """A protocol state record (its JSON object) from a metadata row (and its asset, if asked).
 
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    The public view: its ``error`` has no node paths (see
+    :meth:`~edge_recorder.session.state.SessionRecord.to_wire`).
+    """
+    return SessionRecord.from_row(row, with_asset=with_asset).to_wire()
 
 
 def _asset_fields(row: dict[str, Any]) -> dict[str, Any]:
@@ -172,7 +173,7 @@ def _not_this_recording(info: ObjectInfo, row: dict[str, Any]) -> str | None:
     return None
 
 
-def _asset_row(asset: Any, *, local_path: str | None) -> dict[str, Any]:
+def _asset_row(asset: Asset, *, local_path: str | None) -> dict[str, Any]:
     return {
         "bucket": asset.bucket,
         "key": asset.key,
@@ -186,29 +187,40 @@ def _asset_row(asset: Any, *, local_path: str | None) -> dict[str, Any]:
     }
 
 
+def _asset_entry(asset: Asset) -> AssetEntry:
+    return AssetEntry(asset.bucket, asset.key, asset.size_bytes, asset.url)
+
+
 async def recover_session(
-    row: dict[str, Any], settings: Any, *, bookkeeper: Any, uploader_for: UploaderFor | None
+    row: dict[str, Any],
+    settings: Settings,
+    *,
+    bookkeeper: RecordSink,
+    uploader_for: UploaderFor | None,
+    by: Mover = Mover.RECOVERY,
 ) -> dict[str, Any]:
-    """Finalise one session left behind; returns its final record.
+    """Finalise one session left behind; returns its final record (operator's view: ``error`` names paths).
 
     Never deletes or cuts more of a spool than the crash's partial write; a
     spool is removed only after its upload is verified and its ``COMPLETED``
     row written (by the bookkeeper).
+
+    Args:
+        by: who moves its status (an operator's ``retry-upload`` may reopen FAILED).
     """
-    from edge_recorder.session.destination import Asset, LocalDestination
+    record = SessionRecord.from_row(row)
+    sid = record.session_id
+    node_spool = NodeSpool(Path(settings.tmp_dir), settings.server_id)
 
-    record = record_from_row(row)
-    sid = record["sessionId"]
-    node_spool = NodeSpool(settings.tmp_dir, settings.server_id)
-
-    def move(status: str, **fields: Any) -> dict[str, Any]:
+    def move(status: SessionStatus, **fields: Any) -> dict[str, Any]:
+        """Move the record (through ``transition``) and return its JSON object, as submitted."""
         nonlocal record
-        record = {**record, "previousStatus": record["status"], "status": status, "updatedAt": _now(), **fields}
-        record["stoppedAt"] = record.get("stoppedAt") or record["updatedAt"]
-        return record
+        now = utc_now_iso()
+        record = record.moved(status, by=by, now=now, stopped_at=record.stopped_at or now, **fields)
+        return record.to_wire(operator=True)
 
     def failed(error: str) -> dict[str, Any]:
-        final = move("FAILED", reason="recovery-failed", error=error)
+        final = move(SessionStatus.FAILED, reason="recovery-failed", error=error)
         bookkeeper.submit(final)
         log.error("Recording not recovered: %s", error, extra={"sessionId": sid})
         return final
@@ -243,7 +255,7 @@ async def recover_session(
             key=info.key,
             sse_mode=settings.s3.sse,
         )
-        final = move("COMPLETED", reason="recovered", error=None, asset=asset.record())
+        final = move(SessionStatus.COMPLETED, reason="recovered", error=None, asset=_asset_entry(asset))
         bookkeeper.submit(final, _asset_row(asset, local_path=None))
         log.warning(
             "Recording recovered from the store: the spool was gone, the object is there",
@@ -262,8 +274,8 @@ async def recover_session(
             "Cut the partial write a crash left at the end of the spool",
             extra={"sessionId": sid, "path": str(spool), "bytes": size, "kept": end},
         )
-    if record["status"] != "UPLOADING":
-        bookkeeper.submit(move("UPLOADING"))
+    if record.status is not SessionStatus.UPLOADING:
+        bookkeeper.submit(move(SessionStatus.UPLOADING))
     remove_after: Path | None = None
     if uploader_for is None:
         try:
@@ -289,24 +301,7 @@ async def recover_session(
         # before that finds the spool (and the object) again.
         remove_after = spool
         local_path = None
-    final = move("COMPLETED", reason="recovered", error=None, asset=asset.record())
+    final = move(SessionStatus.COMPLETED, reason="recovered", error=None, asset=_asset_entry(asset))
     bookkeeper.submit(final, _asset_row(asset, local_path=local_path), remove_after=remove_after)
     log.info("Recording recovered", extra={"sessionId": sid, "bytes": end, "url": asset.url})
     return final
-
-
-async def recover(
-    settings: Any, *, metadata: Any, bookkeeper: Any, uploader_for: UploaderFor | None
-) -> list[dict[str, Any]]:
-    """Finalise every non-terminal session this node owned; returns their final records."""
-    rows = await metadata.nonterminal_sessions(settings.server_id)
-    results = []
-    for row in rows:
-        log.warning("Recovering a recording left by a previous run", extra={"sessionId": row["sessionId"], "status": row.get("status")})
-        try:
-            results.append(await recover_session(row, settings, bookkeeper=bookkeeper, uploader_for=uploader_for))
-        except (EdgeRecorderError, OSError):
-            # One session's surprise must not leave the others unrecovered;
-            # its row stays as it was and its spool where it is.
-            log.exception("Recovery of a session failed; its row and spool are left as they are", extra={"sessionId": row["sessionId"]})
-    return results

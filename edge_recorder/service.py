@@ -14,6 +14,9 @@ webhooks; sessions stream their spool to the bucket while recording; a
 scheduled cleanup removes old local artifacts (never ones that are not safely
 uploaded).
 
+The adapters (metadata, shared state, webhooks, the bucket) are assembled by
+:func:`edge_recorder.wiring.build_parts`, which the operator commands use too.
+
 Start-up order, so that no request can race what is already on disk:
 
 1. the node's spool directory is locked (``RECORDING_TMP_DIR/<serverId>``; a
@@ -46,15 +49,20 @@ from typing import Any
 import trio
 
 from edge_recorder.bookkeeping import Bookkeeper
+from edge_recorder.config import Settings
 from edge_recorder.control.listener import serve_control
 from edge_recorder.control.server import ControlHub, dial_out, dial_url_warning
 from edge_recorder.errors import ConfigError
+from edge_recorder.housekeeping import cleanup
 from edge_recorder.http import health_routes, serve_http
 from edge_recorder.metrics import RecorderMetrics
+from edge_recorder.recovery import record_from_row, recover_session
 from edge_recorder.session.manager import SessionManager
 from edge_recorder.session.session import RecordingSession
 from edge_recorder.session.state import SessionStatus
 from edge_recorder.spool import NodeSpool
+from edge_recorder.webhooks import transport_warnings
+from edge_recorder.wiring import ServiceParts, build_parts
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +75,7 @@ class ServiceAddresses:
     http: tuple[str, int]
 
 
-def check_control_exposure(settings: Any) -> None:
+def check_control_exposure(settings: Settings) -> None:
     """Refuse a control port open to the network without a token.
 
     Raises:
@@ -84,14 +92,12 @@ def check_control_exposure(settings: Any) -> None:
         )
 
 
-def log_startup_warnings(settings: Any) -> list[str]:
+def log_startup_warnings(settings: Settings) -> list[str]:
     """Log, as WARNING, settings that work but expose something (issue #9); returns the texts.
 
     Unsigned or plain-http webhooks to a non-loopback host, and a control token
     sent over ``ws://`` to a non-loopback dial-out URL.
     """
-    from edge_recorder.webhooks import transport_warnings
-
     state, control = settings.state, settings.control
     texts = transport_warnings(state.webhook_urls, state.webhook_secret is not None)
     if control.dial_url:
@@ -103,7 +109,7 @@ def log_startup_warnings(settings: Any) -> list[str]:
     return texts
 
 
-def _track(metrics: RecorderMetrics, manager: SessionManager, session: RecordingSession) -> None:
+def _track(metrics: RecorderMetrics, manager: SessionManager[RecordingSession], session: RecordingSession) -> None:
     """Keep the runbook's counters in step with session status changes."""
     if session.status is SessionStatus.RECORDING:
         metrics.session_started()
@@ -117,7 +123,7 @@ def _track(metrics: RecorderMetrics, manager: SessionManager, session: Recording
 
 
 async def serve(
-    settings: Any,
+    settings: Settings,
     *,
     shutdown: trio.Event | None = None,
     task_status: trio.TaskStatus[ServiceAddresses] = trio.TASK_STATUS_IGNORED,
@@ -143,7 +149,7 @@ async def serve(
 
 
 async def _serve(
-    settings: Any,
+    settings: Settings,
     spool: NodeSpool,
     *,
     shutdown: trio.Event | None,
@@ -183,8 +189,7 @@ async def _serve(
     control = settings.control
     try:
         async with trio.open_nursery() as top:
-            if hasattr(parts.state, "run"):
-                await top.start(parts.state.run)
+            await top.start(parts.run_state)
             if parts.webhooks is not None:
                 await top.start(parts.webhooks.run)
             top.start_soon(bookkeeper.run)
@@ -255,66 +260,8 @@ async def _serve(
             await parts.aclose()
 
 
-@dataclass
-class ServiceParts:
-    """The service's adapters to the outside, built from settings."""
-
-    metadata: Any
-    state: Any
-    webhooks: Any
-    store: Any
-    uploader_for: Any
-    destination: Any
-
-    async def aclose(self) -> None:
-        await self.metadata.aclose()
-        await self.state.close()
-
-
-async def build_parts(settings: Any) -> ServiceParts:
-    """Open the metadata database (migrated), shared state, webhooks and the bucket."""
-    from edge_recorder.metadata import AsyncMetadataRepository, default_database_url, upgrade_to_head
-    from edge_recorder.session.destination import S3Destination
-    from edge_recorder.sink.multipart import MultipartSpoolUploader
-    from edge_recorder.sink.s3 import AsyncObjectStore, ObjectStore
-    from edge_recorder.sink.uploader import SpoolUploader
-    from edge_recorder.state.memory import MemoryStateStore
-    from edge_recorder.state.redis import RedisStateStore, ResilientStateStore
-    from edge_recorder.webhooks import WebhookNotifier
-
-    await trio.to_thread.run_sync(NodeSpool(Path(settings.tmp_dir), settings.server_id).ensure)
-    url = settings.state.database_url.reveal() if settings.state.database_url is not None else default_database_url(settings)
-    await trio.to_thread.run_sync(upgrade_to_head, url)
-    metadata = AsyncMetadataRepository.from_url(url)
-    if settings.state.redis_url is not None:
-        state: Any = ResilientStateStore(RedisStateStore(settings.state.redis_url.reveal(), lease_ttl_s=settings.state.lease_ttl_s))
-    else:
-        state = MemoryStateStore(lease_ttl_s=settings.state.lease_ttl_s)
-    webhooks = None
-    if settings.state.webhook_urls:
-        secret = settings.state.webhook_secret.reveal() if settings.state.webhook_secret is not None else None
-        webhooks = WebhookNotifier(settings.state.webhook_urls, secret)
-    store = uploader_for = destination = None
-    if settings.s3.bucket:
-        store = AsyncObjectStore(ObjectStore(settings.s3))
-        part_size = settings.s3.part_size_mib << 20
-
-        # RECORDING_S3_UPLOAD_MODE: one multipart upload (default) or chunks + compose.
-        uploader_class = MultipartSpoolUploader if settings.s3.upload_mode == "multipart" else SpoolUploader
-
-        def uploader_for(session_id: str, path: Path) -> SpoolUploader | MultipartSpoolUploader:
-            return uploader_class(store, path, session_id, part_size, retry_s=settings.s3.upload_retry_s)
-
-        def destination(session_id: str, path: Path) -> S3Destination:
-            return S3Destination(uploader_for(session_id, path), bucket=settings.s3.bucket, sse_mode=settings.s3.sse)
-
-    return ServiceParts(metadata, state, webhooks, store, uploader_for, destination)
-
-
 async def _known_session(parts: ServiceParts, fenced: dict[str, dict[str, Any]], session_id: str) -> dict[str, Any] | None:
     """``session_id``'s durable record: under recovery, in shared state, or in the database."""
-    from edge_recorder.recovery import record_from_row
-
     if session_id in fenced:
         return record_from_row(fenced[session_id])
     record: dict[str, Any] | None = await parts.state.get(session_id)
@@ -325,16 +272,13 @@ async def _known_session(parts: ServiceParts, fenced: dict[str, dict[str, Any]],
 
 
 async def _recover_then_clean(
-    settings: Any,
+    settings: Settings,
     parts: ServiceParts,
     bookkeeper: Bookkeeper,
     leftover: list[dict[str, Any]],
     fenced: dict[str, dict[str, Any]],
 ) -> None:
     """Recover what a previous run left (fenced until done), then clean up old artifacts on a schedule."""
-    from edge_recorder.housekeeping import cleanup
-    from edge_recorder.recovery import recover_session
-
     for row in leftover:
         sid = str(row["sessionId"])
         log.warning("Recovering a recording left by a previous run", extra={"sessionId": sid, "status": row.get("status")})

@@ -8,18 +8,26 @@ with reason ``controller-lost`` and it is finalised like any other stop.
 
 The manager's nursery is opened by the service (or the demo) and lives as long
 as it; each session runs in it next to its watchdog task.
+
+The manager's rules (capacity, one recording per room, durable idempotency,
+the enabled switch, the free-disk floor, readiness) need little of a session:
+:class:`ManagedSession` says what. Sessions come from a *session factory*
+(:class:`SessionFactory`; by default :func:`recording_sessions` builds
+:class:`~edge_recorder.session.session.RecordingSession`), so the rules are
+unit-tested with a fake session and no media worker.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 import trio
 
+from edge_recorder.config import Settings
 from edge_recorder.errors import (
     AtCapacityError,
     EdgeRecorderError,
@@ -32,6 +40,7 @@ from edge_recorder.errors import (
 )
 from edge_recorder.session.autostop import AutoStopRules
 from edge_recorder.session.ports import PortAllocator
+from edge_recorder.session.destination import Destination
 from edge_recorder.session.session import OutputOptions, RecordingSession
 from edge_recorder.session.state import SessionStatus
 from edge_recorder.session.stream import StreamSpec
@@ -43,12 +52,105 @@ WATCHDOG_INTERVAL_S = 0.5
 # How long ended sessions stay answerable from memory (recording.get/list)
 # before they are forgotten; shared state in Redis keeps them longer (issue #4).
 ENDED_SESSIONS_KEPT = 256
+# UDP ports a new recording needs at least for /readyz to say ready: one audio
+# and one video stream with RTCP multiplexed.
+MIN_FREE_PORTS = 2
 
-StateListener = Callable[[RecordingSession], None]
-KeyframeListener = Callable[[RecordingSession, StreamSpec], None]
 # Finds a recording by id in the durable places (shared state, metadata);
 # None when no node has ever recorded it.
 KnownSessionLookup = Callable[[str], Awaitable["dict[str, Any] | None"]]
+
+
+class _Packets(Protocol):
+    @property
+    def packets(self) -> int: ...
+
+
+class ManagedSession(Protocol):
+    """What the manager needs of a session (:class:`RecordingSession` is the real one)."""
+
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def room_id(self) -> str: ...
+    @property
+    def status(self) -> SessionStatus: ...
+    @property
+    def stopping(self) -> bool: ...
+    @property
+    def streams(self) -> Sequence[object]: ...
+    def receiver_stats(self) -> Sequence[_Packets]: ...
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Record until stopped; ``task_status.started()`` once RECORDING (or FAILED). Never raises for media failures."""
+
+    async def stop(self, reason: str = "host") -> None:
+        """Stop gracefully; returns once the media is final."""
+
+
+S = TypeVar("S", bound=ManagedSession)
+S_co = TypeVar("S_co", bound=ManagedSession, covariant=True)
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    """What ``recording.start`` asked for, handed to the session factory."""
+
+    room_id: str
+    session_id: str | None = None
+    layout: str | None = None
+    output: OutputOptions | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    host_peer_id: str | None = None
+
+
+class SessionFactory(Protocol[S_co]):
+    """Builds one session; it reports every status change to ``on_change`` and keyframe needs to ``on_keyframe``."""
+
+    def __call__(
+        self,
+        request: SessionRequest,
+        *,
+        on_change: Callable[[S_co], None],
+        on_keyframe: Callable[[S_co, StreamSpec], None],
+    ) -> S_co: ...
+
+
+def recording_sessions(
+    settings: Settings,
+    ports: PortAllocator,
+    spool: NodeSpool,
+    *,
+    destination: Callable[[str, Path], Destination] | None = None,
+    defer_spool_removal: bool = False,
+) -> SessionFactory[RecordingSession]:
+    """The factory of real sessions: each runs a media worker, on these ports and this spool."""
+
+    def build(
+        request: SessionRequest,
+        *,
+        on_change: Callable[[RecordingSession], None],
+        on_keyframe: Callable[[RecordingSession, StreamSpec], None],
+    ) -> RecordingSession:
+        session = RecordingSession(
+            session_id=request.session_id,
+            room_id=request.room_id,
+            settings=settings,
+            ports=ports,
+            layout=request.layout,
+            output=request.output,
+            on_change=on_change,
+            on_keyframe_request=on_keyframe,
+            drain_timeout_s=settings.lifecycle.drain_timeout_s,
+            destination=destination,
+            spool=spool,
+            defer_spool_removal=defer_spool_removal,
+        )
+        session.metadata = request.metadata
+        session.host_peer_id = request.host_peer_id
+        return session
+
+    return build
 
 
 @dataclass(frozen=True)
@@ -66,7 +168,7 @@ class KnownSession:
     record: dict[str, Any]
 
 
-class SessionManager:
+class SessionManager(Generic[S]):
     """Starts, finds and stops recordings.
 
     Args:
@@ -76,48 +178,84 @@ class SessionManager:
         on_keyframe_request: called when any stream asks for a keyframe.
         enforce_enabled: refuse starts when ``RECORDING_ENABLED`` is false (the
             service); the demo records regardless.
+        destination: builds each real session's destination (bucket or local
+            directory; default local). Ignored with ``session_factory``.
+        known_session: finds an id in the durable places (idempotency).
+        defer_spool_removal: real sessions leave an uploaded spool for the
+            bookkeeper to remove. Ignored with ``session_factory``.
+        session_factory: builds the sessions; default :func:`recording_sessions`
+            on this manager's ports and spool.
     """
+
+    @overload
+    def __init__(
+        self: "SessionManager[RecordingSession]",
+        settings: Settings,
+        *,
+        on_change: Callable[[RecordingSession], None] | None = None,
+        on_keyframe_request: Callable[[RecordingSession, StreamSpec], None] | None = None,
+        enforce_enabled: bool = False,
+        destination: Callable[[str, Path], Destination] | None = None,
+        known_session: KnownSessionLookup | None = None,
+        defer_spool_removal: bool = False,
+        session_factory: None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: "SessionManager[S]",
+        settings: Settings,
+        *,
+        on_change: Callable[[S], None] | None = None,
+        on_keyframe_request: Callable[[S, StreamSpec], None] | None = None,
+        enforce_enabled: bool = False,
+        destination: None = None,
+        known_session: KnownSessionLookup | None = None,
+        defer_spool_removal: bool = False,
+        session_factory: SessionFactory[S],
+    ) -> None: ...
 
     def __init__(
         self,
-        settings: Any,
+        settings: Settings,
         *,
-        on_change: StateListener | None = None,
-        on_keyframe_request: KeyframeListener | None = None,
+        on_change: Callable[[Any], None] | None = None,
+        on_keyframe_request: Callable[[Any, StreamSpec], None] | None = None,
         enforce_enabled: bool = False,
-        destination: Any = None,
+        destination: Callable[[str, Path], Destination] | None = None,
         known_session: KnownSessionLookup | None = None,
         defer_spool_removal: bool = False,
+        session_factory: SessionFactory[Any] | None = None,
     ) -> None:
         self.settings = settings
         self.spool = NodeSpool(Path(settings.tmp_dir), settings.server_id)
         self._known_session = known_session
-        self._defer_spool_removal = defer_spool_removal
-        # Builds each session's destination (bucket or local directory).
-        self._destination = destination
         self.ports = PortAllocator(
             settings.bind_ip,
             settings.port_min,
             settings.port_max,
             receive_buffer_bytes=settings.ingest.udp_receive_buffer_bytes,
         )
-        self.sessions: dict[str, RecordingSession] = {}
+        self._factory: SessionFactory[S] = session_factory or recording_sessions(  # type: ignore[assignment]
+            settings, self.ports, self.spool, destination=destination, defer_spool_removal=defer_spool_removal
+        )
+        self.sessions: dict[str, S] = {}
         self.accepting = True
         self._enforce_enabled = enforce_enabled
-        self._state_listeners: list[StateListener] = [on_change] if on_change else []
-        self._keyframe_listeners: list[KeyframeListener] = [on_keyframe_request] if on_keyframe_request else []
+        self._state_listeners: list[Callable[[S], None]] = [on_change] if on_change else []
+        self._keyframe_listeners: list[Callable[[S, StreamSpec], None]] = [on_keyframe_request] if on_keyframe_request else []
         self._controllers: dict[str, set[str]] = {}
         self._nursery: trio.Nursery | None = None
 
     # -- listeners -------------------------------------------------------------------
 
-    def add_state_listener(self, listener: StateListener) -> None:
+    def add_state_listener(self, listener: Callable[[S], None]) -> None:
         self._state_listeners.append(listener)
 
-    def add_keyframe_listener(self, listener: KeyframeListener) -> None:
+    def add_keyframe_listener(self, listener: Callable[[S, StreamSpec], None]) -> None:
         self._keyframe_listeners.append(listener)
 
-    def _changed(self, session: RecordingSession) -> None:
+    def _changed(self, session: S) -> None:
         for listener in self._state_listeners:
             try:
                 listener(session)
@@ -126,7 +264,7 @@ class SessionManager:
                 # session that reported the change.
                 log.exception("state listener failed", extra={"sessionId": session.session_id})
 
-    def _keyframe(self, session: RecordingSession, spec: StreamSpec) -> None:
+    def _keyframe(self, session: S, spec: StreamSpec) -> None:
         for listener in self._keyframe_listeners:
             try:
                 listener(session, spec)
@@ -142,7 +280,7 @@ class SessionManager:
             task_status.started()
             await trio.sleep_forever()
 
-    def active(self) -> list[RecordingSession]:
+    def active(self) -> list[S]:
         return [s for s in self.sessions.values() if not s.status.terminal]
 
     def capacity(self) -> dict[str, Any]:
@@ -152,12 +290,19 @@ class SessionManager:
         return {"activeSessions": active, "maxSessions": maximum, "load": round(active / maximum, 3)}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Whether this node accepts a new recording now, and why not."""
+        """Whether this node accepts a new recording now, and why not: ``/readyz``'s one implementation.
+
+        Returns:
+            ``(ready, checks)``: each condition (``enabled``, ``accepting``,
+            ``capacity``, ``ports``: at least :data:`MIN_FREE_PORTS` free,
+            ``disk``: above ``RECORDING_MIN_FREE_DISK_MIB``) to true/false.
+            One ``statvfs``, on the caller's thread (a probe's handler is sync).
+        """
         checks = {
             "enabled": bool(self.settings.recording_enabled) or not self._enforce_enabled,
             "accepting": self.accepting,
             "capacity": len(self.active()) < self.settings.max_sessions,
-            "ports": len(self.ports.in_use) < self.ports.capacity,
+            "ports": self.ports.capacity - len(self.ports.in_use) >= MIN_FREE_PORTS,
             "disk": self._disk_problem() is None,
         }
         return all(checks.values()), checks
@@ -191,7 +336,7 @@ class SessionManager:
         controller: str | None = None,
         metadata: dict[str, Any] | None = None,
         host_peer_id: str | None = None,
-    ) -> RecordingSession:
+    ) -> S:
         """Start a recording (or return the one with this id) once it is RECORDING.
 
         Returns:
@@ -229,22 +374,10 @@ class SessionManager:
         disk = await trio.to_thread.run_sync(self._disk_problem)
         if disk is not None:
             raise disk
-        session = RecordingSession(
-            session_id=session_id,
-            room_id=room_id,
-            settings=self.settings,
-            ports=self.ports,
-            layout=layout,
-            output=output,
-            on_change=self._changed,
-            on_keyframe_request=self._keyframe,
-            drain_timeout_s=self.settings.lifecycle.drain_timeout_s,
-            destination=self._destination,
-            spool=self.spool,
-            defer_spool_removal=self._defer_spool_removal,
+        request = SessionRequest(
+            room_id, session_id, layout=layout, output=output, metadata=metadata or {}, host_peer_id=host_peer_id
         )
-        session.metadata = metadata or {}
-        session.host_peer_id = host_peer_id
+        session = self._factory(request, on_change=self._changed, on_keyframe=self._keyframe)
         # Registered before the first await, so a concurrent start with the
         # same id finds this one instead of racing it.
         self.sessions[session.session_id] = session
@@ -260,7 +393,7 @@ class SessionManager:
         await self._nursery.start(self._run_session, session)
         return session
 
-    async def start_or_find(self, room_id: str, *, session_id: str | None = None, **options: Any) -> RecordingSession | KnownSession:
+    async def start_or_find(self, room_id: str, *, session_id: str | None = None, **options: Any) -> S | KnownSession:
         """:meth:`start`, unless ``session_id`` names a recording known durably.
 
         This is ``recording.start``'s idempotency: the in-memory table is lost
@@ -307,7 +440,7 @@ class SessionManager:
             status = SessionStatus.FAILED
         return KnownSession(session_id, str(record.get("roomId", "")), status, record)
 
-    async def _run_session(self, session: RecordingSession, *, task_status: trio.TaskStatus[None]) -> None:
+    async def _run_session(self, session: S, *, task_status: trio.TaskStatus[None]) -> None:
         """The session and its watchdog, side by side; both end when the session does."""
         try:
             async with trio.open_nursery() as nursery:
@@ -325,7 +458,7 @@ class SessionManager:
             # A bug in one session must not end the others.
             log.exception("session crashed", extra={"sessionId": session.session_id})
 
-    async def _watch(self, session: RecordingSession) -> None:
+    async def _watch(self, session: S) -> None:
         """Auto-stop: sample the session and stop it when a rule says so."""
         lifecycle = self.settings.lifecycle
         rules = AutoStopRules(
@@ -361,10 +494,10 @@ class SessionManager:
 
     # -- lookups ---------------------------------------------------------------------
 
-    def get(self, session_id: str) -> RecordingSession | None:
+    def get(self, session_id: str) -> S | None:
         return self.sessions.get(session_id)
 
-    def require(self, session_id: str) -> RecordingSession:
+    def require(self, session_id: str) -> S:
         """The session with this id.
 
         Raises:
@@ -375,7 +508,7 @@ class SessionManager:
             raise UnknownSessionError(f"unknown session {session_id}")
         return session
 
-    def by_room(self, room_id: str) -> RecordingSession | None:
+    def by_room(self, room_id: str) -> S | None:
         """The room's active session, else its most recent one."""
         candidates = [s for s in self.sessions.values() if s.room_id == room_id]
         active = [s for s in candidates if not s.status.terminal]

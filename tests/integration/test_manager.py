@@ -113,5 +113,5 @@ async def test_auto_stop_rules_finalise_with_their_reason(
         sending.cancel()
     assert session.status is SessionStatus.COMPLETED, session.error
     assert session.reason == reason
-    assert session.state_record()["reason"] == reason
+    assert session.state_record().to_wire()["reason"] == reason
     assert session.path.exists() and session.size_bytes

@@ -353,7 +353,7 @@ async def test_errors_for_the_sfu_name_no_node_paths(settings: Any, nursery: tri
         await session.wait_finished()
     assert session.status is SessionStatus.FAILED
     assert session.error is not None and str(session.path) in session.error  # the operator's text
-    public = session.state_record()["error"]
+    public = session.state_record().to_wire()["error"]
     assert str(settings.tmp_dir) not in public and "SIGKILL" in public and "/" not in public.replace("<path on the node>", "")
 
 

@@ -11,8 +11,11 @@ import pytest
 import trio
 import trio.testing
 
-from edge_recorder.http import Route, health_routes, recorder_readiness, serve_http
+from edge_recorder.config import Settings
+from edge_recorder.http import Route, health_routes, serve_http
 from edge_recorder.metrics import RecorderMetrics
+from edge_recorder.session.manager import SessionManager
+from tests.fakes.sessions import FakeSession, FakeSessionFactory
 
 SERVER = "node-http"
 
@@ -69,33 +72,12 @@ async def read_until_eof(stream: trio.SocketStream) -> bytes:
 
 
 @dataclasses.dataclass
-class FakeSettings:
-    recording_enabled: bool = True
-    max_sessions: int = 2
-
-
-@dataclasses.dataclass
-class FakePorts:
-    capacity: int = 10
-    in_use: frozenset[int] = frozenset()
-
-
-@dataclasses.dataclass
-class FakeManager:
-    ports: FakePorts = dataclasses.field(default_factory=FakePorts)
-    sessions: list[object] = dataclasses.field(default_factory=list)
-
-    def active(self) -> list[object]:
-        return list(self.sessions)
-
-
-@dataclasses.dataclass
 class Service:
-    """What the routes look at, mutable from the test."""
+    """What the routes look at, mutable from the test: a real session manager (the readiness
+    ``serve`` runs) over fake sessions."""
 
+    manager: SessionManager[FakeSession]
     alive: bool = True
-    settings: FakeSettings = dataclasses.field(default_factory=FakeSettings)
-    manager: FakeManager = dataclasses.field(default_factory=FakeManager)
 
 
 async def start(nursery: trio.Nursery, routes: dict[str, Route], **kw: Any) -> tuple[str, int]:
@@ -104,8 +86,15 @@ async def start(nursery: trio.Nursery, routes: dict[str, Route], **kw: Any) -> t
 
 
 @pytest.fixture
-def service() -> Service:
-    return Service()
+async def service(settings: Settings, nursery: trio.Nursery) -> Service:
+    lifecycle = dataclasses.replace(settings.lifecycle, media_timeout_s=0, room_empty_grace_s=0, controller_grace_s=0, max_duration_s=0)
+    manager = SessionManager(
+        dataclasses.replace(settings, recording_enabled=True, max_sessions=2, lifecycle=lifecycle),
+        session_factory=FakeSessionFactory(),
+        enforce_enabled=True,
+    )
+    await nursery.start(manager.run)
+    return Service(manager)
 
 
 @pytest.fixture
@@ -121,7 +110,7 @@ def routes(service: Service, metrics: RecorderMetrics) -> dict[str, Route]:
     return health_routes(
         metrics,
         is_alive=lambda: service.alive,
-        readiness=recorder_readiness(service.settings, service.manager),
+        readiness=service.manager.readiness,  # what serve passes
     )
 
 
@@ -157,25 +146,38 @@ async def test_healthz(client: Client, service: Service) -> None:
     assert r.status == 503
 
 
-async def test_readyz_ready_then_each_failing_condition(client: Client, service: Service) -> None:
+def _failing(body: dict[str, Any]) -> set[str]:
+    return {name for name, ok in body.items() if ok is False}
+
+
+async def test_readyz_ready_then_each_failing_condition(
+    client: Client, service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = service.manager
     r = await client.request("GET", "/readyz")
     assert r.status == 200
-    assert r.json()["status"] == "ready"
-    assert r.json()["checks"] == {"enabled": True, "capacity": True, "ports": True}
+    assert r.json() == {"status": "ready", "enabled": True, "accepting": True, "capacity": True, "ports": True, "disk": True}
 
-    service.manager.sessions = [object(), object()]  # max_sessions is 2
+    sessions = [await manager.start("room-1"), await manager.start("room-2")]  # max_sessions is 2
     r = await client.request("GET", "/readyz")
     assert r.status == 503
     assert r.json()["status"] == "not ready"
-    assert set(r.json()["failing"]) == {"capacity"}
-    assert r.json()["failing"]["capacity"] == "2 of 2 sessions active"
+    assert _failing(r.json()) == {"capacity"}
 
-    service.manager.sessions = []
-    service.manager.ports.in_use = frozenset(range(9))  # 1 free of 10
-    service.settings.recording_enabled = False
+    for session in sessions:
+        await session.stop("host")
+    capacity = manager.ports.capacity
+    monkeypatch.setattr(type(manager.ports), "in_use", property(lambda _self: frozenset(range(capacity - 1))))  # 1 free
+    manager.settings = dataclasses.replace(manager.settings, recording_enabled=False)
     r = await client.request("GET", "/readyz")
     assert r.status == 503
-    assert set(r.json()["failing"]) == {"enabled", "ports"}
+    assert _failing(r.json()) == {"enabled", "ports"}
+
+    monkeypatch.undo()
+    manager.settings = dataclasses.replace(manager.settings, recording_enabled=True)
+    manager.accepting = False  # shutting down
+    r = await client.request("GET", "/readyz")
+    assert (r.status, _failing(r.json())) == (503, {"accepting"})
 
 
 async def test_unknown_path_is_404_and_query_is_ignored(client: Client) -> None:
