@@ -317,7 +317,7 @@ class ControlHub:
             await session.stop(params.reason)
             return {"sessionId": session.session_id, "status": session.status.value}
         if session.stopping or session.status.terminal:
-            raise SessionNotActiveError(f"session {session.session_id} is {session.status.value}{' and stopping' if session.stopping else ''}")
+            raise SessionNotActiveError(f"session {session.session_id} is {session.status.value}{' and stopping' if session.stopping and not session.status.terminal else ''}")
         self.manager.attach_controller(session.session_id, connection_id)
         if isinstance(params, rpc.AddStreamParams):
             return await session.add_stream(params.spec)
