@@ -36,6 +36,8 @@ from collections.abc import Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
+from edge_recorder.session.state import SessionStatus, transition
+
 if TYPE_CHECKING:
     import trio
 
@@ -217,15 +219,25 @@ def accepts(stored: Mapping[str, Any] | None, incoming: Mapping[str, Any]) -> bo
 
 
 def node_lost_record(record: Mapping[str, Any], now_iso: str) -> Record:
-    """The FAILED record the sweeper writes for an active session whose lease expired."""
+    """The FAILED record the sweeper writes for an active session whose lease expired.
+
+    The move is the lifecycle's (:func:`~edge_recorder.session.state.transition`):
+    callers sweep only non-terminal records, so a terminal one here is a bug and
+    raises. A status no version of ours writes is failed all the same.
+    """
+    if record["status"] in _STATUS_NAMES:
+        transition(SessionStatus(record["status"]), SessionStatus.FAILED)
     failed = dict(record)
     failed["previousStatus"] = record["status"]
-    failed["status"] = "FAILED"
+    failed["status"] = SessionStatus.FAILED.value
     failed["reason"] = NODE_LOST_REASON
     failed["error"] = f"the node {record['serverId']} stopped renewing its lease"
     failed["updatedAt"] = now_iso
     failed["stoppedAt"] = now_iso
     return failed
+
+
+_STATUS_NAMES = frozenset(status.value for status in SessionStatus)
 
 
 def utc_now_iso() -> str:
