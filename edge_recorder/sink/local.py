@@ -38,12 +38,13 @@ class LocalTarget:
     final_write = "local"
 
     def __init__(self, spool_path: Path) -> None:
-        self._path = spool_path
+        # absolute(), not resolve(): it reads no file system, and runs on the loop.
+        self._path = spool_path.absolute()
 
     @property
     def key(self) -> str:
         """The spool's absolute path."""
-        return str(self._path.resolve())
+        return str(self._path)
 
     async def head(self) -> ObjectInfo | None:
         # The spool was created exclusively: nothing else can be "at the key".
