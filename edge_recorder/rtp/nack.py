@@ -37,6 +37,16 @@ The rules, and why:
   from us carrying LSR/DLSR that estimate is 100 ms; libwebrtc's sender
   throttles per packet by RTT the same way. A retry inside that window is
   dropped by the sender and would only burn the retry budget.
+- **The path's RTT replaces the floor once it is known.** The recorder sends
+  receiver reports (``rtp/reports.py``), so the sender's estimate becomes the
+  real round trip, and when the sender answers our XR Receiver Reference Time
+  with a DLRR (RFC 3611 §4.5; mediasoup's consumers do) we measure that same
+  round trip: :meth:`NackScheduler.set_path_rtt`. Then the spacing is
+  ``max(rtt, path_rtt + path_margin_s)``: the margin (default 20 ms) covers the
+  path's jitter and the sender's whole-millisecond ``now - resent <= rtt``
+  comparison, so a retry is never inside the sender's window. With a 20 ms
+  path three retries fit a 150 ms wait where the floor allowed one. Without a
+  DLRR (a sender that ignores XR) the floor stays.
 - **Retry limit.** At most ``max_retries`` requests after the first (default 3).
   Loss that survives them is persistent (the sender no longer holds the packet,
   or the path is down); the keyframe request that follows the assembler's
@@ -138,6 +148,7 @@ class NackScheduler:
         min_retry_interval_s: float = 0.1,
         max_retries: int = 3,
         max_per_nack: int = 64,
+        path_margin_s: float = 0.02,
     ) -> None:
         """Create a scheduler with nothing missing.
 
@@ -150,6 +161,8 @@ class NackScheduler:
                 number, in seconds; the RTT estimate raises it.
             max_retries: requests allowed after the first, per number.
             max_per_nack: the most numbers one :meth:`poll` returns.
+            path_margin_s: added to the path RTT (:meth:`set_path_rtt`) to
+                space retries once it is known, in seconds.
 
         Raises:
             ValueError: a parameter is out of range (times negative or not
@@ -160,6 +173,7 @@ class NackScheduler:
             ("max_age_s", max_age_s),
             ("reorder_grace_s", reorder_grace_s),
             ("min_retry_interval_s", min_retry_interval_s),
+            ("path_margin_s", path_margin_s),
         ):
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be finite and >= 0, not {value}")
@@ -178,6 +192,8 @@ class NackScheduler:
         self._max_per_nack = max_per_nack
         self.stats = NackStats()
         self._rtt_s: float | None = None
+        self._path_margin_s = path_margin_s
+        self._path_rtt_s: float | None = None
         # Keyed by the 16-bit wire number, so received() needs no unwrapping:
         # the gaps span less than 2^15 numbers (the assembler's window), so the
         # wire number names one gap.
@@ -191,11 +207,35 @@ class NackScheduler:
         return self._rtt_s
 
     @property
+    def path_rtt_s(self) -> float | None:
+        """The path's round trip measured by RTCP (XR DLRR), seconds; None when unknown."""
+        return self._path_rtt_s
+
+    def set_path_rtt(self, rtt_s: float | None) -> None:
+        """Use the round trip RTCP measured instead of the fixed floor (see the module doc).
+
+        Args:
+            rtt_s: the RTT in seconds (finite, >= 0), or None to go back to the floor.
+
+        Raises:
+            ValueError: ``rtt_s`` is negative or not finite.
+        """
+        if rtt_s is not None and (not math.isfinite(rtt_s) or rtt_s < 0):
+            raise ValueError(f"rtt_s must be finite and >= 0, not {rtt_s}")
+        self._path_rtt_s = rtt_s
+
+    @property
     def retry_interval_s(self) -> float:
-        """The current spacing of requests for one number: max(RTT, minimum), seconds."""
+        """The current spacing of requests for one number, seconds.
+
+        ``max(rtt, path_rtt + path_margin_s)`` once RTCP measured the path,
+        else ``max(rtt, min_retry_interval_s)`` (``rtt`` from retransmissions,
+        0 before a sample).
+        """
+        floor = self._min_retry_interval_s if self._path_rtt_s is None else self._path_rtt_s + self._path_margin_s
         if self._rtt_s is None:
-            return self._min_retry_interval_s
-        return max(self._rtt_s, self._min_retry_interval_s)
+            return floor
+        return max(self._rtt_s, floor)
 
     @property
     def pending(self) -> int:

@@ -31,6 +31,7 @@ __all__ = [
     "MAX_NACK_ITEMS",
     "NTP_UNIX_EPOCH_OFFSET_S",
     "Bye",
+    "DlrrItem",
     "Fir",
     "GenericNack",
     "Pli",
@@ -44,6 +45,8 @@ __all__ = [
     "ntp_middle32",
     "ntp_to_seconds",
     "parse_rtcp_untrusted",
+    "parse_xr_dlrr_untrusted",
+    "receiver_reference_time",
     "seconds_to_ntp",
     "serialize_rtcp",
 ]
@@ -62,6 +65,10 @@ FMT_GENERIC_NACK = 1  # RTPFB, RFC 4585 §6.2.1
 FMT_PLI = 1  # PSFB, RFC 4585 §6.3.1
 FMT_FIR = 4  # PSFB, RFC 5104 §4.3.1.1
 
+# XR report block types (RFC 3611 §4.4, §4.5).
+XR_RRT = 4
+XR_DLRR = 5
+
 # SDES item types (RFC 3550 §6.5).
 SDES_CNAME = 1
 
@@ -79,6 +86,10 @@ _REPORT_BLOCK = struct.Struct("!IIIIII")
 _FEEDBACK = struct.Struct("!II")
 _NACK_ITEM = struct.Struct("!HH")
 _FIR_ITEM = struct.Struct("!IB3x")
+# XR block header: BT, type-specific, block length in words (RFC 3611 §3).
+_XR_BLOCK = struct.Struct("!BBH")
+# DLRR sub-block: SSRC, LRR, DLRR (RFC 3611 §4.5).
+_DLRR_ITEM = struct.Struct("!III")
 
 #: The most packets one compound may hold. Real ones hold two to four (SR or
 #: RR, SDES, perhaps BYE or feedback); the bound keeps one datagram's cost
@@ -235,6 +246,22 @@ class Unknown:
     packet_type: int
     count: int
     body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class DlrrItem:
+    """One DLRR sub-block of an XR packet (RFC 3611 §4.5).
+
+    Attributes:
+        ssrc: the receiver whose reference time is echoed (mediasoup writes
+            its own stream's SSRC here).
+        lrr: the middle 32 bits of that receiver's last RRT NTP timestamp.
+        dlrr: delay since that RRT arrived, 1/65536 s.
+    """
+
+    ssrc: int
+    lrr: int
+    dlrr: int
 
 
 RtcpPacket: TypeAlias = (
@@ -509,6 +536,68 @@ _PARSERS: dict[int, Callable[[int, _Buffer, int, int], RtcpPacket | None]] = {
     PT_RTPFB: _parse_rtpfb,
     PT_PSFB: _parse_psfb,
 }
+
+
+def parse_xr_dlrr_untrusted(packet: Unknown) -> list[DlrrItem]:
+    """The DLRR sub-blocks of an XR packet (RFC 3611 §4.5); other blocks are skipped.
+
+    XR stays an :class:`Unknown` in :func:`parse_rtcp_untrusted` (the receiver
+    reads only the DLRR that answers its RRT); this reads that one block type.
+
+    Args:
+        packet: an :class:`Unknown` of packet type 207 from a parsed compound.
+
+    Returns:
+        The sub-blocks in order; empty for another packet type or no DLRR.
+
+    Raises:
+        RtcpParseError: a block length overruns the packet, or a DLRR block
+            is not a whole number of sub-blocks.
+    """
+    if packet.packet_type != PT_XR:
+        return []
+    body = packet.body
+    if len(body) < 4:
+        raise RtcpParseError(f"XR of {len(body)} bytes has no sender SSRC")
+    items: list[DlrrItem] = []
+    pos = 4  # after the XR sender's SSRC (RFC 3611 §2)
+    while pos < len(body):
+        if len(body) - pos < _XR_BLOCK.size:
+            raise RtcpParseError(f"XR block header truncated at byte {pos}")
+        block_type, _specific, words = _XR_BLOCK.unpack_from(body, pos)
+        start = pos + _XR_BLOCK.size
+        end = start + 4 * words
+        if end > len(body):
+            raise RtcpParseError(f"XR block type {block_type} overruns the packet")
+        if block_type == XR_DLRR:
+            if (end - start) % _DLRR_ITEM.size:
+                raise RtcpParseError(f"XR DLRR block of {end - start} bytes is not whole sub-blocks")
+            items.extend(DlrrItem(*_DLRR_ITEM.unpack_from(body, at)) for at in range(start, end, _DLRR_ITEM.size))
+        pos = end
+    return items
+
+
+def receiver_reference_time(ssrc: int, ntp_timestamp: int) -> Unknown:
+    """An XR packet holding one Receiver Reference Time block (RFC 3611 §4.4).
+
+    A sender that implements §4.5 answers it with a DLRR sub-block, from which
+    the receiver computes the round trip (``rtp/reports.py``).
+
+    Args:
+        ssrc: the reporter (our SSRC).
+        ntp_timestamp: our 64-bit NTP time now.
+
+    Returns:
+        The packet, ready for :func:`serialize_rtcp`.
+
+    Raises:
+        ValueError: a field is out of range.
+    """
+    try:
+        body = _U32.pack(ssrc) + _XR_BLOCK.pack(XR_RRT, 0, 2) + struct.pack("!Q", ntp_timestamp)
+    except struct.error as exc:
+        raise ValueError(f"XR RRT: a field is out of range: {exc}") from exc
+    return Unknown(PT_XR, 0, body)
 
 
 # --------------------------------------------------------------------- serialise

@@ -26,17 +26,21 @@ fails with the file kept up to its last complete fragment.
 
 A worker that dies on its own (a libav crash, an out-of-memory kill) fails this
 session alone; the service and other sessions never notice.
+
+The lifecycle is one :class:`~edge_recorder.session.state.Phase` (STARTING,
+RECORDING, DRAINING once a stop is asked, FINALISING once the worker exited,
+UPLOADING, COMPLETED, FAILED), moved only by ``state.advance``; the public
+status is derived from it and every status change is announced. Waiting for
+a phase is :meth:`RecordingSession._wait_for`.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import datetime as dt
 import logging
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -44,20 +48,23 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, assert_never
 
 import trio
 
-from edge_recorder.errors import EdgeRecorderError, ParseError, SessionError, SpoolError, public_message
+from edge_recorder.config import Settings
+from edge_recorder.errors import EdgeRecorderError, SessionError, SpoolError, public_message
 from edge_recorder.media import wire
 from edge_recorder.rtp.assembler import AssembledFrame
 from edge_recorder.rtp.sync import ClockDomain
 from edge_recorder.session.destination import Asset, Destination, LocalDestination
 from edge_recorder.session.ports import PortAllocator
 from edge_recorder.session.speaker import ActiveSpeakerDetector
-from edge_recorder.session.state import SessionStatus, transition
+from edge_recorder.session.state import AssetEntry, Phase, SessionRecord, SessionStatus, StreamEntry, advance
+from edge_recorder.state.store import utc_now_iso
 from edge_recorder.spool import NodeSpool
-from edge_recorder.session.stream import AUDIO_LEVEL_URI, POLL_INTERVAL_S, StreamReceiver, StreamSpec
+from edge_recorder.session.reading import ReadScheduler
+from edge_recorder.session.stream import AUDIO_LEVEL_URI, StreamReceiver, StreamSpec
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +74,7 @@ SPEAKER_CHECK_INTERVAL_S = 0.1
 PIPE_BATCH_BYTES = 256 * 1024
 
 
-def _utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+_utc_now = utc_now_iso
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +91,7 @@ class OutputOptions:
     x264_threads: int
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "OutputOptions":
+    def from_settings(cls, settings: Settings) -> "OutputOptions":
         o = settings.output
         return cls(
             width=o.width_px,
@@ -130,7 +136,7 @@ class RecordingSession:
         *,
         session_id: str | None,
         room_id: str,
-        settings: Any,
+        settings: Settings,
         ports: PortAllocator,
         layout: str | None = None,
         output: OutputOptions | None = None,
@@ -163,7 +169,11 @@ class RecordingSession:
         self._drain_timeout_s = drain_timeout_s
         self._clock = clock
 
-        self.status = SessionStatus.STARTING
+        # The one lifecycle: a phase (session/state.py's table), its public
+        # status derived. Waiters use _wait_for; _phase_changed is replaced
+        # on every move, so each wait re-checks its own predicate.
+        self._phase = Phase.STARTING
+        self._phase_changed = trio.Event()
         self.previous_status: SessionStatus | None = None
         self.reason: str | None = None
         # What went wrong, for operators: names the kept file and the
@@ -191,6 +201,7 @@ class RecordingSession:
         self.complete_media_s = 0.0
 
         self._streams: dict[str, _StreamHandle] = {}
+        self._reading = ReadScheduler()  # who reads the streams' sockets, and when
         # One sender clock per CNAME (per peer when absent): its streams'
         # Sender Reports share it, which is what keeps their lip sync.
         self._domains: dict[str, ClockDomain] = {}
@@ -204,68 +215,91 @@ class RecordingSession:
         self._pipe_send, self._pipe_receive = trio.open_memory_channel[bytes](
             settings.ingest.stream_queue_packets
         )
+        # I/O plumbing, not lifecycle (the lifecycle is _phase): the worker's
+        # "ready" handshake arrived on its stdout (run() then enters RECORDING);
+        # the worker's stdout ended (its last words are read); run() returned
+        # (after the terminal phase: the spool's removal and the worker's
+        # reaping come after COMPLETED/FAILED is announced).
         self._ready = trio.Event()
-        self._recording = trio.Event()
+        self._events_done = trio.Event()
         self._finished = trio.Event()
-        # Set when a stop may report back: the media is final (UPLOADING to a
-        # remote destination) or the session ended.
-        self._settled = trio.Event()
-        self._worker_exited = trio.Event()
-        self._events_done = trio.Event()  # the worker's stdout ended
-        # Liveness states that found the worker pipe full, newest per stream index.
+        # Liveness states that found the worker pipe full, newest per stream
+        # index, and the wake-up of the task that sends them (I/O plumbing).
         self._liveness_pending: dict[int, bool] = {}
         self._liveness_wakeup = trio.Event()
-        self._stopping = False
         self._worker_error: str | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES_KEPT)
 
     # -- status ------------------------------------------------------------------
 
-    def _move(self, target: SessionStatus, *, error: str | None = None) -> None:
-        self.status, self.previous_status = transition(self.status, target), self.status
-        self.updated_at = _utc_now()
-        if target.terminal or (target is SessionStatus.UPLOADING and self.destination.removes_spool):
-            self._settled.set()
+    @property
+    def status(self) -> SessionStatus:
+        """The protocol's status (derived from the phase)."""
+        return self._phase.status
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    def _enter(self, target: Phase, *, error: str | None = None) -> None:
+        """Move the phase (checked by :func:`advance`); announce a change of the public status."""
+        previous = self._phase
+        self._phase = advance(previous, target)
+        self._phase_changed.set()
+        self._phase_changed = trio.Event()
         if error is not None:
             self.error = error
             self.public_error = public_message(error)
+        if target.status is not previous.status:
+            self.previous_status = previous.status
+            self.updated_at = _utc_now()
+            self._announce(error)
+
+    def _announce(self, error: str | None = None) -> None:
         log.info(
             "Recording session status changed",
-            extra={"sessionId": self.session_id, "roomId": self.room_id, "status": target.value, "error": error},
+            extra={"sessionId": self.session_id, "roomId": self.room_id, "status": self.status.value, "error": error},
         )
         if self._on_change is not None:
             self._on_change(self)
 
-    def state_record(self) -> dict[str, Any]:
-        """The protocol's state record for this session."""
-        record: dict[str, Any] = {
-            "sessionId": self.session_id,
-            "roomId": self.room_id,
-            "status": self.status.value,
-            "previousStatus": self.previous_status.value if self.previous_status else None,
-            "startedAt": self.started_at,
-            "updatedAt": self.updated_at,
-            "serverId": self.settings.server_id,
-            "layout": self.layout,
-            "streams": [
-                {"producerId": h.spec.producer_id, "peerId": h.spec.peer_id, "kind": h.spec.kind, "source": h.spec.source}
-                for h in self._streams.values()
-            ],
-        }
-        if self.reason:
-            record["reason"] = self.reason
-        if self.public_error:
-            record["error"] = self.public_error
-        if self.stopped_at:
-            record["stoppedAt"] = self.stopped_at
-        if self.asset is not None:
-            record["asset"] = self.asset.record()
-        return record
+    async def _wait_for(self, predicate: Callable[[Phase], bool]) -> None:
+        """Wait until the phase satisfies ``predicate`` (at once when it already does).
+
+        Cancellation only ends the wait.
+        """
+        while not predicate(self._phase):
+            await self._phase_changed.wait()
+
+    def _settled(self, phase: Phase) -> bool:
+        """A stop may report back: the media is final (UPLOADING to a remote destination) or the session ended."""
+        return phase.terminal or (phase is Phase.UPLOADING and self.destination.removes_spool)
+
+    def state_record(self) -> SessionRecord:
+        """The protocol's state record for this session (``.to_wire()`` is its JSON object)."""
+        asset = self.asset
+        return SessionRecord(
+            session_id=self.session_id,
+            room_id=self.room_id,
+            status=self.status,
+            previous_status=self.previous_status,
+            started_at=self.started_at,
+            updated_at=self.updated_at,
+            server_id=self.settings.server_id,
+            layout=self.layout,
+            streams=tuple(
+                StreamEntry(h.spec.producer_id, h.spec.peer_id, h.spec.kind, h.spec.source) for h in self._streams.values()
+            ),
+            reason=self.reason,
+            error=self.error,
+            stopped_at=self.stopped_at,
+            asset=None if asset is None else AssetEntry(asset.bucket, asset.key, asset.size_bytes, asset.url),
+        )
 
     @property
     def stopping(self) -> bool:
-        """A stop was asked for; the media is being finalised."""
-        return self._stopping
+        """Past recording: a stop was asked for and the media is being finalised, or the session ended (the phase says so)."""
+        return self._phase.stopping
 
     @property
     def streams(self) -> list[StreamReceiver]:
@@ -289,9 +323,7 @@ class RecordingSession:
         # STARTING is the state a session is born in; announce it like every
         # other, so clients (and shared state, the row, webhooks) see
         # STARTING → RECORDING → … as the runbook's checklist asks.
-        log.info("Recording session status changed", extra={"sessionId": self.session_id, "roomId": self.room_id, "status": self.status.value})
-        if self._on_change is not None:
-            self._on_change(self)
+        self._announce()
         try:
             # The manager normally created it (exclusively) before the start
             # was accepted; a session run on its own creates it here.
@@ -313,7 +345,7 @@ class RecordingSession:
                 nursery.start_soon(self._read_events, process.stdout)
                 nursery.start_soon(self._read_stderr, process.stderr)
                 nursery.start_soon(self._write_pipe, process.stdin)
-                await self._pipe_send.send(wire.encode_control("configure", **self._worker_config()))
+                await self._pipe_send.send(wire.encode_control(wire.Configure(**self._worker_config())))
                 with trio.move_on_after(WORKER_READY_TIMEOUT_S):
                     # A worker that dies before it is ready ends the wait at
                     # once, with what it said, not after the whole timeout.
@@ -329,9 +361,8 @@ class RecordingSession:
                         why = f"media worker not ready after {WORKER_READY_TIMEOUT_S:.0f} s"
                     raise SessionError(why + (f": {self._worker_error}" if self._worker_error else ""))
                 self.t0 = self._clock()
-                await self._pipe_send.send(wire.encode_control("start", t0_monotonic=self.t0))
-                self._move(SessionStatus.RECORDING)
-                self._recording.set()
+                await self._pipe_send.send(wire.encode_control(wire.Start(t0_monotonic=self.t0)))
+                self._enter(Phase.RECORDING)
                 task_status.started()
                 uploading = trio.CancelScope()
                 nursery.start_soon(self._run_destination, uploading)
@@ -339,19 +370,24 @@ class RecordingSession:
                 nursery.start_soon(self._poll_receivers)
                 nursery.start_soon(self._send_pending_liveness)
                 returncode = await process.wait()
-                self._worker_exited.set()
+                # Asked to stop (DRAINING) or exited on its own (RECORDING).
+                asked = self._phase is Phase.DRAINING
+                self._enter(Phase.FINALISING)
                 uploading.cancel()
-                if self._media_final(returncode):
+                if self._media_final(returncode, asked):
                     await self._deliver_artifact()
                 else:
-                    self._fail_worker(returncode)
+                    await self._fail_worker(returncode, asked)
                 nursery.cancel_scope.cancel()
         except* (SessionError, SpoolError, OSError) as group:
             # Raised inside the nursery, so it arrives in a group.
             exc = group.exceptions[0]
-            self._fail(self._failure_text(f"the media worker could not start: {exc}", process))
+            self._nursery = None
+            await self._fail(self._failure_text(f"the media worker could not start: {exc}", process))
             task_status.started()
         finally:
+            # Closed: a stop or a new stream from now on finds no nursery to run in.
+            self._nursery = None
             with trio.CancelScope(shield=True):
                 self._close_streams()
                 if process is not None and process.returncode is None:
@@ -359,9 +395,8 @@ class RecordingSession:
                     with trio.move_on_after(5):
                         await process.wait()
                 if not self.status.terminal:
-                    self._truncate_to_fragment()
-                    self._fail(self._failure_text(self._worker_error or "the recording was cancelled", process))
-                self._settled.set()
+                    await self._truncate_to_fragment()
+                    await self._fail(self._failure_text(self._worker_error or "the recording was cancelled", process))
                 self._finished.set()
 
     def _ensure_spool(self) -> None:
@@ -397,20 +432,28 @@ class RecordingSession:
         with scope:
             await self.destination.run()
 
-    def _media_final(self, returncode: int) -> bool:
-        """The worker exited: True when it finalised the file because we asked."""
+    def _media_final(self, returncode: int, asked: bool) -> bool:
+        """The worker exited: True when it finalised the file because we ``asked``."""
         self.stopped_at = self.stopped_at or _utc_now()
-        return returncode == 0 and self._stopping and self._worker_error is None
+        return returncode == 0 and asked and self._worker_error is None
+
+    def _spool_size(self) -> int | None:
+        """The spool's size, None when it is gone (blocking: call it in a thread)."""
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return None
 
     async def _deliver_artifact(self) -> None:
         """UPLOADING → COMPLETED, or FAILED with the artifact kept and named."""
-        self._move(SessionStatus.UPLOADING)
-        total = self.path.stat().st_size if self.path.exists() else 0
+        self._enter(Phase.UPLOADING)
+        # stat off the loop: the spool may be on a slow or network disk.
+        total = await trio.to_thread.run_sync(self._spool_size) or 0
         try:
             asset = await self.destination.finish(total)
         except EdgeRecorderError as exc:
             self.reason = "upload-failed"
-            self._fail(
+            await self._fail(
                 f"upload failed: {exc}; the recording is kept at {self.path} "
                 f"({total} bytes) on node {self.settings.server_id}; "
                 f"run `edge-recorder retry-upload {self.session_id}` there to finish it"
@@ -421,15 +464,15 @@ class RecordingSession:
         self.location = asset.url
         # COMPLETED first, the spool removed after: with a bookkeeper the
         # file goes only once the row and its asset are written.
-        self._move(SessionStatus.COMPLETED)
+        self._enter(Phase.COMPLETED)
         if self.destination.removes_spool and not self.defer_spool_removal:
             try:
                 await trio.to_thread.run_sync(self.path.unlink)
             except OSError as exc:
                 log.warning("could not remove the uploaded spool %s: %s", self.path, exc)
 
-    def _fail_worker(self, returncode: int) -> None:
-        if returncode == 0 and not self._stopping:
+    async def _fail_worker(self, returncode: int, asked: bool) -> None:
+        if returncode == 0 and not asked:
             why = "the media worker exited without being asked to stop"
         elif returncode < 0:
             why = f"the media worker died of signal {signal.Signals(-returncode).name}"
@@ -437,14 +480,19 @@ class RecordingSession:
             why = f"the media worker failed (exit {returncode})"
         if self._worker_error:
             why += f": {self._worker_error}"
-        self._truncate_to_fragment()
-        self._fail(self._failure_text(why, None))
+        await self._truncate_to_fragment()
+        await self._fail(self._failure_text(why, None))
 
-    def _truncate_to_fragment(self) -> None:
-        """Cut a partial trailing fragment so the kept file plays cleanly to its end."""
+    async def _truncate_to_fragment(self) -> None:
+        """Cut a partial trailing fragment so the kept file plays cleanly to its end (in a thread)."""
+        complete = self.complete_bytes
+
+        def cut() -> None:
+            if complete and self.path.stat().st_size > complete:
+                os.truncate(self.path, complete)
+
         try:
-            if self.complete_bytes and self.path.stat().st_size > self.complete_bytes:
-                os.truncate(self.path, self.complete_bytes)
+            await trio.to_thread.run_sync(cut)
         except OSError as exc:
             log.warning("could not truncate %s: %s", self.path, exc)
 
@@ -458,13 +506,17 @@ class RecordingSession:
         tail = f"; worker stderr: {' | '.join(self._stderr_tail)}" if self._stderr_tail else ""
         return why + kept + tail
 
-    def _fail(self, error: str) -> None:
+    async def _fail(self, error: str) -> None:
+        """Enter FAILED (once; a terminal session stays as it is), the kept file's size read in a thread."""
         if self.status.terminal:
+            return
+        size = await trio.to_thread.run_sync(self._spool_size)
+        if self.status.terminal:  # ended while the size was read
             return
         self.stopped_at = self.stopped_at or _utc_now()
         self.reason = self.reason or "error"
-        self.size_bytes = self.path.stat().st_size if self.path.exists() else None
-        self._move(SessionStatus.FAILED, error=error)
+        self.size_bytes = size
+        self._enter(Phase.FAILED, error=error)
         log.error("Recording session failed", extra={"sessionId": self.session_id, "roomId": self.room_id, "error": error})
 
     # -- worker pipe -------------------------------------------------------------
@@ -495,52 +547,51 @@ class RecordingSession:
             self._events_done.set()
 
     async def _read_events_until_end(self, stdout: trio.abc.ReceiveStream) -> None:
+        # The reader never raises: a line it cannot use arrives as a warning.
         reader = wire.EventReader()
         async for data in stdout:
-            try:
-                events = reader.feed(data)
-            except ParseError as exc:
-                log.warning("bad event from worker: %s", exc)
-                continue
-            for event in events:
+            for event in reader.feed(data):
                 self._handle_event(event)
 
-    def _handle_event(self, event: dict[str, Any]) -> None:
-        name = event.get("event")
-        if name == "ready":
-            self._ready.set()
-        elif name == "first_frame":
-            self.first_frame_monotonic = float(event["monotonic"])
-        elif name == "fragment":
-            self.complete_bytes = int(event["bytes"])
-            self.complete_media_s = float(event["media_end_s"])
-            self.destination.fragment_written(self.complete_bytes)
-        elif name in ("stats", "finished"):
-            skew = self._av_skew_s(event)
-            if skew is not None:
-                event["av_skew_s"] = skew
-            self.worker_stats = event
-        elif name == "keyframe_needed":
-            for handle in self._streams.values():
-                if handle.receiver.index == event.get("index"):
-                    handle.receiver.request_keyframe()
-        elif name == "visibility":
-            visible = set(event.get("visible") or ())
-            for handle in self._streams.values():
-                handle.receiver.set_visible(handle.receiver.index in visible)
-        elif name == "levels":
-            # Decoded energy of audio streams without RFC 6464 levels.
-            now = self._now_s()
-            levels = event.get("levels") or {}
-            for handle in self._streams.values():
-                level = levels.get(str(handle.receiver.index))
-                if isinstance(level, (int, float)):
-                    self.speaker.observe(handle.spec.peer_id, float(level), now)
-        elif name == "error":
-            self._worker_error = str(event.get("message"))
-            log.error("media worker error", extra={"sessionId": self.session_id, "error": self._worker_error})
-        elif name == "warning":
-            log.warning("media worker: %s", event.get("message"))
+    def _handle_event(self, event: wire.Event) -> None:
+        match event:
+            case wire.Ready():
+                self._ready.set()
+            case wire.FirstFrame(monotonic=monotonic):
+                self.first_frame_monotonic = monotonic
+            case wire.Fragment(complete_bytes=complete_bytes, media_end_s=media_end_s):
+                self.complete_bytes = complete_bytes
+                self.complete_media_s = media_end_s
+                self.destination.fragment_written(complete_bytes)
+            case wire.Stats():  # and wire.Finished, the last of them
+                # Kept as the JSON object: metrics, the demo and the bench read it.
+                stats = event.to_json()
+                skew = self._av_skew_s(stats)
+                if skew is not None:
+                    stats["av_skew_s"] = skew
+                self.worker_stats = stats
+            case wire.KeyframeNeeded(index=index):
+                for handle in self._streams.values():
+                    if handle.receiver.index == index:
+                        handle.receiver.request_keyframe()
+            case wire.Visibility(visible=visible):
+                shown = set(visible)
+                for handle in self._streams.values():
+                    handle.receiver.set_visible(handle.receiver.index in shown)
+            case wire.Levels(levels=levels):
+                # Decoded energy of audio streams without RFC 6464 levels.
+                now = self._now_s()
+                for handle in self._streams.values():
+                    level = levels.get(handle.receiver.index)
+                    if level is not None:
+                        self.speaker.observe(handle.spec.peer_id, level, now)
+            case wire.WorkerError(message=message):
+                self._worker_error = message
+                log.error("media worker error", extra={"sessionId": self.session_id, "error": self._worker_error})
+            case wire.WorkerWarning(message=message):
+                log.warning("media worker: %s", message)
+            case _:
+                assert_never(event)
 
     async def _read_stderr(self, stderr: trio.abc.ReceiveStream) -> None:
         """Keep the worker's stderr tail; log a traceback it writes at ERROR.
@@ -622,9 +673,8 @@ class RecordingSession:
             SessionError: the session is not recording.
             PortsExhaustedError: no free port; nothing was bound.
         """
-        if self.status is SessionStatus.STARTING:
-            await self._recording.wait()
-        if self.status is not SessionStatus.RECORDING or self._stopping or self._nursery is None:
+        await self._wait_for(lambda phase: phase is not Phase.STARTING)
+        if self._phase is not Phase.RECORDING or self._nursery is None:
             raise SessionError(f"session {self.session_id} is {self.status.value}, not RECORDING")
         if spec.producer_id in self._streams:
             # The same producer again (replaced under its id): the new
@@ -670,16 +720,17 @@ class RecordingSession:
         self._streams[spec.producer_id] = handle
         await self._pipe_send.send(
             wire.encode_control(
-                "add_stream",
-                index=index,
-                key=spec.producer_id,
-                kind=spec.kind,
-                source=spec.source,
-                peer_id=spec.peer_id,
-                display_name=spec.display_name,
-                codec=spec.codec_name,
-                # Without RFC 6464 levels on the wire the worker measures them.
-                report_levels=spec.kind == "audio" and spec.rtp_parameters.extension_id(AUDIO_LEVEL_URI) is None,
+                wire.AddStream(
+                    index=index,
+                    key=spec.producer_id,
+                    kind=wire.media_kind(spec.kind),
+                    source=spec.source,
+                    peer_id=spec.peer_id,
+                    display_name=spec.display_name,
+                    codec=spec.codec_name,
+                    # Without RFC 6464 levels on the wire the worker measures them.
+                    report_levels=spec.kind == "audio" and spec.rtp_parameters.extension_id(AUDIO_LEVEL_URI) is None,
+                )
             )
         )
         self._nursery.start_soon(self._run_stream, handle)
@@ -696,7 +747,7 @@ class RecordingSession:
             if handle.scope.cancel_called:
                 return
             with handle.scope:
-                await handle.receiver.run()
+                await handle.receiver.run(self._reading)
         except OSError as exc:
             # One stream's socket failing must not end the recording: the
             # stream stops, the others and the file go on.
@@ -711,6 +762,7 @@ class RecordingSession:
 
     def _release_stream(self, handle: _StreamHandle) -> None:
         """Close the stream's sockets and return its ports. Safe to call twice."""
+        self._reading.forget(handle.receiver)  # before its socket closes under the batch loop
         handle.receiver.rtp_socket.close()
         if handle.receiver.rtcp_socket is not None:
             handle.receiver.rtcp_socket.close()
@@ -758,12 +810,12 @@ class RecordingSession:
         state is kept, and :meth:`_send_pending_liveness` delivers it when
         there is room. Only the latest state per stream matters to the worker.
         """
-        if self._stopping:
+        if self.stopping:
             return
         index = receiver.index
         if index not in self._liveness_pending:
             try:
-                self._pipe_send.send_nowait(wire.encode_control("stream_live", index=index, live=live))
+                self._pipe_send.send_nowait(wire.encode_control(wire.StreamLive(index=index, live=live)))
                 return
             except trio.WouldBlock:
                 pass
@@ -777,10 +829,10 @@ class RecordingSession:
         while True:
             await self._liveness_wakeup.wait()
             self._liveness_wakeup = trio.Event()
-            while self._liveness_pending and not self._stopping:
+            while self._liveness_pending and not self.stopping:
                 index, live = next(iter(self._liveness_pending.items()))
                 try:
-                    await self._pipe_send.send(wire.encode_control("stream_live", index=index, live=live))
+                    await self._pipe_send.send(wire.encode_control(wire.StreamLive(index=index, live=live)))
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     return
                 if self._liveness_pending.get(index) == live:
@@ -792,7 +844,7 @@ class RecordingSession:
         The same 10 Hz tick notices streams that went silent (they have no
         packet to wake their receivers).
         """
-        while not self._stopping:
+        while not self.stopping:
             await trio.sleep(SPEAKER_CHECK_INTERVAL_S)
             now = self._now_s()
             changed = self.speaker.update(now)
@@ -805,44 +857,17 @@ class RecordingSession:
     async def _poll_receivers(self) -> None:
         """Read the streams that need no promptness (audio, video not shown), all in one wake-up.
 
-        Forty streams waking their own tasks per datagram cost ~75 µs each
-        (epoll registration, a task switch, a timeout scope): more than the
-        media work. Read every ``POLL_INTERVAL_S`` instead, the kernel holds
-        what arrives in between.
+        The read policy and both read loops are the session's
+        :class:`~edge_recorder.session.reading.ReadScheduler`; this task runs
+        its batched loop until the session stops.
         """
-        # One epoll set for the session's polled sockets: a tick asks the
-        # kernel once which have data instead of trying each (an exception
-        # per empty socket, forty sockets, fifty times a second).
-        epoll = select.epoll()
-        watched: dict[int, StreamReceiver] = {}
-        try:
-            while not self._stopping:
-                await trio.sleep(POLL_INTERVAL_S)
-                polled = {}
-                for handle in self._streams.values():
-                    fd = handle.receiver.reader_fileno
-                    if handle.receiver.polled and fd is not None and not handle.scope.cancel_called:
-                        polled[fd] = handle.receiver
-                for fd in [fd for fd, r in watched.items() if polled.get(fd) is not r]:
-                    del watched[fd]
-                    with contextlib.suppress(OSError, ValueError):
-                        epoll.unregister(fd)
-                for fd, receiver in polled.items():
-                    if fd not in watched:
-                        with contextlib.suppress(OSError):
-                            epoll.register(fd, select.EPOLLIN)
-                            watched[fd] = receiver
-                ready = {fd for fd, _ in epoll.poll(0)}
-                for fd, receiver in polled.items():
-                    await receiver.poll(readable=fd in ready)
-        finally:
-            epoll.close()
+        await self._reading.run_batches(lambda: self.stopping)
 
     async def _send_active_speaker(self, peer_id: str | None) -> None:
         self.active_speaker = peer_id
-        if not self._stopping and self.status is SessionStatus.RECORDING:
+        if self._phase is Phase.RECORDING:
             try:
-                await self._pipe_send.send(wire.encode_control("active_speaker", peer_id=peer_id))
+                await self._pipe_send.send(wire.encode_control(wire.ActiveSpeaker(peer_id=peer_id)))
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 pass
 
@@ -866,9 +891,9 @@ class RecordingSession:
             # The speaker left: the overlay falls back to the first camera
             # until someone else speaks.
             await self._send_active_speaker(None)
-        if not self._stopping:
+        if self._phase is Phase.RECORDING:
             try:
-                await self._pipe_send.send(wire.encode_control("remove_stream", index=handle.receiver.index))
+                await self._pipe_send.send(wire.encode_control(wire.RemoveStream(index=handle.receiver.index)))
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 pass
 
@@ -882,8 +907,8 @@ class RecordingSession:
 
     async def set_layout(self, layout: str) -> None:
         self.layout = layout
-        if not self._stopping and self.status is SessionStatus.RECORDING:
-            await self._pipe_send.send(wire.encode_control("layout", layout=layout))
+        if self._phase is Phase.RECORDING:
+            await self._pipe_send.send(wire.encode_control(wire.Layout.named(layout)))
 
     def _close_streams(self) -> None:
         for handle in list(self._streams.values()):
@@ -900,10 +925,9 @@ class RecordingSession:
         cancelling the caller (a control connection that drops mid-stop)
         cancels only its wait, never the finalisation.
         """
-        if self.status is SessionStatus.STARTING:
-            await self._recording.wait()
-        if not self._stopping and not self.status.terminal and self._nursery is not None:
-            self._stopping = True
+        await self._wait_for(lambda phase: phase is not Phase.STARTING)
+        if self._phase is Phase.RECORDING and self._nursery is not None:
+            self._enter(Phase.DRAINING)
             self.reason = reason
             self.stopped_at = _utc_now()
             assert self.t0 is not None
@@ -914,17 +938,17 @@ class RecordingSession:
                 handle.receiver.take_what_arrived()
                 handle.scope.cancel()
             self._nursery.start_soon(self._drain, at_s)
-        await self._settled.wait()
+        await self._wait_for(self._settled)
 
     async def _drain(self, at_s: float) -> None:
         """Tell the worker the stop instant, close its pipe, bound the wait."""
         try:
-            await self._pipe_send.send(wire.encode_control("stop", at_s=at_s))
+            await self._pipe_send.send(wire.encode_control(wire.Stop(at_s=at_s)))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
         await self._pipe_send.aclose()
         with trio.move_on_after(self._drain_timeout_s):
-            await self._worker_exited.wait()
+            await self._wait_for(lambda phase: phase is not Phase.DRAINING)  # the worker exited
             return
         self._worker_error = f"finalising took longer than {self._drain_timeout_s:.0f} s (RECORDING_DRAIN_TIMEOUT_S)"
         assert self._nursery is not None

@@ -29,6 +29,7 @@ without the correction audio would sit 6.5 ms late against the SRs.
 from __future__ import annotations
 
 import random
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,8 +49,10 @@ from edge_recorder.rtp.rtcp import (
     Fir,
     GenericNack,
     Pli,
+    ReceiverReport,
     SenderReport,
     SourceDescription,
+    Unknown,
     parse_rtcp_untrusted,
     seconds_to_ntp,
     serialize_rtcp,
@@ -97,6 +100,8 @@ class NackPeerStats:
         keyframe_requests: PLIs and FIRs for this stream.
         keyframes_sent: key frames sent (the first one included).
         rtcp_received: RTCP datagrams received, any kind.
+        receiver_reports: the datagrams holding an RR (PT 201), as received.
+        dlrr_sent: XR DLRR blocks sent, answering a Receiver Reference Time.
     """
 
     packets_sent: int = 0
@@ -109,6 +114,8 @@ class NackPeerStats:
     keyframe_requests: int = 0
     keyframes_sent: int = 0
     rtcp_received: int = 0
+    receiver_reports: list[bytes] = field(default_factory=list)
+    dlrr_sent: int = 0
 
 
 class NackPeer:
@@ -139,6 +146,9 @@ class NackPeer:
             numbers it no longer held).
         resend: turns a NACK for this stream into the packets to send;
             ``history.resend`` unless a test swaps it.
+        answers_rrt: whether an XR Receiver Reference Time (RFC 3611 §4.4)
+            is answered with a DLRR in the next SR compound, as mediasoup's
+            consumers do (``SimpleConsumer::GetRtcp``); a test may turn it off.
         stats: what the peer did.
         timestamp_base: the RTP timestamp at ``start``.
         start: Trio time of the stream's origin, once running.
@@ -169,6 +179,9 @@ class NackPeer:
         self.timestamp_base = random.getrandbits(32) if timestamp_base is None else timestamp_base & 0xFFFF_FFFF
         self.start: float | None = None
         self.address: Any = None
+        self.answers_rrt = True
+        # The latest RRT: (its NTP middle 32 bits, Trio time it arrived).
+        self._last_rrt: tuple[int, float] | None = None
         self._sr_interval_s = sender_report_interval_s
         self._wall_clock = wall_clock
         self._initial_sequence = initial_sequence
@@ -319,7 +332,16 @@ class NackPeer:
             )
             # RFC 3550 §6.1: a compound packet carries the CNAME.
             sdes = SourceDescription([(self.producer.ssrc, [(SDES_CNAME, self.cname.encode())])])
-            await sock.sendto(serialize_rtcp([report, sdes]), target)
+            packets: list[Any] = [report, sdes]
+            if self._last_rrt is not None and self.answers_rrt:
+                # RFC 3611 §4.5, as mediasoup writes it: its own SSRC in the
+                # sub-block, the RRT's middle bits, the delay in 1/65536 s.
+                lrr, arrived = self._last_rrt
+                dlrr = round((now - arrived) * 65536)
+                body = struct.pack("!IBBHIII", self.producer.ssrc, 5, 0, 3, self.producer.ssrc, lrr, dlrr)
+                packets.append(Unknown(207, 0, body))
+                self.stats.dlrr_sent += 1
+            await sock.sendto(serialize_rtcp(packets), target)
             self.stats.sender_reports_sent += 1
             n += 1
 
@@ -334,7 +356,12 @@ class NackPeer:
             except ParseError:
                 continue
             self.stats.rtcp_received += 1
+            if any(isinstance(p, ReceiverReport) for p in packets):
+                self.stats.receiver_reports.append(bytes(data))
             for packet in packets:
+                if isinstance(packet, Unknown) and packet.packet_type == 207 and packet.body[4:8] == b"\x04\x00\x00\x02":
+                    # A Receiver Reference Time block: its NTP's middle 32 bits.
+                    self._last_rrt = (int.from_bytes(packet.body[10:14], "big"), trio.current_time())
                 if isinstance(packet, GenericNack) and packet.media_ssrc == ssrc:
                     self.stats.nacks_received += 1
                     self.stats.nacked.extend(packet.lost)

@@ -6,6 +6,7 @@ a keyframe."""
 from __future__ import annotations
 
 import random
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ from edge_recorder.rtp.rtcp import (
 )
 from edge_recorder.rtp.rtx import unwrap_rtx
 from edge_recorder.rtp.seqnum import seq_distance
+from edge_recorder.session.stream import RECORDER_SSRC, StreamReceiver, StreamSpec
 from tests.integration.impair import Impairment, ImpairmentProxy
 from tests.integration.nack_peer import NackPeer, RtxConfig
 
@@ -203,3 +205,107 @@ async def test_pli_gets_a_keyframe_and_the_parameters_describe_rtx() -> None:
             nursery.cancel_scope.cancel()
     assert peer.stats.keyframe_requests == 1
     assert peer.stats.keyframes_sent == 2
+
+
+# -- the recorder's receiver reports, and NACK retries that follow the RTT -------
+
+
+def _decode_rr(data: bytes) -> tuple[int, list[tuple[int, int, int, int, int, int, int]]]:
+    """An independent decoder of the RR in a compound: (reporter, blocks), by hand from RFC 3550 §6.4.2."""
+    pos = 0
+    while pos < len(data):
+        b0, pt, words = struct.unpack_from("!BBH", data, pos)
+        if pt == 201:
+            (reporter,) = struct.unpack_from("!I", data, pos + 4)
+            blocks = []
+            for i in range(b0 & 0x1F):
+                ssrc, word, highest, jitter, lsr, dlsr = struct.unpack_from("!6I", data, pos + 8 + 24 * i)
+                blocks.append((ssrc, word >> 24, word & 0xFF_FFFF, highest, jitter, lsr, dlsr))
+            return reporter, blocks
+        pos += 4 + 4 * words
+    raise AssertionError("no RR in the compound")
+
+
+async def _record_from_peer(peer: NackPeer, *, seed: int) -> tuple[StreamReceiver, dict[int, list[float]], set[int]]:
+    """The recorder's receiver for one stream, fed by the peer through a proxy
+    that loses some originals after 1.5 s; the peer never resends those, so
+    every request for them shows up, with the time it arrived."""
+    rng = random.Random(seed)
+    media_ssrc = peer.producer.ssrc
+    dropped: set[int] = set()
+    requests: dict[int, list[float]] = {}
+    answer = peer.resend
+
+    def resend(nack: GenericNack) -> list[RtpPacket]:
+        for seq in nack.lost:
+            requests.setdefault(seq, []).append(trio.current_time())
+        wanted = [seq for seq in nack.lost if seq not in dropped]
+        return answer(GenericNack(nack.sender_ssrc, nack.media_ssrc, wanted)) if wanted else []
+
+    peer.resend = resend
+    start = trio.current_time()
+
+    def drop(data: bytes, t: float) -> bool:
+        if is_rtcp_untrusted(data) or int.from_bytes(data[8:12], "big") != media_ssrc:
+            return False
+        seq = int.from_bytes(data[2:4], "big")
+        if 1.5 < trio.current_time() - start < 2.7 and seq not in requests and rng.random() < 0.05:
+            dropped.add(seq)
+            return True
+        return False
+
+    spec = StreamSpec.from_params(peer.add_stream_params("s1"))
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
+    with sock:
+        await sock.bind(("127.0.0.1", 0))
+        receiver = StreamReceiver(spec, 0, sock, None, t0_monotonic=trio.current_time(), deliver=lambda *_: True,
+                                  clock=trio.current_time, rng=random.Random(seed))
+        receiver.set_visible(True)
+        async with trio.open_nursery() as nursery:
+            proxy = ImpairmentProxy(sock.getsockname(), Impairment(seed=seed, delay_ms=5), drop=drop)
+            proxy_address = await nursery.start(proxy.run)
+            nursery.start_soon(receiver.run)
+            await nursery.start(peer.run, proxy_address)
+            await trio.sleep(3.0)
+            nursery.cancel_scope.cancel()
+    return receiver, requests, dropped
+
+
+async def test_the_recorder_sends_receiver_reports_and_retries_at_the_rtt() -> None:
+    peer = NackPeer(_camera(), sender_report_interval_s=0.25)
+    receiver, requests, dropped = await _record_from_peer(peer, seed=5)
+    # The peer received RFC 3550 receiver reports about its stream, about one a second.
+    reports = [_decode_rr(data) for data in peer.stats.receiver_reports]
+    assert 2 <= len(reports) <= 6, len(reports)
+    assert receiver.stats.receiver_reports == len(reports)
+    for reporter, blocks in reports:
+        assert reporter == RECORDER_SSRC and len(blocks) == 1 and blocks[0][0] == peer.producer.ssrc
+    *_, (_, [(_, fraction, lost, highest, jitter, lsr, dlsr)]) = reports
+    assert 0 < lost <= len(dropped) and lsr != 0 and dlsr < 0.3 * 65536
+    assert highest >= peer.stats.packets_sent - 200  # near the last sent (30 fps, several packets a frame)
+    assert jitter < 90 * 50  # under 50 ms on a 5 ms proxy
+    # The peer answered the XR RRT: the recorder knows the round trip, a few ms here.
+    assert peer.stats.dlrr_sent >= 1
+    assert receiver.stats.rtt_s is not None and receiver.stats.rtt_s < 0.05
+    assert receiver.nack is not None and receiver.nack.path_rtt_s == receiver.stats.rtt_s
+    # So a number never answered was asked for four times inside the 150 ms
+    # wait (the first and three retries about RTT + 20 ms apart), not twice.
+    assert len(dropped) >= 3
+    for seq in dropped:
+        times = requests[seq]
+        assert len(times) == 4, (seq, times)
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        assert all(0.015 < gap < 0.07 for gap in gaps), gaps
+
+
+async def test_without_a_dlrr_the_retries_keep_the_floor() -> None:
+    peer = NackPeer(_camera(), sender_report_interval_s=0.25)
+    peer.answers_rrt = False  # a sender that ignores XR
+    receiver, requests, dropped = await _record_from_peer(peer, seed=5)
+    assert peer.stats.receiver_reports and peer.stats.dlrr_sent == 0
+    assert receiver.stats.rtt_s is None
+    assert len(dropped) >= 3
+    for seq in dropped:
+        times = requests[seq]
+        assert len(times) == 2, (seq, times)
+        assert 0.095 < times[1] - times[0] < 0.13
