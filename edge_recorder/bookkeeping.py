@@ -271,7 +271,7 @@ class Bookkeeper:
                 if self.metadata is not None:
                     # Upload progress (bytes safely in the store) for operators;
                     # what the store holds (the multipart upload's parts, or
-                    # the chunk objects in compose mode) is what recovery trusts.
+                    # the chunk objects in chunks mode) is what recovery trusts.
                     for session in active:
                         # A local destination stores nothing anywhere else: no progress to record.
                         uploaded = session.destination.uploaded_bytes if session.destination.removes_spool else 0

@@ -231,7 +231,7 @@ class UploadFailedError(StorageError):
 
     The spool file is kept; ``edge-recorder retry-upload <sessionId>`` re-runs
     the upload from what the store already holds: the parts of the open
-    multipart upload (the default mode), or the chunk objects (compose mode).
+    multipart upload (the default mode), or the chunk objects (``RECORDING_S3_UPLOAD_MODE=chunks``).
 
     Attributes:
         spool_path: the local artifact that is kept (also in the message).

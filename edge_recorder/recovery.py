@@ -33,7 +33,7 @@ What an upload that cannot be completed already stored is left for a later
 ``retry-upload``: it is the progress. With the default multipart mode
 (``RECORDING_S3_UPLOAD_MODE=multipart``) that is the open multipart upload of
 the recording's key and its parts (the spool's sidecar names it); resuming
-asks the store which parts it holds and sends the rest. With the compose mode
+asks the store which parts it holds and sends the rest. In chunks mode
 it is the chunk objects; a process killed in the middle of composing leaves
 that compose's multipart upload open, and resuming aborts every in-progress
 multipart upload of the session's composite key first (best effort; the
@@ -78,7 +78,7 @@ class RecoverableUpload(Protocol):
         """``s3://bucket/key`` of the recording."""
 
     async def resume_and_finish(self, total_bytes: int | None = None) -> UploadResult:
-        """Finish from what the store holds (see the uploaders)."""
+        """Finish from what the store holds (:meth:`~edge_recorder.sink.streamer.SpoolStreamer.resume_and_finish`)."""
 
     async def stored_object(self) -> ObjectInfo | None:
         """The recording's object in the store, or None."""
