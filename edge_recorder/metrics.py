@@ -88,6 +88,7 @@ _RECEIVER_COUNTERS: tuple[tuple[str, str], ...] = (
     ("frames_dropped_oversize", "ingest_frames_oversize"),
     ("feedback_bytes", "rtcp_feedback_bytes_sent"),
     ("feedback_refused", "rtcp_feedback_refused"),
+    ("receiver_reports", "rtcp_receiver_reports_sent"),
 )
 
 # name (without _total) -> help text, in exposition order.
@@ -112,6 +113,7 @@ _SESSION_COUNTER_HELP: dict[str, str] = {
     "ingest_frames_oversize": "Frames dropped for being larger than RECORDING_MAX_FRAME_BYTES (a keyframe is requested).",
     "rtcp_feedback_bytes_sent": "Bytes of RTCP feedback (NACK, PLI, FIR) sent to senders.",
     "rtcp_feedback_refused": "RTCP feedback packets not sent because the stream's feedback budget was spent.",
+    "rtcp_receiver_reports_sent": "RTCP receiver reports (RFC 3550, with SDES and an XR reference time) sent to senders.",
     "video_frames_encoded": "Composite video frames encoded by media workers.",
     "video_frames_dropped": "Composite video frames skipped because the encoder fell behind.",
     "audio_frames_encoded": "Audio frames (AAC blocks) encoded by media workers.",
@@ -131,6 +133,10 @@ class MeteredStream(Protocol):
 
     @property
     def drops(self) -> Mapping[str, int]: ...
+
+    @property
+    def rtt_s(self) -> float | None:
+        """The path's round trip from the sender's XR DLRR, None while unknown."""
 
 
 class MeteredSession(Protocol):
@@ -244,6 +250,7 @@ class _SessionCollector(Collector):
             drops: dict[str, float] = dict(self._retired_drops)
             lag: float = 0.0
             skews: list[float] = []
+            rtts: list[float] = []
             for session in live:
                 try:
                     counters, session_drops = _session_values(session)
@@ -256,6 +263,7 @@ class _SessionCollector(Collector):
                     drops[reason] = drops.get(reason, 0.0) + value
                 if session.status.terminal:
                     continue  # a finished worker's lag and skew are history
+                rtts.extend(s.rtt_s for s in session.receiver_stats() if s.rtt_s is not None)
                 worker = session.worker_stats
                 lag = max(lag, _num(worker.get("lag_s")))
                 skew = worker.get("av_skew_s")
@@ -291,6 +299,14 @@ class _SessionCollector(Collector):
             )
             av_skew.add_metric([server], worst)
             yield av_skew
+        if rtts:
+            rtt = GaugeMetricFamily(
+                "rtcp_round_trip_seconds",
+                "Longest round trip to a sender among active recordings' streams (from the sender's XR DLRR).",
+                labels=["server"],
+            )
+            rtt.add_metric([server], max(rtts))
+            yield rtt
 
 
 class RecorderMetrics:

@@ -258,3 +258,23 @@ def test_retiring_an_unreadable_session_does_not_raise() -> None:
     m = RecorderMetrics(SERVER)
     m.retire_session(Unreadable())
     assert value(m, "rtp_packets_received_total") == 0
+
+
+def test_receiver_reports_are_counted_and_the_longest_known_round_trip_is_a_gauge() -> None:
+    m = RecorderMetrics(SERVER)
+    audio = stats(packets=10, receiver_reports=3)
+    video = stats(packets=20, receiver_reports=4)
+    session = FakeSession("s1", streams=[audio, video])
+    live = [session]
+    m.attach(lambda: live)
+    assert value(m, "rtcp_receiver_reports_sent_total") == 7
+    # No sender has answered an XR reference time yet: no round trip to show.
+    assert value(m, "rtcp_round_trip_seconds") is None
+
+    audio.rtt_s = 0.012
+    video.rtt_s = 0.042
+    assert value(m, "rtcp_round_trip_seconds") == 0.042
+    # A finished recording's paths are history.
+    session.status = SessionStatus.COMPLETED
+    assert value(m, "rtcp_round_trip_seconds") is None
+    assert value(m, "rtcp_receiver_reports_sent_total") == 7
