@@ -27,6 +27,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 import trio
 
+from edge_recorder.backoff import backoff_s
 from edge_recorder.rtp.assembler import DEFAULT_MAX_FRAME_BYTES, AssembledFrame, FrameAssembler
 from edge_recorder.rtp.nack import NackScheduler
 from edge_recorder.rtp.receiver import (
@@ -70,6 +71,11 @@ log = logging.getLogger(__name__)
 
 # Bounded so one flooded stream cannot keep the others of the event loop waiting.
 MAX_DATAGRAMS_PER_WAKE = 256
+# A persistent RTCP socket error is retried after a pause growing from 2 ms to
+# 0.5 s (never a spin, never deaf for long), the one backoff of backoff.py.
+RTCP_ERROR_PAUSE_FIRST_S = 0.002
+RTCP_ERROR_PAUSE_MAX_S = 0.5
+_ERROR_PAUSE_RNG = random.Random()
 
 
 FrameSink = Callable[["StreamReceiver", float, AssembledFrame], bool]
@@ -459,7 +465,7 @@ class StreamReceiver:
                         self.stats.drops["socket-error"] += 1
                         errors += 1
                         log.debug("RTCP recvfrom failed: %s", exc)
-                        await trio.sleep(min(0.5, 0.001 * 2 ** min(errors, 9)))
+                        await trio.sleep(backoff_s(errors, _ERROR_PAUSE_RNG, first_s=RTCP_ERROR_PAUSE_FIRST_S, max_s=RTCP_ERROR_PAUSE_MAX_S))
                         break
                     errors = 0
                     self._perform_now(self.core.on_rtcp(bytes(view[:size]), address, self.now()))
