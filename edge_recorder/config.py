@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal, TypeAlias, TypeVar, cast, get_args
 
 from edge_recorder.errors import ConfigError
+from edge_recorder.media.layout import LAYOUTS, LayoutName
 
 __all__ = [
     "KNOWN_VARIABLES",
@@ -79,7 +80,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Layout = Literal["pip", "grid"]
 Corner = Literal["top-left", "top-right", "bottom-left", "bottom-right"]
 # Every mode sink/s3.py's ObjectStore applies (SseS3, SseKMS, SseCustomerKey).
 SseMode = Literal["none", "AES256", "aws:kms", "SSE-C"]
@@ -973,8 +973,8 @@ class Settings:
             "from the working directory at start-up."
         ),
     )
-    layout: Layout = setting(
-        "RECORDING_LAYOUT", Choice[Layout](get_args(Layout)), "pip",
+    layout: LayoutName = setting(
+        "RECORDING_LAYOUT", Choice[LayoutName](LAYOUTS), "pip",
         "Composite layout: pip (screen share full frame, active speaker as an overlay) or grid.",
     )
     bind_ip: str = setting(

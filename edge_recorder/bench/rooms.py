@@ -48,6 +48,7 @@ from typing import Any, Sequence
 
 from edge_recorder.bench.inputs import BENCH_STREAMS, KEYFRAME_INTERVAL_S, StreamDef
 from edge_recorder.bench.report import MIB, PointResult, SessionResult, replace_marked_section
+from edge_recorder.media.layout import LayoutName
 
 __all__ = [
     "LARGE_PEOPLE",
@@ -114,7 +115,7 @@ class Room:
     people: int
     streams: tuple[RoomStream, ...]
     active_speaker: str
-    layout: str = "pip"
+    layout: LayoutName = "pip"
 
     def count(self, kind: str) -> int:
         return sum(1 for s in self.streams if s.definition.kind == kind)

@@ -30,6 +30,7 @@ from edge_recorder.bench.measure import RssPeaks, cpu_seconds, sample_rss
 from edge_recorder.bench.report import PointResult, SessionResult
 from edge_recorder.bench.rooms import Room
 from edge_recorder.config import Settings
+from edge_recorder.media.layout import LayoutName
 from edge_recorder.session.manager import SessionManager
 from edge_recorder.session.session import RecordingSession
 from edge_recorder.session.stream import StreamSpec
@@ -116,7 +117,7 @@ async def run_point(
     label = f"N={n}" if room is None else room.name
     streams = [(s.definition.key, s.definition) for s in inputs.streams] if room is None else [(s.key, s.definition) for s in room.streams]
     speaker = ACTIVE_SPEAKER if room is None else room.active_speaker
-    layout = "pip" if room is None else room.layout
+    layout: LayoutName = "pip" if room is None else room.layout
     command = [sys.executable, "-m", "edge_recorder.bench.replay", str(inputs.root), "--sessions", str(n), "--seconds", str(seconds)]
     if room is not None:
         command += ["--room", room.name]

@@ -28,6 +28,7 @@ from typing import Any, Generic, Protocol, TypeVar, overload
 import trio
 
 from edge_recorder.config import Settings
+from edge_recorder.media.layout import LayoutName
 from edge_recorder.errors import (
     AtCapacityError,
     EdgeRecorderError,
@@ -98,7 +99,7 @@ class SessionRequest:
 
     room_id: str
     session_id: str | None = None
-    layout: str | None = None
+    layout: LayoutName | None = None
     output: OutputOptions | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     host_peer_id: str | None = None
@@ -331,7 +332,7 @@ class SessionManager(Generic[S]):
         room_id: str,
         *,
         session_id: str | None = None,
-        layout: str | None = None,
+        layout: LayoutName | None = None,
         output: OutputOptions | None = None,
         controller: str | None = None,
         metadata: dict[str, Any] | None = None,

@@ -55,6 +55,7 @@ import trio
 from edge_recorder.config import Settings
 from edge_recorder.errors import EdgeRecorderError, SessionError, SpoolError, public_message
 from edge_recorder.media import wire
+from edge_recorder.media.layout import LayoutName
 from edge_recorder.rtp.assembler import AssembledFrame
 from edge_recorder.rtp.sync import ClockDomain
 from edge_recorder.session.destination import Asset, Destination, LocalDestination
@@ -138,7 +139,7 @@ class RecordingSession:
         room_id: str,
         settings: Settings,
         ports: PortAllocator,
-        layout: str | None = None,
+        layout: LayoutName | None = None,
         output: OutputOptions | None = None,
         on_change: Callable[["RecordingSession"], None] | None = None,
         on_keyframe_request: Callable[["RecordingSession", StreamSpec], None] | None = None,
@@ -345,7 +346,7 @@ class RecordingSession:
                 nursery.start_soon(self._read_events, process.stdout)
                 nursery.start_soon(self._read_stderr, process.stderr)
                 nursery.start_soon(self._write_pipe, process.stdin)
-                await self._pipe_send.send(wire.encode_control(wire.Configure(**self._worker_config())))
+                await self._pipe_send.send(wire.encode_control(self._worker_config()))
                 with trio.move_on_after(WORKER_READY_TIMEOUT_S):
                     # A worker that dies before it is ready ends the wait at
                     # once, with what it said, not after the whole timeout.
@@ -404,14 +405,14 @@ class RecordingSession:
         if not self.path.exists():
             self.spool.create(self.session_id)
 
-    def _worker_config(self) -> dict[str, Any]:
+    def _worker_config(self) -> wire.Configure:
         o = self.output
         s = self.settings
-        return {
-            "path": str(self.path),
-            "layout": self.layout,
-            "playout_delay_s": s.ingest.playout_delay_ms / 1000,
-            "encoder": {
+        return wire.Configure(
+            path=str(self.path),
+            layout=self.layout,
+            playout_delay_s=s.ingest.playout_delay_ms / 1000,
+            encoder={
                 "width": o.width,
                 "height": o.height,
                 "fps": o.fps,
@@ -421,12 +422,12 @@ class RecordingSession:
                 "audio_bitrate_kbps": o.audio_bitrate_kbps,
                 "x264_threads": o.x264_threads,
             },
-            "overlay": {
+            overlay={
                 "overlay_width_pct": s.overlay.width_pct,
                 "overlay_corner": s.overlay.corner,
                 "overlay_margin_px": s.overlay.margin_px,
             },
-        }
+        )
 
     async def _run_destination(self, scope: trio.CancelScope) -> None:
         with scope:
@@ -905,10 +906,10 @@ class RecordingSession:
         self.speaker.set_explicit(peer_id, self._now_s())
         await self._send_active_speaker(peer_id)
 
-    async def set_layout(self, layout: str) -> None:
+    async def set_layout(self, layout: LayoutName) -> None:
         self.layout = layout
         if self._phase is Phase.RECORDING:
-            await self._pipe_send.send(wire.encode_control(wire.Layout.named(layout)))
+            await self._pipe_send.send(wire.encode_control(wire.Layout(layout)))
 
     def _close_streams(self) -> None:
         for handle in list(self._streams.values()):
