@@ -55,7 +55,7 @@ from edge_recorder.config import Settings
 from edge_recorder.errors import EdgeRecorderError, StorageError
 from edge_recorder.media.mp4 import Mp4BoxScanner
 from edge_recorder.session.destination import Asset, LocalDestination
-from edge_recorder.session.state import AssetEntry, Mover, SessionRecord, SessionStatus, iso_timestamp
+from edge_recorder.session.state import AssetEntry, Mover, SessionRecord, SessionStatus, record_time
 from edge_recorder.sink.s3 import ObjectInfo
 from edge_recorder.sink.streamer import UploadResult
 from edge_recorder.spool import NodeSpool
@@ -129,14 +129,6 @@ def _cut(path: Path) -> tuple[int, int]:
     return size, end
 
 
-def _iso(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, dt.datetime):
-        return iso_timestamp(value)
-    return str(value)
-
-
 def record_from_row(row: dict[str, Any], *, with_asset: bool = False) -> dict[str, Any]:
     """A protocol state record (its JSON object) from a metadata row (and its asset, if asked).
 
@@ -169,7 +161,7 @@ def _not_this_recording(info: ObjectInfo, row: dict[str, Any]) -> str | None:
         if started.tzinfo is None:
             started = started.replace(tzinfo=dt.timezone.utc)
         if info.last_modified < started - dt.timedelta(seconds=CLOCK_SKEW_S):
-            return f"it was written at {_iso(info.last_modified)}, before the session started ({_iso(started)})"
+            return f"it was written at {record_time(info.last_modified)}, before the session started ({record_time(started)})"
     return None
 
 

@@ -209,7 +209,8 @@ def iso_timestamp(value: dt.datetime) -> str:
     return value.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _iso(value: Any) -> str | None:
+def record_time(value: Any) -> str | None:
+    """A stored time (a datetime from SQL, or already text) as the records write it."""
     if value is None:
         return None
     if isinstance(value, dt.datetime):
@@ -332,9 +333,9 @@ class SessionRecord:
             status=status,
             previous_status=previous,
             server_id=str(row.get("serverId")),
-            started_at=_iso(row.get("startedAt")) or "",
-            updated_at=_iso(row.get("updatedAt")) or "",
-            stopped_at=_iso(row.get("stoppedAt")),
+            started_at=record_time(row.get("startedAt")) or "",
+            updated_at=record_time(row.get("updatedAt")) or "",
+            stopped_at=record_time(row.get("stoppedAt")),
             layout=row.get("layout") or "pip",
             reason=row.get("reason"),
             error=row.get("error"),

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
-from edge_recorder.session.state import SessionStatus, transition
+from edge_recorder.session.state import SessionStatus, iso_timestamp, transition
 
 if TYPE_CHECKING:
     import trio
@@ -242,7 +242,7 @@ _STATUS_NAMES = frozenset(status.value for status in SessionStatus)
 
 def utc_now_iso() -> str:
     """Wall-clock UTC time as the records spell it: ``2024-05-01T12:00:00.000Z``."""
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_timestamp(dt.datetime.now(dt.timezone.utc))
 
 
 def newest_first(records: Iterable[Record]) -> list[Record]:
