@@ -15,12 +15,10 @@ catch our names only::
     ├── PortsExhaustedError         no free UDP port left in the configured range
     ├── UnsupportedCodecError       a stream's codec is not one we decode
     ├── MediaError                  decode, composite, encode or mux failed
-    │   ├── DecodeError             one input frame could not be decoded (recoverable)
-    │   └── WorkerCrashedError      a session's media worker process died
+    │   └── DecodeError             one input frame could not be decoded (recoverable)
     ├── ProtocolError               a control message was refused; the connection lives on
     │   └── JsonRpcError            carries the JSON-RPC error code, message, data and id
     ├── SessionError                a session-level failure
-    │   ├── SessionFailedError      the session moved to FAILED (carries the reason)
     │   ├── IllegalTransitionError  a lifecycle move the state machine refuses
     │   ├── RecordingDisabledError  RECORDING_ENABLED is false on this node
     │   ├── UnknownSessionError     no session with that id (or room)
@@ -105,10 +103,6 @@ class DecodeError(MediaError):
     """One input frame could not be decoded; the stream asks for a keyframe."""
 
 
-class WorkerCrashedError(MediaError):
-    """A session's media worker process exited unexpectedly."""
-
-
 class ProtocolError(EdgeRecorderError):
     """A control-protocol message was refused. Never fatal to the connection."""
 
@@ -144,14 +138,6 @@ class JsonRpcError(ProtocolError):
 
 class SessionError(EdgeRecorderError):
     """A session-level failure."""
-
-
-class SessionFailedError(SessionError):
-    """The session failed; ``reason`` is short and machine-readable."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
 
 
 class IllegalTransitionError(SessionError):

@@ -56,6 +56,7 @@ from edge_recorder.state.store import StateStore
 
 if TYPE_CHECKING:
     from edge_recorder.metadata import MetadataStore
+    from edge_recorder.sink.store import RecordingStore
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class ControlHub:
         *,
         clock: Callable[[], float] = trio.current_time,
         state: StateStore | None = None,
-        store: Any = None,
+        store: RecordingStore | None = None,
         metadata: MetadataStore | None = None,
         metrics: RecorderMetrics | None = None,
     ) -> None:
