@@ -437,6 +437,13 @@ class ReceiverCore:
         self._last_ssrc_packet_s = _NEVER
         # Video the layout does not show is not forwarded until set_visible.
         self.forwarding = Forwarding.HIDDEN_WAITING if is_video else Forwarding.FORWARDING
+        # Read on every datagram, so kept as plain attributes: whether the
+        # phase holds packets instead of assembling them (kept in step with
+        # ``forwarding`` by _forward_as, the one place it changes), and two
+        # figures of the frozen config.
+        self._holding = is_video
+        self._max_datagram_bytes = config.max_datagram_bytes
+        self._silence_hangover_s = config.silence_hangover_s
         self._held: list[tuple[RtpPacket, float]] = []
         self._held_bytes = 0
         self._gop_max_packets = config.gop_max_frames * _PACKETS_PER_FRAME
@@ -512,6 +519,7 @@ class ReceiverCore:
 
     def _forward_as(self, target: Forwarding) -> None:
         self.forwarding = forwarding_after(self.forwarding, target, is_video=self.is_video)
+        self._holding = self.forwarding is Forwarding.HIDDEN_WAITING or self.forwarding is Forwarding.HIDDEN_HOLDING
 
     # -- datagrams ---------------------------------------------------------------
 
@@ -529,7 +537,7 @@ class ReceiverCore:
         """
         # Every return says what it hands out: a drop hands out nothing, and
         # the per-datagram cost of the hostile paths stays one call.
-        if len(data) > self.config.max_datagram_bytes:
+        if len(data) > self._max_datagram_bytes:
             # Bigger than any SFU sends (near the path MTU): not even parsed.
             self.stats.drops["oversize"] += 1
             return _NO_ACTIONS
@@ -604,10 +612,11 @@ class ReceiverCore:
         stats.last_packet_monotonic = mono
         if self._audio_level_id is not None and not self._audio_packet(packet, now_s):
             return self._take()  # its level
-        forwarding = self.forwarding
-        if forwarding is Forwarding.HIDDEN_WAITING or forwarding is Forwarding.HIDDEN_HOLDING:
+        if self._holding:
             stats.packets_not_shown += 1
             self._hold_packet(packet, now_s)
+            if not self._out:
+                return _NO_ACTIONS
             return self._take()  # a liveness change
         nack = self.nack
         if nack is not None and nack.received(packet.sequence_number, now_s, retransmission=retransmission):
@@ -632,9 +641,9 @@ class ReceiverCore:
             voice, minus_dbov = level
             self._out.append(AudioLevel(-float(minus_dbov), now_s))
             if silence is not None and (voice or -minus_dbov >= silence):
-                self._audible_until = now_s + self.config.silence_hangover_s
+                self._audible_until = now_s + self._silence_hangover_s
         elif silence is not None:
-            self._audible_until = now_s + self.config.silence_hangover_s  # no level: assume audible
+            self._audible_until = now_s + self._silence_hangover_s  # no level: assume audible
         if silence is None:
             return True
         if now_s > self._audible_until:
@@ -695,7 +704,7 @@ class ReceiverCore:
         source's host that names the stream's SSRC as its sender (rtp/trust.py):
         the first datagram from anywhere must not become our feedback's target.
         """
-        if len(data) > self.config.max_datagram_bytes:
+        if len(data) > self._max_datagram_bytes:
             self.stats.drops["oversize"] += 1  # before parsing: a 64 KiB compound is 50 ms of loop
             return
         if via_rtp_socket or self.rtcp_address is not None:
