@@ -482,8 +482,11 @@ class ReceiverCore:
 
     @property
     def visible(self) -> bool:
-        """Whether accepted packets are assembled and forwarded (not hidden video)."""
-        return self.forwarding is Forwarding.FORWARDING or self.forwarding is Forwarding.SUPPRESSED
+        """Whether accepted packets are assembled and forwarded (not hidden video).
+
+        FORWARDING or SUPPRESSED: every phase that is not one of the two holding ones.
+        """
+        return not self._holding
 
     @property
     def source_address(self) -> Any:

@@ -333,7 +333,8 @@ class StreamReceiver:
     async def wake(self, now_s: float) -> None:
         """The timed work, then everything the wake-up decided that awaits."""
         self._perform_now(self.core.on_timer(now_s))
-        await self._perform_deferred()
+        if self._deferred:  # most wake-ups send nothing: no coroutine for them
+            await self._perform_deferred()
 
 
     async def check_liveness(self, now_s: float) -> None:
