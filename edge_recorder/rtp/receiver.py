@@ -447,6 +447,7 @@ class ReceiverCore:
         self._held: list[tuple[RtpPacket, float]] = []
         self._held_bytes = 0
         self._gop_max_packets = config.gop_max_frames * _PACKETS_PER_FRAME
+        self._gop_max_bytes = config.gop_max_bytes
         # Silence suppression needs the levels on the wire; without them every
         # packet is forwarded (the worker measures decoded energy instead).
         self._silence_dbov = (
@@ -804,7 +805,7 @@ class ReceiverCore:
             return
         held.append((packet, arrival))
         self._held_bytes += len(packet.payload)
-        if len(held) > self._gop_max_packets or self._held_bytes > self.config.gop_max_bytes:
+        if len(held) > self._gop_max_packets or self._held_bytes > self._gop_max_bytes:
             # A long GOP (libwebrtc sends keyframes only when asked): a
             # keyframe request on becoming visible is cheaper than this.
             self._drop_held()

@@ -104,7 +104,6 @@ class ReceptionStatistics:
         "_jitter",
         "_lsr",
         "_sr_arrival",
-        "_received_since_report",
         "_bad_seq",
     )
 
@@ -125,7 +124,6 @@ class ReceptionStatistics:
         self._jitter = 0.0
         self._lsr = 0
         self._sr_arrival = 0.0
-        self._received_since_report = False
         self._bad_seq = -1
 
     @property
@@ -136,7 +134,7 @@ class ReceptionStatistics:
     @property
     def received_since_report(self) -> bool:
         """Whether a packet arrived since the last :meth:`report` (RFC 3550 §6.4: blocks for heard sources only)."""
-        return self._received_since_report
+        return self._received != self._received_prior
 
     @property
     def extended_highest(self) -> int:
@@ -156,34 +154,34 @@ class ReceptionStatistics:
             timestamp: its RTP timestamp.
             arrival_s: its arrival, seconds.
         """
-        self._received += 1
-        self._received_since_report = True
-        if self._base < 0:
+        # Per datagram, so the in-order case is tested first and reads each
+        # attribute once.
+        max_seq = self._max_seq
+        delta = (sequence_number - max_seq) & 0xFFFF
+        if delta < _MAX_DROPOUT and self._base >= 0:
+            if sequence_number < max_seq:
+                self._cycles += _SEQ_MOD  # wrapped
+            self._max_seq = sequence_number
+        elif self._base < 0:
             self._base = sequence_number
             self._max_seq = sequence_number
-        else:
-            delta = (sequence_number - self._max_seq) & 0xFFFF
-            if delta < _MAX_DROPOUT:
-                if sequence_number < self._max_seq:
-                    self._cycles += _SEQ_MOD  # wrapped
-                self._max_seq = sequence_number
-            elif delta <= _SEQ_MOD - _MAX_MISORDER:
-                # A very large jump (§A.1): one stray packet is ignored; two in
-                # sequence mean the sender restarted its numbering, and the
-                # statistics start over from them.
-                if sequence_number != self._bad_seq:
-                    self._bad_seq = (sequence_number + 1) & 0xFFFF
-                    self._received -= 1
-                    return
-                self._base = sequence_number
-                self._max_seq = sequence_number
-                self._cycles = 0
-                self._received = 1
-                self._expected_prior = 0
-                self._received_prior = 0
-                self._transit = None
-                self._bad_seq = -1
-            # else: a duplicate or reordered packet, counted as received only.
+        elif delta <= _SEQ_MOD - _MAX_MISORDER:
+            # A very large jump (§A.1): one stray packet is ignored; two in
+            # sequence mean the sender restarted its numbering, and the
+            # statistics start over from them.
+            if sequence_number != self._bad_seq:
+                self._bad_seq = (sequence_number + 1) & 0xFFFF
+                return
+            self._base = sequence_number
+            self._max_seq = sequence_number
+            self._cycles = 0
+            self._received = 0
+            self._expected_prior = 0
+            self._received_prior = 0
+            self._transit = None
+            self._bad_seq = -1
+        # else: a duplicate or reordered packet, counted as received only.
+        self._received += 1
         # §A.8: transit = arrival (in RTP units) - timestamp; J += (|D| - J)/16.
         transit = arrival_s * self._rate - timestamp
         previous = self._transit
@@ -193,7 +191,7 @@ class ReceptionStatistics:
             if d < 0:
                 d = -d
             if d < 0x8000_0000:  # a timestamp wrap or jump is not jitter
-                self._jitter += (d - self._jitter) / 16.0
+                self._jitter += (d - self._jitter) * 0.0625
 
     def on_sender_report(self, ntp_timestamp: int, arrival_s: float) -> None:
         """Note an SR of this SSRC for LSR/DLSR.
@@ -225,7 +223,6 @@ class ReceptionStatistics:
         self._received_prior = self._received
         lost_interval = expected_interval - received_interval
         fraction = 0 if expected_interval <= 0 or lost_interval <= 0 else (lost_interval << 8) // expected_interval
-        self._received_since_report = False
         dlsr = 0
         if self._lsr:
             dlsr = min(0xFFFF_FFFF, max(0, round((now_s - self._sr_arrival) * 65536)))
