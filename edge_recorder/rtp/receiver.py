@@ -867,8 +867,18 @@ class ReceiverCore:
 
     # -- timed work --------------------------------------------------------------------
 
-    def next_deadline(self) -> float | None:
-        """The earliest time :meth:`on_timer` has work without a packet (timeline seconds)."""
+    def next_deadline(self, *, reports: bool = True) -> float | None:
+        """The earliest time :meth:`on_timer` has work without a packet (timeline seconds).
+
+        Args:
+            reports: include the next receiver report. A reader woken by every
+                packet anyway (shown video, 15-30 frames a second) leaves it
+                out: the report goes at the first wake-up past its time, a few
+                tens of ms late at most, and a stream that stopped sending has
+                no report block due (RFC 3550 §6.4: only sources heard from).
+                Waiting on it would put a timeout, and a deadline in Trio's
+                heap, on every wait for a packet.
+        """
         deadline = self.assembler.next_deadline()
         if (
             self.is_video
@@ -884,7 +894,7 @@ class ReceiverCore:
                 due = self.nack.next_deadline()
                 if due is not None:
                     deadline = due if deadline is None else min(deadline, due)
-            report = self.report_schedule.due_s
+            report = self.report_schedule.due_s if reports else None
             if report is not None:
                 deadline = report if deadline is None else min(deadline, report)
         return deadline

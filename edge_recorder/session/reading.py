@@ -79,7 +79,8 @@ class ReadScheduler:
                     # The batch loop reads it until it is shown.
                     await receiver.wait_shown()
                     continue
-                deadline = receiver.next_wake()
+                # Without the next receiver report: see ReceiverCore.next_deadline.
+                deadline = receiver.next_wake(reports=False)
                 if deadline is None:
                     await trio.lowlevel.wait_readable(raw)
                 else:

@@ -266,9 +266,9 @@ class StreamReceiver:
 
     _now = now  # the name tests/security/test_rtp_trust.py reads
 
-    def next_wake(self) -> float | None:
-        """The earliest time there is work without a packet (timeline seconds)."""
-        return self.core.next_deadline()
+    def next_wake(self, *, reports: bool = True) -> float | None:
+        """The earliest time there is work without a packet (timeline seconds; see ``ReceiverCore.next_deadline``)."""
+        return self.core.next_deadline(reports=reports)
 
 
     def keyframe_due(self, now_s: float) -> bool:

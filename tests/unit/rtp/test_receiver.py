@@ -255,6 +255,21 @@ def test_receiver_reports_ride_the_timer() -> None:
     assert reports[-1][1].reports[0].ssrc == SSRC
 
 
+def test_a_reader_woken_by_every_packet_needs_no_timeout_for_the_report() -> None:
+    """The prompt reader leaves the report out of its timeout; the next packet's wake-up sends it."""
+    core = _core()
+    drive(core, [(i * FRAME_S, _vp8(i, key=i == 0)) for i in range(30)])
+    now = 30 * FRAME_S
+    with_report = core.next_deadline()
+    assert with_report is not None
+    assert core.next_deadline(reports=False) is None  # nothing else is pending
+    # Past the report's time, the wake-up of the next packet sends it.
+    later = max(now, with_report) + 0.001
+    core.on_datagram(_vp8(30), SFU, later)
+    sent = [p for a in core.on_timer(later) if isinstance(a, SendRtcp) for p in parse_rtcp_untrusted(a.data)]
+    assert any(isinstance(p, ReceiverReport) for p in sent)
+
+
 def _audio_core(**config: Any) -> ReceiverCore:
     from edge_recorder.session.spec import StreamSpec
 
