@@ -105,7 +105,8 @@ async def test_flashes_and_beeps_stay_together_through_path_delay_and_a_skewed_c
     flashes = find_flashes(session.path)
     beeps = find_beeps(session.path)
     skews = pair_skews(flashes, beeps, max_distance_s=0.5)
-    assert len(skews) >= len(source.instants) - 1, (flashes, beeps)
+    # On failure: the receivers' figures (keyframe requests, frames dropped waiting for one, first packet).
+    assert len(skews) >= len(source.instants) - 1, (flashes, beeps, session.receiver_stats(), session.worker_stats.get("streams"))
     magnitudes = sorted(abs(s) for s in skews)
     p95 = magnitudes[min(len(magnitudes) - 1, int(0.95 * len(magnitudes)))]
     # Figures for docs/benchmarks.md (shown with pytest -s).
