@@ -260,16 +260,8 @@ def _run_hostile(args: argparse.Namespace, machine: MachineInfo) -> None:
     _say(f"hostile input: receive cost per datagram{f' against {args.hostile_baseline}' if args.hostile_baseline else ''}...")
     result = hostile_bench.compare(args.hostile_baseline, rounds=2 if args.quick else 4)
     _say(hostile_bench.format_table(result))
-    if not args.no_doc:
-        document = args.doc.read_text(encoding="utf-8") if args.doc.exists() else ""
-        section = hostile_bench.render_markdown(
-            result, date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), machine=_machine_line(machine)
-        )
-        args.doc.write_text(
-            replace_marked_section(document, section, begin_marker=hostile_bench.HOSTILE_BEGIN, end_marker=hostile_bench.HOSTILE_END),
-            encoding="utf-8",
-        )
-        _say(f"wrote {args.doc} (hostile section)")
+    section = hostile_bench.render_markdown(result, date=_utc_minute(), machine=_machine_line(machine))
+    _write_marked_section(args, section, hostile_bench.HOSTILE_BEGIN, hostile_bench.HOSTILE_END, "hostile")
 
 
 def _run_against(args: argparse.Namespace, machine: MachineInfo) -> None:
@@ -278,16 +270,21 @@ def _run_against(args: argparse.Namespace, machine: MachineInfo) -> None:
     result = against_bench.compare(args.against, rounds=args.against_rounds, seconds=args.seconds, say=_say)
     _say("")
     _say(against_bench.format_table(result))
-    if not args.no_doc:
-        document = args.doc.read_text(encoding="utf-8") if args.doc.exists() else ""
-        section = against_bench.render_markdown(
-            result, date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), machine=_machine_line(machine)
-        )
-        args.doc.write_text(
-            replace_marked_section(document, section, begin_marker=against_bench.AGAINST_BEGIN, end_marker=against_bench.AGAINST_END),
-            encoding="utf-8",
-        )
-        _say(f"wrote {args.doc} (against section)")
+    section = against_bench.render_markdown(result, date=_utc_minute(), machine=_machine_line(machine))
+    _write_marked_section(args, section, against_bench.AGAINST_BEGIN, against_bench.AGAINST_END, "against")
+
+
+def _utc_minute() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _write_marked_section(args: argparse.Namespace, section: str, begin: str, end: str, name: str) -> None:
+    """Put ``section`` between its markers in the doc, unless told not to."""
+    if args.no_doc:
+        return
+    document = args.doc.read_text(encoding="utf-8") if args.doc.exists() else ""
+    args.doc.write_text(replace_marked_section(document, section, begin_marker=begin, end_marker=end), encoding="utf-8")
+    _say(f"wrote {args.doc} ({name} section)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
