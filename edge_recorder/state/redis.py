@@ -180,12 +180,31 @@ class RedisStateStore:
         # Announcements a slow subscriber missed (its buffer was full).
         self.subscriber_drops = 0
 
-    async def _call(self, fn: Callable[[], T], what: str) -> T:
-        """The one door: run blocking redis-py work in a thread under our limiter."""
+    @property
+    def client(self) -> redis.Redis:
+        """The redis-py client, for the fleet's own keys (``edge_recorder.fleet``); use it only inside :meth:`blocking`."""
+        return self._client
+
+    async def blocking(self, fn: Callable[[], T], what: str, *, limiter: trio.CapacityLimiter | None = None) -> T:
+        """The one door: run blocking redis-py work in a thread under our limiter.
+
+        Args:
+            fn: the blocking work (redis-py calls on :attr:`client`).
+            what: names the call in the error.
+            limiter: another limiter instead of the store's, for a caller
+                that holds a thread for long (a subscription's reader) and
+                must not take a slot from the short calls.
+
+        Raises:
+            SharedStateError: redis-py raised (translated, password-free).
+        """
         try:
-            return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+            return await trio.to_thread.run_sync(fn, limiter=limiter or self._limiter)
         except redis.exceptions.RedisError as exc:
             raise SharedStateError(f"redis {what} failed: {exc}") from exc
+
+    async def _call(self, fn: Callable[[], T], what: str) -> T:
+        return await self.blocking(fn, what)
 
     def _write(self, record: Record, expect: str = "") -> bool:
         sid = record["sessionId"]

@@ -1,0 +1,1 @@
+"""Several recorder nodes as one fleet: placement, slots and request forwarding over Redis."""
