@@ -91,6 +91,12 @@ class Bookkeeper:
         self.failed = 0  # records that went pending (database refused, or queue full)
         self.written = 0
         self._in_flight = 0  # queued or being written
+        # Set to send the next heartbeat now (the node started draining).
+        self._beat_now = trio.Event()
+
+    def beat_now(self) -> None:
+        """Heartbeat at once instead of at the next interval (a change placement must see soon)."""
+        self._beat_now.set()
 
     def on_change(self, session: RecordingSession) -> None:
         """Queue a session's record (sync; called by the manager on every change)."""
@@ -288,4 +294,6 @@ class Bookkeeper:
                         self.webhooks.notify(lost)
             except EdgeRecorderError as exc:
                 log.warning("heartbeat failed: %s", exc)
-            await trio.sleep(interval if math.isfinite(interval) else 5.0)
+            with trio.move_on_after(interval if math.isfinite(interval) else 5.0):
+                await self._beat_now.wait()
+            self._beat_now = trio.Event()

@@ -548,6 +548,22 @@ def _joined(values: tuple[object, ...]) -> str:
     return ",".join(str(v) for v in values)
 
 
+def available_cpus() -> float:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a container's limit)."""
+    cpus = float(len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else float(os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max" and int(period) > 0:
+            cpus = min(cpus, max(0.1, int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2, or no quota: the affinity is the limit
+    return cpus
+
+
+def _optional_ip(text: str) -> str | None:
+    return _ip_literal(text) if text.strip() else None
+
+
 def _ip_kind() -> Parsed[str]:
     return Parsed(_ip_literal, _IP_ALLOWED, str)
 
@@ -832,6 +848,16 @@ class StateSettings:
         "Seconds between heartbeats (node registration and lease renewal).",
         rule="at most half of RECORDING_LEASE_TTL_S",
     )
+    fleet: bool = setting(
+        "RECORDING_FLEET", Bool(), True,
+        "With RECORDING_REDIS_URL: the nodes act as one (a start is placed on the node with room, a "
+        "request for another node's session is forwarded to it); false: each node answers for its own only.",
+    )
+    forward_timeout_s: float = setting(
+        "RECORDING_FORWARD_TIMEOUT_S", Float(0.5, 120.0), 5.0,
+        "Seconds a request forwarded to the node that owns its session may take before NODE_UNAVAILABLE.",
+        notes="recording.start gets 15 s more (the media worker starts), recording.stop RECORDING_DRAIN_TIMEOUT_S more.",
+    )
     webhook_urls: tuple[str, ...] = setting(
         "RECORDING_WEBHOOK_URLS", Parsed(_url_list, "comma-separated http(s) URLs", _joined), (),
         "URLs that receive every state change as JSON (signed when RECORDING_WEBHOOK_SECRET is set).",
@@ -942,7 +968,17 @@ class LifecycleSettings:
     )
     drain_timeout_s: float = setting(
         "RECORDING_DRAIN_TIMEOUT_S", Float(1.0, 3_600.0), 30.0,
-        "Seconds a graceful stop may take to finalise one recording; also the drain deadline on SIGTERM/SIGINT.",
+        "Seconds a graceful stop may take to finalise one recording (at shutdown: all of them, together).",
+    )
+    drain_deadline_s: float = setting(
+        "RECORDING_DRAIN_DEADLINE_S", Float(0.0, 7 * 86_400.0), 3600.0,
+        "On SIGTERM, seconds live recordings may run on to their natural end while the node takes no new "
+        "one; then the rest are finalised. 0 finalises at once.",
+        notes=(
+            "Set it to your longest meeting. The process manager must wait longer than it plus "
+            "RECORDING_DRAIN_TIMEOUT_S before SIGKILL (terminationGracePeriodSeconds, podman stop -t, "
+            "TimeoutStopSec). SIGINT, or a second signal, finalises at once."
+        ),
     )
     min_free_disk_mib: int = setting(
         "RECORDING_MIN_FREE_DISK_MIB", Int(0, 1_048_576), 256,
@@ -980,7 +1016,18 @@ class Settings:
     bind_ip: str = setting(
         "RECORDING_BIND_IP", _ip_kind(), "127.0.0.1",
         "IP address the RTP sockets bind to (the SFU's plain transports send here).",
-        notes='"0.0.0.0" or "::" for every interface.',
+        notes='"0.0.0.0" or "::" for every interface: then RECORDING_ANNOUNCED_IP is required.',
+        section="ingest",
+    )
+    announced_ip: str | None = setting(
+        "RECORDING_ANNOUNCED_IP", Parsed(_optional_ip, f"{_IP_ALLOWED}, or empty", _optional_text), None,
+        "Address recording.addStream answers with, where the SFU sends RTP; unset: RECORDING_BIND_IP.",
+        notes=(
+            "Set it when the bind address is not the one the SFU reaches: in a container, behind NAT, "
+            "or with host networking in Kubernetes (the node's status.hostIP)."
+        ),
+        rule="required when RECORDING_BIND_IP is 0.0.0.0 or ::; never 0.0.0.0 or :: itself",
+        example="10.0.0.7",
         section="ingest",
     )
     port_min: int = setting(
@@ -1006,6 +1053,18 @@ class Settings:
         "RECORDING_MAX_SESSIONS", Int(1, 256), 4,
         "Concurrent recordings this instance accepts; past it recording.start gets \"at capacity\".",
     )
+    cpu_budget: float = setting(
+        "RECORDING_CPU_BUDGET", Float(0.0, 1024.0), 0.0,
+        "CPU cores this node may spend on recordings; a start that would exceed it is placed elsewhere or "
+        "refused as at capacity. 0: the CPUs this process may use.",
+        notes="The CPUs are counted from the process's affinity and, in a container, its cgroup CPU quota.",
+        shown="the CPU count",
+    )
+    session_cpu_cost: float = setting(
+        "RECORDING_SESSION_CPU_COST", Float(0.01, 64.0), 0.5,
+        "CPU cores one recording at 1280x720, 30 fps costs; other outputs scale with their pixel rate.",
+        notes="`just bench` measures it (docs/benchmarks.md: about 0.42-0.46 for a 2- to 20-person room on a 2-core EPYC).",
+    )
     output: OutputSettings = group(OutputSettings, "output")
     overlay: OverlaySettings = group(OverlaySettings, "overlay")
     ingest: IngestSettings = group(IngestSettings, "ingest")
@@ -1015,6 +1074,11 @@ class Settings:
     state: StateSettings = group(StateSettings, "state")
     # The TOML file these settings were loaded from, if any (for the start-up log).
     config_file: Path | None = None
+
+    @property
+    def rtp_address(self) -> str:
+        """Where the SFU sends RTP: ``RECORDING_ANNOUNCED_IP``, else the bind address."""
+        return self.announced_ip or self.bind_ip
 
     def describe(self) -> dict[str, Any]:
         """All values as a JSON-friendly nested dict, secrets shown as ``"***"``.
@@ -1231,6 +1295,22 @@ def _check_rules(values: Mapping[str, Any], raw: Mapping[str, _Raw]) -> list[_Pr
                 f"unset, and the host name {hostname!r} cannot stand in for it; "
                 f"set it to {_SERVER_ID_ALLOWED}",
             ))
+    if have("RECORDING_BIND_IP", "RECORDING_ANNOUNCED_IP"):
+        bind, announced = v["RECORDING_BIND_IP"], v["RECORDING_ANNOUNCED_IP"]
+        if announced is not None and ipaddress.ip_address(announced).is_unspecified:
+            broken(
+                "RECORDING_ANNOUNCED_IP",
+                f"is {announced}: the SFU would be told to send RTP nowhere; give the address it reaches this node at",
+            )
+        elif announced is None and ipaddress.ip_address(bind).is_unspecified:
+            broken(
+                "RECORDING_ANNOUNCED_IP",
+                f"(unset) would have recording.addStream tell the SFU to send RTP to RECORDING_BIND_IP={bind}, "
+                "every interface and no address. Set RECORDING_ANNOUNCED_IP to the address the SFU reaches "
+                "this node at, or bind RECORDING_BIND_IP to that address",
+            )
+    if v.get("RECORDING_CPU_BUDGET") == 0.0:
+        v["RECORDING_CPU_BUDGET"] = float(available_cpus())
     if have("RECORDING_LEASE_TTL_S", "RECORDING_HEARTBEAT_INTERVAL_S"):
         lease, heartbeat = v["RECORDING_LEASE_TTL_S"], v["RECORDING_HEARTBEAT_INTERVAL_S"]
         if heartbeat * 2 > lease:

@@ -26,6 +26,7 @@ catch our names only::
     │   ├── AtCapacityError         this node runs as many sessions as it may
     │   ├── SessionNotActiveError   the session is stopping or ended
     │   ├── ShuttingDownError       the service is draining and takes no new work
+    │   ├── NodeUnavailableError    the node that owns the session did not answer a forwarded request
     │   └── InsufficientStorageError  RECORDING_TMP_DIR is below its free-space floor (or full)
     ├── SpoolError                  the node's spool directory is unusable (locked by another node, a file exists)
     ├── SharedStateError            the shared state store (Redis) failed or did not answer
@@ -164,10 +165,16 @@ class RoomAlreadyRecordingError(SessionError):
 class AtCapacityError(SessionError):
     """This node already runs ``max_sessions`` recordings."""
 
-    def __init__(self, active: int, maximum: int) -> None:
-        super().__init__(f"at capacity: {active} of {maximum} sessions active (RECORDING_MAX_SESSIONS)")
+    def __init__(self, active: int, maximum: int, *, cpu_used: float | None = None, cpu_budget: float | None = None) -> None:
+        if cpu_budget is None:
+            text = f"at capacity: {active} of {maximum} sessions active (RECORDING_MAX_SESSIONS)"
+        else:
+            text = f"at capacity: {cpu_used or 0.0:g} of {cpu_budget:g} CPU cores in use (RECORDING_CPU_BUDGET)"
+        super().__init__(text)
         self.active = active
         self.maximum = maximum
+        self.cpu_used = cpu_used
+        self.cpu_budget = cpu_budget
 
 
 class SessionNotActiveError(SessionError):
@@ -176,6 +183,18 @@ class SessionNotActiveError(SessionError):
 
 class ShuttingDownError(SessionError):
     """The service is draining (SIGTERM) and starts nothing new."""
+
+
+class NodeUnavailableError(SessionError):
+    """The node that owns a session (or was chosen for one) did not answer a request forwarded to it.
+
+    Attributes:
+        server_id: that node's ``RECORDING_SERVER_ID``.
+    """
+
+    def __init__(self, server_id: str, why: str) -> None:
+        super().__init__(f"the node {server_id} did not answer: {why}")
+        self.server_id = server_id
 
 
 class InsufficientStorageError(SessionError):

@@ -378,6 +378,25 @@ class RecorderMetrics:
             ["server", "reason"],
             registry=r,
         )
+        # Autoscaling's inputs (issue #11): recordings do not queue, so free capacity is the signal.
+        self._capacity_free = Gauge(
+            "recordings_capacity_free",
+            "Recordings at the default output this server could start now (count and CPU budget); 0 while draining or not ready.",
+            ["server"],
+            registry=r,
+        ).labels(server=server_id)
+        self._capacity_total = Gauge(
+            "recordings_capacity_total",
+            "Recordings at the default output this server holds when idle (RECORDING_MAX_SESSIONS and RECORDING_CPU_BUDGET).",
+            ["server"],
+            registry=r,
+        ).labels(server=server_id)
+        self._draining = Gauge(
+            "recorder_draining",
+            "1 once the server drains (SIGTERM): it takes no new recording and exits when its live ones end.",
+            ["server"],
+            registry=r,
+        ).labels(server=server_id)
         self._reasons: set[str] = set()
         self._sessions = _SessionCollector(server_id)
         r.register(self._sessions)
@@ -440,6 +459,14 @@ class RecorderMetrics:
         database has not taken yet (the bookkeeper retries them; alert when it
         stays above zero)."""
         self._metadata_pending.set_function(lambda: float(pending()))
+
+    def watch_capacity(self, free: Callable[[], int], total: Callable[[], int], draining: Callable[[], bool]) -> None:
+        """Expose what autoscaling reads: ``recordings_capacity_free`` (recordings this node could
+        start now, by count and CPU budget; 0 while draining or not ready), ``recordings_capacity_total``
+        (what it holds when idle) and ``recorder_draining`` (1 from SIGTERM on)."""
+        self._capacity_free.set_function(lambda: float(free()))
+        self._capacity_total.set_function(lambda: float(total()))
+        self._draining.set_function(lambda: 1.0 if draining() else 0.0)
 
     def set_active(self, n: int) -> None:
         """Set ``recordings_active`` to the number of recordings in progress."""

@@ -28,18 +28,28 @@ Start-up order, so that no request can race what is already on disk:
    with any id already known to shared state or the database answers with
    that recording, never a new one over it.
 
-Shutdown (SIGTERM or SIGINT, or ``shutdown`` set in tests): stop accepting
-work (``/readyz`` turns 503, starts get ``SHUTTING_DOWN``), stop every session
-with reason ``shutdown`` and wait for their files within
-``RECORDING_DRAIN_TIMEOUT_S``, then exit 0. A second signal forces the stop:
-sessions are cancelled, their workers killed, their files kept up to the last
-complete fragment.
+Shutdown is three steps, :class:`Shutdown` and :func:`next_shutdown_step`:
+
+1. **Drain** (SIGTERM, or ``drain`` set in tests): take no new recording
+   (``/readyz`` turns 503, the registration says ``draining`` at once so no
+   node places one here, starts get ``SHUTTING_DOWN``) and let the live ones
+   run to their natural end (the SFU's stop, the auto-stop rules), for up to
+   ``RECORDING_DRAIN_DEADLINE_S``. A rolling update or a scale-down cuts no
+   meeting short. The control connections stay open meanwhile.
+2. **Finalise** (the deadline, a second signal, SIGINT, or ``shutdown`` in
+   tests; at once when the deadline is 0): stop every session left with reason
+   ``shutdown`` and wait for their files within ``RECORDING_DRAIN_TIMEOUT_S``,
+   then exit 0.
+3. **Force** (one more signal): sessions are cancelled, their workers killed,
+   their files kept up to the last complete fragment.
 """
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import logging
+import re
 import signal
 from dataclasses import dataclass
 from functools import partial
@@ -53,11 +63,14 @@ from edge_recorder.config import Settings
 from edge_recorder.control.listener import serve_control
 from edge_recorder.control.server import ControlHub, dial_out, dial_url_warning
 from edge_recorder.errors import ConfigError
+from edge_recorder.fleet.relay import FleetRelay
+from edge_recorder.fleet.router import FleetRouter
+from edge_recorder.fleet.slots import FleetSlots
 from edge_recorder.housekeeping import cleanup
 from edge_recorder.http import health_routes, serve_http
 from edge_recorder.metrics import RecorderMetrics
 from edge_recorder.recovery import record_from_row, recover_session
-from edge_recorder.session.manager import SessionManager
+from edge_recorder.session.manager import Intake, SessionManager
 from edge_recorder.session.session import RecordingSession
 from edge_recorder.session.state import SessionStatus
 from edge_recorder.spool import NodeSpool
@@ -73,6 +86,48 @@ class ServiceAddresses:
 
     control: tuple[str, int]
     http: tuple[str, int]
+
+
+class Shutdown(enum.Enum):
+    """How far the service is on its way out; only ever moves forward."""
+
+    SERVING = "serving"
+    DRAINING = "draining"
+    FINALISING = "finalising"
+    FORCED = "forced"
+
+
+def next_shutdown_step(step: Shutdown, signum: int | None, drain_deadline_s: float) -> Shutdown:
+    """The step after a signal (``signum``; None: the deadline passed).
+
+    SIGTERM while serving drains, unless the deadline is 0; SIGINT (an operator
+    at a terminal) and anything while draining finalise; anything while
+    finalising forces. Pure.
+    """
+    if step is Shutdown.SERVING:
+        return Shutdown.DRAINING if signum == signal.SIGTERM and drain_deadline_s > 0 else Shutdown.FINALISING
+    if step is Shutdown.DRAINING:
+        return Shutdown.FINALISING
+    return Shutdown.FORCED
+
+
+# A host name of 12 or 64 hex digits is what a container runtime makes up.
+_CONTAINER_ID_RE = re.compile(r"[0-9a-f]{12}|[0-9a-f]{64}")
+
+
+def identity_warning(settings: Settings) -> str | None:
+    """Why this node's id will not survive a restart, or None.
+
+    Crash recovery finds a node's unfinished recordings by its server id; a
+    container's made-up host name changes on every start.
+    """
+    if not _CONTAINER_ID_RE.fullmatch(settings.server_id):
+        return None
+    return (
+        f"RECORDING_SERVER_ID is {settings.server_id}, which looks like a container's generated host name: "
+        "a restarted container gets a new one and never recovers what this one leaves after a crash. "
+        "Set RECORDING_SERVER_ID (or --hostname), or run as a StatefulSet"
+    )
 
 
 def check_control_exposure(settings: Settings) -> None:
@@ -100,6 +155,9 @@ def log_startup_warnings(settings: Settings) -> list[str]:
     """
     state, control = settings.state, settings.control
     texts = transport_warnings(state.webhook_urls, state.webhook_secret is not None)
+    identity = identity_warning(settings)
+    if identity is not None:
+        texts.append(identity)
     if control.dial_url:
         dial = dial_url_warning(control.dial_url, control.token is not None)
         if dial is not None:
@@ -126,13 +184,15 @@ async def serve(
     settings: Settings,
     *,
     shutdown: trio.Event | None = None,
+    drain: trio.Event | None = None,
     task_status: trio.TaskStatus[ServiceAddresses] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the service until a signal (or ``shutdown``) and a drain.
 
     Args:
         settings: validated settings.
-        shutdown: set to drain and return, as SIGTERM would (for tests).
+        shutdown: set to finalise the recordings and return, as SIGINT would (for tests).
+        drain: set to drain, as SIGTERM would (for tests).
 
     Raises:
         ConfigError: the control exposure check failed (before anything binds).
@@ -143,7 +203,7 @@ async def serve(
     # Before anything else: a second node on this spool must not touch it.
     await trio.to_thread.run_sync(spool.acquire)
     try:
-        await _serve(settings, spool, shutdown=shutdown, task_status=task_status)
+        await _serve(settings, spool, shutdown=shutdown, drain=drain, task_status=task_status)
     finally:
         spool.release()
 
@@ -153,6 +213,7 @@ async def _serve(
     spool: NodeSpool,
     *,
     shutdown: trio.Event | None,
+    drain: trio.Event | None,
     task_status: trio.TaskStatus[ServiceAddresses],
 ) -> None:
     parts = await build_parts(settings)
@@ -184,7 +245,11 @@ async def _serve(
     manager.add_state_listener(bookkeeper.on_change)
     metrics.watch_metadata_backlog(lambda: bookkeeper.pending)
     metrics.attach(manager.active)
-    hub = ControlHub(manager, settings, state=parts.state, store=parts.store, metadata=parts.metadata, metrics=metrics)
+    metrics.watch_capacity(manager.free_slots, manager.total_slots, lambda: manager.intake is not Intake.OPEN)
+    fleet = _fleet_router(settings, parts, manager)
+    hub = ControlHub(
+        manager, settings, state=parts.state, store=parts.store, metadata=parts.metadata, metrics=metrics, fleet=fleet
+    )
     alive = True
     control = settings.control
     try:
@@ -193,6 +258,8 @@ async def _serve(
             if parts.webhooks is not None:
                 await top.start(parts.webhooks.run)
             top.start_soon(bookkeeper.run)
+            if fleet is not None:
+                await top.start(fleet.run)
             await top.start(manager.run)
             top.start_soon(_recover_then_clean, settings, parts, bookkeeper, leftover, fenced)
             routes = health_routes(metrics, lambda: alive, manager.readiness)
@@ -217,30 +284,63 @@ async def _serve(
             task_status.started(ServiceAddresses(control=control_address, http=http_address))
 
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                first = trio.Event()
+                step = Shutdown.SERVING
+                moved = trio.lowlevel.ParkingLot()
+
+                def advance(signum: int | None, why: str) -> None:
+                    nonlocal step
+                    following = next_shutdown_step(step, signum, settings.lifecycle.drain_deadline_s)
+                    if following is step:
+                        return
+                    step = following
+                    if step is Shutdown.DRAINING:
+                        log.info(
+                            "Draining: no new recordings; the live ones run to their end",
+                            extra={"why": why, "active": len(manager.active()), "deadlineS": settings.lifecycle.drain_deadline_s},
+                        )
+                    elif step is Shutdown.FINALISING:
+                        log.info("Shutting down: finalising the recordings", extra={"why": why, "active": len(manager.active())})
+                    else:
+                        log.warning("Forcing the stop", extra={"why": why})
+                        top.cancel_scope.cancel()
+                    moved.unpark_all()
 
                 async def on_signal() -> None:
                     async for signum in signals:
-                        if not first.is_set():
-                            log.info("Shutting down: draining recordings", extra={"signal": signal.Signals(signum).name})
-                            first.set()
-                        else:
-                            log.warning("Second signal: forcing the stop", extra={"signal": signal.Signals(signum).name})
-                            top.cancel_scope.cancel()
+                        advance(signum, signal.Signals(signum).name)
 
-                async def on_event() -> None:
-                    if shutdown is not None:
-                        await shutdown.wait()
-                        first.set()
+                async def on_event(event: trio.Event | None, signum: int) -> None:
+                    if event is not None:
+                        await event.wait()
+                        advance(signum, "requested")
 
                 top.start_soon(on_signal)
-                top.start_soon(on_event)
-                await first.wait()
-                manager.accepting = False
-                with trio.move_on_after(settings.lifecycle.drain_timeout_s) as drain:
+                top.start_soon(on_event, shutdown, signal.SIGINT)
+                top.start_soon(on_event, drain, signal.SIGTERM)
+                while step is Shutdown.SERVING:
+                    await moved.park()
+                if step is Shutdown.DRAINING:
+                    manager.intake = Intake.DRAINING
+                    bookkeeper.beat_now()  # placement elsewhere skips this node from now on
+                    with trio.move_on_after(settings.lifecycle.drain_deadline_s) as deadline:
+                        async with trio.open_nursery() as waiting:
+
+                            async def finalise_requested() -> None:
+                                while step is Shutdown.DRAINING:
+                                    await moved.park()
+                                waiting.cancel_scope.cancel()
+
+                            waiting.start_soon(finalise_requested)
+                            await manager.wait_idle()
+                            log.info("Drained: every recording ended")
+                            waiting.cancel_scope.cancel()
+                    if deadline.cancelled_caught:
+                        advance(None, "RECORDING_DRAIN_DEADLINE_S passed")
+                manager.intake = Intake.CLOSED
+                with trio.move_on_after(settings.lifecycle.drain_timeout_s) as finalising:
                     await manager.stop_all("shutdown")
-                if drain.cancelled_caught:
-                    log.error("Drain deadline passed; cancelling the remaining recordings")
+                if finalising.cancelled_caught:
+                    log.error("RECORDING_DRAIN_TIMEOUT_S passed while finalising; cancelling the remaining recordings")
                 # Let every SFU read the final state notifications before we go.
                 with trio.move_on_after(5):
                     await hub.close_all()
@@ -258,6 +358,24 @@ async def _serve(
         # Close the database and Redis connections even when cancelled.
         with trio.move_on_after(5, shield=True):
             await parts.aclose()
+
+
+def _fleet_router(settings: Settings, parts: ServiceParts, manager: SessionManager[RecordingSession]) -> FleetRouter | None:
+    """The fleet's router, with Redis and ``RECORDING_FLEET``; None: this node answers for its own sessions only."""
+    if parts.redis is None or not settings.state.fleet:
+        return None
+    redis = parts.redis
+
+    def relay_for(router: FleetRouter) -> FleetRelay:
+        return FleetRelay(
+            redis,
+            settings.server_id,
+            handler=router.answer,
+            on_notification=router.on_notification,
+            on_touch=router.on_touch,
+        )
+
+    return FleetRouter(settings, manager, parts.state, FleetSlots(redis), relay_for)
 
 
 async def _known_session(parts: ServiceParts, fenced: dict[str, dict[str, Any]], session_id: str) -> dict[str, Any] | None:

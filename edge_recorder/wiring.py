@@ -45,6 +45,8 @@ class ServiceParts:
         uploader_for: a session's uploader (recovery and retry-upload), with a bucket.
         destination: a session's destination while recording, with a bucket
             (without, each session keeps its file locally).
+        redis: the Redis store behind ``state``, when ``RECORDING_REDIS_URL`` is
+            set (the fleet's slots and relay use its connection and door).
     """
 
     metadata: MetadataStore
@@ -53,6 +55,7 @@ class ServiceParts:
     store: AsyncObjectStore | None
     uploader_for: UploaderFactory | None
     destination: UploaderFactory | None
+    redis: RedisStateStore | None = None
 
     async def run_state(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run shared state's background task, if it has one (Redis's resync); returns at once otherwise."""
@@ -77,8 +80,10 @@ async def build_parts(settings: Settings) -> ServiceParts:
     await trio.to_thread.run_sync(upgrade_to_head, url)
     metadata = AsyncMetadataRepository.from_url(url)
     state: SharedState
+    redis: RedisStateStore | None = None
     if settings.state.redis_url is not None:
-        state = ResilientStateStore(RedisStateStore(settings.state.redis_url.reveal(), lease_ttl_s=settings.state.lease_ttl_s))
+        redis = RedisStateStore(settings.state.redis_url.reveal(), lease_ttl_s=settings.state.lease_ttl_s)
+        state = ResilientStateStore(redis)
     else:
         state = MemoryStateStore(lease_ttl_s=settings.state.lease_ttl_s)
     webhooks = None
@@ -108,4 +113,4 @@ async def build_parts(settings: Settings) -> ServiceParts:
 
         uploader_for = destination = uploader
 
-    return ServiceParts(metadata, state, webhooks, store, uploader_for, destination)
+    return ServiceParts(metadata, state, webhooks, store, uploader_for, destination, redis)

@@ -80,6 +80,8 @@ BENCH_ENV = {
     "RECORDING_KEYFRAME_INTERVAL_S": "2",
     "RECORDING_X264_THREADS": "1",
     "RECORDING_MAX_SESSIONS": "64",
+    # The sweep finds how many sessions run in real time: admission must not stop it first.
+    "RECORDING_CPU_BUDGET": "1024",
 }
 
 

@@ -68,6 +68,7 @@ from edge_recorder.errors import (
     SessionNotActiveError,
     ShuttingDownError,
     InsufficientStorageError,
+    NodeUnavailableError,
     UnknownSessionError,
     UnsupportedCodecError,
 )
@@ -213,6 +214,7 @@ class ErrorCode(enum.IntEnum):
     RATE_LIMITED = -32008  # more than RATE_LIMIT_PER_S requests/s (burst RATE_LIMIT_BURST); not executed
     SHUTTING_DOWN = -32009  # the recorder is draining (SIGTERM) and starts nothing new
     INSUFFICIENT_STORAGE = -32010  # RECORDING_TMP_DIR is below RECORDING_MIN_FREE_DISK_MIB; use another node
+    NODE_UNAVAILABLE = -32011  # the node that owns the session did not answer in time; ``data.serverId`` names it
 
 
 #: The ``data`` members of an AT_CAPACITY error.
@@ -626,12 +628,12 @@ def error_from_exception(exc: EdgeRecorderError, request_id: RequestId = None) -
             ErrorCode.ROOM_ALREADY_RECORDING, str(exc), {"sessionId": exc.session_id}, request_id
         )
     if isinstance(exc, AtCapacityError):
-        return JsonRpcError(
-            ErrorCode.AT_CAPACITY,
-            str(exc),
-            {"activeSessions": exc.active, "maxSessions": exc.maximum},
-            request_id,
-        )
+        data: dict[str, Any] = {"activeSessions": exc.active, "maxSessions": exc.maximum}
+        if exc.cpu_budget is not None:
+            data.update(cpuUsed=exc.cpu_used, cpuBudget=exc.cpu_budget)
+        return JsonRpcError(ErrorCode.AT_CAPACITY, str(exc), data, request_id)
+    if isinstance(exc, NodeUnavailableError):
+        return JsonRpcError(ErrorCode.NODE_UNAVAILABLE, str(exc), {"serverId": exc.server_id}, request_id)
     if isinstance(exc, RtpParametersError):
         return _invalid(_rtp_field(exc.field), _rtp_problem(exc), request_id)
     simple: tuple[tuple[type[EdgeRecorderError], ErrorCode], ...] = (

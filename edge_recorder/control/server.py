@@ -46,7 +46,13 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_st
 from edge_recorder import __version__
 from edge_recorder.config import Settings
 from edge_recorder.control import protocol as rpc
-from edge_recorder.errors import EdgeRecorderError, SessionNotActiveError, UnknownSessionError, public_message
+from edge_recorder.errors import (
+    EdgeRecorderError,
+    NodeUnavailableError,
+    SessionNotActiveError,
+    UnknownSessionError,
+    public_message,
+)
 from edge_recorder.metrics import RecorderMetrics
 from edge_recorder.rtp.parameters import recorder_rtp_capabilities
 from edge_recorder.session.manager import SessionManager
@@ -55,6 +61,7 @@ from edge_recorder.session.stream import StreamSpec
 from edge_recorder.state.store import StateStore
 
 if TYPE_CHECKING:
+    from edge_recorder.fleet.router import FleetRouter
     from edge_recorder.metadata import MetadataStore
     from edge_recorder.sink.store import RecordingStore
 
@@ -113,6 +120,7 @@ class ControlHub:
         store: RecordingStore | None = None,
         metadata: MetadataStore | None = None,
         metrics: RecorderMetrics | None = None,
+        fleet: FleetRouter | None = None,
     ) -> None:
         self.manager = manager
         self.settings = settings
@@ -129,14 +137,25 @@ class ControlHub:
         self._ids = itertools.count(1)
         manager.add_state_listener(self._on_state)
         manager.add_keyframe_listener(self._on_keyframe_request)
+        # In a fleet: requests for other nodes' sessions go there, and their
+        # notifications come here (edge_recorder.fleet.router).
+        self.fleet = fleet
+        if fleet is not None:
+            fleet.bind(self.run_here, self.broadcast)
 
     # -- notifications (called synchronously, in order, from the sessions) -----------
 
     def _on_state(self, session: RecordingSession) -> None:
-        self.broadcast(rpc.state_notification(public_record(session.state_record().to_wire())))
+        self._announce(rpc.state_notification(public_record(session.state_record().to_wire())))
 
     def _on_keyframe_request(self, session: RecordingSession, spec: StreamSpec) -> None:
-        self.broadcast(rpc.keyframe_request_notification(session.session_id, spec.producer_id))
+        self._announce(rpc.keyframe_request_notification(session.session_id, spec.producer_id))
+
+    def _announce(self, message: str) -> None:
+        """A notification of this node's session: to our connections and, in a fleet, every other node's."""
+        self.broadcast(message)
+        if self.fleet is not None:
+            self.fleet.publish(message)
 
     def broadcast(self, message: str) -> None:
         """Queue one notification for every connection, in order."""
@@ -206,6 +225,8 @@ class ControlHub:
             # The sessions it drove carry on; the manager's watchdog ends them
             # only if no controller comes back within the grace period.
             self.manager.detach_connection(conn.id)
+            if self.fleet is not None:
+                self.fleet.connection_closed(conn.id)
             log.info("Control connection closed", extra={"connection": conn.id})
 
     async def _write_loop(self, conn: _Connection, scope: trio.CancelScope) -> None:
@@ -268,8 +289,32 @@ class ControlHub:
     # -- methods ---------------------------------------------------------------------------
 
     async def dispatch(self, connection_id: str, request: rpc.Request) -> Any:
-        """Run one request; returns its result or raises one of our errors."""
+        """Run one request, here or (in a fleet) on the node that owns or gets its session.
+
+        Returns its result or raises one of our errors (a forwarded request's
+        error as the owner sent it).
+        """
         params = rpc.parse_request_params(request.method, request.params, request.id)
+        if self.fleet is not None:
+            if isinstance(params, rpc.StartParams):
+                return await self.fleet.start(connection_id, request, params)
+            session_id = getattr(params, "session_id", None)
+            if isinstance(params, _FORWARDED_PARAMS) and isinstance(session_id, str):
+                owner = await self.fleet.owner_of(session_id)
+                if owner is not None:
+                    try:
+                        return (await self.fleet.forward(owner, connection_id, request)).result
+                    except NodeUnavailableError:
+                        if not isinstance(params, rpc.GetParams):
+                            raise
+                        # recording.get still answers, from shared state.
+        return await self._run(connection_id, request, params)
+
+    async def run_here(self, connection_id: str, request: rpc.Request) -> Any:
+        """Run one request on this node, never forwarded (the fleet router's door back in)."""
+        return await self._run(connection_id, request, rpc.parse_request_params(request.method, request.params, request.id))
+
+    async def _run(self, connection_id: str, request: rpc.Request, params: rpc.Params) -> Any:
         if isinstance(params, rpc.InfoParams):
             return {
                 "serverId": self.settings.server_id,
@@ -351,6 +396,16 @@ class ControlHub:
             keyframe_interval_s=base.keyframe_interval_s,
             x264_threads=base.x264_threads,
         )
+
+
+# The requests for one session that its owner answers (``recording.start`` is placed instead).
+_FORWARDED_PARAMS = (
+    rpc.AddStreamParams,
+    rpc.RemoveStreamParams,
+    rpc.SetActiveSpeakerParams,
+    rpc.StopParams,
+    rpc.GetParams,
+)
 
 
 # -- what the SFU may see -------------------------------------------------------------

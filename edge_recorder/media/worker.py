@@ -51,6 +51,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import signal
 import sys
 import threading
 import time
@@ -794,6 +795,11 @@ def main() -> int:
     # bounds how long each re-acquisition waits behind the Trio thread
     # (measured 2.6x → 1.7x worst case in the reference notes).
     sys.setswitchinterval(0.001)
+    # Ctrl-C at a terminal signals the whole foreground process group, this
+    # worker too: the session stops it through the pipe (flushing the file),
+    # and on its own it would die mid-fragment. SIGTERM stays as it is: only
+    # someone targeting this process sends it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     return trio.run(_amain)
 
 

@@ -19,7 +19,9 @@ unit-tested with a fake session and no media worker.
 
 from __future__ import annotations
 
+import enum
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,7 @@ from edge_recorder.errors import (
     ShuttingDownError,
     UnknownSessionError,
 )
+from edge_recorder.fleet.placement import session_cost
 from edge_recorder.session.autostop import AutoStopRules
 from edge_recorder.session.ports import PortAllocator
 from edge_recorder.session.destination import Destination
@@ -60,6 +63,18 @@ MIN_FREE_PORTS = 2
 # Finds a recording by id in the durable places (shared state, metadata);
 # None when no node has ever recorded it.
 KnownSessionLookup = Callable[[str], Awaitable["dict[str, Any] | None"]]
+
+
+class Intake(enum.Enum):
+    """Whether the node takes new recordings: the service moves it OPEN → DRAINING → CLOSED, never back.
+
+    DRAINING (SIGTERM): no new recording here, the live ones run to their
+    natural end. CLOSED: the rest are being finalised.
+    """
+
+    OPEN = "open"
+    DRAINING = "draining"
+    CLOSED = "closed"
 
 
 class _Packets(Protocol):
@@ -241,11 +256,17 @@ class SessionManager(Generic[S]):
             settings, self.ports, self.spool, destination=destination, defer_spool_removal=defer_spool_removal
         )
         self.sessions: dict[str, S] = {}
-        self.accepting = True
+        self.intake = Intake.OPEN
+        # CPU cores each live session was admitted at (RECORDING_CPU_BUDGET's bookkeeping).
+        self._costs: dict[str, float] = {}
+        # Woken on every status change: wait_idle() parks here.
+        self._status_lot = trio.lowlevel.ParkingLot()
         self._enforce_enabled = enforce_enabled
         self._state_listeners: list[Callable[[S], None]] = [on_change] if on_change else []
         self._keyframe_listeners: list[Callable[[S, StreamSpec], None]] = [on_keyframe_request] if on_keyframe_request else []
-        self._controllers: dict[str, set[str]] = {}
+        # session id -> controller connection -> when it stops counting (trio
+        # time; inf for a connection of this node, which detach_connection ends).
+        self._controllers: dict[str, dict[str, float]] = {}
         self._nursery: trio.Nursery | None = None
 
     # -- listeners -------------------------------------------------------------------
@@ -256,7 +277,15 @@ class SessionManager(Generic[S]):
     def add_keyframe_listener(self, listener: Callable[[S, StreamSpec], None]) -> None:
         self._keyframe_listeners.append(listener)
 
+    @property
+    def accepting(self) -> bool:
+        """Whether new recordings are taken here (intake OPEN)."""
+        return self.intake is Intake.OPEN
+
     def _changed(self, session: S) -> None:
+        if session.status.terminal:
+            self._costs.pop(session.session_id, None)
+        self._status_lot.unpark_all()
         for listener in self._state_listeners:
             try:
                 listener(session)
@@ -284,11 +313,56 @@ class SessionManager(Generic[S]):
     def active(self) -> list[S]:
         return [s for s in self.sessions.values() if not s.status.terminal]
 
+    async def wait_idle(self) -> None:
+        """Return once no session is active (the drain's natural end)."""
+        while self.active():
+            await self._status_lot.park()
+
+    def cost_of(self, session_id: str) -> float:
+        """CPU cores the session was admitted at (0 when unknown or ended)."""
+        return self._costs.get(session_id, 0.0)
+
+    def cpu_used(self) -> float:
+        """CPU cores the live sessions were admitted at."""
+        return sum(self._costs.get(s.session_id, 0.0) for s in self.active())
+
+    def default_cost(self) -> float:
+        """CPU cores a recording at this node's default output costs."""
+        out = self.settings.output
+        return session_cost(out.width_px, out.height_px, out.fps, base_cost=self.settings.session_cpu_cost)
+
+    def free_slots(self) -> int:
+        """Recordings at the default output this node could start now, by count and CPU budget; 0 unless ready."""
+        if not self.readiness()[0]:
+            return 0
+        by_count = self.settings.max_sessions - len(self.active())
+        by_cpu = math.floor((self.settings.cpu_budget - self.cpu_used()) / self.default_cost() + 1e-9)
+        return max(0, min(by_count, by_cpu))
+
+    def total_slots(self) -> int:
+        """Recordings at the default output this node holds when idle."""
+        return max(0, min(self.settings.max_sessions, math.floor(self.settings.cpu_budget / self.default_cost() + 1e-9)))
+
     def capacity(self) -> dict[str, Any]:
-        """``recorder.info``'s capacity block."""
+        """``recorder.info``'s capacity block, also the node's registration in shared state.
+
+        ``activeSessions``/``maxSessions``/``load`` as always; ``ready`` (what
+        ``/readyz`` says), ``draining``, ``cpuBudget``/``cpuUsed`` (cores) and
+        ``announcedIp`` let another node place a recording here.
+        """
         active = len(self.active())
         maximum = self.settings.max_sessions
-        return {"activeSessions": active, "maxSessions": maximum, "load": round(active / maximum, 3)}
+        return {
+            "activeSessions": active,
+            "maxSessions": maximum,
+            "load": round(active / maximum, 3),
+            "ready": self.readiness()[0],
+            "draining": self.intake is not Intake.OPEN,
+            "cpuBudget": round(self.settings.cpu_budget, 3),
+            "cpuUsed": round(self.cpu_used(), 3),
+            "freeSlots": self.free_slots(),
+            "announcedIp": self.settings.rtp_address,
+        }
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether this node accepts a new recording now, and why not: ``/readyz``'s one implementation.
@@ -302,7 +376,8 @@ class SessionManager(Generic[S]):
         checks = {
             "enabled": bool(self.settings.recording_enabled) or not self._enforce_enabled,
             "accepting": self.accepting,
-            "capacity": len(self.active()) < self.settings.max_sessions,
+            "capacity": len(self.active()) < self.settings.max_sessions
+            and self.cpu_used() + self.default_cost() <= self.settings.cpu_budget + 1e-9,
             "ports": self.ports.capacity - len(self.ports.in_use) >= MIN_FREE_PORTS,
             "disk": self._disk_problem() is None,
         }
@@ -363,7 +438,11 @@ class SessionManager(Generic[S]):
             return existing
         if self._enforce_enabled and not self.settings.recording_enabled:
             raise RecordingDisabledError("recording is disabled on this node (RECORDING_ENABLED=false)")
-        if not self.accepting:
+        if self.intake is Intake.DRAINING:
+            raise ShuttingDownError(
+                "the recorder is draining: its recordings run to their end and it starts no new one; use another node"
+            )
+        if self.intake is Intake.CLOSED:
             raise ShuttingDownError("the recorder is shutting down and starts no new recordings")
         for other in self.active():
             if other.room_id == room_id:
@@ -371,6 +450,11 @@ class SessionManager(Generic[S]):
         active = len(self.active())
         if active >= self.settings.max_sessions:
             raise AtCapacityError(active, self.settings.max_sessions)
+        out = output or OutputOptions.from_settings(self.settings)
+        cost = session_cost(out.width, out.height, out.fps, base_cost=self.settings.session_cpu_cost)
+        used = self.cpu_used()
+        if used + cost > self.settings.cpu_budget + 1e-9:
+            raise AtCapacityError(active, self.settings.max_sessions, cpu_used=used, cpu_budget=self.settings.cpu_budget)
         # statvfs off the loop: the spool may be on a slow or network disk.
         disk = await trio.to_thread.run_sync(self._disk_problem)
         if disk is not None:
@@ -382,11 +466,13 @@ class SessionManager(Generic[S]):
         # Registered before the first await, so a concurrent start with the
         # same id finds this one instead of racing it.
         self.sessions[session.session_id] = session
+        self._costs[session.session_id] = cost
         try:
             # Exclusive: an existing file is a recording, never written over.
             await trio.to_thread.run_sync(self.spool.create, session.session_id)
         except BaseException:
             del self.sessions[session.session_id]
+            self._costs.pop(session.session_id, None)
             raise
         if controller is not None:
             self.attach_controller(session.session_id, controller)
@@ -476,7 +562,7 @@ class SessionManager(Generic[S]):
                 trio.current_time(),
                 packets=sum(s.packets for s in session.receiver_stats()),
                 streams=len(session.streams),
-                controllers=len(self._controllers.get(session.session_id, ())),
+                controllers=len(self.controllers(session.session_id)),
             )
             if reason is not None:
                 log.info(
@@ -491,6 +577,7 @@ class SessionManager(Generic[S]):
         ended = [s for s in self.sessions.values() if s.status.terminal]
         for session in ended[: max(0, len(ended) - ENDED_SESSIONS_KEPT)]:
             del self.sessions[session.session_id]
+            self._costs.pop(session.session_id, None)
             self._controllers.pop(session.session_id, None)
 
     # -- lookups ---------------------------------------------------------------------
@@ -518,17 +605,27 @@ class SessionManager(Generic[S]):
 
     # -- controllers -------------------------------------------------------------------
 
-    def attach_controller(self, session_id: str, connection_id: str) -> None:
-        """Record that a control connection drives this session."""
-        self._controllers.setdefault(session_id, set()).add(connection_id)
+    def attach_controller(self, session_id: str, connection_id: str, *, for_s: float | None = None) -> None:
+        """Record that a control connection drives this session.
+
+        Args:
+            for_s: a connection of another node (``"<serverId>/<connection>"``,
+                its requests forwarded here) counts for this long unless
+                touched again: that node may die without saying goodbye.
+                None: a connection of this node, until :meth:`detach_connection`.
+        """
+        until = math.inf if for_s is None else trio.current_time() + for_s
+        self._controllers.setdefault(session_id, {})[connection_id] = until
 
     def detach_connection(self, connection_id: str) -> None:
         """A control connection is gone: it no longer drives any session."""
         for controllers in self._controllers.values():
-            controllers.discard(connection_id)
+            controllers.pop(connection_id, None)
 
-    def controllers(self, session_id: str) -> Iterable[str]:
-        return tuple(self._controllers.get(session_id, ()))
+    def controllers(self, session_id: str) -> tuple[str, ...]:
+        """The connections that drive the session now (remote ones until they expire)."""
+        now = trio.current_time()
+        return tuple(conn for conn, until in self._controllers.get(session_id, {}).items() if until > now)
 
     # -- stopping ----------------------------------------------------------------------
 

@@ -739,7 +739,7 @@ class RecordingSession:
             "Recording stream added",
             extra={"sessionId": self.session_id, "producerId": spec.producer_id, "kind": spec.kind, "port": rtp_port},
         )
-        return {"ip": self._ports.bind_ip, "port": rtp_port, "rtcpPort": rtcp_port}
+        return {"ip": self.settings.rtp_address, "port": rtp_port, "rtcpPort": rtcp_port}
 
     async def _run_stream(self, handle: _StreamHandle) -> None:
         try:

@@ -11,7 +11,7 @@ import trio
 
 from edge_recorder.demo.sfu import demo_producers, run_producer
 from edge_recorder.errors import AtCapacityError, RecordingDisabledError, RoomAlreadyRecordingError, ShuttingDownError
-from edge_recorder.session.manager import SessionManager
+from edge_recorder.session.manager import Intake, SessionManager
 from edge_recorder.session.state import SessionStatus
 from edge_recorder.session.stream import StreamSpec
 
@@ -60,7 +60,11 @@ async def test_capacity_and_shutdown_refuse_new_work_and_harm_nothing(strict_man
     ready, checks = strict_manager.readiness()
     assert not ready and not checks["capacity"]
     await b.stop("host")
-    strict_manager.accepting = False
+    strict_manager.intake = Intake.DRAINING
+    with pytest.raises(ShuttingDownError, match="draining"):
+        await strict_manager.start("room-3")
+    assert strict_manager.readiness()[1]["accepting"] is False
+    strict_manager.intake = Intake.CLOSED
     with pytest.raises(ShuttingDownError):
         await strict_manager.start("room-3")
     assert a.status is SessionStatus.RECORDING

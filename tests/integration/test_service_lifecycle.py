@@ -61,7 +61,7 @@ async def test_a_lost_controller_does_not_end_the_recording_until_the_grace_pass
     shutdown.set()
 
 
-async def test_sigterm_finalises_three_sessions_and_exits_zero(settings: Any, tmp_path: Path, nursery: trio.Nursery) -> None:
+def _serve_env(settings: Any, tmp_path: Path, server_id: str, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         RECORDING_ENABLED="true",
@@ -73,20 +73,134 @@ async def test_sigterm_finalises_three_sessions_and_exits_zero(settings: Any, tm
         RECORDING_OUTPUT_WIDTH="640",
         RECORDING_OUTPUT_HEIGHT="360",
         RECORDING_X264_PRESET="ultrafast",
-        RECORDING_SERVER_ID="sigterm-node",
+        RECORDING_SERVER_ID=server_id,
+        **extra,
     )
+    return env
+
+
+async def _connect(url: str, nursery: trio.Nursery) -> SfuClient:
+    with trio.fail_after(20):
+        while True:
+            try:
+                return await _client(url, nursery)
+            except OSError:
+                await trio.sleep(0.2)
+
+
+async def _http_status(port: int, path: str) -> int:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        head = await stream.receive_some(4096)
+    return int(head.split()[1])
+
+
+def _video_gaps_s(path: Path) -> tuple[int, float]:
+    """Frames decoded, and the longest gap between consecutive frames' timestamps (seconds)."""
+    with av.open(str(path)) as container:
+        times = [float(frame.time) for frame in container.decode(video=0) if frame.time is not None]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    return len(times), max(gaps, default=0.0)
+
+
+async def test_sigterm_drains_live_recordings_to_their_natural_end_then_exits(
+    settings: Any, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """SIGTERM: no new recording (readiness 503, SHUTTING_DOWN), the live ones go on until the SFU
+    stops them, each one continuous file, and the process exits 0 once the last one ends."""
+    env = _serve_env(settings, tmp_path, "drain-node")
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "edge_recorder", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
-        url = f"ws://127.0.0.1:{settings.port_min}/control"
-        with trio.fail_after(20):
-            while True:
-                try:
-                    sfu = await _client(url, nursery)
-                    break
-                except OSError:
-                    await trio.sleep(0.2)
+        sfu = await _connect(f"ws://127.0.0.1:{settings.port_min}/control", nursery)
+        producers = demo_producers()
+        async with trio.open_nursery() as senders:
+            for i, sid in enumerate(["drain-a", "drain-b"]):
+                await sfu.call("recording.start", {"roomId": f"drain-room-{i}", "sessionId": sid})
+                for key in ("alice-cam", "alice-mic"):
+                    producer = dataclasses.replace(producers[key], producer_id=f"{key}-{i}")
+                    ports = await sfu.call("recording.addStream", producer.add_stream_params(sid))
+                    senders.start_soon(partial(run_producer, producer, (ports["ip"], ports["port"])))
+            await trio.sleep(2.0)
+            assert await _http_status(settings.port_min + 1, "/readyz") == 200
+            proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(10):
+                while await _http_status(settings.port_min + 1, "/readyz") != 503:
+                    await trio.sleep(0.1)
+            refused = await sfu.call_raw("recording.start", {"roomId": "drain-room-new"})
+            assert refused["error"]["code"] == -32009 and "draining" in refused["error"]["message"], refused
+            # The meetings go on past the old 30 s cut... (shortened: a few seconds prove it)
+            await trio.sleep(3.0)
+            assert sfu.states("drain-a")[-1] == sfu.states("drain-b")[-1] == "RECORDING"
+            assert proc.returncode is None
+            await sfu.call("recording.stop", {"sessionId": "drain-a"})
+            await trio.sleep(1.0)
+            assert proc.returncode is None  # drain-b still records
+            await sfu.call("recording.stop", {"sessionId": "drain-b"})
+            with trio.fail_after(30):
+                code = await proc.wait()
+            senders.cancel_scope.cancel()
+        assert code == 0
+        for sid in ("drain-a", "drain-b"):
+            assert sfu.states(sid)[-1] == "COMPLETED", sfu.states(sid)
+            frames, gap = _video_gaps_s(tmp_path / "svc" / "drain-node" / f"{sid}.mp4")
+            assert frames >= 5.0 * 30, f"{sid}: {frames} frames"
+            assert gap < 0.5, f"{sid}: a {gap:.2f} s hole in the video"
+        reasons = [n["params"].get("reason") for n in sfu.notifications if n["params"].get("status") == "COMPLETED"]
+        assert reasons == ["host", "host"]
+        await sfu.aclose()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        assert proc.stderr is not None
+        await proc.stderr.aclose()
+
+
+async def test_a_second_sigterm_while_draining_finalises_the_rest(settings: Any, tmp_path: Path, nursery: trio.Nursery) -> None:
+    env = _serve_env(settings, tmp_path, "drain-twice")
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "edge_recorder", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        sfu = await _connect(f"ws://127.0.0.1:{settings.port_min}/control", nursery)
+        cam = demo_producers()["alice-cam"]
+        await sfu.call("recording.start", {"roomId": "twice-room", "sessionId": "twice"})
+        ports = await sfu.call("recording.addStream", cam.add_stream_params("twice"))
+        async with trio.open_nursery() as senders:
+            senders.start_soon(partial(run_producer, cam, (ports["ip"], ports["port"])))
+            await trio.sleep(2.0)
+            proc.send_signal(signal.SIGTERM)
+            await trio.sleep(1.5)
+            assert proc.returncode is None and sfu.states("twice")[-1] == "RECORDING"
+            proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(30):
+                code = await proc.wait()
+            senders.cancel_scope.cancel()
+        assert code == 0
+        assert sfu.states("twice")[-1] == "COMPLETED"
+        reasons = [n["params"].get("reason") for n in sfu.notifications if n["params"].get("status") == "COMPLETED"]
+        assert reasons == ["shutdown"]
+        await sfu.aclose()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        assert proc.stderr is not None
+        await proc.stderr.aclose()
+
+
+async def test_sigterm_with_no_drain_deadline_finalises_three_sessions_and_exits_zero(
+    settings: Any, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    env = _serve_env(settings, tmp_path, "sigterm-node", RECORDING_DRAIN_DEADLINE_S="0")
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "edge_recorder", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        sfu = await _connect(f"ws://127.0.0.1:{settings.port_min}/control", nursery)
         producers = demo_producers()
         sessions = ["term-a", "term-b", "term-c"]
         async with trio.open_nursery() as senders:

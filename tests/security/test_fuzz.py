@@ -36,6 +36,7 @@ import json
 import os
 import shutil
 import socket
+import signal
 import subprocess
 import sys
 import time
@@ -200,7 +201,7 @@ async def _fuzz_run(tmp_path: Path, nursery: trio.Nursery, hosts: Any) -> None:
         await _with_service(tmp_path, nursery, hosts, env, service, control_port, metrics_port, bind_ip)
     finally:
         if service.returncode is None:
-            service.terminate()
+            service.send_signal(signal.SIGINT)  # finalise now (SIGTERM would drain live recordings)
             with trio.move_on_after(30, shield=True):
                 await service.wait()
             if service.returncode is None:

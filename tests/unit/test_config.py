@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edge_recorder.config import (
+    available_cpus,
     KNOWN_VARIABLES,
     REGENERATE_COMMAND,
     SETTINGS,
@@ -66,6 +67,7 @@ def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         port_max=40999,
         server_id=socket.gethostname(),
         max_sessions=4,
+        cpu_budget=available_cpus(),
         output=OutputSettings(
             width_px=1280,
             height_px=720,
@@ -229,7 +231,9 @@ def test_s3_prefix_gets_a_trailing_slash(text: str, expected: str) -> None:
 def test_values_are_normalised(
     variable: str, text: str, attribute: tuple[str, ...], expected: object
 ) -> None:
-    value: object = load_settings(environ={variable: text})
+    # Binding every interface needs the address the SFU is told (tested below).
+    announced = {"RECORDING_ANNOUNCED_IP": "10.0.0.7"} if variable == "RECORDING_BIND_IP" else {}
+    value: object = load_settings(environ={variable: text, **announced})
     for name in attribute:
         value = getattr(value, name)
     assert value == expected
@@ -762,7 +766,8 @@ def test_runbook_variables_are_accepted_with_the_runbook_defaults(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     text, path, expected, runbook_default = case
-    given: object = load_settings(environ={variable: text})
+    announced = {"RECORDING_ANNOUNCED_IP": "10.0.0.7"} if variable == "RECORDING_BIND_IP" else {}
+    given: object = load_settings(environ={variable: text, **announced})
     default: object = load_settings(environ={})
     for name in path:
         given, default = getattr(given, name), getattr(default, name)
@@ -863,6 +868,7 @@ RULE_BREAKERS: dict[str, dict[str, str]] = {
     "RECORDING_JITTER_AUDIO_MS": {"RECORDING_JITTER_AUDIO_MS": "301"},
     "RECORDING_PORT_MIN": {"RECORDING_PORT_MIN": "41000"},
     "RECORDING_PORT_MAX": {"RECORDING_PORT_MAX": "39000"},
+    "RECORDING_ANNOUNCED_IP": {"RECORDING_BIND_IP": "0.0.0.0"},
     "RECORDING_HEARTBEAT_INTERVAL_S": {"RECORDING_HEARTBEAT_INTERVAL_S": "10"},
     "RECORDING_CONTROL_MAX_CONNECTIONS_PER_IP": {"RECORDING_CONTROL_MAX_CONNECTIONS_PER_IP": "65"},
     "RECORDING_S3_SSE_KMS_KEY_ID": {"RECORDING_S3_SSE_KMS_KEY_ID": "alias/rec"},
@@ -887,3 +893,28 @@ def test_declared_rules_are_enforced(variable: str, env: dict[str, str]) -> None
         assert "or neither" in str(info.value)
     else:
         assert entry.declared.rule in str(info.value)  # the documented rule is the message's
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "::"])
+def test_binding_every_interface_without_an_announced_address_is_refused_naming_both(bind: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"RECORDING_BIND_IP": bind})
+    assert info.value.variable == "RECORDING_ANNOUNCED_IP"
+    assert "RECORDING_BIND_IP" in str(info.value) and bind in str(info.value)
+
+
+@pytest.mark.parametrize("announced", ["0.0.0.0", "::"])
+def test_an_announced_address_of_every_interface_is_refused(announced: str) -> None:
+    with pytest.raises(ConfigError, match="RECORDING_ANNOUNCED_IP"):
+        load_settings(environ={"RECORDING_BIND_IP": "0.0.0.0", "RECORDING_ANNOUNCED_IP": announced})
+
+
+def test_the_sfu_is_told_the_announced_address_else_the_bind_address() -> None:
+    assert load_settings(environ={"RECORDING_BIND_IP": "0.0.0.0", "RECORDING_ANNOUNCED_IP": "10.0.0.7"}).rtp_address == "10.0.0.7"
+    assert load_settings(environ={"RECORDING_BIND_IP": "10.0.0.8"}).rtp_address == "10.0.0.8"
+    assert load_settings(environ={"RECORDING_ANNOUNCED_IP": ""}).announced_ip is None
+
+
+def test_the_cpu_budget_defaults_to_the_cpus_this_process_may_use() -> None:
+    assert load_settings(environ={}).cpu_budget == available_cpus() > 0
+    assert load_settings(environ={"RECORDING_CPU_BUDGET": "1.5"}).cpu_budget == 1.5

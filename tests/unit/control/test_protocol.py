@@ -120,6 +120,7 @@ def test_error_codes_are_the_documented_ones() -> None:
         "RATE_LIMITED": -32008,
         "SHUTTING_DOWN": -32009,
         "INSUFFICIENT_STORAGE": -32010,
+        "NODE_UNAVAILABLE": -32011,
     }
 
 

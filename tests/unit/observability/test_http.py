@@ -14,7 +14,7 @@ import trio.testing
 from edge_recorder.config import Settings
 from edge_recorder.http import Route, health_routes, serve_http
 from edge_recorder.metrics import RecorderMetrics
-from edge_recorder.session.manager import SessionManager
+from edge_recorder.session.manager import Intake, SessionManager
 from tests.fakes.sessions import FakeSession, FakeSessionFactory
 
 SERVER = "node-http"
@@ -175,7 +175,7 @@ async def test_readyz_ready_then_each_failing_condition(
 
     monkeypatch.undo()
     manager.settings = dataclasses.replace(manager.settings, recording_enabled=True)
-    manager.accepting = False  # shutting down
+    manager.intake = Intake.DRAINING  # SIGTERM
     r = await client.request("GET", "/readyz")
     assert (r.status, _failing(r.json())) == (503, {"accepting"})
 

@@ -29,7 +29,8 @@ from edge_recorder.errors import (
     UnknownSessionError,
 )
 from edge_recorder.session import manager as manager_module
-from edge_recorder.session.manager import KnownSession, SessionManager, SessionRequest
+from edge_recorder.session.manager import Intake, KnownSession, SessionManager, SessionRequest
+from edge_recorder.session.session import OutputOptions
 from edge_recorder.session.state import SessionStatus
 from edge_recorder.session.stream import StreamSpec
 from tests.fakes.sessions import FakeSession, FakeSessionFactory as Factory
@@ -97,7 +98,11 @@ async def test_capacity_refuses_and_readiness_says_so(mgr: SessionManager[FakeSe
     assert mgr.readiness() == (True, {"enabled": True, "accepting": True, "capacity": True, "ports": True, "disk": True})
     a = await mgr.start("room-1")
     await mgr.start("room-2")
-    assert mgr.capacity() == {"activeSessions": 2, "maxSessions": 2, "load": 1.0}
+    capacity = mgr.capacity()
+    assert {k: capacity[k] for k in ("activeSessions", "maxSessions", "load", "ready", "draining", "freeSlots")} == {
+        "activeSessions": 2, "maxSessions": 2, "load": 1.0, "ready": False, "draining": False, "freeSlots": 0
+    }
+    assert capacity["announcedIp"] == "127.0.0.1"
     with pytest.raises(AtCapacityError) as info:
         await mgr.start("room-3")
     assert (info.value.active, info.value.maximum) == (2, 2)
@@ -119,7 +124,7 @@ async def test_shutting_down_and_disabled_refuse_before_anything_is_built(
     demo = _manager(_settings(settings, recording_enabled=False), factory)  # the demo records regardless
     await nursery.start(demo.run)
     assert (await demo.start("room")).status is SessionStatus.RECORDING
-    demo.accepting = False
+    demo.intake = Intake.CLOSED
     with pytest.raises(ShuttingDownError):
         await demo.start("other-room")
     assert demo.readiness()[1]["accepting"] is False
@@ -235,3 +240,71 @@ async def test_stop_all_stops_every_active_session(mgr: SessionManager[FakeSessi
     await mgr.stop_all("shutdown")
     assert (a.stop_reason, b.stop_reason) == ("shutdown", "shutdown")
     assert mgr.active() == []
+
+
+async def test_the_cpu_budget_admits_by_cost_and_a_bigger_output_costs_more(
+    settings: Settings, factory: Factory, nursery: trio.Nursery
+) -> None:
+    # 640x360 at 30 fps costs a quarter of the 720p30 reference: 0.125 cores here.
+    manager = _manager(_settings(settings, max_sessions=10, cpu_budget=0.3, session_cpu_cost=0.5), factory)
+    await nursery.start(manager.run)
+    assert manager.total_slots() == 2 and manager.free_slots() == 2
+    await manager.start("room-1")
+    await manager.start("room-2")
+    assert manager.cpu_used() == pytest.approx(0.25) and manager.free_slots() == 0
+    assert not manager.readiness()[1]["capacity"]
+    with pytest.raises(AtCapacityError, match="RECORDING_CPU_BUDGET") as info:
+        await manager.start("room-3")
+    assert info.value.cpu_budget == 0.3 and info.value.cpu_used == pytest.approx(0.25)
+    await manager.stop_all("host")
+    assert manager.cpu_used() == 0.0 and manager.free_slots() == 2
+    big = dataclasses.replace(OutputOptions.from_settings(manager.settings), width=1280, height=720)
+    with pytest.raises(AtCapacityError):  # 0.5 cores > 0.3
+        await manager.start("room-4", output=big)
+    assert not manager.active()
+
+
+async def test_a_remote_controller_lapses_unless_touched(
+    settings: Settings, factory: Factory, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    manager = _manager(
+        _settings(settings, media_timeout_s=0, room_empty_grace_s=0, controller_grace_s=5, max_duration_s=0), factory
+    )
+    await nursery.start(manager.run)
+    session = await manager.start("room", controller="node-1/c1")
+    manager.attach_controller(session.session_id, "node-1/c1", for_s=3.0)  # forwarded from node-1
+    session.streams = [object()]
+    for _ in range(5):  # renewed every 2 s: the controller stays
+        await trio.sleep(2.0)
+        manager.attach_controller(session.session_id, "node-1/c1", for_s=3.0)
+    assert manager.controllers(session.session_id) == ("node-1/c1",)
+    assert session.status is SessionStatus.RECORDING
+    lapsed_at = trio.current_time() + 3.0  # node-1 vanished: no more touches
+    with trio.fail_after(30):
+        while not session.status.terminal:
+            await trio.sleep(manager_module.WATCHDOG_INTERVAL_S)
+    assert session.stop_reason == "controller-lost"
+    assert trio.current_time() >= lapsed_at + 5.0  # the lapse, then the whole grace
+
+
+async def test_wait_idle_returns_when_the_last_session_ends(mgr: SessionManager[FakeSession]) -> None:
+    a = await mgr.start("room-1")
+    b = await mgr.start("room-2")
+    mgr.intake = Intake.DRAINING
+    assert not mgr.readiness()[0] and mgr.capacity()["draining"] is True and mgr.free_slots() == 0
+    with pytest.raises(ShuttingDownError, match="draining"):
+        await mgr.start("room-3")
+    async with trio.open_nursery() as nursery:
+        done = trio.Event()
+
+        async def wait() -> None:
+            await mgr.wait_idle()
+            done.set()
+
+        nursery.start_soon(wait)
+        await a.stop("host")
+        await trio.sleep(0.05)
+        assert not done.is_set()  # b still records
+        await b.stop("host")
+        with trio.fail_after(2):
+            await done.wait()
