@@ -309,6 +309,34 @@ class _SessionCollector(Collector):
             yield rtt
 
 
+class _FleetCollector(Collector):
+    """The fleet router's and relay's plain-int counters, as Prometheus counters at scrape time."""
+
+    def __init__(self, server_id: str, counters: Callable[[], Mapping[str, Mapping[str, int]]]) -> None:
+        self._server_id = server_id
+        self._counters = counters
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        values = self._counters()
+        starts = CounterMetricFamily(
+            "fleet_starts", "recording.start requests this node placed, by where they ran.", labels=["server", "where"]
+        )
+        for where, n in sorted(values.get("starts", {}).items()):
+            starts.add_metric([self._server_id, where], float(n))
+        yield starts
+        relay = CounterMetricFamily(
+            "fleet_relay_events",
+            "Requests forwarded between nodes and the relay's drops and failures, by event.",
+            labels=["server", "event"],
+        )
+        for event, n in sorted(values.get("relay", {}).items()):
+            relay.add_metric([self._server_id, event], float(n))
+        yield relay
+
+
 class RecorderMetrics:
     """The recorder's Prometheus metrics, on a registry of their own.
 
@@ -467,6 +495,13 @@ class RecorderMetrics:
         self._capacity_free.set_function(lambda: float(free()))
         self._capacity_total.set_function(lambda: float(total()))
         self._draining.set_function(lambda: 1.0 if draining() else 0.0)
+
+    def watch_fleet(self, counters: Callable[[], Mapping[str, Mapping[str, int]]]) -> None:
+        """Expose the fleet's counters, read at scrape time: ``fleet_starts_total{where}``
+        (here, elsewhere, here-without-redis) and ``fleet_relay_events_total{event}``
+        (forwarded, answered, busy, timeouts, unavailable, dropped_bad, dropped_late,
+        dropped_outbox, unsent, resubscribes)."""
+        self.registry.register(_FleetCollector(self.server_id, counters))
 
     def set_active(self, n: int) -> None:
         """Set ``recordings_active`` to the number of recordings in progress."""

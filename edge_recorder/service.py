@@ -247,6 +247,8 @@ async def _serve(
     metrics.attach(manager.active)
     metrics.watch_capacity(manager.free_slots, manager.total_slots, lambda: manager.intake is not Intake.OPEN)
     fleet = _fleet_router(settings, parts, manager)
+    if fleet is not None:
+        metrics.watch_fleet(fleet.counters)
     hub = ControlHub(
         manager, settings, state=parts.state, store=parts.store, metadata=parts.metadata, metrics=metrics, fleet=fleet
     )

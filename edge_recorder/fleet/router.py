@@ -31,6 +31,7 @@ the live sessions' slots are held every heartbeat and given back when they end.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -49,6 +50,7 @@ from edge_recorder.errors import (
     JsonRpcError,
     NodeUnavailableError,
     RoomAlreadyRecordingError,
+    SharedStateError,
     public_message,
 )
 from edge_recorder.fleet.envelope import ControllerTouch, ErrorBody, ForwardedReply, ForwardedRequest
@@ -139,8 +141,12 @@ class FleetRouter:
         self._driven: dict[str, dict[str, str]] = {}
         # Owner side: the sessions whose slots this node held at the last heartbeat.
         self._held: set[str] = set()
-        self.placed_elsewhere = 0
-        self.forwarded = 0
+        # Starts by where they ran (here, elsewhere, here because shared state was down).
+        self.starts: dict[str, int] = {"here": 0, "elsewhere": 0, "here-without-redis": 0}
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """What ``/metrics`` shows of the fleet: starts by where they ran, the relay's events."""
+        return {"starts": dict(self.starts), "relay": dataclasses.asdict(self.relay.stats)}
 
     @property
     def controller_ttl_s(self) -> float:
@@ -237,7 +243,6 @@ class FleetRouter:
         result = await self.relay.call(
             owner, connection_id, request.method, request.params, timeout_s=self._timeout(request.method)
         )
-        self.forwarded += 1
         if request.method in _CONTROLLING:
             sid = _session_of(request.method, request.params, result)
             if sid is not None:
@@ -264,7 +269,22 @@ class FleetRouter:
                 return (await self.forward(owner, connection_id, local_request)).result
         if self.manager.get(session_id) is not None or await self._known_elsewhere(session_id):
             return await self._local(connection_id, local_request)
+        if not getattr(self.state, "connected", True):
+            # Redis is down: no node can be seen or reserved. This node's own
+            # rules (capacity, one recording per room here) still hold.
+            log.warning("placement: shared state is down; starting here", extra={"sessionId": session_id})
+            self.starts["here-without-redis"] += 1
+            return await self._local(connection_id, local_request)
         await self._check_room(params.room_id, session_id)
+        try:
+            return await self._place(connection_id, local_request, params, session_id)
+        except SharedStateError as exc:
+            log.warning("placement: shared state failed (%s); starting here", exc, extra={"sessionId": session_id})
+            self.starts["here-without-redis"] += 1
+            return await self._local(connection_id, local_request)
+
+    async def _place(self, connection_id: str, local_request: rpc.Request, params: rpc.StartParams, session_id: str) -> Any:
+        assert self._local is not None, "bind() first"
         output = params.output
         base = self.settings.output
         cost = session_cost(
@@ -285,24 +305,33 @@ class FleetRouter:
                 continue
             try:
                 if node == self.server_id:
-                    return await self._local(connection_id, local_request)
+                    result = await self._local(connection_id, local_request)
+                    self.starts["here"] += 1
+                    return result
                 result = (await self.forward(node, connection_id, local_request)).result
-                self.placed_elsewhere += 1
+                self.starts["elsewhere"] += 1
                 log.info("recording.start placed on another node", extra={"sessionId": session_id, "serverId": node})
                 return result
             except EdgeRecorderError as exc:
-                with trio.CancelScope(shield=True), trio.move_on_after(2):
-                    await self.slots.release(node, session_id)
+                await self._quietly(self.slots.release(node, session_id))
                 if not worth_another_node(exc):
                     raise
                 log.info("placement: node refused the start, trying the next", extra={"serverId": node, "why": str(exc)})
                 refusal = exc
             finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(2):
-                    await self.slots.release_room(params.room_id, session_id)
+                await self._quietly(self.slots.release_room(params.room_id, session_id))
         if refusal is not None and not isinstance(refusal, AtCapacityError):
             raise refusal
         raise AtCapacityError(len(self.manager.active()), self.settings.max_sessions) from refusal
+
+    @staticmethod
+    async def _quietly(release: Awaitable[object]) -> None:
+        """Give a slot or claim back, shielded and bounded; a failure leaves it to its expiry."""
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            try:
+                await release
+            except SharedStateError as exc:
+                log.info("fleet: a slot is left to its expiry: %s", exc)
 
     async def _known_elsewhere(self, session_id: str) -> bool:
         try:

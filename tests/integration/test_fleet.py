@@ -157,6 +157,16 @@ async def fleet_of(
                 await node.kill()
 
 
+async def _http_get(port: int, path: str) -> str:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        chunks = []
+        while chunk := await stream.receive_some(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
 def _log_tail(fleet: Fleet) -> str:
     return "\n".join(f"--- {n.server_id}\n{n.log.read_text(errors='replace')[-3000:]}" for n in fleet.nodes if n.log.exists())
 
@@ -206,6 +216,10 @@ async def test_an_sfu_on_one_node_records_three_rooms_on_the_nodes_with_room(
                 assert all(a["ip"] == "127.0.0.1" for a in answers)
             # Node 1 has room for one: the others land on nodes 2 and 3, where their RTP goes.
             assert sorted(owners.values()) == ["fleet-1", "fleet-2", "fleet-3"], _log_tail(fleet)
+            metrics = await _http_get(fleet.node("fleet-1").metrics_port, "/metrics")
+            assert 'fleet_starts_total{server="fleet-1",where="elsewhere"} 2.0' in metrics
+            assert 'fleet_starts_total{server="fleet-1",where="here"} 1.0' in metrics
+            assert 'recordings_capacity_free{server="fleet-1"} 0.0' in metrics
             for sid in sessions:
                 record = await sfu.call("recording.get", {"sessionId": sid})
                 assert record["serverId"] == owners[sid] and record["status"] == "RECORDING"
@@ -383,4 +397,40 @@ async def test_an_unknown_owner_is_node_unavailable_not_a_hang(
         assert got["serverId"] == "fleet-ghost"
         with pytest.raises(RpcError):
             await sfu.call("recording.addStream", {"sessionId": "ghost"})  # bad params are refused here
+        await sfu.aclose()
+
+
+async def test_with_redis_down_a_start_records_on_the_entry_node_and_the_fleet_resumes_after(
+    settings: Any, tmp_path: Path, redis_server: RedisServer, moto: S3Target, nursery: trio.Nursery  # noqa: F811
+) -> None:
+    async with fleet_of(settings, tmp_path, redis_server, moto, nursery, 2) as fleet:
+        sfu = await open_client(nursery, fleet.node("fleet-2").url)
+        redis_server.kill()
+        await trio.sleep(2.5)  # each node notices at its next heartbeat (1 s)
+        await sfu.call("recording.start", {"roomId": "offline-room", "sessionId": "offline"})
+        async with trio.open_nursery() as senders:
+            answers = await _add_and_send(sfu, "offline", senders, 0)
+            assert {fleet.owner_of_port(a["port"]) for a in answers} == {"fleet-2"}  # here, not placed
+            await trio.sleep(2.0)
+            redis_server.start()
+            # The fleet works again once the nodes have re-registered (the restarted Redis
+            # kept nothing; until then -32006) and the relays resubscribed (backoff up to
+            # 5 s; until then -32011): both say retry after a pause. fleet-2 is busy and
+            # full, so the start goes to fleet-1.
+            seen: list[int] = []
+            with trio.move_on_after(25) as waited:
+                while "error" in (reply := await sfu.call_raw("recording.start", {"roomId": "online-room", "sessionId": "online"})):
+                    assert reply["error"]["code"] in (-32006, -32011), reply
+                    seen.append(reply["error"]["code"])
+                    await trio.sleep(0.5)
+            assert not waited.cancelled_caught, (seen, _log_tail(fleet))
+            more = await _add_and_send(sfu, "online", senders, 1, keys=("alice-cam",))
+            assert fleet.owner_of_port(more[0]["port"]) == "fleet-1", _log_tail(fleet)
+            await trio.sleep(2.0)
+            for sid in ("offline", "online"):
+                await sfu.call("recording.stop", {"sessionId": sid})
+            senders.cancel_scope.cancel()
+        for sid in ("offline", "online"):
+            record = await _final(sfu, sid)
+            assert record["status"] == "COMPLETED", record
         await sfu.aclose()
