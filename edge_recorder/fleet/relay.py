@@ -257,6 +257,12 @@ class FleetRelay:
         self._link = LinkState.DOWN
         self._rng = random.Random()
         self._outbox_send, self._outbox_receive = trio.open_memory_channel[tuple[str, Envelope]](outbox)
+        # Outbox messages queued and taken (published, dropped as unsendable) so
+        # far: a reply waits until what was queued before it has left, so the
+        # entry node hears a start's STARTING/RECORDING before the start's reply.
+        self._queued = 0
+        self._taken = 0
+        self._outbox_moved = trio.lowlevel.ParkingLot()
         self._outbox_warning = _Throttle(_WARN_EVERY_S)
         self._unsent_warning = _Throttle(_WARN_EVERY_S)
         self._bad_warning = _Throttle(_WARN_EVERY_S)
@@ -382,17 +388,22 @@ class FleetRelay:
 
     async def _answer(self, request: ForwardedRequest) -> None:
         try:
-            try:
-                reply = await self._handler(request)
-            except JsonRpcError as exc:
-                reply = ForwardedReply(request.request_id, None, ErrorBody(int(exc.code), exc.message, exc.data))
-            except Exception:
-                log.exception("fleet relay: forwarded request failed", extra={"method": request.method, "origin": request.origin})
-                reply = ForwardedReply(request.request_id, None, ErrorBody(int(ErrorCode.INTERNAL_ERROR), "internal error", None))
-            # The reply answers this request whatever id the handler wrote.
-            await self._send_reply(request.origin, dataclasses.replace(reply, request_id=request.request_id))
+            reply = await self._handler(request)
+        except JsonRpcError as exc:
+            reply = ForwardedReply(request.request_id, None, ErrorBody(int(exc.code), exc.message, exc.data))
+        except Exception:
+            log.exception("fleet relay: forwarded request failed", extra={"method": request.method, "origin": request.origin})
+            reply = ForwardedReply(request.request_id, None, ErrorBody(int(ErrorCode.INTERNAL_ERROR), "internal error", None))
         finally:
+            # The work is done: its slot is free before the reply can reach the
+            # caller (which may send the next request at once).
             self._in_flight -= 1
+        # Notifications the request caused leave first (bounded: a stuck
+        # outbox delays a reply by at most REPLY_ORDER_WAIT_S, never holds it).
+        with trio.move_on_after(REPLY_ORDER_WAIT_S):
+            await self._outbox_passed(self._queued)
+        # The reply answers this request whatever id the handler wrote.
+        await self._send_reply(request.origin, dataclasses.replace(reply, request_id=request.request_id))
 
     async def _send_reply(self, origin: str, reply: ForwardedReply) -> None:
         try:
@@ -495,9 +506,15 @@ class FleetRelay:
         """
         self._queue(rpc_channel(owner), ControllerTouch(self.server_id, tuple(sessions), detach))
 
+    async def _outbox_passed(self, mark: int) -> None:
+        """Return once the first ``mark`` messages queued have left the outbox."""
+        while self._taken < mark:
+            await self._outbox_moved.park()
+
     def _queue(self, channel: str, envelope: Envelope) -> None:
         try:
             self._outbox_send.send_nowait((channel, envelope))
+            self._queued += 1
         except trio.WouldBlock:
             self.stats.dropped_outbox += 1
             if self._outbox_warning.ready(trio.current_time()):
@@ -512,15 +529,22 @@ class FleetRelay:
         while True:
             channel, envelope = await self._outbox_receive.receive()
             try:
-                text = encode(envelope)
-            except EnvelopeError as exc:
-                self.stats.unsent += 1
-                log.error("fleet relay: a %s cannot be sent: %s", type(envelope).__name__, exc)
-                continue
-            try:
-                await self._publish(channel, text)
-            except SharedStateError as exc:
-                self._unsent(exc)
+                await self._publish_queued(channel, envelope)
+            finally:
+                self._taken += 1
+                self._outbox_moved.unpark_all()
+
+    async def _publish_queued(self, channel: str, envelope: Envelope) -> None:
+        try:
+            text = encode(envelope)
+        except EnvelopeError as exc:
+            self.stats.unsent += 1
+            log.error("fleet relay: a %s cannot be sent: %s", type(envelope).__name__, exc)
+            return
+        try:
+            await self._publish(channel, text)
+        except SharedStateError as exc:
+            self._unsent(exc)
 
     # -- Redis ---------------------------------------------------------------------------
 
@@ -533,6 +557,10 @@ class FleetRelay:
         self.stats.unsent += 1
         if self._unsent_warning.ready(trio.current_time()):
             log.warning("fleet relay: publishing failed (%d unsent so far): %s", self.stats.unsent, exc)
+
+
+# Longest a reply waits for the notifications queued before it to be published.
+REPLY_ORDER_WAIT_S = 1.0
 
 
 def _read(pubsub: Any) -> Any:

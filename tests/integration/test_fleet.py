@@ -211,6 +211,8 @@ async def test_an_sfu_on_one_node_records_three_rooms_on_the_nodes_with_room(
             for i, sid in enumerate(sessions):
                 reply = await sfu.call("recording.start", {"roomId": f"fleet-room-{i}", "sessionId": sid})
                 assert reply == {"sessionId": sid, "status": "RECORDING"}, reply
+                # Wherever it runs, the session's notifications come before the reply, as on one node.
+                assert sfu.states(sid) == ["STARTING", "RECORDING"], sfu.states(sid)
                 answers = await _add_and_send(sfu, sid, senders, i)
                 owners[sid] = {fleet.owner_of_port(a["port"]) for a in answers}.pop()
                 assert all(a["ip"] == "127.0.0.1" for a in answers)
