@@ -14,6 +14,8 @@ The data path of one run, one module per concept::
              their figures and Markdown section; recorded with sweep.run_point
     measure  CPU and RSS sampling of the worker processes and of this process
     report   pure: per-session figures, real-time verdict, table, Markdown section
+    placement  a fleet of two serve processes on one redis-server: start and get
+             reply times through a forwarding entry node vs on the recording node
 
 Run ``python -m edge_recorder.bench --help``.
 """

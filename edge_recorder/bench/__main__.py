@@ -16,6 +16,11 @@ alternating rounds (:mod:`edge_recorder.bench.against`), written between the
 of hostile traffic (:mod:`edge_recorder.bench.hostile`), against
 ``--hostile-baseline REV`` in alternating rounds when given; a full run
 includes it (without a baseline), written between the ``hostile`` markers.
+``--placement`` runs only the placement latency (:mod:`edge_recorder.bench.placement`):
+``recording.start`` and ``recording.get`` answered through a forwarding node
+vs on the node that records, two ``serve`` processes and one ``redis-server``;
+a full run includes it unless ``--no-placement``, written between the
+``placement`` markers.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from edge_recorder.bench.ffmpeg import BaselineSettings, run_baseline
 from edge_recorder.bench.inputs import Inputs, prepare_inputs
 from edge_recorder.bench import against as against_bench
 from edge_recorder.bench import hostile as hostile_bench
+from edge_recorder.bench import placement as placement_bench
 from edge_recorder.bench import upload as upload_bench
 from edge_recorder.bench.measure import MachineInfo, machine_info
 from edge_recorder.bench.report import (
@@ -68,6 +74,7 @@ QUICK_SECONDS = 8.0
 QUICK_UPLOAD_SECONDS = 60.0
 ROOM_SECONDS = 30.0
 ROOM_ROUNDS = 3
+QUICK_PLACEMENT_ROUNDS = 3
 PORT_MIN, PORT_MAX = 41000, 41999
 # The settings of every run (the session sweep adds its RECORDING_TMP_DIR).
 BENCH_ENV = {
@@ -118,6 +125,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--room-rounds", type=int, default=ROOM_ROUNDS, help=f"rounds of each room, alternating A B, B A, ... (default {ROOM_ROUNDS})")
     parser.add_argument("--hostile", action="store_true", help="run only the per-datagram receive cost of media and hostile traffic")
     parser.add_argument("--hostile-baseline", metavar="REV", help="with --hostile (or a full run): a git revision to compare with, alternating rounds")
+    placement = parser.add_mutually_exclusive_group()
+    placement.add_argument("--placement", action="store_true", help="run only the placement latency (start and get through a forwarding node vs local; 2 serve processes, 1 redis-server)")
+    placement.add_argument("--no-placement", action="store_true", help="skip the placement-latency benchmark in a full run")
+    parser.add_argument("--placement-rounds", type=int, default=placement_bench.ROUNDS, help=f"rounds of each scenario of the placement benchmark, alternating A B B A ... (default {placement_bench.ROUNDS})")
     parser.add_argument("--against", metavar="REV", help="run only whole recordings on this tree and on REV (a git revision), alternating rounds")
     parser.add_argument("--against-rounds", type=int, default=3, help="with --against: rounds of each tree (default 3)")
     parser.add_argument(
@@ -139,12 +150,17 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         args.no_rooms = not args.rooms
         args.room_seconds = QUICK_SECONDS
         args.room_rounds = 1
+        # The placement benchmark only when asked for, with a few rounds.
+        args.no_placement = not args.placement
+        args.placement_rounds = QUICK_PLACEMENT_ROUNDS
     if args.seconds < 2:
         parser.error("--seconds must be at least 2")
     if args.room_seconds < 4:
         parser.error("--room-seconds must be at least 4")
     if args.room_rounds < 1:
         parser.error("--room-rounds must be at least 1")
+    if args.placement_rounds < 1:
+        parser.error("--placement-rounds must be at least 1")
     return args
 
 
@@ -276,6 +292,21 @@ def _run_against(args: argparse.Namespace, machine: MachineInfo) -> None:
     _write_marked_section(args, section, against_bench.AGAINST_BEGIN, against_bench.AGAINST_END, "against")
 
 
+def _run_placement(args: argparse.Namespace, machine: MachineInfo) -> None:
+    """The placement-latency benchmark; writes its section of the doc unless told not to."""
+    _say(
+        f"placement latency: recording.start and recording.get through a forwarding node vs local, "
+        f"{args.placement_rounds} rounds of each, alternating..."
+    )
+    report = placement_bench.run_placement_bench(
+        _say, machine=_machine_line(machine), date=_utc_minute(), rounds=args.placement_rounds
+    )
+    _say("")
+    _say(placement_bench.format_table(report))
+    section = placement_bench.render_markdown(report)
+    _write_marked_section(args, section, placement_bench.PLACEMENT_BEGIN, placement_bench.PLACEMENT_END, "placement")
+
+
 def _utc_minute() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -300,6 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.hostile:
         _run_hostile(args, machine)
+        _say(f"\n(total {time.monotonic() - started:.0f} s)")
+        return 0
+    if args.placement:
+        _run_placement(args, machine)
         _say(f"\n(total {time.monotonic() - started:.0f} s)")
         return 0
     if args.upload and not args.rooms:
@@ -376,6 +411,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.quick:
             _say("")
             _run_hostile(args, machine)
+            _say(f"\n(total {time.monotonic() - started:.0f} s)")
+        if not args.no_placement:
+            _say("")
+            _run_placement(args, machine)
             _say(f"\n(total {time.monotonic() - started:.0f} s)")
         if not args.no_upload:
             _say("")
