@@ -539,6 +539,22 @@ def _verdict(report: RoomsReport) -> str:
     )
 
 
+def session_cost_line(report: RoomsReport) -> str:
+    """What ``RECORDING_SESSION_CPU_COST`` (cores per 720p30 recording, fleet admission) should be, from this run.
+
+    The larger room's steady figure is the cost of a recording on this machine
+    (the output is the sweep's 1280x720 at 30 fps); the default 0.5 should be at least that.
+    """
+    steady = report.figures(report.large).steady
+    if math.isnan(steady):
+        return "RECORDING_SESSION_CPU_COST: –"
+    return (
+        f"RECORDING_SESSION_CPU_COST (cores one 1280x720 30 fps recording costs, for admission and placement): "
+        f"{steady:.2f} measured here in the {report.large.name} room; set it to at least that on machines like this one "
+        f"(the default is 0.5)."
+    )
+
+
 def _difference(report: RoomsReport) -> str:
     """Where the large room's extra CPU goes, in words."""
     small, large = report.figures(report.small), report.figures(report.large)
@@ -558,7 +574,7 @@ def _difference(report: RoomsReport) -> str:
 def format_rooms_table(report: RoomsReport) -> str:
     """Fixed-width tables for the terminal."""
     lines = _fixed(ROOM_HEADER, room_rows(report))
-    lines += ["", *_fixed(RATIO_HEADER, ratio_rows(report)), "", *_fixed(ROUND_HEADER, round_rows(report)), "", _verdict(report).replace("**", ""), _difference(report)]
+    lines += ["", *_fixed(RATIO_HEADER, ratio_rows(report)), "", *_fixed(ROUND_HEADER, round_rows(report)), "", _verdict(report).replace("**", ""), _difference(report), session_cost_line(report)]
     return "\n".join(lines)
 
 
@@ -599,6 +615,8 @@ def render_rooms_markdown(report: RoomsReport) -> str:
         _verdict(report),
         "",
         _difference(report),
+        "",
+        session_cost_line(report),
         "",
         "<details><summary>Rounds</summary>",
         "",

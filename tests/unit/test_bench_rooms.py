@@ -308,6 +308,8 @@ def test_markdown_names_both_rooms_the_method_and_the_flags() -> None:
     # 0.03 CPU-s/s more in the parent for 2500 more datagrams a second: 12 µs each.
     assert "parent +0.030 CPU-s/s for +2500 datagrams/s (≈ 12 µs per extra datagram); worker +0.050 CPU-s/s" in text
     assert "20 vs 2 Opus streams" in text
+    # The larger room's steady figure is what one 720p30 recording costs for admission.
+    assert "RECORDING_SESSION_CPU_COST" in text and ": 0.53 measured here in the 20-person room" in text
     terminal = format_rooms_table(report)
     assert "20-person" in terminal and "**" not in terminal
 
