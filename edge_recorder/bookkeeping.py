@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,10 @@ class Bookkeeper:
         self._in_flight = 0  # queued or being written
         # Set to send the next heartbeat now (the node started draining).
         self._beat_now = trio.Event()
+        # For /metrics: whether the database took the last write, and the wall
+        # time of the last heartbeat shared state took (0 before the first).
+        self.database_up = True
+        self.last_heartbeat_s = 0.0
 
     def beat_now(self) -> None:
         """Heartbeat at once instead of at the next interval (a change placement must see soon)."""
@@ -223,8 +228,10 @@ class Bookkeeper:
                 await self.metadata.save_session(row)
                 if asset is not None:
                     await self.metadata.save_asset(record["sessionId"], **asset)
+                self.database_up = True
                 return True
             except EdgeRecorderError as exc:
+                self.database_up = False
                 # Pending records were reported once when they went pending.
                 (log.debug if quiet else log.warning)(
                     "metadata write failed (attempt %d): %s", attempt + 1, exc, extra={"sessionId": record.get("sessionId")}
@@ -272,6 +279,8 @@ class Bookkeeper:
                 capacity = dict(self._capacity())
                 capacity["version"] = __version__
                 await self.state.heartbeat(self.settings.server_id, capacity)
+                if getattr(self.state, "connected", True):
+                    self.last_heartbeat_s = time.time()
                 active = self._active()
                 await self.state.renew_leases(self.settings.server_id, [s.session_id for s in active])
                 if self.metadata is not None:

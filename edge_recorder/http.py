@@ -26,7 +26,7 @@ clients once blocked ``/healthz`` for 30 s per wave):
   from one address (a quarter of ``max_connections`` by default, so slow
   clients from one address cannot take every slot), new connections are closed
   at once, before anything is read. Refusals and head timeouts are counted in
-  ``http_connections_refused_total{reason}`` and logged as one summary line
+  ``edge_recorder_http_connections_refused_total{reason}`` and logged as one summary line
   per minute, never per connection.
 
 An error on one connection closes that connection only.
@@ -163,7 +163,7 @@ async def serve_http(
             as they are accepted (``RECORDING_METRICS_MAX_CONNECTIONS``).
         max_connections_per_ip: connections served at once for one source
             address; a quarter of ``max_connections`` (at least 1) when None.
-        metrics: counts refusals (``http_connections_refused_total``), if given.
+        metrics: counts refusals (``edge_recorder_http_connections_refused_total``), if given.
         task_status: reports the bound ``(host, port)``.
 
     Raises:

@@ -25,16 +25,29 @@ in one process never collide.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import weakref
 from collections import Counter as _Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from edge_recorder.session.state import SessionStatus
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -52,6 +65,14 @@ DURATION_BUCKETS_S: tuple[float, ...] = (
     60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 2700.0, 3600.0, 5400.0, 7200.0, 10800.0, 14400.0,
 )
 
+# No ``*_created`` series: a start timestamp per counter that no dashboard reads,
+# doubling the series (and the runbook's names would gain unprefixed siblings).
+disable_created_metrics()
+
+# Every metric but the runbook's four (recordings_active, recordings_started_total,
+# recordings_completed_total, recordings_failed_total) carries this prefix.
+PREFIX = "edge_recorder_"
+
 # Failure reasons become a label value: keep the vocabulary small and safe.
 _MAX_FAILURE_REASONS = 32
 _REASON_RE = re.compile(r"[^a-z0-9_-]+")
@@ -63,13 +84,13 @@ _WORKER_COUNTERS: tuple[tuple[str, str], ...] = (
     ("frames_dropped", "video_frames_dropped"),
     ("audio_blocks", "audio_frames_encoded"),
     ("fragments", "output_fragments_written"),
-    ("bytes", "output_bytes_written"),
+    ("bytes", "output_written_bytes"),
     ("label_failures", "composite_labels_failed"),
 )
 # Attributes of ``ReceiverStats`` (edge_recorder.session.stream), summed over streams.
 _RECEIVER_COUNTERS: tuple[tuple[str, str], ...] = (
     ("packets", "rtp_packets_received"),
-    ("bytes", "rtp_bytes_received"),
+    ("bytes", "rtp_received_bytes"),
     ("rtcp_packets", "rtcp_packets_received"),
     ("keyframe_requests", "keyframe_requests"),
     ("frames_dropped_queue_full", "ingest_frames_dropped"),
@@ -86,7 +107,7 @@ _RECEIVER_COUNTERS: tuple[tuple[str, str], ...] = (
     ("packets_not_shown", "rtp_packets_not_shown"),
     ("ssrc_changes", "rtp_ssrc_changes"),
     ("frames_dropped_oversize", "ingest_frames_oversize"),
-    ("feedback_bytes", "rtcp_feedback_bytes_sent"),
+    ("feedback_bytes", "rtcp_feedback_sent_bytes"),
     ("feedback_refused", "rtcp_feedback_refused"),
     ("receiver_reports", "rtcp_receiver_reports_sent"),
 )
@@ -94,7 +115,7 @@ _RECEIVER_COUNTERS: tuple[tuple[str, str], ...] = (
 # name (without _total) -> help text, in exposition order.
 _SESSION_COUNTER_HELP: dict[str, str] = {
     "rtp_packets_received": "RTP packets accepted by the recorder's stream receivers.",
-    "rtp_bytes_received": "Bytes of accepted RTP packets (UDP payload).",
+    "rtp_received_bytes": "Bytes of accepted RTP packets (UDP payload).",
     "rtcp_packets_received": "RTCP packets accepted by the recorder's stream receivers.",
     "keyframe_requests": "Keyframe requests (PLI/FIR) sent to senders.",
     "ingest_frames_dropped": "Complete frames dropped because the media worker's pipe was full.",
@@ -111,18 +132,18 @@ _SESSION_COUNTER_HELP: dict[str, str] = {
     "rtp_packets_not_shown": "Video packets received but not decoded because the layout did not show their stream.",
     "rtp_ssrc_changes": "Streams whose source switched to a new SSRC (a sender without a declared SSRC restarted in place).",
     "ingest_frames_oversize": "Frames dropped for being larger than RECORDING_MAX_FRAME_BYTES (a keyframe is requested).",
-    "rtcp_feedback_bytes_sent": "Bytes of RTCP feedback (NACK, PLI, FIR) sent to senders.",
+    "rtcp_feedback_sent_bytes": "Bytes of RTCP feedback (NACK, PLI, FIR) sent to senders.",
     "rtcp_feedback_refused": "RTCP feedback packets not sent because the stream's feedback budget was spent.",
     "rtcp_receiver_reports_sent": "RTCP receiver reports (RFC 3550, with SDES and an XR reference time) sent to senders.",
     "video_frames_encoded": "Composite video frames encoded by media workers.",
     "video_frames_dropped": "Composite video frames skipped because the encoder fell behind.",
     "audio_frames_encoded": "Audio frames (AAC blocks) encoded by media workers.",
     "output_fragments_written": "Fragmented-MP4 fragments written by media workers.",
-    "output_bytes_written": "Bytes of fragmented MP4 written by media workers.",
+    "output_written_bytes": "Bytes of fragmented MP4 written by media workers.",
     "composite_labels_failed": "Participant names that could not be drawn and were left out (the recording goes on).",
     "worker_messages_dropped": "Messages to media workers dropped as oversize, malformed or for an unknown stream.",
 }
-_DROPS = "rtp_packets_dropped"
+_DROPS = PREFIX + "rtp_packets_dropped"
 
 
 class MeteredStream(Protocol):
@@ -272,7 +293,7 @@ class _SessionCollector(Collector):
 
             server = self._server_id
             for name, help_text in _SESSION_COUNTER_HELP.items():
-                family = CounterMetricFamily(name, help_text, labels=["server"])
+                family = CounterMetricFamily(PREFIX + name, help_text, labels=["server"])
                 family.add_metric([server], self._monotonic(name, "", totals[name]))
                 yield family
             dropped = CounterMetricFamily(
@@ -283,7 +304,7 @@ class _SessionCollector(Collector):
             yield dropped
 
         encode_lag = GaugeMetricFamily(
-            "encode_lag_seconds",
+            PREFIX + "encode_lag_seconds",
             "How far the slowest recording's encoder is behind real time.",
             labels=["server"],
         )
@@ -293,7 +314,7 @@ class _SessionCollector(Collector):
             # The skew farthest from zero, sign kept (positive: audio leads video).
             worst = max(skews, key=abs)
             av_skew = GaugeMetricFamily(
-                "av_skew_seconds",
+                PREFIX + "av_skew_seconds",
                 "Largest audio/video skew reported by an active recording (positive: audio leads).",
                 labels=["server"],
             )
@@ -301,7 +322,7 @@ class _SessionCollector(Collector):
             yield av_skew
         if rtts:
             rtt = GaugeMetricFamily(
-                "rtcp_round_trip_seconds",
+                PREFIX + "rtcp_round_trip_seconds",
                 "Longest round trip to a sender among active recordings' streams (from the sender's XR DLRR).",
                 labels=["server"],
             )
@@ -309,32 +330,59 @@ class _SessionCollector(Collector):
             yield rtt
 
 
-class _FleetCollector(Collector):
-    """The fleet router's and relay's plain-int counters, as Prometheus counters at scrape time."""
+@dataclass(frozen=True)
+class NodeReadings:
+    """Where the node's gauges read their values (each called at scrape time; a failure reads NaN)."""
 
-    def __init__(self, server_id: str, counters: Callable[[], Mapping[str, Mapping[str, int]]]) -> None:
-        self._server_id = server_id
-        self._counters = counters
+    udp_ports_in_use: Callable[[], float]
+    udp_ports: Callable[[], float]
+    spool_free_bytes: Callable[[], float]
+    upload_backlog_bytes: Callable[[], float]
+    shared_state_up: Callable[[], float]
+    database_up: Callable[[], float]
+    heartbeat_last_success: Callable[[], float]
+
+
+def _safe(read: Callable[[], float]) -> Callable[[], float]:
+    def reading() -> float:
+        try:
+            return float(read())
+        except Exception:  # noqa: BLE001 - a scrape must not fail for one gauge
+            log.debug("a gauge could not be read", exc_info=True)
+            return math.nan
+
+    return reading
+
+
+def _build_labels() -> dict[str, str]:
+    import platform
+
+    import av
+
+    from edge_recorder import __version__
+
+    return {
+        "version": __version__,
+        "python": platform.python_version(),
+        "pyav": str(av.__version__),
+        "ffmpeg": str(getattr(av, "ffmpeg_version_info", "") or ""),
+    }
+
+
+class _LabelledCounters(Collector):
+    """A dict of plain-int counters, one label value each, as one counter family at scrape time."""
+
+    def __init__(self, server_id: str, name: str, help_text: str, label: str, counters: Callable[[], Mapping[str, int]]) -> None:
+        self._server_id, self._name, self._help, self._label, self._counters = server_id, name, help_text, label, counters
 
     def describe(self) -> Iterable[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        values = self._counters()
-        starts = CounterMetricFamily(
-            "fleet_starts", "recording.start requests this node placed, by where they ran.", labels=["server", "where"]
-        )
-        for where, n in sorted(values.get("starts", {}).items()):
-            starts.add_metric([self._server_id, where], float(n))
-        yield starts
-        relay = CounterMetricFamily(
-            "fleet_relay_events",
-            "Requests forwarded between nodes and the relay's drops and failures, by event.",
-            labels=["server", "event"],
-        )
-        for event, n in sorted(values.get("relay", {}).items()):
-            relay.add_metric([self._server_id, event], float(n))
-        yield relay
+        family = CounterMetricFamily(self._name, self._help, labels=["server", self._label])
+        for value, n in sorted(self._counters().items()):
+            family.add_metric([self._server_id, value], float(n))
+        yield family
 
 
 class RecorderMetrics:
@@ -368,13 +416,13 @@ class RecorderMetrics:
             "recordings_failed", "Recordings that failed (media worker, upload, cancellation).", ["server"], registry=r
         ).labels(server=server_id)
         self._failed_by_reason = Counter(
-            "recordings_failed_by_reason",
+            PREFIX + "recordings_failed_by_reason",
             "Failed recordings by failure class.",
             ["server", "reason"],
             registry=r,
         )
         self._duration = Histogram(
-            "recording_duration_seconds",
+            PREFIX + "recording_duration_seconds",
             "Length of completed recordings.",
             ["server"],
             buckets=DURATION_BUCKETS_S,
@@ -383,48 +431,55 @@ class RecorderMetrics:
         # Listener protection (issue #9). The reason labels are the listeners'
         # own fixed vocabulary, never text from a peer.
         self._control_refused = Counter(
-            "control_connections_refused",
+            PREFIX + "control_connections_refused",
             "Control connections refused at accept or whose WebSocket handshake failed, by reason.",
             ["server", "reason"],
             registry=r,
         )
         self._control_outbox_overflows = Counter(
-            "control_outbox_overflows",
+            PREFIX + "control_outbox_overflows",
             "Control connections closed because their outbox was full (the peer was not reading), by limit.",
             ["server", "limit"],
             registry=r,
         )
         self._metadata_pending = Gauge(
-            "metadata_records_pending",
+            PREFIX + "metadata_records_pending",
             "Sessions whose newest state record the metadata database has not taken yet (retried until it does).",
             ["server"],
             registry=r,
         ).labels(server=server_id)
         self._http_refused = Counter(
-            "http_connections_refused",
+            PREFIX + "http_connections_refused",
             "Metrics/health connections refused at accept or cut off before a complete request head, by reason.",
             ["server", "reason"],
             registry=r,
         )
         # Autoscaling's inputs (issue #11): recordings do not queue, so free capacity is the signal.
         self._capacity_free = Gauge(
-            "recordings_capacity_free",
+            PREFIX + "capacity_free_recordings",
             "Recordings at the default output this server could start now (count and CPU budget); 0 while draining or not ready.",
             ["server"],
             registry=r,
         ).labels(server=server_id)
         self._capacity_total = Gauge(
-            "recordings_capacity_total",
+            PREFIX + "capacity_recordings",
             "Recordings at the default output this server holds when idle (RECORDING_MAX_SESSIONS and RECORDING_CPU_BUDGET).",
             ["server"],
             registry=r,
         ).labels(server=server_id)
         self._draining = Gauge(
-            "recorder_draining",
+            PREFIX + "draining",
             "1 once the server drains (SIGTERM): it takes no new recording and exits when its live ones end.",
             ["server"],
             registry=r,
         ).labels(server=server_id)
+        # The process (CPU, memory, fds), the interpreter and its collector, as
+        # every Python exporter shows them (standard names: process_*, python_*).
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self._build = Info(PREFIX + "build", "This recorder's version and the media stack it runs on.", registry=r)
+        self._build.info(_build_labels())
         self._reasons: set[str] = set()
         self._sessions = _SessionCollector(server_id)
         r.register(self._sessions)
@@ -496,12 +551,43 @@ class RecorderMetrics:
         self._capacity_total.set_function(lambda: float(total()))
         self._draining.set_function(lambda: 1.0 if draining() else 0.0)
 
+    def watch_node(self, readings: NodeReadings) -> None:
+        """Expose the node's own gauges, each read at scrape time (see :class:`NodeReadings`)."""
+        gauges = (
+            ("udp_ports_in_use", "UDP ports of RECORDING_PORT_MIN..MAX bound by streams now.", readings.udp_ports_in_use),
+            ("udp_ports", "UDP ports in RECORDING_PORT_MIN..MAX.", readings.udp_ports),
+            ("spool_free_bytes", "Free bytes on the filesystem of RECORDING_TMP_DIR (readiness fails below RECORDING_MIN_FREE_DISK_MIB).", readings.spool_free_bytes),
+            ("upload_backlog_bytes", "Bytes the live recordings have written that are not yet safely in the object store.", readings.upload_backlog_bytes),
+            ("shared_state_up", "1 while shared state (Redis) answers; without Redis always 1.", readings.shared_state_up),
+            ("database_up", "1 while the metadata database took the last write (pending records are retried).", readings.database_up),
+            ("heartbeat_last_success_timestamp_seconds", "Unix time of this node's last heartbeat that shared state took.", readings.heartbeat_last_success),
+        )
+        for name, help_text, read in gauges:
+            Gauge(PREFIX + name, help_text, ["server"], registry=self.registry).labels(server=self.server_id).set_function(
+                _safe(read)
+            )
+
+    def watch_webhooks(self, counters: Callable[[], Mapping[str, int]]) -> None:
+        """Expose ``edge_recorder_webhook_deliveries_total{outcome}``: delivered, failed (refused),
+        dropped (gave up or pushed out of a full queue) and retried attempts."""
+        self.registry.register(_LabelledCounters(
+            self.server_id, PREFIX + "webhook_deliveries", "Webhook deliveries by outcome.", "outcome", counters
+        ))
+
     def watch_fleet(self, counters: Callable[[], Mapping[str, Mapping[str, int]]]) -> None:
-        """Expose the fleet's counters, read at scrape time: ``fleet_starts_total{where}``
-        (here, elsewhere, here-without-redis) and ``fleet_relay_events_total{event}``
+        """Expose the fleet's counters, read at scrape time: ``edge_recorder_fleet_starts_total{where}``
+        (here, elsewhere, here-without-redis) and ``edge_recorder_fleet_relay_events_total{event}``
         (forwarded, answered, busy, timeouts, unavailable, dropped_bad, dropped_late,
         dropped_outbox, unsent, resubscribes)."""
-        self.registry.register(_FleetCollector(self.server_id, counters))
+        self.registry.register(_LabelledCounters(
+            self.server_id, PREFIX + "fleet_starts", "recording.start requests this node placed, by where they ran.",
+            "where", lambda: counters().get("starts", {}),
+        ))
+        self.registry.register(_LabelledCounters(
+            self.server_id, PREFIX + "fleet_relay_events",
+            "Requests forwarded between nodes and the relay's drops and failures, by event.",
+            "event", lambda: counters().get("relay", {}),
+        ))
 
     def set_active(self, n: int) -> None:
         """Set ``recordings_active`` to the number of recordings in progress."""

@@ -68,7 +68,7 @@ from edge_recorder.fleet.router import FleetRouter
 from edge_recorder.fleet.slots import FleetSlots
 from edge_recorder.housekeeping import cleanup
 from edge_recorder.http import health_routes, serve_http
-from edge_recorder.metrics import RecorderMetrics
+from edge_recorder.metrics import NodeReadings, RecorderMetrics
 from edge_recorder.recovery import record_from_row, recover_session
 from edge_recorder.session.manager import Intake, SessionManager
 from edge_recorder.session.session import RecordingSession
@@ -246,6 +246,27 @@ async def _serve(
     metrics.watch_metadata_backlog(lambda: bookkeeper.pending)
     metrics.attach(manager.active)
     metrics.watch_capacity(manager.free_slots, manager.total_slots, lambda: manager.intake is not Intake.OPEN)
+    metrics.watch_node(
+        NodeReadings(
+            udp_ports_in_use=lambda: len(manager.ports.in_use),
+            udp_ports=lambda: manager.ports.capacity,
+            spool_free_bytes=manager.spool.free_bytes,
+            upload_backlog_bytes=lambda: sum(_upload_backlog(s) for s in manager.active()),
+            shared_state_up=lambda: 1.0 if getattr(parts.state, "connected", True) else 0.0,
+            database_up=lambda: 1.0 if bookkeeper.database_up else 0.0,
+            heartbeat_last_success=lambda: bookkeeper.last_heartbeat_s,
+        )
+    )
+    if parts.webhooks is not None:
+        webhooks = parts.webhooks
+        metrics.watch_webhooks(
+            lambda: {
+                "delivered": webhooks.stats.delivered,
+                "failed": webhooks.stats.failed,
+                "dropped": webhooks.stats.dropped,
+                "retried": webhooks.stats.retries,
+            }
+        )
     fleet = _fleet_router(settings, parts, manager)
     if fleet is not None:
         metrics.watch_fleet(fleet.counters)
@@ -360,6 +381,13 @@ async def _serve(
         # Close the database and Redis connections even when cancelled.
         with trio.move_on_after(5, shield=True):
             await parts.aclose()
+
+
+def _upload_backlog(session: RecordingSession) -> int:
+    """Bytes of complete fragments the session wrote that its destination has not safely stored yet."""
+    if not session.destination.removes_spool:
+        return 0  # a local destination keeps the file where it is written
+    return max(0, session.complete_bytes - session.destination.uploaded_bytes)
 
 
 def _fleet_router(settings: Settings, parts: ServiceParts, manager: SessionManager[RecordingSession]) -> FleetRouter | None:

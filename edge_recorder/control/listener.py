@@ -17,7 +17,7 @@ refuses (closes at once) a connection past any of:
 A pending connection has ``handshake_timeout_s`` to complete its handshake and
 is closed when it passes, or as soon as the peer closes: no socket lingers.
 Refusals and failed handshakes are counted in
-``control_connections_refused_total{reason}`` and logged as one summary line
+``edge_recorder_control_connections_refused_total{reason}`` and logged as one summary line
 per minute, never a traceback: that is client misbehaviour, not our fault.
 """
 

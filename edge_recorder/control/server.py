@@ -11,7 +11,7 @@ connection, listening ones (:func:`~edge_recorder.control.listener.serve_control
 * every reply and notification for a connection goes through its outbox,
   bounded by ``OUTBOX_MESSAGES`` messages and ``OUTBOX_BYTES`` bytes, and one
   writer task, so notifications arrive in order. Policy when an outbox is
-  full (either bound; counted in ``control_outbox_overflows_total{limit}``):
+  full (either bound; counted in ``edge_recorder_control_outbox_overflows_total{limit}``):
   the peer is not reading, and dropping a state notification would leave it
   with a wrong picture, so the send in progress is abandoned, the connection
   closed (1008), and the SFU reconnects and re-reads state with

@@ -705,8 +705,8 @@ def test_the_scaledobject_scales_the_recorders_on_free_capacity() -> None:
     assert float(trigger["metadata"]["threshold"]) == 1.0
     assert trigger["metadata"]["ignoreNullValues"] == "false"
     query = trigger["metadata"]["query"]
-    used = set(re.findall(r"\b(recorder_\w+|recordings_\w+)\{", query))
-    assert "recordings_capacity_free" in used, "the scaling signal is free capacity"
+    used = set(re.findall(r"\b(edge_recorder_\w+|recordings_\w+)\{", query))
+    assert "edge_recorder_capacity_free_recordings" in used, "the scaling signal is free capacity"
     missing = used - exported_metrics()
     assert not missing, f"the query reads metrics the recorder does not export: {sorted(missing)}"
     namespaces = set(re.findall(r'namespace="([^"]+)"', query))

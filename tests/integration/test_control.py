@@ -45,7 +45,7 @@ class Service:
             body = (await client.get(f"http://{host}:{port}/metrics")).text
         values: dict[str, float] = {}
         for line in body.splitlines():
-            m = re.match(r'^(recordings_[a-z_]+|rtp_packets_received_total)\{server="test-node"\} ([0-9.e+]+)$', line)
+            m = re.match(r'^(recordings_[a-z_]+|edge_recorder_rtp_packets_received_total)\{server="test-node"\} ([0-9.e+]+)$', line)
             if m:
                 values[m.group(1)] = float(m.group(2))
         return values
@@ -129,7 +129,7 @@ async def test_sfu_drives_a_recording_through_the_whole_protocol(service: Servic
         # first test of a fresh CI run saw no picture of Alice at 2 s). The
         # script's times count from when media flows, in the file's time.
         with trio.fail_after(30):
-            while (await service.metrics()).get("rtp_packets_received_total", 0) < 150:
+            while (await service.metrics()).get("edge_recorder_rtp_packets_received_total", 0) < 150:
                 await trio.sleep(0.05)
         script_s = trio.current_time() - started_at
         await trio.sleep(2.5)

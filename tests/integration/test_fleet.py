@@ -219,9 +219,9 @@ async def test_an_sfu_on_one_node_records_three_rooms_on_the_nodes_with_room(
             # Node 1 has room for one: the others land on nodes 2 and 3, where their RTP goes.
             assert sorted(owners.values()) == ["fleet-1", "fleet-2", "fleet-3"], _log_tail(fleet)
             metrics = await _http_get(fleet.node("fleet-1").metrics_port, "/metrics")
-            assert 'fleet_starts_total{server="fleet-1",where="elsewhere"} 2.0' in metrics
-            assert 'fleet_starts_total{server="fleet-1",where="here"} 1.0' in metrics
-            assert 'recordings_capacity_free{server="fleet-1"} 0.0' in metrics
+            assert 'edge_recorder_fleet_starts_total{server="fleet-1",where="elsewhere"} 2.0' in metrics
+            assert 'edge_recorder_fleet_starts_total{server="fleet-1",where="here"} 1.0' in metrics
+            assert 'edge_recorder_capacity_free_recordings{server="fleet-1"} 0.0' in metrics
             for sid in sessions:
                 record = await sfu.call("recording.get", {"sessionId": sid})
                 assert record["serverId"] == owners[sid] and record["status"] == "RECORDING"

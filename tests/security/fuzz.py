@@ -621,7 +621,7 @@ def parse_prometheus(body: str) -> dict[str, dict[str, float]]:
 
 def drops_by_reason(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
     drops: dict[str, float] = {}
-    series = metrics.get("rtp_packets_dropped_total") or metrics.get("recordings_rtp_packets_dropped_total") or {}
+    series = metrics.get("edge_recorder_rtp_packets_dropped_total") or metrics.get("recordings_rtp_packets_dropped_total") or {}
     for labels, value in series.items():
         m = re.search(r'reason="([^"]*)"', labels)
         if m:

@@ -46,7 +46,7 @@ def _refused(metrics: RecorderMetrics) -> dict[str, float]:
     body = metrics.render()[0].decode()
     return {
         m.group(1): float(m.group(2))
-        for m in re.finditer(r'^control_connections_refused_total\{reason="([a-z_]+)",server="[^"]*"\} ([0-9.e+]+)$', body, re.M)
+        for m in re.finditer(r'^edge_recorder_control_connections_refused_total\{reason="([a-z_]+)",server="[^"]*"\} ([0-9.e+]+)$', body, re.M)
     }
 
 
@@ -357,7 +357,7 @@ async def test_the_outbox_is_bounded_in_bytes(nursery: trio.Nursery, manager: Se
             await trio.sleep(0.01)
     assert not lst.hub.connections, f"still open after {sent} MiB queued"
     body = lst.metrics.render()[0].decode()
-    assert 'control_outbox_overflows_total{limit="bytes",server="test-node"} 1.0' in body
+    assert 'edge_recorder_control_outbox_overflows_total{limit="bytes",server="test-node"} 1.0' in body
     await stream.aclose()
 
 

@@ -350,8 +350,8 @@ async def _with_service(
     fuzz_total = src["fuzz_sent"] + strg["fuzz_sent"]
     sent = fuzz_total + legit
     drops = fuzz.drops_by_reason(during)
-    rtp_accepted = int(_total(during, "rtp_packets_received_total"))
-    rtcp_accepted = int(_total(during, "rtcp_packets_received_total"))
+    rtp_accepted = int(_total(during, "edge_recorder_rtp_packets_received_total"))
+    rtcp_accepted = int(_total(during, "edge_recorder_rtcp_packets_received_total"))
     # "duplicate" counts packets already counted as accepted.
     dropped = int(sum(v for k, v in drops.items() if k != "duplicate"))
     kernel_drops = sum(kernel.values())

@@ -71,7 +71,7 @@ async def test_slow_clients_from_one_host_do_not_block_the_health_probe(nursery:
             assert probe["head"].startswith("HTTP/1.1 200"), probe
             assert probe["seconds"] < 2.0, probe  # answered now, not after a wave of timeouts
             body = metrics.render()[0].decode()
-            assert 'http_connections_refused_total{reason="max_connections_per_ip",server="test-node"}' in body
+            assert 'edge_recorder_http_connections_refused_total{reason="max_connections_per_ip",server="test-node"}' in body
         finally:
             if flood.stdin is not None:
                 flood.stdin.close()

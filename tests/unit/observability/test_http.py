@@ -340,7 +340,7 @@ async def test_slow_request_head_is_cut_off_at_the_request_timeout(
         await _trickle_until_closed(stream, every_s=1.0)
         assert trio.current_time() - start_time == pytest.approx(5.0, abs=1.1)
     await trio.sleep(0.1)
-    assert b'http_connections_refused_total{reason="request_timeout",server="node-http"} 1.0' in metrics.render()[0]
+    assert b'edge_recorder_http_connections_refused_total{reason="request_timeout",server="node-http"} 1.0' in metrics.render()[0]
 
 
 async def test_keep_alive_idle_is_not_cut_by_the_head_deadline(
