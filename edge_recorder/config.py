@@ -84,6 +84,8 @@ Corner = Literal["top-left", "top-right", "bottom-left", "bottom-right"]
 # Every mode sink/s3.py's ObjectStore applies (SseS3, SseKMS, SseCustomerKey).
 SseMode = Literal["none", "AES256", "aws:kms", "SSE-C"]
 UploadMode = Literal["multipart", "chunks"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["auto", "json", "text"]
 X264Preset = Literal[
     "ultrafast",
     "superfast",
@@ -396,6 +398,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("state", "metadata, shared state, webhooks"),
     ("control", "control plane (edge-recorder serve)"),
     ("lifecycle", "when recordings stop by themselves"),
+    ("logging", "logs"),
 )
 
 _SETTING = "edge_recorder.setting"
@@ -558,6 +561,19 @@ def available_cpus() -> float:
     except (OSError, ValueError):
         pass  # no cgroup v2, or no quota: the affinity is the limit
     return cpus
+
+
+def _optional_file(text: str) -> Path | None:
+    if not text.strip():
+        return None
+    path = Path(os.path.abspath(os.path.expanduser(text.strip())))
+    if not path.is_file():
+        raise ValueError(text)
+    return path
+
+
+def _optional_path_text(value: Path | None) -> str:
+    return "" if value is None else str(value)
 
 
 def _optional_ip(text: str) -> str | None:
@@ -751,6 +767,19 @@ class S3Settings:
         notes="Prefer the environment for it: this file is often readable by many.",
         rule="set together with AWS_ACCESS_KEY_ID, or neither",
         example="...",
+    )
+    session_token: Secret | None = setting(
+        "AWS_SESSION_TOKEN", OptionalSecret(r"\S{1,8192}", "a token without spaces"), None,
+        "Session token of temporary credentials (STS, SSO), sent with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.",
+        notes="Only with the explicit key pair; the default credential chain reads its own.",
+        rule="only with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        example="...",
+    )
+    ca_bundle: Path | None = setting(
+        "RECORDING_S3_CA_BUNDLE", Parsed(_optional_file, "a path to a PEM file of CA certificates, or empty", _optional_path_text), None,
+        "CA certificates (PEM) that sign the object store's TLS certificate, e.g. a MinIO behind an internal CA; "
+        "unset: SSL_CERT_FILE when set, else the certifi bundle.",
+        example="/etc/ssl/certs/ca-certificates.crt",
     )
     endpoint: str | None = setting(
         "RECORDING_S3_ENDPOINT",
@@ -1065,6 +1094,17 @@ class Settings:
         "CPU cores one recording at 1280x720, 30 fps costs; other outputs scale with their pixel rate.",
         notes="`just bench` measures it (docs/benchmarks.md: about 0.42-0.46 for a 2- to 20-person room on a 2-core EPYC).",
     )
+    log_level: LogLevel = setting(
+        "RECORDING_LOG_LEVEL", Choice[LogLevel](get_args(LogLevel)), "info",
+        "Lowest level logged: debug, info, warning or error.",
+        notes="`edge-recorder -v` is debug for one run.",
+        section="logging",
+    )
+    log_format: LogFormat = setting(
+        "RECORDING_LOG_FORMAT", Choice[LogFormat](get_args(LogFormat)), "auto",
+        "json (one object a line), text (one readable line), or auto: text on a terminal, else json.",
+        section="logging",
+    )
     output: OutputSettings = group(OutputSettings, "output")
     overlay: OverlaySettings = group(OverlaySettings, "overlay")
     ingest: IngestSettings = group(IngestSettings, "ingest")
@@ -1081,7 +1121,7 @@ class Settings:
         return self.announced_ip or self.bind_ip
 
     def describe(self) -> dict[str, Any]:
-        """All values as a JSON-friendly nested dict, secrets shown as ``"***"``.
+        """All values as a JSON-friendly nested dict, secrets shown as ``"set"`` or ``"unset"``.
 
         Meant for one structured log line at start-up.
         """
@@ -1090,12 +1130,20 @@ class Settings:
 
 def _describe(value: object) -> object:
     if isinstance(value, Secret):
-        return "***"
+        return "set"
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _describe(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: _describe_field(f, getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def _describe_field(f: dataclasses.Field[Any], value: object) -> object:
+    # A secret says whether it is set, never what it is: "set" / "unset".
+    declared = f.metadata.get(_SETTING)
+    if declared is not None and declared.kind.secret:
+        return "unset" if value is None else "set"
+    return _describe(value)
 
 
 @dataclass(frozen=True)
@@ -1325,6 +1373,8 @@ def _check_rules(values: Mapping[str, Any], raw: Mapping[str, _Raw]) -> list[_Pr
                 "RECORDING_CONTROL_MAX_CONNECTIONS_PER_IP",
                 f"exceeds RECORDING_CONTROL_MAX_CONNECTIONS={total}",
             )
+    if have("AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID") and v["AWS_SESSION_TOKEN"] is not None and v["AWS_ACCESS_KEY_ID"] is None:
+        broken("AWS_SESSION_TOKEN", "is set without AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
     if have("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         key_id, secret = v["AWS_ACCESS_KEY_ID"], v["AWS_SECRET_ACCESS_KEY"]
         if (key_id is None) != (secret is None):

@@ -248,6 +248,32 @@ def _human_value(value: object) -> str:
 
 # -- set-up ----------------------------------------------------------------------
 
+# Libraries whose INFO lines are start-up chatter for us (Alembic prints nine on
+# every start): logged as DEBUG instead.
+CHATTY_LOGGERS = ("alembic",)
+
+
+class _NodeFilter(logging.Filter):
+    """Stamps ``serverId`` on every record that has none, and demotes chatty libraries' INFO to DEBUG.
+
+    It runs on the handler: it also drops what the demotion put below the
+    handler's level (the logger already let the INFO record through).
+    """
+
+    def __init__(self, server_id: str | None, level: int) -> None:
+        super().__init__()
+        self._server_id = server_id
+        self._level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and record.name.split(".", 1)[0] in CHATTY_LOGGERS:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            if record.levelno < self._level:
+                return False
+        if self._server_id is not None and not hasattr(record, "serverId"):
+            record.serverId = self._server_id
+        return True
+
 
 class _Handler(logging.StreamHandler[TextIO]):
     """Our handler, so a second configure_logging replaces it instead of adding one."""
@@ -260,7 +286,9 @@ def _is_tty(stream: TextIO) -> bool:
         return False
 
 
-def configure_logging(*, json: bool | None = None, level: str = "INFO", stream: TextIO | None = None) -> logging.Handler:
+def configure_logging(
+    *, json: bool | None = None, level: str = "INFO", stream: TextIO | None = None, server_id: str | None = None
+) -> logging.Handler:
     """Send the root logger's events to ``stream``, one line each, secrets masked.
 
     Calling it again replaces the handler it installed before (handlers that
@@ -272,6 +300,8 @@ def configure_logging(*, json: bool | None = None, level: str = "INFO", stream: 
         level: the root logger's level name (``DEBUG``, ``INFO``, ``WARNING``,
             ``ERROR``, ``CRITICAL``; any case).
         stream: where to write; ``sys.stderr`` (looked up at call time) when None.
+        server_id: written as ``serverId`` on every line that does not carry
+            one (a fleet's logs, merged, still say which node spoke).
 
     Returns:
         The installed handler.
@@ -285,6 +315,7 @@ def configure_logging(*, json: bool | None = None, level: str = "INFO", stream: 
     out = sys.stderr if stream is None else stream
     use_json = (not _is_tty(out)) if json is None else json
     handler = _Handler(out)
+    handler.addFilter(_NodeFilter(server_id, numeric))
     handler.addFilter(RedactingFilter())
     handler.setFormatter(JsonFormatter() if use_json else HumanFormatter())
     root = logging.getLogger()

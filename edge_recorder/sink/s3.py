@@ -53,6 +53,7 @@ import functools
 import hashlib
 import io
 import logging
+import os
 import urllib.parse
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -219,6 +220,17 @@ def _translated(what: str) -> Callable[[Callable[P, T]], Callable[P, T]]:
         return wrapper
 
     return decorate
+
+
+def ca_bundle(settings: S3Settings) -> str:
+    """The CA certificates that verify the store's TLS: ``RECORDING_S3_CA_BUNDLE``, else
+    ``SSL_CERT_FILE`` (the OpenSSL convention), else certifi's bundle."""
+    if settings.ca_bundle is not None:
+        return str(settings.ca_bundle)
+    from_env = os.environ.get("SSL_CERT_FILE", "")
+    if from_env and os.path.isfile(from_env):
+        return from_env
+    return str(certifi.where())
 
 
 class _CredentialChain(Provider):
@@ -461,7 +473,7 @@ class ObjectStore:
             timeout=urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s),
             maxsize=STORE_THREADS * 2,
             cert_reqs="CERT_REQUIRED",
-            ca_certs=certifi.where(),
+            ca_certs=ca_bundle(settings),
             retries=urllib3.Retry(
                 total=http_retries,
                 backoff_factor=0.2,
@@ -473,6 +485,7 @@ class ObjectStore:
                 host,
                 access_key=settings.access_key_id,
                 secret_key=settings.secret_access_key.reveal(),
+                session_token=settings.session_token.reveal() if settings.session_token is not None else None,
                 secure=secure,
                 region=settings.region,
                 http_client=http,

@@ -394,7 +394,8 @@ def test_secret_never_shown() -> None:
         assert SECRET not in shown
     description = settings.describe()
     assert SECRET not in json.dumps(description)
-    assert description["s3"]["secret_access_key"] == "***"
+    assert description["s3"]["secret_access_key"] == "set"  # whether it is set, never what it is
+    assert description["s3"]["session_token"] == "unset"
     assert description["s3"]["access_key_id"] == "AKIAEXAMPLE"
 
 
@@ -411,7 +412,8 @@ def test_describe_is_json_and_complete() -> None:
     assert description["output"]["width_px"] == 1280
     assert description["ingest"]["playout_delay_ms"] == 300
     assert description["tmp_dir"] == str(settings.tmp_dir)
-    assert description["s3"]["secret_access_key"] is None
+    assert description["s3"]["secret_access_key"] == "unset"
+    assert description["control"]["token"] == "unset"
 
 
 # --------------------------------------------------------------------------- the file
@@ -862,6 +864,7 @@ def test_the_command_line_prints_every_invalid_setting_and_exits_2(tmp_path: Pat
 _SSE_C_KEY = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
 # For every setting that declares a rule against others: an environment that breaks it.
 RULE_BREAKERS: dict[str, dict[str, str]] = {
+    "AWS_SESSION_TOKEN": {"AWS_SESSION_TOKEN": "FwoGZXIvYXdzEXAMPLE"},
     "RECORDING_OVERLAY_MARGIN_PX": {"RECORDING_OVERLAY_MARGIN_PX": "400"},
     "RECORDING_PLAYOUT_DELAY_MS": {"RECORDING_PLAYOUT_DELAY_MS": "100"},
     "RECORDING_JITTER_VIDEO_MS": {"RECORDING_JITTER_VIDEO_MS": "301"},
@@ -889,7 +892,7 @@ def test_declared_rules_are_enforced(variable: str, env: dict[str, str]) -> None
         load_settings(environ={"RECORDING_SERVER_ID": "n", **env})
     assert info.value.variable == variable
     (entry,) = [e for e in SETTINGS if e.env == variable]
-    if variable.startswith("AWS_"):  # the pair's own words: which one is missing
+    if variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # the pair's own words: which one is missing
         assert "or neither" in str(info.value)
     else:
         assert entry.declared.rule in str(info.value)  # the documented rule is the message's
@@ -918,3 +921,37 @@ def test_the_sfu_is_told_the_announced_address_else_the_bind_address() -> None:
 def test_the_cpu_budget_defaults_to_the_cpus_this_process_may_use() -> None:
     assert load_settings(environ={}).cpu_budget == available_cpus() > 0
     assert load_settings(environ={"RECORDING_CPU_BUDGET": "1.5"}).cpu_budget == 1.5
+
+
+def test_log_level_and_format_are_choices() -> None:
+    settings = load_settings(environ={"RECORDING_LOG_LEVEL": "WARNING", "RECORDING_LOG_FORMAT": "Text"})
+    assert (settings.log_level, settings.log_format) == ("warning", "text")
+    assert (load_settings(environ={}).log_level, load_settings(environ={}).log_format) == ("info", "auto")
+    with pytest.raises(ConfigError, match="RECORDING_LOG_FORMAT"):
+        load_settings(environ={"RECORDING_LOG_FORMAT": "xml"})
+
+
+def test_temporary_credentials_need_the_key_pair(tmp_path: Path) -> None:
+    pair = {"AWS_ACCESS_KEY_ID": "ASIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": SECRET}
+    s3 = load_settings(environ={**pair, "AWS_SESSION_TOKEN": "FwoGZXIvYXdzEXAMPLE"}).s3
+    assert s3.session_token == Secret("FwoGZXIvYXdzEXAMPLE")
+    with pytest.raises(ConfigError, match="AWS_SESSION_TOKEN"):
+        load_settings(environ={"AWS_SESSION_TOKEN": "FwoGZXIvYXdzEXAMPLE"})
+
+
+def test_the_ca_bundle_must_be_a_file_and_wins_over_ssl_cert_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_recorder.sink.s3 import ca_bundle
+
+    pem = tmp_path / "internal-ca.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\n")
+    other = tmp_path / "other.pem"
+    other.write_text("-----BEGIN CERTIFICATE-----\n")
+    with pytest.raises(ConfigError, match="RECORDING_S3_CA_BUNDLE"):
+        load_settings(environ={"RECORDING_S3_CA_BUNDLE": str(tmp_path / "missing.pem")})
+    monkeypatch.setenv("SSL_CERT_FILE", str(other))
+    assert ca_bundle(load_settings(environ={"RECORDING_S3_CA_BUNDLE": str(pem)}).s3) == str(pem)
+    assert ca_bundle(load_settings(environ={}).s3) == str(other)
+    monkeypatch.delenv("SSL_CERT_FILE")
+    import certifi
+
+    assert ca_bundle(load_settings(environ={}).s3) == certifi.where()

@@ -234,3 +234,28 @@ def test_lifecycle_messages() -> None:
     assert logs.RECORDING_STREAM_ADDED == "Recording stream added"  # what session.py logs today
     assert logs.RECORDING_FAILED == "Recording session failed"  # likewise
     assert logs.RECORDING_STATUS_CHANGED == "Recording session status changed"  # likewise
+
+
+def test_every_line_says_which_node_spoke_unless_it_says_so_itself() -> None:
+    out = io.StringIO()
+    configure_logging(json=True, stream=out, server_id="recorder-7")
+    logging.getLogger("edge_recorder.x").info("hello")
+    logging.getLogger("edge_recorder.x").info("about another", extra={"serverId": "recorder-2"})
+    first, second = json_lines(out)
+    assert first["serverId"] == "recorder-7" and second["serverId"] == "recorder-2"
+
+
+def test_alembic_start_up_chatter_is_debug() -> None:
+    out = io.StringIO()
+    configure_logging(json=True, stream=out, level="INFO")
+    logging.getLogger("alembic.runtime.migration").info("Context impl SQLiteImpl.")
+    logging.getLogger("alembic.runtime.migration").warning("a real problem")
+    logging.getLogger("edge_recorder.x").info("ours")
+    assert [(e["logger"], e["level"]) for e in json_lines(out)] == [
+        ("alembic.runtime.migration", "WARNING"),
+        ("edge_recorder.x", "INFO"),
+    ]
+    out = io.StringIO()
+    configure_logging(json=True, stream=out, level="DEBUG")
+    logging.getLogger("alembic.runtime.migration").info("Context impl SQLiteImpl.")
+    assert [e["level"] for e in json_lines(out)] == ["DEBUG"]
