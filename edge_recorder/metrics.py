@@ -32,6 +32,7 @@ import weakref
 from collections import Counter as _Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import fields as dataclasses_fields
 from typing import Protocol
 
 from edge_recorder.session.state import SessionStatus
@@ -478,8 +479,9 @@ class RecorderMetrics:
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
-        self._build = Info(PREFIX + "build", "This recorder's version and the media stack it runs on.", registry=r)
-        self._build.info(_build_labels())
+        Info(PREFIX + "build", "This recorder's version and the media stack it runs on.", ["server"], registry=r).labels(
+            server=server_id
+        ).info(_build_labels())
         self._reasons: set[str] = set()
         self._sessions = _SessionCollector(server_id)
         r.register(self._sessions)
@@ -635,3 +637,63 @@ class RecorderMetrics:
             (body, content type) for an HTTP response.
         """
         return generate_latest(self.registry), CONTENT_TYPE
+
+
+# -- the catalogue (docs/metrics.md) ------------------------------------------------
+
+CATALOGUE_BEGIN = "<!-- metrics:begin -->"
+CATALOGUE_END = "<!-- metrics:end -->"
+
+
+def catalogue() -> list[tuple[str, str, tuple[str, ...], str]]:
+    """Every metric ``serve`` exposes (all watchers attached), as (name, type, labels, help).
+
+    Counters are named with ``_total`` as scraped; the process and interpreter
+    collectors' standard ``process_*``/``python_*`` metrics are left out.
+    """
+    m = RecorderMetrics("catalogue")
+    m.watch_capacity(lambda: 0, lambda: 0, lambda: False)
+    m.watch_node(NodeReadings(*(lambda: 0.0 for _ in dataclasses_fields(NodeReadings))))
+    m.watch_webhooks(lambda: {"delivered": 0})
+    m.watch_fleet(lambda: {"starts": {"here": 0}, "relay": {"forwarded": 0}})
+    m.watch_metadata_backlog(lambda: 0)
+    # A labelled counter shows its labels once it has a child.
+    m.session_failed("upload")
+    m.control_connection_refused("max_connections")
+    m.control_outbox_overflow("messages")
+    m.http_connection_refused("max_connections")
+    rows: list[tuple[str, str, tuple[str, ...], str]] = []
+    for family in m.registry.collect():
+        if family.name.startswith(("process_", "python_")):
+            continue
+        declared = set(getattr(family, "_labelnames", ()))  # a scrape-time family's, even without samples
+        labels = sorted(({k for s in family.samples for k in s.labels} | declared) - {"le", "server"})
+        name = family.name + ("_total" if family.type == "counter" else "_info" if family.type == "info" else "")
+        rows.append((name, "gauge" if family.type == "info" else family.type, ("server", *labels), family.documentation))
+    return rows
+
+
+def render_catalogue() -> str:
+    """The Markdown table between the metrics markers of docs/metrics.md."""
+    lines = ["| metric | type | labels | meaning |", "| --- | --- | --- | --- |"]
+    for name, kind, labels, help_text in catalogue():
+        lines.append(f"| `{name}` | {kind} | {', '.join(f'`{label}`' for label in labels)} | {help_text} |")
+    return "\n".join(lines)
+
+
+def _write_catalogue(path: str) -> None:
+    import pathlib
+
+    doc = pathlib.Path(path)
+    text = doc.read_text()
+    begin, end = text.index(CATALOGUE_BEGIN) + len(CATALOGUE_BEGIN), text.index(CATALOGUE_END)
+    doc.write_text(text[:begin] + "\n" + render_catalogue() + "\n" + text[end:])
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--write"]:
+        sys.exit("usage: python -m edge_recorder.metrics --write   (rewrites the table in docs/metrics.md)")
+    _write_catalogue("docs/metrics.md")
+    print("rewrote docs/metrics.md")

@@ -336,3 +336,15 @@ def test_webhook_deliveries_and_fleet_counters_are_labelled_counters() -> None:
     assert value(m, "edge_recorder_webhook_deliveries_total", outcome="retried") == 2
     assert value(m, "edge_recorder_fleet_starts_total", where="elsewhere") == 5
     assert value(m, "edge_recorder_fleet_relay_events_total", event="forwarded") == 7
+
+
+def test_docs_metrics_md_lists_every_metric_as_the_code_exposes_it() -> None:
+    from pathlib import Path
+
+    from edge_recorder.metrics import CATALOGUE_BEGIN, CATALOGUE_END, render_catalogue
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "metrics.md").read_text()
+    table = doc.split(CATALOGUE_BEGIN, 1)[1].split(CATALOGUE_END, 1)[0].strip()
+    assert table == render_catalogue(), "docs/metrics.md is stale: run python -m edge_recorder.metrics --write"
+    for name in ("recordings_active", "edge_recorder_capacity_free_recordings", "edge_recorder_upload_backlog_bytes"):
+        assert f"| `{name}` |" in table
