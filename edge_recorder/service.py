@@ -62,6 +62,7 @@ from edge_recorder.bookkeeping import Bookkeeper
 from edge_recorder.config import Settings
 from edge_recorder.control.listener import serve_control
 from edge_recorder.control.server import ControlHub, dial_out, dial_url_warning
+from edge_recorder.doctor import log_startup_probes
 from edge_recorder.errors import ConfigError
 from edge_recorder.fleet.relay import FleetRelay
 from edge_recorder.fleet.router import FleetRouter
@@ -278,6 +279,8 @@ async def _serve(
     try:
         async with trio.open_nursery() as top:
             await top.start(parts.run_state)
+            # What `edge-recorder check` says, in the log (never blocks the start).
+            top.start_soon(log_startup_probes, settings)
             if parts.webhooks is not None:
                 await top.start(parts.webhooks.run)
             top.start_soon(bookkeeper.run)
@@ -362,6 +365,10 @@ async def _serve(
                 manager.intake = Intake.CLOSED
                 with trio.move_on_after(settings.lifecycle.drain_timeout_s) as finalising:
                     await manager.stop_all("shutdown")
+                    # A stop returns once the media is final (UPLOADING to a
+                    # bucket); the last parts are still going up: wait for them,
+                    # or the cancellation below would fail uploads at the finish.
+                    await manager.wait_idle()
                 if finalising.cancelled_caught:
                     log.error("RECORDING_DRAIN_TIMEOUT_S passed while finalising; cancelling the remaining recordings")
                 # Let every SFU read the final state notifications before we go.

@@ -371,6 +371,11 @@ class RecordingSession:
                 nursery.start_soon(self._poll_receivers)
                 nursery.start_soon(self._send_pending_liveness)
                 returncode = await process.wait()
+                # Its last words (the error event naming the cause, the last
+                # fragment, the final stats) may still be in the pipe when
+                # its exit is seen first; the pipe ends with the process.
+                with trio.move_on_after(0.5):
+                    await self._events_done.wait()
                 # Asked to stop (DRAINING) or exited on its own (RECORDING).
                 asked = self._phase is Phase.DRAINING
                 self._enter(Phase.FINALISING)
