@@ -75,6 +75,7 @@ from edge_recorder.errors import (
 
 
 __all__ = [
+    "loads_strict",
     "AT_CAPACITY_DATA_KEYS",
     "AddStreamParams",
     "ErrorCode",
@@ -307,7 +308,7 @@ def parse_message_untrusted(data: str | bytes) -> Message:
             set whenever the message's id could be read. Nothing else.
     """
     text = _decode_frame(data)
-    value = _loads(text)
+    value = loads_strict(text)
     return _classify(value)
 
 
@@ -359,12 +360,21 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _loads(text: str) -> Any:
+def loads_strict(text: str, *, max_depth: int = MAX_NESTING_DEPTH) -> Any:
+    """Parse untrusted JSON text strictly: no NaN/Infinity, no duplicate keys, at most
+    ``max_depth`` levels, numbers and strings that can be written back out faithfully.
+
+    The one strict parser: control frames here, and the fleet's envelopes
+    (``edge_recorder.fleet.envelope``) with their own depth.
+
+    Raises:
+        JsonRpcError: PARSE_ERROR, its message saying what was refused.
+    """
     try:
         value = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise JsonRpcError(
-            ErrorCode.PARSE_ERROR, f"nested deeper than {MAX_NESTING_DEPTH} levels"
+            ErrorCode.PARSE_ERROR, f"nested deeper than {max_depth} levels"
         ) from None
     except json.JSONDecodeError as exc:
         raise JsonRpcError(ErrorCode.PARSE_ERROR, f"not valid JSON: {_clip(str(exc), 200)}") from None
@@ -372,11 +382,11 @@ def _loads(text: str) -> Any:
         raise JsonRpcError(ErrorCode.PARSE_ERROR, str(exc)) from None
     except ValueError:  # int(): more than sys.get_int_max_str_digits() digits
         raise JsonRpcError(ErrorCode.PARSE_ERROR, "a number has too many digits") from None
-    _check_carriable(value)
+    _check_carriable(value, max_depth)
     return value
 
 
-def _check_carriable(value: Any) -> None:
+def _check_carriable(value: Any, max_depth: int) -> None:
     """Refuse valid JSON the recorder cannot carry back out faithfully."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
@@ -387,10 +397,8 @@ def _check_carriable(value: Any) -> None:
             if not math.isfinite(item):
                 raise JsonRpcError(ErrorCode.PARSE_ERROR, "a number is out of range")
         elif isinstance(item, (dict, list)):
-            if depth >= MAX_NESTING_DEPTH:
-                raise JsonRpcError(
-                    ErrorCode.PARSE_ERROR, f"nested deeper than {MAX_NESTING_DEPTH} levels"
-                )
+            if depth >= max_depth:
+                raise JsonRpcError(ErrorCode.PARSE_ERROR, f"nested deeper than {max_depth} levels")
             if isinstance(item, dict):
                 for key, child in item.items():
                     _check_text(key)

@@ -46,7 +46,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn, TypeAlias
 
-from edge_recorder.errors import ParseError
+from edge_recorder.control.protocol import loads_strict
+from edge_recorder.errors import JsonRpcError, ParseError
 
 __all__ = [
     "ENVELOPE_VERSION",
@@ -456,58 +457,12 @@ def _text(raw: str | bytes) -> str:
     return raw
 
 
-class _Refused(ValueError):
-    """Raised by our ``json.loads`` hooks."""
-
-
-def _reject_constant(name: str) -> NoReturn:
-    raise _Refused(f"{name} is not a JSON value")
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            # Parsers disagree on which copy wins: accept neither.
-            raise _Refused(f"duplicate key {_clip(repr(key))}")
-        out[key] = value
-    return out
-
-
 def _loads(text: str) -> Any:
+    # The control protocol's strict parser, at the envelope's depth.
     try:
-        value = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
-    except RecursionError:
-        raise EnvelopeError(f"nested deeper than {MAX_NESTING_DEPTH} levels") from None
-    except _Refused as exc:
-        raise EnvelopeError(str(exc)) from None
-    except json.JSONDecodeError as exc:
-        raise EnvelopeError(f"not valid JSON: {_clip(str(exc))}") from None
-    except ValueError:  # int(): more digits than sys.get_int_max_str_digits()
-        raise EnvelopeError("a number has too many digits") from None
-    _check_carriable(value)
-    return value
-
-
-def _check_carriable(value: Any) -> None:
-    """Refuse valid JSON that cannot be written back out faithfully."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            _check_text(item)
-        elif isinstance(item, float):
-            if not math.isfinite(item):  # 1e999 parses as inf
-                _fail("a number is out of range")
-        elif isinstance(item, (dict, list)):
-            if depth >= MAX_NESTING_DEPTH:
-                _fail(f"nested deeper than {MAX_NESTING_DEPTH} levels")
-            if isinstance(item, dict):
-                for key, child in item.items():
-                    _check_text(key)
-                    stack.append((child, depth + 1))
-            else:
-                stack.extend((child, depth + 1) for child in item)
+        return loads_strict(text, max_depth=MAX_NESTING_DEPTH)
+    except JsonRpcError as exc:
+        raise EnvelopeError(exc.message) from None
 
 
 def _check_text(text: str) -> None:
