@@ -331,9 +331,13 @@ class SessionManager(Generic[S]):
         out = self.settings.output
         return session_cost(out.width_px, out.height_px, out.fps, base_cost=self.settings.session_cpu_cost)
 
-    def free_slots(self) -> int:
-        """Recordings at the default output this node could start now, by count and CPU budget; 0 unless ready."""
-        if not self.readiness()[0]:
+    def free_slots(self, ready: bool | None = None) -> int:
+        """Recordings at the default output this node could start now, by count and CPU budget; 0 unless ready.
+
+        Args:
+            ready: :meth:`readiness`'s verdict when the caller has it (it costs a statvfs).
+        """
+        if not (self.readiness()[0] if ready is None else ready):
             return 0
         by_count = self.settings.max_sessions - len(self.active())
         by_cpu = math.floor((self.settings.cpu_budget - self.cpu_used()) / self.default_cost() + 1e-9)
@@ -352,15 +356,16 @@ class SessionManager(Generic[S]):
         """
         active = len(self.active())
         maximum = self.settings.max_sessions
+        ready = self.readiness()[0]
         return {
             "activeSessions": active,
             "maxSessions": maximum,
             "load": round(active / maximum, 3),
-            "ready": self.readiness()[0],
+            "ready": ready,
             "draining": self.intake is not Intake.OPEN,
             "cpuBudget": round(self.settings.cpu_budget, 3),
             "cpuUsed": round(self.cpu_used(), 3),
-            "freeSlots": self.free_slots(),
+            "freeSlots": self.free_slots(ready),
             "announcedIp": self.settings.rtp_address,
         }
 
