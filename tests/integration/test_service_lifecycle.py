@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,23 @@ def _serve_env(settings: Any, tmp_path: Path, server_id: str, **extra: str) -> d
     return env
 
 
+@asynccontextmanager
+async def _serve_process(env: dict[str, str]) -> AsyncIterator[trio.Process]:
+    """``python -m edge_recorder serve`` with ``env``; killed (bounded, shielded) if still running at the end."""
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "edge_recorder", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        yield proc
+    finally:
+        with trio.move_on_after(10, shield=True):
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            assert proc.stderr is not None
+            await proc.stderr.aclose()
+
+
 async def _connect(url: str, nursery: trio.Nursery) -> SfuClient:
     with trio.fail_after(20):
         while True:
@@ -110,10 +129,7 @@ async def test_sigterm_drains_live_recordings_to_their_natural_end_then_exits(
     """SIGTERM: no new recording (readiness 503, SHUTTING_DOWN), the live ones go on until the SFU
     stops them, each one continuous file, and the process exits 0 once the last one ends."""
     env = _serve_env(settings, tmp_path, "drain-node")
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "edge_recorder", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
+    async with _serve_process(env) as proc:
         sfu = await _connect(f"ws://127.0.0.1:{settings.port_min}/control", nursery)
         producers = demo_producers()
         async with trio.open_nursery() as senders:
@@ -151,20 +167,11 @@ async def test_sigterm_drains_live_recordings_to_their_natural_end_then_exits(
         reasons = [n["params"].get("reason") for n in sfu.notifications if n["params"].get("status") == "COMPLETED"]
         assert reasons == ["host", "host"]
         await sfu.aclose()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        assert proc.stderr is not None
-        await proc.stderr.aclose()
 
 
 async def test_a_second_sigterm_while_draining_finalises_the_rest(settings: Any, tmp_path: Path, nursery: trio.Nursery) -> None:
     env = _serve_env(settings, tmp_path, "drain-twice")
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "edge_recorder", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
+    async with _serve_process(env) as proc:
         sfu = await _connect(f"ws://127.0.0.1:{settings.port_min}/control", nursery)
         cam = demo_producers()["alice-cam"]
         await sfu.call("recording.start", {"roomId": "twice-room", "sessionId": "twice"})
@@ -184,22 +191,13 @@ async def test_a_second_sigterm_while_draining_finalises_the_rest(settings: Any,
         reasons = [n["params"].get("reason") for n in sfu.notifications if n["params"].get("status") == "COMPLETED"]
         assert reasons == ["shutdown"]
         await sfu.aclose()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        assert proc.stderr is not None
-        await proc.stderr.aclose()
 
 
 async def test_sigterm_with_no_drain_deadline_finalises_three_sessions_and_exits_zero(
     settings: Any, tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     env = _serve_env(settings, tmp_path, "sigterm-node", RECORDING_DRAIN_DEADLINE_S="0")
-    proc = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "edge_recorder", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
+    async with _serve_process(env) as proc:
         sfu = await _connect(f"ws://127.0.0.1:{settings.port_min}/control", nursery)
         producers = demo_producers()
         sessions = ["term-a", "term-b", "term-c"]
@@ -225,12 +223,6 @@ async def test_sigterm_with_no_drain_deadline_finalises_three_sessions_and_exits
         reasons = [n["params"].get("reason") for n in sfu.notifications if n["params"].get("status") == "COMPLETED"]
         assert reasons == ["shutdown"] * 3
         await sfu.aclose()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        assert proc.stderr is not None
-        await proc.stderr.aclose()
 
 
 def _task_count() -> int:
