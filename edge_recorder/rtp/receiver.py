@@ -7,8 +7,8 @@ datagrams to accept (``rtp/trust.py``), how to assemble them into frames
 (``rtp/sync.py``), what to ask the sender for (NACK, PLI/FIR, ``rtp/nack.py``)
 and what to report to it (receiver reports, ``rtp/reports.py``). It imports
 no Trio and touches no socket: :meth:`ReceiverCore.on_datagram`,
-:meth:`ReceiverCore.on_rtcp`, :meth:`ReceiverCore.on_timer` and
-:meth:`ReceiverCore.set_visible` return :data:`Action` values (frozen
+:meth:`ReceiverCore.on_rtcp`, :meth:`ReceiverCore.on_timer`,
+:meth:`ReceiverCore.set_visible` and :meth:`ReceiverCore.set_withheld` return :data:`Action` values (frozen
 dataclasses) that the I/O shell (``session/stream.py``) performs, and
 :meth:`ReceiverCore.next_deadline` says when to call ``on_timer`` again.
 
@@ -26,6 +26,23 @@ orthogonal: a hidden camera can be live or idle):
   held GOP (``HIDDEN_WAITING``) a keyframe is asked for on becoming visible.
   Audio whose RFC 6464 level stays below ``silence_dbov`` past the hangover is
   not assembled at all (``SUPPRESSED``).
+
+Withholding (issue #13: a paused recording, a participant who withdrew
+consent): privacy means the media is not kept, not merely hidden, so a
+``WITHHELD`` stream keeps no payload at all. :meth:`ReceiverCore.set_withheld`
+empties the jitter buffer and drops a held GOP at that instant (up to
+``max_wait_s`` of media that had arrived but was not yet complete is lost with
+them: the pause wins). While withheld, datagrams still pass the trust checks
+and count in the reception statistics and liveness, so receiver reports keep
+flowing and a paused room is not "no media"; but nothing is held, assembled or
+forwarded, no NACK is scheduled (nothing to repair), no PLI/FIR goes (no
+picture is wanted), and no RFC 6464 level is reported (an excluded person's
+voice must not make them the active speaker). Each such packet counts in
+``stats.withheld_packets``. Visibility changes meanwhile are remembered; on
+release the stream restarts from a fresh jitter buffer in the phase its
+visibility asks for: shown video gated on a keyframe, with the request due at
+once (like being shown without a held GOP), hidden video ``HIDDEN_WAITING``,
+audio ``FORWARDING`` from its next packet.
 
 Drop policy (house style, "UDP → jitter buffer"): the shell never blocks on a
 frame; when the worker pipe is full it reports :meth:`ReceiverCore.frame_refused`,
@@ -242,22 +259,30 @@ class Forwarding(enum.Enum):
     HIDDEN_WAITING = "hidden-waiting"
     #: Hidden video holding its packets since the last keyframe.
     HIDDEN_HOLDING = "hidden-holding"
+    #: Paused or excluded (audio and video): packets are checked and counted,
+    #: never kept. Entered from every phase; left for FORWARDING (audio, shown
+    #: video) or HIDDEN_WAITING (hidden video), never straight into holding
+    #: or suppression (the next packets decide those).
+    WITHHELD = "withheld"
 
 
 _FORWARDING_MOVES = {
-    Forwarding.FORWARDING: frozenset({Forwarding.SUPPRESSED, Forwarding.HIDDEN_WAITING}),
-    Forwarding.SUPPRESSED: frozenset({Forwarding.FORWARDING}),
-    Forwarding.HIDDEN_WAITING: frozenset({Forwarding.HIDDEN_HOLDING, Forwarding.FORWARDING}),
+    Forwarding.FORWARDING: frozenset({Forwarding.SUPPRESSED, Forwarding.HIDDEN_WAITING, Forwarding.WITHHELD}),
+    Forwarding.SUPPRESSED: frozenset({Forwarding.FORWARDING, Forwarding.WITHHELD}),
+    Forwarding.HIDDEN_WAITING: frozenset({Forwarding.HIDDEN_HOLDING, Forwarding.FORWARDING, Forwarding.WITHHELD}),
     Forwarding.HIDDEN_HOLDING: frozenset(
-        {Forwarding.HIDDEN_HOLDING, Forwarding.HIDDEN_WAITING, Forwarding.FORWARDING}
+        {Forwarding.HIDDEN_HOLDING, Forwarding.HIDDEN_WAITING, Forwarding.FORWARDING, Forwarding.WITHHELD}
     ),
+    Forwarding.WITHHELD: frozenset({Forwarding.FORWARDING, Forwarding.HIDDEN_WAITING}),
 }
 
 
 def forwarding_after(current: Forwarding, target: Forwarding, *, is_video: bool) -> Forwarding:
     """The forwarding phase after a move, refusing the impossible ones.
 
-    ``HIDDEN_HOLDING → HIDDEN_HOLDING`` is a new keyframe starting a new GOP.
+    ``HIDDEN_HOLDING → HIDDEN_HOLDING`` is a new keyframe starting a new GOP;
+    ``WITHHELD`` is entered from any phase and left for ``FORWARDING`` or
+    (video) ``HIDDEN_WAITING``.
 
     Raises:
         ValueError: the move is not allowed, or the phase does not exist for
@@ -291,6 +316,9 @@ class ReceiverStats:
     frames_held_invisible: int = 0
     packets_not_shown: int = 0
     frames_silent: int = 0
+    # Accepted packets dropped unkept because the stream was withheld (paused
+    # recording, excluded participant): counted in reception, never assembled.
+    withheld_packets: int = 0
     rtx_packets: int = 0
     nack_packets: int = 0
     nacked: int = 0
@@ -442,6 +470,10 @@ class ReceiverCore:
         # ``forwarding`` by _forward_as, the one place it changes), and two
         # figures of the frozen config.
         self._holding = is_video
+        self._withheld = False
+        # What the layout asks for (video; audio is always "shown"): remembered
+        # while withheld, so release knows which phase to return to.
+        self._layout_shows = not is_video
         self._max_datagram_bytes = config.max_datagram_bytes
         self._silence_hangover_s = config.silence_hangover_s
         self._held: list[tuple[RtpPacket, float]] = []
@@ -483,11 +515,26 @@ class ReceiverCore:
 
     @property
     def visible(self) -> bool:
-        """Whether accepted packets are assembled and forwarded (not hidden video).
+        """Whether accepted packets are assembled and forwarded (not hidden, not withheld).
 
-        FORWARDING or SUPPRESSED: every phase that is not one of the two holding ones.
+        FORWARDING or SUPPRESSED: every phase but the two holding ones and WITHHELD.
         """
-        return not self._holding
+        return not self._holding and not self._withheld
+
+    @property
+    def withheld(self) -> bool:
+        """Whether the stream's media is withheld (``Forwarding.WITHHELD``)."""
+        return self._withheld
+
+    @property
+    def shown_by_layout(self) -> bool:
+        """Whether the layout shows this stream (always for audio), withheld or not."""
+        return self._layout_shows
+
+    @property
+    def bytes_held(self) -> int:
+        """Media payload bytes kept right now: the jitter buffer's and a hidden stream's GOP."""
+        return self.assembler.buffered_bytes + self._held_bytes
 
     @property
     def source_address(self) -> Any:
@@ -524,6 +571,7 @@ class ReceiverCore:
     def _forward_as(self, target: Forwarding) -> None:
         self.forwarding = forwarding_after(self.forwarding, target, is_video=self.is_video)
         self._holding = self.forwarding is Forwarding.HIDDEN_WAITING or self.forwarding is Forwarding.HIDDEN_HOLDING
+        self._withheld = self.forwarding is Forwarding.WITHHELD
 
     # -- datagrams ---------------------------------------------------------------
 
@@ -614,6 +662,13 @@ class ReceiverCore:
         if stats.first_packet_monotonic is None:
             stats.first_packet_monotonic = mono
         stats.last_packet_monotonic = mono
+        if self._withheld:
+            # Checked and counted above, kept nowhere: no level (the speaker
+            # detector must not hear an excluded person), no NACK, no frame.
+            stats.withheld_packets += 1
+            if not self._out:
+                return _NO_ACTIONS
+            return self._take()  # a liveness change
         if self._audio_level_id is not None and not self._audio_packet(packet, now_s):
             return self._take()  # its level
         if self._holding:
@@ -819,10 +874,16 @@ class ReceiverCore:
         picture follows its arrival. Becoming hidden starts keeping packets
         from the next keyframe.
 
+        While withheld, the change is only remembered: :meth:`set_withheld`
+        applies it on release.
+
         Returns:
             The replayed frames to forward.
         """
-        if not self.is_video or visible == self.visible:
+        if not self.is_video or visible == self._layout_shows:
+            return _NO_ACTIONS
+        self._layout_shows = visible
+        if self._withheld:
             return _NO_ACTIONS
         if not visible:
             self._held = []
@@ -844,6 +905,40 @@ class ReceiverCore:
         else:
             self._last_pli_s = _NEVER  # ask now, not after the throttle interval
         return self._take()
+
+    def set_withheld(self, withheld: bool) -> list[Action] | tuple[Action, ...]:
+        """Withhold the stream's media (paused recording, excluded participant), or release it.
+
+        Withholding empties the jitter buffer and its NACK state and drops a
+        held GOP at once: from then on no payload is kept (see the module
+        docstring). Release starts a fresh jitter buffer in the phase the
+        layout asks for: shown video gated on a keyframe whose request is due
+        at the next timer (not after the throttle interval), hidden video
+        waiting for a keyframe to hold from, audio forwarding from its next
+        packet. Idempotent: the session applies its rule to every stream.
+
+        Returns:
+            The actions to perform (none today: the keyframe request goes from
+            :meth:`on_timer`, like :meth:`set_visible`'s).
+        """
+        if withheld == self._withheld:
+            return _NO_ACTIONS
+        if withheld:
+            self._held = []
+            self._held_bytes = 0
+            self._forward_as(Forwarding.WITHHELD)
+            self._restart_jitter_buffer()
+            return _NO_ACTIONS
+        if self.is_video and not self._layout_shows:
+            self._forward_as(Forwarding.HIDDEN_WAITING)
+            return _NO_ACTIONS
+        self._forward_as(Forwarding.FORWARDING)
+        # No restart needed: the jitter buffer withholding started took no
+        # packet since, so the stream starts afresh from its next one (video
+        # gated on a keyframe, as a new buffer is).
+        if self.is_video:
+            self._last_pli_s = _NEVER  # ask now, not after the throttle interval
+        return _NO_ACTIONS
 
     # -- keyframes -------------------------------------------------------------------
 

@@ -4,7 +4,7 @@
 exactly as mediasoup describes a consumer. :class:`StreamReceiver` owns the
 stream's bound socket(s) and performs what its pure core decides
 (:class:`~edge_recorder.rtp.receiver.ReceiverCore`: trust, assembly, timeline,
-NACK/PLI, receiver reports, liveness, visibility; the rules and their reasons
+NACK/PLI, receiver reports, liveness, visibility, withholding; the rules and their reasons
 are in ``rtp/receiver.py``): it reads datagrams, hands them to the core, and
 performs the actions the core returns: frames to the session's worker pipe,
 RTCP to the sender, levels to the speaker detector, liveness to the worker.
@@ -241,6 +241,11 @@ class StreamReceiver:
         return self.core.visible
 
     @property
+    def withheld(self) -> bool:
+        """Whether the stream's media is withheld (nothing of it is kept)."""
+        return self.core.withheld
+
+    @property
     def rtcp_address(self) -> Any:
         """The latched RTCP peer (non-mux), None until one."""
         return self.core.rtcp_address
@@ -323,6 +328,20 @@ class StreamReceiver:
         """The layout starts or stops showing this stream (video only; see ``rtp/receiver.py``)."""
         was = self.core.visible
         self._perform_now(self.core.set_visible(visible))
+        if self.core.visible and not was:
+            self._shown.set()  # our own task reads again, promptly (session/reading.py)
+
+    def set_withheld(self, withheld: bool) -> None:
+        """Withhold this stream's media (paused recording, excluded participant), or release it.
+
+        Synchronous and idempotent, so the session can apply its rule to every
+        stream from any task, before the stream's tasks run too. While
+        withheld the stream is read in batches (it forwards nothing); a shown
+        video released wakes its own task, whose first wake-up asks for the
+        keyframe (see ``ReceiverCore.set_withheld``).
+        """
+        was = self.core.visible
+        self._perform_now(self.core.set_withheld(withheld))
         if self.core.visible and not was:
             self._shown.set()  # our own task reads again, promptly (session/reading.py)
 

@@ -9,7 +9,7 @@ lossy network (``tests/fakes/lossy.py``) where the test needs one.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pytest
@@ -47,10 +47,21 @@ def _core(*, ssrc: int | None = SSRC, visible: bool = True, **config: Any) -> Re
     return core
 
 
-def drive(core: ReceiverCore, arrivals: Iterable[tuple[float, bytes]], *, until: float | None = None, address: Any = SFU) -> list[tuple[float, Action]]:
-    """Play the shell: timers due before each arrival, the arrival, a timer after it (a wake-up)."""
+def drive(
+    core: ReceiverCore,
+    arrivals: Iterable[tuple[float, bytes]],
+    *,
+    until: float | None = None,
+    address: Any = SFU,
+    check: Callable[[], None] | None = None,
+) -> list[tuple[float, Action]]:
+    """Play the shell: timers due before each arrival, the arrival, a timer after it (a wake-up).
+
+    ``check`` runs after every call into the core (an invariant to hold throughout).
+    """
     out: list[tuple[float, Action]] = []
     now = 0.0
+    after = check if check is not None else (lambda: None)
 
     def timers(limit: float) -> None:
         nonlocal now
@@ -60,13 +71,16 @@ def drive(core: ReceiverCore, arrivals: Iterable[tuple[float, bytes]], *, until:
                 return
             now = max(now, deadline)
             out.extend((now, a) for a in core.on_timer(now))
+            after()
         raise AssertionError(f"the timer spins at {now}")
 
     for arrival, data in arrivals:
         timers(arrival)
         now = max(now, arrival)
         out.extend((now, a) for a in core.on_datagram(data, address, now))
+        after()
         out.extend((now, a) for a in core.on_timer(now))
+        after()
     if until is not None:
         timers(until)
     return out
@@ -156,7 +170,7 @@ def test_idle_and_live_again_are_one_action_each() -> None:
     assert core.liveness is Liveness.IDLE
     again = core.on_datagram(_vp8(30), SFU, 6.0)
     assert [a for a in again if isinstance(a, LivenessChanged)] == [LivenessChanged(True)]
-    assert core.liveness is Liveness.LIVE
+    assert core.live
 
 
 def test_liveness_moves() -> None:
@@ -184,6 +198,12 @@ def test_forwarding_moves() -> None:
         (Forwarding.HIDDEN_HOLDING, Forwarding.FORWARDING),
     }
     audio = {(Forwarding.FORWARDING, Forwarding.SUPPRESSED), (Forwarding.SUPPRESSED, Forwarding.FORWARDING)}
+    # Withholding (issue #13): entered from every phase of the kind, left for
+    # forwarding, or hidden-waiting for video; never straight into holding or suppression.
+    video |= {(p, Forwarding.WITHHELD) for p in Forwarding if p not in (Forwarding.SUPPRESSED, Forwarding.WITHHELD)}
+    video |= {(Forwarding.WITHHELD, Forwarding.FORWARDING), (Forwarding.WITHHELD, Forwarding.HIDDEN_WAITING)}
+    audio |= {(Forwarding.FORWARDING, Forwarding.WITHHELD), (Forwarding.SUPPRESSED, Forwarding.WITHHELD)}
+    audio |= {(Forwarding.WITHHELD, Forwarding.FORWARDING)}
     for is_video, allowed in ((True, video), (False, audio)):
         for current in Forwarding:
             for target in Forwarding:
@@ -199,13 +219,13 @@ def test_hidden_video_holds_since_the_last_keyframe_and_replays_it_when_shown() 
     assert core.forwarding is Forwarding.HIDDEN_WAITING
     # Deltas, a keyframe at 10, deltas after it.
     actions = drive(core, [(i * FRAME_S, _vp8(i, key=i in (0, 10))) for i in range(16)])
-    assert _frames(actions) == [] and core.forwarding is Forwarding.HIDDEN_HOLDING
+    assert _frames(actions) == [] and _phase(core) is Forwarding.HIDDEN_HOLDING
     assert core.stats.packets_not_shown == 16
     replayed = core.set_visible(True)
     frames = [a for a in replayed if isinstance(a, ForwardFrame)]
     assert [f.frame.timestamp for f in frames] == [i * 3000 for i in range(10, 16)]
     assert frames[0].frame.keyframe and core.stats.gop_flushes == 1
-    assert core.forwarding is Forwarding.FORWARDING
+    assert _phase(core) is Forwarding.FORWARDING
     # Shown: no keyframe needed, none asked for.
     later = drive(core, [(16 * FRAME_S, _vp8(16))], until=2.0)
     assert not any(isinstance(a, KeyframeWanted) for _, a in later)
@@ -331,3 +351,166 @@ def test_mutated_traffic_never_raises_and_never_spins_the_timer(steps: list[tupl
     drive(core, arrivals, until=len(steps) * 0.005 + 3.0)
     deadline = core.next_deadline()
     assert deadline is None or deadline > len(steps) * 0.005 + 3.0 - 1e-9
+
+
+# -- withholding (issue #13: pause, excluded participants) -------------------------
+#
+# "Nothing of the room is written anywhere": a withheld stream keeps no payload
+# (bytes_held is the jitter buffer's and a hidden GOP's), forwards nothing, asks
+# for nothing, reports no level; it stays live and keeps its receiver reports.
+
+
+def _phase(core: ReceiverCore) -> Forwarding:
+    """The phase, read afresh (an attribute read is narrowed by mypy from one assert to the next)."""
+    return core.forwarding
+
+
+def _kept_nothing(core: ReceiverCore) -> Callable[[], None]:
+    def check() -> None:
+        if core.withheld:
+            assert core.bytes_held == 0 and core.assembler.buffered_packets == 0
+            assert _phase(core) is Forwarding.WITHHELD and not core.visible
+
+    return check
+
+
+def _asks(actions: Sequence[tuple[float, Action]]) -> list[tuple[float, Action]]:
+    """What a withheld stream must never produce: frames, levels, keyframe requests, NACKs."""
+    from edge_recorder.rtp.receiver import AudioLevel
+
+    return [
+        (t, a)
+        for t, a in actions
+        if isinstance(a, (ForwardFrame, AudioLevel, KeyframeWanted)) or (isinstance(a, SendRtcp) and a.kind != "report")
+    ]
+
+
+@pytest.mark.parametrize("seed", [21, 22])
+def test_withheld_video_keeps_and_forwards_nothing_stays_live_and_reports(seed: int) -> None:
+    core = _core()
+    net: LossyNetwork[int] = LossyNetwork(seed=seed, loss=0.05, reorder=0.05, reorder_delay_s=0.01, jitter_s=0.002)
+    arrivals = [(t, _vp8(seq, key=seq % 30 == 0, size=900)) for t, seq in net.transmit(_stream(240))]
+    before = [a for a in arrivals if a[0] < 2.0]
+    during = [a for a in arrivals if 2.0 <= a[0] < 5.0]
+    after = [a for a in arrivals if a[0] >= 5.0]
+    check = _kept_nothing(core)
+    first = drive(core, before, until=2.0)
+    assert _frames(first) and core.liveness is Liveness.LIVE
+    # Mid-stream: a gap may be open and a frame half-assembled; all of it goes.
+    assert core.set_withheld(True) == ()
+    check()
+    assert core.set_withheld(True) == ()  # idempotent: the session applies its rule to every stream
+    highest = core.reception.extended_highest
+    withheld = drive(core, during, until=5.0, check=check)
+    assert _asks(withheld) == []
+    assert not any(isinstance(a, LivenessChanged) for _, a in withheld) and core.live
+    assert core.stats.withheld_packets == len(during) and core.stats.packets_not_shown == 0
+    assert core.reception.extended_highest > highest  # reception statistics still follow the stream
+    reports = [p for _, packets in _rtcp(withheld) for p in packets if isinstance(p, ReceiverReport)]
+    assert len(reports) >= 2 and reports[-1].reports[0].ssrc == SSRC
+    # Release: a fresh buffer gated on a keyframe, asked for at once.
+    assert core.set_withheld(False) == () and _phase(core) is Forwarding.FORWARDING
+    due = core.next_deadline()
+    assert due is not None and due <= 5.0
+    at_once = core.on_timer(5.0)
+    assert KeyframeWanted() in at_once
+    assert any(isinstance(p, Pli) for a in at_once if isinstance(a, SendRtcp) for p in parse_rtcp_untrusted(a.data))
+    resumed = _frames(drive(core, after, until=9.0))
+    assert resumed and resumed[0].frame.keyframe
+    assert resumed[0].frame.timestamp >= 150 * 3000  # nothing from before the release
+    assert core.stats.withheld_packets == len(during)
+
+
+def test_withholding_hidden_video_drops_its_gop_and_release_follows_the_layout() -> None:
+    core = _core(visible=False)
+    drive(core, [(i * FRAME_S, _vp8(i, key=i in (0, 10))) for i in range(16)])
+    assert _phase(core) is Forwarding.HIDDEN_HOLDING and core.bytes_held > 0
+    core.set_withheld(True)
+    assert core.bytes_held == 0 and _phase(core) is Forwarding.WITHHELD
+    check = _kept_nothing(core)
+    # A keyframe while withheld is not held either.
+    actions = drive(core, [(i * FRAME_S, _vp8(i, key=i == 20)) for i in range(16, 30)], check=check)
+    assert _asks(actions) == [] and core.stats.packets_not_shown == 16
+    # The layout changes its mind meanwhile: remembered, not applied.
+    assert core.set_visible(True) == () and _phase(core) is Forwarding.WITHHELD and core.shown_by_layout
+    assert core.set_visible(False) == () and not core.shown_by_layout
+    # Released hidden: waiting for a keyframe to hold from, no request (nobody shows it).
+    assert core.set_withheld(False) == () and _phase(core) is Forwarding.HIDDEN_WAITING
+    assert not core.keyframe_due(1.0)
+    drive(core, [(i * FRAME_S, _vp8(i, key=i == 35)) for i in range(30, 40)])
+    assert _phase(core) is Forwarding.HIDDEN_HOLDING
+    # The replay's first frame may wait out the fresh buffer's start-up wait (past already: the next timer).
+    shown = [*core.set_visible(True), *core.on_timer(40 * FRAME_S)]
+    replayed = [a for a in shown if isinstance(a, ForwardFrame)]
+    assert [f.frame.timestamp for f in replayed] == [i * 3000 for i in range(35, 40)]
+
+
+def test_video_shown_while_withheld_is_released_forwarding_and_wants_a_keyframe() -> None:
+    core = _core(visible=False)
+    drive(core, [(i * FRAME_S, _vp8(i, key=i == 0)) for i in range(10)])
+    core.set_withheld(True)
+    core.set_visible(True)
+    drive(core, [(i * FRAME_S, _vp8(i)) for i in range(10, 20)])
+    assert not core.visible  # withheld: read in batches, nothing forwarded
+    core.set_withheld(False)
+    assert _phase(core) is Forwarding.FORWARDING and core.visible
+    assert KeyframeWanted() in core.on_timer(20 * FRAME_S)
+    # Deltas are not forwarded before the keyframe: they would decode against nothing.
+    actions = drive(core, [(i * FRAME_S, _vp8(i, key=i == 23)) for i in range(20, 26)])
+    assert [f.frame.timestamp for f in _frames(actions)] == [i * 3000 for i in range(23, 26)]
+
+
+def test_withheld_audio_reports_no_level_and_resumes_at_the_next_packet() -> None:
+    from edge_recorder.rtp.receiver import AudioLevel
+
+    core = _audio_core(silence_dbov=-50.0, silence_hangover_s=0.3)
+    drive(core, [(i * 0.02, _opus(i, 90)) for i in range(40)])  # quiet: suppressed
+    assert _phase(core) is Forwarding.SUPPRESSED
+    core.set_withheld(True)
+    assert core.set_visible(False) == ()  # audio is never hidden, withheld or not
+    actions = drive(core, [(i * 0.02, _opus(i, 10)) for i in range(40, 90)], check=_kept_nothing(core))
+    assert _asks(actions) == [] and core.stats.withheld_packets == 50 and core.live
+    assert core.set_withheld(False) == () and _phase(core) is Forwarding.FORWARDING
+    actions = drive(core, [(i * 0.02, _opus(i, 10)) for i in range(90, 100)], until=3.0)
+    assert [f.frame.timestamp for f in _frames(actions)] == [i * 960 for i in range(90, 100)]
+    assert [a.now_s for _, a in actions if isinstance(a, AudioLevel)] == pytest.approx([i * 0.02 for i in range(90, 100)])
+
+
+_OPS = st.one_of(
+    st.tuples(st.just("visible"), st.booleans()),
+    st.tuples(st.just("withheld"), st.booleans()),
+    st.tuples(st.just("packet"), st.integers(1, 3), st.booleans()),  # a sequence step, keyframe
+    st.tuples(st.just("timer"), st.floats(0.0, 0.5)),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.booleans(), st.lists(_OPS, min_size=1, max_size=40))
+def test_withheld_forwards_nothing_and_the_phase_follows_both_inputs(is_video: bool, ops: list[tuple[Any, ...]]) -> None:
+    """Over any interleaving of layout, withholding, packets and time."""
+    core = _core(visible=False) if is_video else _audio_core(silence_dbov=-50.0, silence_hangover_s=0.05)
+    check = _kept_nothing(core)
+    now, seq = 0.0, 0
+    for op in ops:
+        if op[0] == "visible":
+            actions = core.set_visible(op[1])
+        elif op[0] == "withheld":
+            actions = core.set_withheld(op[1])
+        elif op[0] == "packet":
+            seq += op[1]
+            now += 0.02
+            data = _vp8(seq, key=op[2]) if is_video else _opus(seq, 90 if op[2] else 10)
+            actions = core.on_datagram(data, SFU, now)
+        else:
+            now += op[1]
+            actions = core.on_timer(now)
+        if core.withheld:
+            assert _asks([(now, a) for a in actions]) == []
+        check()
+        phase = core.forwarding
+        assert core.withheld == (phase is Forwarding.WITHHELD)
+        assert core.visible == (phase in (Forwarding.FORWARDING, Forwarding.SUPPRESSED))
+        if not is_video:
+            assert phase in (Forwarding.FORWARDING, Forwarding.SUPPRESSED, Forwarding.WITHHELD)
+        elif not core.withheld:
+            assert (phase is Forwarding.FORWARDING) == core.shown_by_layout
