@@ -37,6 +37,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 from av.audio.stream import AudioStream
+from av.video.frame import PictureType
 from av.video.reformatter import Interpolation, VideoReformatter
 from av.video.stream import VideoStream
 
@@ -253,6 +254,9 @@ class FragmentedMp4Writer:
                     "tune": "zerolatency",
                     # Fixed GOPs give fixed-length fragments (frag_keyframe).
                     "x264-params": f"keyint={keyint}:min-keyint={keyint}:scenecut=0",
+                    # A frame typed I becomes an IDR, not an open-GOP I frame:
+                    # the cut after a pause starts a fragment that plays alone.
+                    "forced-idr": "1",
                 },
             )
             video.width = settings.width
@@ -290,7 +294,7 @@ class FragmentedMp4Writer:
 
     # -- encoding ------------------------------------------------------------
 
-    def encode_video(self, frame: av.VideoFrame, index: int) -> None:
+    def encode_video(self, frame: av.VideoFrame, index: int, *, force_keyframe: bool = False) -> None:
         """Encode one output video frame.
 
         The frame's pixels are not modified; its ``pts`` and ``time_base`` are
@@ -299,6 +303,8 @@ class FragmentedMp4Writer:
         Args:
             frame: the composited frame.
             index: output frame number; pts = index in 1/fps. Must increase.
+            force_keyframe: make this frame an IDR (the first after a pause's
+                cut): with ``frag_keyframe`` it starts a new fragment.
 
         Raises:
             MediaError: encoding or writing failed, the index did not increase,
@@ -318,6 +324,7 @@ class FragmentedMp4Writer:
                     )
                 frame.pts = index
                 frame.time_base = self._video_tb
+                frame.pict_type = PictureType.I if force_keyframe else PictureType.NONE
                 packets = self._video.encode(frame)
             except (av.FFmpegError, ValueError) as exc:
                 raise MediaError(f"video encode failed at frame {index}: {exc}") from exc

@@ -289,12 +289,22 @@ def _pick_share(shown: Sequence[VideoInput]) -> VideoInput | None:
     return shares[-1] if shares else None
 
 
-def _pick_speaker_camera(cameras: Sequence[VideoInput], active_speaker: str | None) -> VideoInput | None:
-    """The active speaker's camera, else the first camera, else None."""
-    for cam in cameras:
-        if active_speaker is not None and cam.peer_id == active_speaker:
-            return cam
+def _pick_speaker_camera(
+    cameras: Sequence[VideoInput], active_speaker: str | None, spotlight: str | None = None
+) -> VideoInput | None:
+    """The spotlighted peer's camera, else the active speaker's, else the first camera, else None."""
+    for peer in (spotlight, active_speaker):
+        for cam in cameras:
+            if peer is not None and cam.peer_id == peer:
+                return cam
     return cameras[0] if cameras else None
+
+
+def _spotlight_first(cameras: Sequence[VideoInput], spotlight: str | None) -> list[VideoInput]:
+    """``cameras`` with the spotlighted peer's first (stable otherwise)."""
+    if spotlight is None:
+        return list(cameras)
+    return sorted(cameras, key=lambda cam: cam.peer_id != spotlight)
 
 
 def _overlay_cell(cam: VideoInput, settings: LayoutSettings) -> Rect:
@@ -314,10 +324,12 @@ def _overlay_cell(cam: VideoInput, settings: LayoutSettings) -> Rect:
     return Rect(x, y, w, h)
 
 
-def _pip(shown: Sequence[VideoInput], active_speaker: str | None, settings: LayoutSettings) -> list[Placement]:
+def _pip(
+    shown: Sequence[VideoInput], active_speaker: str | None, spotlight: str | None, settings: LayoutSettings
+) -> list[Placement]:
     canvas = settings.canvas
     share = _pick_share(shown)
-    camera = _pick_speaker_camera([i for i in shown if i.source == "camera"], active_speaker)
+    camera = _pick_speaker_camera([i for i in shown if i.source == "camera"], active_speaker, spotlight)
     placements: list[Placement] = []
     if share is not None:
         # The share is what people read: full canvas, no label covering it.
@@ -390,10 +402,10 @@ def _strip(cameras: Sequence[VideoInput], area: Rect) -> list[Placement]:
     return placements
 
 
-def _grid(shown: Sequence[VideoInput], settings: LayoutSettings) -> list[Placement]:
+def _grid(shown: Sequence[VideoInput], spotlight: str | None, settings: LayoutSettings) -> list[Placement]:
     canvas = settings.canvas
     share = _pick_share(shown)
-    cameras = [i for i in shown if i.source == "camera"]
+    cameras = _spotlight_first([i for i in shown if i.source == "camera"], spotlight)
     if share is None:
         return _tile(cameras[:_MAX_TILES], canvas) if cameras else []
     share_label = _label(f"{share.display_name} (screen)" if share.display_name else "")
@@ -417,8 +429,16 @@ def compute_scene(
     active_speaker: str | None,
     participants: Sequence[str],
     settings: LayoutSettings,
+    *,
+    spotlight: str | None = None,
 ) -> Scene:
     """Decide what goes where on the canvas.
+
+    A spotlight pins one peer's camera, winning over the active speaker. In
+    pip it is the main picture, or with a screen share the overlay (the share
+    stays what people read); in grid it takes the first cell (of the strip,
+    under a share), so it is never the one a full grid leaves out. A
+    spotlighted peer without a camera shown changes nothing.
 
     Args:
         layout: ``"pip"`` or ``"grid"``.
@@ -427,6 +447,7 @@ def compute_scene(
         active_speaker: peer id of the active speaker, or None.
         participants: display names of everyone in the room, for the slate.
         settings: canvas size and layout knobs.
+        spotlight: the peer id pinned as the main picture, or None.
 
     Returns:
         The scene; ``placements`` sorted by ``z``, and ``slate_names`` set to
@@ -440,9 +461,9 @@ def compute_scene(
             raise ValueError(f"input {video.key!r}: unknown source {video.source!r}")
     shown = [i for i in inputs if i.has_picture]
     if layout == "pip":
-        placements = _pip(shown, active_speaker, settings)
+        placements = _pip(shown, active_speaker, spotlight, settings)
     elif layout == "grid":
-        placements = _grid(shown, settings)
+        placements = _grid(shown, spotlight, settings)
     else:
         raise ValueError(f"unknown layout {layout!r}, expected one of {LAYOUTS}")
     placements.sort(key=lambda p: p.z)
@@ -456,6 +477,8 @@ def inputs_to_decode(
     shown: Sequence[VideoInput],
     active_speaker: str | None,
     settings: LayoutSettings,
+    *,
+    spotlight: str | None = None,
 ) -> frozenset[str]:
     """Which video inputs must be decoded now: what the layout shows or is about to.
 
@@ -479,6 +502,7 @@ def inputs_to_decode(
             before they paused), in arrival order.
         active_speaker: the active speaker's peer id.
         settings: canvas and layout knobs.
+        spotlight: the pinned peer id (see :func:`compute_scene`).
 
     Returns:
         Keys of the inputs to decode.
@@ -487,6 +511,6 @@ def inputs_to_decode(
         i if i.has_picture else replace(i, width=1280 if i.source == "screen" else 640, height=720 if i.source == "screen" else 360)
         for i in live
     ]
-    desired = compute_scene(layout, nominal, active_speaker, (), settings)
-    actual = compute_scene(layout, [i for i in shown if i.has_picture], active_speaker, (), settings)
+    desired = compute_scene(layout, nominal, active_speaker, (), settings, spotlight=spotlight)
+    actual = compute_scene(layout, [i for i in shown if i.has_picture], active_speaker, (), settings, spotlight=spotlight)
     return frozenset(p.key for p in desired.placements) | frozenset(p.key for p in actual.placements)

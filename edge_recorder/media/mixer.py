@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["AudioMixer", "MixerStats", "soft_limit"]
+__all__ = ["AudioMixer", "MixerStats", "fade_edges", "soft_limit"]
 
 F32 = npt.NDArray[np.float32]
 
@@ -56,6 +56,31 @@ def soft_limit(mixed: F32) -> F32:
     # belt-and-braces guarantee, not the limiter.
     np.clip(mixed, -1.0, 1.0, out=mixed)
     return mixed
+
+
+def fade_edges(pcm: F32, *, fade_in: int = 0, fade_out: int = 0) -> F32:
+    """Ramp the first ``fade_in`` samples up from 0 and the last ``fade_out`` down to 0, in place.
+
+    Used at a pause's cut: the output jumps from one media instant to
+    another, and a waveform that jumps clicks. A few ms of linear ramp on
+    each side join the two parts at silence.
+
+    Args:
+        pcm: float32 (n, channels); a ramp longer than ``n`` covers all of it.
+        fade_in: samples ramped up at the start.
+        fade_out: samples ramped down at the end (the last one is 0).
+
+    Returns:
+        ``pcm``.
+    """
+    n = pcm.shape[0]
+    if fade_in > 0 and n:
+        k = min(n, fade_in)
+        pcm[:k] *= (np.arange(k, dtype=np.float32) / np.float32(fade_in))[:, None]
+    if fade_out > 0 and n:
+        k = min(n, fade_out)
+        pcm[n - k :] *= (np.arange(k - 1, -1, -1, dtype=np.float32) / np.float32(fade_out))[:, None]
+    return pcm
 
 
 @dataclass(slots=True)
@@ -125,6 +150,23 @@ class AudioMixer:
         """
         self._buffers.pop(key, None)
         self._written_end.pop(key, None)
+
+    def clear_input(self, key: str) -> None:
+        """Drop what ``key`` has buffered (it stays an input); unknown keys are ignored."""
+        buffer = self._buffers.get(key)
+        if buffer is not None:
+            buffer.fill(0.0)
+            self._written_end[key] = 0
+
+    def skip_to(self, start_sample: int) -> None:
+        """Move the read cursor to ``start_sample``, discarding what was written before it.
+
+        A resumed recording continues at a later media sample: without this,
+        audio written for the new instant would land more than
+        ``max_buffer_s`` ahead of a cursor left at the pause and be dropped.
+        An earlier ``start_sample`` changes nothing.
+        """
+        self._consume(max(self._cursor, start_sample))
 
     def write(self, key: str, start_sample: int, pcm: npt.NDArray[np.floating]) -> None:
         """Place ``pcm`` at absolute output sample ``start_sample``.

@@ -21,7 +21,10 @@ good Python name). The ops, in the order a session sends them:
 ``remove_stream``   :class:`RemoveStream`
 ``stream_live``     :class:`StreamLive`: media started or stopped flowing
 ``active_speaker``  :class:`ActiveSpeaker`: whose camera the pip layout shows
-``layout``          :class:`Layout`: switch layout
+``layout``          :class:`Layout`: switch layout, pin a peer, move the overlay
+``pause``           :class:`Pause`: cut the output timeline from this media instant
+``resume``          :class:`Resume`: continue the output from this media instant
+``exclude_peer``    :class:`ExcludePeer`: take a peer out of the picture and mix, or back
 ``stop``            :class:`Stop`: the media instant to stop at (then EOF)
 ==================  ===========================================================
 
@@ -193,8 +196,21 @@ class ActiveSpeaker(ControlMessage):
 
 @dataclass(frozen=True, slots=True)
 class Layout(ControlMessage):
+    """Switch layout from the next video tick.
+
+    Attributes:
+        layout: ``pip`` or ``grid``.
+        spotlight: a peer id pinned as the main picture; ``None`` releases the pin.
+        overlay_corner: the pip overlay's corner (one of
+            :data:`~edge_recorder.media.layout.CORNERS`); ``None`` keeps it.
+        overlay_width_pct: the pip overlay's width, percent; ``None`` keeps it.
+    """
+
     op: ClassVar[str] = "layout"
     layout: LayoutName
+    spotlight: str | None = None
+    overlay_corner: str | None = None
+    overlay_width_pct: int | None = None
 
     @classmethod
     def named(cls, layout: str) -> Layout:
@@ -217,7 +233,34 @@ class Stop(ControlMessage):
     at_s: float | None = None
 
 
-Control: TypeAlias = Configure | Start | AddStream | RemoveStream | StreamLive | ActiveSpeaker | Layout | Stop
+@dataclass(frozen=True, slots=True)
+class Pause(ControlMessage):
+    """Cut the output from media time ``at_s`` (rounded up to a video tick) until a ``resume``."""
+
+    op: ClassVar[str] = "pause"
+    at_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Resume(ControlMessage):
+    """Continue the output from media time ``at_s``: the paused interval is not in the file."""
+
+    op: ClassVar[str] = "resume"
+    at_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ExcludePeer(ControlMessage):
+    """While ``excluded``, the peer's video, name and audio are left out of the recording."""
+
+    op: ClassVar[str] = "exclude_peer"
+    peer_id: str
+    excluded: bool
+
+
+Control: TypeAlias = (
+    Configure | Start | AddStream | RemoveStream | StreamLive | ActiveSpeaker | Layout | Pause | Resume | ExcludePeer | Stop
+)
 CONTROL_TYPES: dict[str, type[Control]] = {cls.op: cls for cls in typing.get_args(Control)}
 
 
@@ -435,6 +478,8 @@ class Stats(WorkerEvent):
         streams: per stream key.
         pipe_drops: pipe messages dropped instead of ending the recording, by reason.
         label_failures: names that could not be drawn.
+        cut_s: output removed by pauses, seconds; ``None`` (left off the
+            wire) while nothing was cut.
     """
 
     event: ClassVar[str] = "stats"
@@ -447,6 +492,7 @@ class Stats(WorkerEvent):
     streams: dict[str, StreamStats]
     pipe_drops: dict[str, int]
     label_failures: int
+    cut_s: float | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)

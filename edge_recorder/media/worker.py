@@ -40,6 +40,13 @@ make it. Output pts come from counters, never from the network. When the
 machine cannot keep up, whole ticks are skipped (counted as dropped frames)
 rather than letting the lag grow without bound.
 
+Pauses are cut out of the output (:mod:`edge_recorder.media.timeline`): the
+clocks iterate output ticks and samples, map them to media time, and wait on
+an event inside an open pause; the first frame after a cut is an IDR, the
+audio ramps down and up over ``CUT_FADE_S`` on each side, and input media
+inside a pause is dropped. Excluded peers (``exclude_peer``) are neither laid
+out, named on the slate nor mixed.
+
 Stop is end-of-stream: the ``stop`` message gives the media instant to stop at;
 both clocks run to it, the encoders are flushed and the file closed. If the
 parent vanishes (stdin EOF without ``stop``), the worker stops at "now" and
@@ -50,6 +57,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import os
 import signal
 import sys
@@ -65,6 +73,7 @@ from edge_recorder.errors import DecodeError
 from edge_recorder.media import wire
 from edge_recorder.media.layout import LayoutName
 from edge_recorder.media.levels import SILENCE_DBOV, dbov_of_pcm
+from edge_recorder.media.timeline import OutputTimeline
 
 T = TypeVar("T")
 
@@ -83,6 +92,9 @@ AUDIO_TICK_SAMPLES = 4 * AUDIO_BLOCK_SAMPLES
 # Opus packets are gathered this long and decoded in one hand-off.
 AUDIO_BATCH_S = 0.1
 STATS_INTERVAL_S = 1.0
+# Audio ramps down before a pause's cut and up after it, so the jump between
+# two media instants does not click.
+CUT_FADE_S = 0.005
 # Decoded-energy levels (for streams without RFC 6464) go to the parent this often.
 LEVELS_INTERVAL_S = 0.2
 
@@ -113,6 +125,9 @@ class _StreamSlot:
     level_dbov: float = SILENCE_DBOV
     placer: Any = None
     awaiting_keyframe: bool = True
+    # Video: media time of the last frame decoded (a resume between it and
+    # the next one breaks the reference chain).
+    last_media_s: float | None = None
     decoded: int = 0
     decode_errors: int = 0
     queue_drops: int = 0
@@ -164,6 +179,21 @@ class MediaWorker:
         self.limiter = trio.CapacityLimiter(config.threads)
         self.streams: dict[int, _StreamSlot] = {}
         self.active_speaker: str | None = None
+        # A peer pinned as the main picture (wire.Layout.spotlight).
+        self.spotlight: str | None = None
+        # Peers taken out of the recording (consent): no picture, name or audio.
+        self.excluded: set[str] = set()
+        # Output ticks and samples to media time, with pauses cut out.
+        self.timeline = OutputTimeline(self.fps, self.encoder_settings.sample_rate)
+        # Set (and replaced) on pause, resume and stop: what a clock waiting
+        # inside an open pause waits on.
+        self._timeline_moved = trio.Event()
+        # The first output tick and sample each clock has not produced yet:
+        # a late pause cuts there, never behind what is already encoded.
+        self._video_next_tick = 0
+        self._audio_next_sample = 0
+        self._audio_samples = 0
+        self._keyed_cuts = 0
         self.stop_at_s: float | None = None
         self.stop_requested = trio.Event()
         self.frames_encoded = 0
@@ -237,21 +267,119 @@ class MediaWorker:
                 self.started.set()
             case wire.ActiveSpeaker(peer_id=peer_id):
                 self.active_speaker = peer_id
-            case wire.Layout(layout=layout):
-                self.layout = layout
+            case wire.Layout():
+                self._apply_layout(msg)
+            case wire.Pause(at_s=at_s):
+                self._pause(at_s)
+            case wire.Resume(at_s=at_s):
+                self._resume(at_s)
+            case wire.ExcludePeer(peer_id=peer_id, excluded=excluded):
+                self._set_excluded(peer_id, excluded)
             case wire.StreamLive(index=index, live=live):
                 slot = self.streams.get(index)
                 if slot is not None:
                     slot.live = live
             case wire.Stop(at_s=at_s):
-                self.stop_at_s = max(0.0, at_s) if at_s is not None else self._now_media_s()
+                if at_s is None or math.isnan(at_s):
+                    at_s = self._now_media_s()
+                self.stop_at_s = min(max(0.0, at_s), 1e9)
                 self.stop_requested.set()
                 self.started.set()
+                self._wake_clocks()
             case wire.Configure():
                 # Only the first message configures; the recording goes on as it is.
                 self._event(wire.WorkerWarning("configure again ignored: the worker is configured once"))
             case _:
                 assert_never(msg)
+
+    def _wake_clocks(self) -> None:
+        self._timeline_moved.set()
+        self._timeline_moved = trio.Event()
+
+    def _apply_layout(self, msg: wire.Layout) -> None:
+        """Layout, spotlight and overlay from the next tick; an overlay value that does not fit is ignored."""
+        self.layout = msg.layout
+        self.spotlight = msg.spotlight
+        # Each separately, so a bad corner does not cost a good width.
+        changes: list[dict[str, Any]] = []
+        if msg.overlay_corner is not None:
+            changes.append({"overlay_corner": msg.overlay_corner})
+        if msg.overlay_width_pct is not None:
+            changes.append({"overlay_width_pct": msg.overlay_width_pct})
+        for change in changes:
+            try:
+                self.layout_settings = dataclasses.replace(self.layout_settings, **change)
+            except ValueError as exc:
+                self._event(wire.WorkerWarning(f"layout change ignored: {exc}"[:300]))
+
+    def _pause(self, at_s: float) -> None:
+        rate = self.encoder_settings.sample_rate
+        floor = max(self._video_next_tick, -(-self._audio_next_sample * self.fps // rate))
+        try:
+            changed = self.timeline.pause(at_s, not_before_tick=floor)
+        except ValueError as exc:
+            self._event(wire.WorkerWarning(f"pause ignored: {exc}"))
+            return
+        if changed:
+            self._drop_paused_frames()
+            self._wake_clocks()
+
+    def _resume(self, at_s: float) -> None:
+        try:
+            changed = self.timeline.resume(at_s)
+        except ValueError as exc:
+            self._event(wire.WorkerWarning(f"resume ignored: {exc}"))
+            return
+        if not changed:
+            return
+        boundary = round(self.timeline.cuts[-1].output_tick * self.encoder_settings.sample_rate / self.fps)
+        resumed = self.timeline.media_sample(boundary)
+        if resumed is not None and self._audio_next_sample >= boundary:
+            # The audio clock waits at the cut: move the mixer there now, or
+            # audio written for the resumed instant would land more than the
+            # mixer's buffer ahead of a cursor left at the pause and be dropped.
+            self.mixer.skip_to(resumed)
+        self._drop_paused_frames()
+        self._wake_clocks()
+
+    def _drop_paused_frames(self) -> None:
+        """Forget decoded pictures whose media time falls inside a pause: never shown."""
+        for slot in self.streams.values():
+            if slot.kind == "video" and any(self.timeline.in_pause(t) for t, _ in slot.frames):
+                kept = [(t, f) for t, f in slot.frames if not self.timeline.in_pause(t)]
+                slot.frames.clear()
+                slot.frames.extend(kept)
+
+    def _set_excluded(self, peer_id: str, excluded: bool) -> None:
+        """Take a peer out of the recording, or put them back (their video then waits for a keyframe)."""
+        if excluded == (peer_id in self.excluded):
+            return
+        slots = [slot for slot in self.streams.values() if slot.peer_id == peer_id]
+        if excluded:
+            self.excluded.add(peer_id)
+            for slot in slots:
+                self._drain(slot)
+                if slot.kind == "video":
+                    slot.frames.clear()
+                    slot.shown = None
+                    slot.awaiting_keyframe = True
+                    self.compositor.forget(slot.key)
+                else:
+                    self.mixer.clear_input(slot.key)
+            return
+        self.excluded.discard(peer_id)
+        for slot in slots:
+            if slot.kind == "video":
+                slot.awaiting_keyframe = True
+                self._event(wire.KeyframeNeeded(slot.index, why="included"))
+
+    @staticmethod
+    def _drain(slot: _StreamSlot) -> None:
+        while True:
+            try:
+                slot.receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
 
     def _add_stream(self, msg: wire.AddStream) -> None:
         index = msg.index
@@ -344,6 +472,7 @@ class MediaWorker:
             self.stop_at_s = self._now_media_s() if self.started.is_set() else 0.0
             self.stop_requested.set()
             self.started.set()
+            self._wake_clocks()
 
     # -- decoders --------------------------------------------------------------
 
@@ -353,12 +482,28 @@ class MediaWorker:
         decoder = await self._blocking(VideoDecoder, slot.codec)
         try:
             async for msg in slot.receive:
+                if slot.peer_id in self.excluded or self.timeline.in_pause(msg.media_time_s):
+                    continue  # never shown: taken out of the recording, or inside a pause
+                if (
+                    slot.last_media_s is not None
+                    and not msg.keyframe
+                    and self.timeline.cut_between(slot.last_media_s, msg.media_time_s)
+                ):
+                    # What came before the resume was never sent: the
+                    # reference chain is broken.
+                    if not slot.awaiting_keyframe:
+                        slot.awaiting_keyframe = True
+                        self._event(wire.KeyframeNeeded(slot.index, why="resume"))
+                    continue
                 if not slot.wanted or (slot.awaiting_keyframe and not msg.keyframe):
                     # In flight when the layout stopped showing it: not worth a decode.
                     continue
                 # Just in time: a decoded 720p picture is 1.4 MB, an encoded
                 # one a few KB, so the playout delay is spent in encoded form.
                 await self._sleep_until_media(msg.media_time_s - DECODE_LEAD_S)
+                if slot.peer_id in self.excluded or self.timeline.in_pause(msg.media_time_s):
+                    continue  # excluded or paused while it waited
+                slot.last_media_s = msg.media_time_s
                 try:
                     frames = await self._blocking(decoder.decode, msg.data)
                 except DecodeError as exc:
@@ -369,7 +514,7 @@ class MediaWorker:
                     self._event(wire.KeyframeNeeded(slot.index, why=f"decode-error: {exc}"))
                     continue
                 slot.awaiting_keyframe = False
-                if not slot.wanted:
+                if not slot.wanted or slot.peer_id in self.excluded:
                     continue  # dropped from the layout during the decode
                 for frame in frames:
                     slot.decoded += 1
@@ -415,9 +560,13 @@ class MediaWorker:
                     batch.append(slot.receive.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
+            # Nothing of an excluded peer is mixed, nor anything inside a pause.
+            batch = [m for m in batch if slot.peer_id not in self.excluded and not self.timeline.in_pause(m.media_time_s)]
+            if not batch:
+                continue
             for start, pcm in await self._blocking(decode_batch, batch):
                 slot.decoded += 1
-                if slot.index in self.streams:
+                if slot.index in self.streams and slot.peer_id not in self.excluded:
                     self.mixer.write(slot.key, start, pcm)
 
     # -- output clocks -----------------------------------------------------------
@@ -438,10 +587,12 @@ class MediaWorker:
         signature = (
             self.layout,
             self.active_speaker,
+            self.spotlight,
+            self.layout_settings,
             tuple(
                 (slot.index, slot.live, None if slot.shown is None else (slot.shown.width, slot.shown.height))
                 for slot in self.streams.values()
-                if slot.kind == "video"
+                if slot.kind == "video" and slot.peer_id not in self.excluded
             ),
         )
         if signature == self._wanted_signature:
@@ -460,7 +611,7 @@ class MediaWorker:
                 ),
             )
             for slot in self.streams.values()
-            if slot.kind == "video"
+            if slot.kind == "video" and slot.peer_id not in self.excluded
         ]
         keys = inputs_to_decode(
             self.layout,
@@ -468,8 +619,13 @@ class MediaWorker:
             [i for _, i in videos if i.has_picture],
             self.active_speaker,
             self.layout_settings,
+            spotlight=self.spotlight,
         )
-        wanted = frozenset(slot.index for slot in self.streams.values() if slot.kind == "video" and slot.key in keys)
+        wanted = frozenset(
+            slot.index
+            for slot in self.streams.values()
+            if slot.kind == "video" and slot.key in keys and slot.peer_id not in self.excluded
+        )
         if wanted == self._wanted:
             return
         for slot in self.streams.values():
@@ -492,6 +648,8 @@ class MediaWorker:
         frames: dict[str, Any] = {}
         names: list[str] = []
         for slot in self.streams.values():
+            if slot.peer_id in self.excluded:
+                continue  # not on the slate, not in the picture
             if slot.display_name and slot.display_name not in names:
                 names.append(slot.display_name)
             if slot.kind != "video":
@@ -521,7 +679,7 @@ class MediaWorker:
             )
         return inputs, frames, names
 
-    def _render_and_encode(self, scene: Any, frames: dict[str, Any], index: int) -> None:
+    def _render_and_encode(self, scene: Any, frames: dict[str, Any], index: int, keyframe: bool = False) -> None:
         """Composite one tick and encode it: one thread hand-off per output frame.
 
         Compositing costs ~0.3 ms, less than what a second hand-off (and a
@@ -529,28 +687,51 @@ class MediaWorker:
         benchmark; x264 does not start before the picture exists anyway.
         """
         picture = self.compositor.render(scene, frames)
-        self.writer.encode_video(picture, index)
+        self.writer.encode_video(picture, index, force_keyframe=keyframe)
 
     async def video_clock(self) -> None:
+        """Render output ticks until the stop instant, in media time with pauses cut out.
+
+        Inside an open pause it waits for the resume (or the stop); the first
+        tick after a cut is a keyframe, so it starts a fragment.
+        """
         from edge_recorder.media.layout import compute_scene
 
         n = 0
         while True:
-            tick_s = n / self.fps
-            if self.stop_at_s is not None and tick_s >= self.stop_at_s:
+            self._video_next_tick = n
+            if self.stop_at_s is not None and n >= self.timeline.output_ticks_until(self.stop_at_s):
                 return
+            media = self.timeline.media_tick(n)
+            if media is None:
+                await self._timeline_moved.wait()
+                continue
+            tick_s = media / self.fps
             behind = self._now_media_s() - self.delay_s - tick_s
             if behind > self.max_lag_s:
-                # Cannot keep up: skip whole ticks instead of growing the lag.
-                skip = int(behind * self.fps)
+                # Cannot keep up: skip whole ticks instead of growing the lag
+                # (never across a cut: past it the media times jump).
+                skip = max(1, int(behind * self.fps))
+                boundary = self.timeline.next_boundary_tick(n)
+                if boundary is not None:
+                    skip = min(skip, boundary - n)
                 self.frames_dropped += skip
                 n += skip
                 continue
             await self._sleep_until_media(tick_s)
+            if self.timeline.media_tick(n) != media:
+                continue  # paused (or stopped) while it slept
+            if self.stop_at_s is not None and n >= self.timeline.output_ticks_until(self.stop_at_s):
+                return
             self._update_wanted()
             inputs, frames, names = self._scene_inputs(tick_s)
-            scene = compute_scene(self.layout, inputs, self.active_speaker, names, self.layout_settings)
-            await self._blocking(self._render_and_encode, scene, frames, n)
+            scene = compute_scene(
+                self.layout, inputs, self.active_speaker, names, self.layout_settings, spotlight=self.spotlight
+            )
+            cuts = self.timeline.cuts_before_tick(n)
+            keyframe = cuts > self._keyed_cuts
+            await self._blocking(self._render_and_encode, scene, frames, n, keyframe)
+            self._keyed_cuts = cuts
             self.frames_encoded += 1
             if scene.placements and not self.first_frame_sent:
                 self.first_frame_sent = True
@@ -558,26 +739,55 @@ class MediaWorker:
             n += 1
 
     async def audio_clock(self) -> None:
+        """Mix and encode output samples until the stop instant; no block crosses a pause's cut.
+
+        Output sample ``s`` plays media sample ``timeline.media_sample(s)``;
+        the mixer, in media samples, skips the cut interval. The last
+        :data:`CUT_FADE_S` before a cut ramp down, the first after it ramp up.
+        """
+        from edge_recorder.media.mixer import fade_edges
+
         rate = self.encoder_settings.sample_rate
+        fade = max(1, round(CUT_FADE_S * rate))
         start = 0
         while True:
-            stop_sample = None if self.stop_at_s is None else round(self.stop_at_s * rate)
+            self._audio_next_sample = start
+            stop_sample = None if self.stop_at_s is None else self.timeline.output_samples_until(self.stop_at_s)
             if stop_sample is not None and start >= stop_sample:
                 return
-            # Whole AAC frames per call, and no further than the stop instant.
-            count = AUDIO_TICK_SAMPLES if stop_sample is None else min(AUDIO_TICK_SAMPLES, stop_sample - start)
-            block_end_s = (start + count) / rate
+            media = self.timeline.media_sample(start)
+            if media is None:
+                await self._timeline_moved.wait()
+                continue
+            boundary = self.timeline.next_boundary_sample(start)
+            # Whole AAC frames per call, and no further than the stop instant or a cut.
+            count = AUDIO_TICK_SAMPLES
+            for limit in (stop_sample, boundary):
+                if limit is not None:
+                    count = min(count, limit - start)
+            block_end_s = (media + count) / rate
             behind = self._now_media_s() - self.delay_s - block_end_s
             if behind > self.max_lag_s:
                 # Falling this far behind means the machine is starved; skip
                 # rather than let the lag grow (the writer fills the gap with
                 # silence, so the track stays continuous).
-                start += int(behind * rate) // AUDIO_BLOCK_SAMPLES * AUDIO_BLOCK_SAMPLES
+                skip = max(AUDIO_BLOCK_SAMPLES, int(behind * rate) // AUDIO_BLOCK_SAMPLES * AUDIO_BLOCK_SAMPLES)
+                start = start + skip if boundary is None else min(start + skip, boundary)
                 continue
             await self._sleep_until_media(block_end_s)
-            pcm = self.mixer.mix(start, count)
+            if self.timeline.media_sample(start) != media or self.timeline.next_boundary_sample(start) != boundary:
+                continue  # paused while it slept: plan the block again
+            if self.stop_at_s is not None and self.timeline.output_samples_until(self.stop_at_s) != stop_sample:
+                continue
+            pcm = self.mixer.mix(media, count)
+            fade_edges(
+                pcm,
+                fade_in=fade if self.timeline.is_cut_sample(start) else 0,
+                fade_out=fade if boundary is not None and start + count == boundary else 0,
+            )
             await self._blocking(self.writer.encode_audio, pcm, start)
-            self.audio_blocks += count // AUDIO_BLOCK_SAMPLES
+            self._audio_samples += count
+            self.audio_blocks = self._audio_samples // AUDIO_BLOCK_SAMPLES
             start += count
 
     async def stats_loop(self) -> None:
@@ -613,7 +823,8 @@ class MediaWorker:
 
     def stats(self) -> wire.Stats:
         """The counters now, for a ``stats`` event."""
-        lag = self._now_media_s() - self.delay_s - (self.frames_encoded + self.frames_dropped) / self.fps
+        media = self.timeline.media_tick(self._video_next_tick)
+        lag = 0.0 if media is None else self._now_media_s() - self.delay_s - media / self.fps
         return wire.Stats(
             frames_encoded=self.frames_encoded,
             frames_dropped=self.frames_dropped,
@@ -624,6 +835,7 @@ class MediaWorker:
             streams={s.key: self._slot_stats(s) for s in self.streams.values()},
             pipe_drops=dict(self.pipe_drops),
             label_failures=self.compositor.label_failures,
+            cut_s=round(self.timeline.cut_s, 3) if self.timeline.cuts else None,
         )
 
     def finished(self) -> wire.Finished:

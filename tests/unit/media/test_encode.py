@@ -258,3 +258,17 @@ def test_scanner_on_real_output_under_random_splits(tmp_path: Path) -> None:
     assert len(tracks) == 2 and RATE in {info.timescale for info in tracks.values()}
     ends = [fragment_media_end_s(kept.pop_body(start) or b"", tracks) for kind, start, _ in boxes if kind == "moof"]
     assert ends == sorted(ends) and ends[-1] == pytest.approx(2.5, abs=0.05)
+
+
+def test_a_forced_keyframe_is_an_idr_mid_gop(tmp_path: Path) -> None:
+    path = tmp_path / "forced.mp4"
+    writer = FragmentedMp4Writer(path, SMALL)
+    for index in range(12):
+        writer.encode_video(grey_frame(320, 240, 40 + index), index, force_keyframe=index == 7)
+    writer.close()
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        base = stream.time_base
+        assert base is not None
+        keys = [round(float(p.pts * base) * FPS) for p in container.demux(stream) if p.is_keyframe and p.pts is not None]
+    assert keys == [0, 7]

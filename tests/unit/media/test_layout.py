@@ -309,3 +309,18 @@ def test_clean_display_name_is_one_trimmed_line_and_idempotent(text: str) -> Non
     assert clean_display_name(name) == name
     assert name == name.strip() and "  " not in name
     assert not any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") or (ch.isspace() and ch != " ") for ch in name)
+
+
+def test_a_spotlight_wins_over_the_active_speaker() -> None:
+    settings = LayoutSettings()
+    cams = [cam("a", "pa"), cam("b", "pb"), cam("c", "pc")]
+    assert [p.key for p in compute_scene("pip", cams, "pb", [], settings, spotlight="pc").placements] == ["c"]
+    # With a share the share stays the main picture; the overlay is the spotlight.
+    scene = compute_scene("pip", [*cams, screen("s", "pa")], "pb", [], settings, spotlight="pc")
+    assert [p.key for p in scene.placements] == ["s", "c"]
+    # A spotlight on someone without a camera changes nothing.
+    assert [p.key for p in compute_scene("pip", cams, "pb", [], settings, spotlight="zz").placements] == ["b"]
+    # In a grid the spotlight takes the first cell.
+    grid = compute_scene("grid", cams, None, [], settings, spotlight="pc")
+    assert grid.placements[0].key == "c" and grid.placements[0].cell.x == 0
+    assert inputs_to_decode("pip", cams, cams, "pb", settings, spotlight="pa") == {"a"}

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edge_recorder.media.mixer import AudioMixer, soft_limit
+from edge_recorder.media.mixer import AudioMixer, fade_edges, soft_limit
 
 RATE = 48000
 
@@ -151,3 +151,29 @@ def test_ring_wraps_around_many_times() -> None:
         mixer.write("a", start, signal[start : start + 960])
         out.append(mixer.mix(start, 960))
     assert np.array_equal(np.concatenate(out), signal)
+
+
+def test_fade_edges_ramps_to_and_from_silence() -> None:
+    pcm = np.ones((1000, 2), dtype=np.float32)
+    fade_edges(pcm, fade_in=240, fade_out=240)
+    assert pcm[0, 0] == 0.0 and pcm[-1, 1] == 0.0 and np.all(pcm[240:760] == 1.0)
+    assert np.all(np.diff(pcm[:240, 0]) > 0) and np.all(np.diff(pcm[760:, 0]) < 0)
+    short = np.ones((10, 2), dtype=np.float32)
+    fade_edges(short, fade_out=240)  # a block shorter than the ramp: all of it ramps down to 0
+    assert short[-1, 0] == 0.0 and short[0, 0] < 0.05
+
+
+def test_a_jump_in_mix_start_drops_what_was_buffered_between() -> None:
+    mixer = AudioMixer(sample_rate=48000, channels=2, max_buffer_s=1.0)
+    mixer.add_input("a")
+    mixer.write("a", 0, np.full((48000, 2), 0.5, dtype=np.float32))  # a second, stale after 1000
+    mixer.mix(0, 1000)
+    mixer.skip_to(30000)  # a resume: the cursor moves on, what was between is gone
+    assert mixer.cursor == 30000
+    mixer.write("a", 30000 + 48000 - 10, np.full((10, 2), 0.25, dtype=np.float32))  # lands: not overflow
+    assert mixer.stats.samples_dropped_overflow == 0
+    out = mixer.mix(40000, 48000 - 10000)  # and a jump inside mix skips too
+    assert np.all(out[:8000] == 0.5) and np.all(out[8000:-10] == 0.0) and np.allclose(out[-10:], 0.25)
+    mixer.write("a", 80000, np.full((10, 2), 0.5, dtype=np.float32))
+    mixer.clear_input("a")
+    assert np.all(mixer.mix(80000, 10) == 0.0)

@@ -73,7 +73,7 @@ def _all_subclasses(cls: type) -> set[type]:
 def test_every_op_and_every_event_is_a_registered_frozen_dataclass() -> None:
     assert set(CONTROLS) == _all_subclasses(wire.ControlMessage) == set(typing.get_args(wire.Control))
     assert set(EVENTS) == _all_subclasses(wire.WorkerEvent) == set(typing.get_args(wire.Event))
-    assert len(wire.CONTROL_TYPES) == 8 and len(wire.EVENT_TYPES) == 10  # names are unique
+    assert len(wire.CONTROL_TYPES) == 11 and len(wire.EVENT_TYPES) == 10  # names are unique
     for cls in CONTROLS + EVENTS:
         assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
 
@@ -341,3 +341,16 @@ def test_overlong_event_line_is_skipped_without_buffering(piece: int) -> None:
     assert [type(e) for e in out] == [wire.Fragment, wire.WorkerWarning, wire.Fragment]
     warning = out[1]
     assert isinstance(warning, wire.WorkerWarning) and "longer than 1000 bytes" in warning.message
+
+
+def test_the_issue_13_ops_and_an_old_layout_message_parse() -> None:
+    assert wire.MessageReader().feed(_before_control("layout", layout="pip")) == [wire.Layout("pip")]
+    assert wire.encode_control(wire.Layout("grid")) == _before_control("layout", layout="grid")
+    new = wire.Layout("pip", spotlight="bob", overlay_corner="top-left", overlay_width_pct=30)
+    assert wire.MessageReader().feed(wire.encode_control(new)) == [new]
+    assert wire.MessageReader().feed(_before_control("pause", at_s=1.5)) == [wire.Pause(at_s=1.5)]
+    assert wire.MessageReader().feed(_before_control("resume", at_s=2)) == [wire.Resume(at_s=2.0)]
+    assert wire.MessageReader().feed(_before_control("exclude_peer", peer_id="p", excluded=True)) == [
+        wire.ExcludePeer(peer_id="p", excluded=True)
+    ]
+    assert wire.encode_event(wire.Stats(1, 0, 0, 0, 0, 0.0, {}, {}, 0, cut_s=1.0)).count(b'"cut_s":1.0') == 1
