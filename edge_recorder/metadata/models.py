@@ -1,4 +1,4 @@
-"""SQL tables for recordings: ``RecordingSession`` and ``RecordingAsset``.
+"""SQL tables for recordings: ``RecordingSession``, ``RecordingAsset``, ``RecordingControlEvent``.
 
 The runbook's Prisma models, as SQLAlchemy 2 declarative classes. Table,
 column and constraint names follow Prisma's spelling (camelCase columns,
@@ -9,6 +9,10 @@ same names here, and so our tables can stand beside the Connect backend's.
 The schema itself is created by the Alembic revisions in
 :mod:`edge_recorder.metadata.migrations`, never by ``metadata.create_all``;
 ``tests/integration/test_metadata.py`` checks the two agree.
+
+``RecordingControlEvent`` is the audit trail of issue #13's controls (pause,
+resume, layout, excluding and including a peer): one row per change that
+happened, kept as long as its session.
 
 Timestamps are :class:`UtcDateTime`: aware ``datetime`` objects in UTC on the
 Python side, ``timestamptz`` on PostgreSQL and UTC text on SQLite (which has
@@ -23,6 +27,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -33,6 +38,7 @@ from sqlalchemy import (
     MetaData,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -42,11 +48,13 @@ from edge_recorder.session.state import SessionStatus
 
 __all__ = [
     "ASSET_KIND_COMPOSITE",
+    "CONTROL_ACTIONS",
     "NAMING_CONVENTION",
     "STATUS_VALUES",
     "Base",
     "JsonDocument",
     "RecordingAsset",
+    "RecordingControlEvent",
     "RecordingSession",
     "UtcDateTime",
 ]
@@ -62,6 +70,10 @@ NAMING_CONVENTION: dict[str, str] = {
 
 # Every value the ``status`` column may hold (a CHECK constraint enforces it).
 STATUS_VALUES: tuple[str, ...] = tuple(s.value for s in SessionStatus)
+
+# Every value RecordingControlEvent's ``action`` may hold (a CHECK constraint
+# enforces it): the control protocol's methods of issue #13.
+CONTROL_ACTIONS: tuple[str, ...] = ("pause", "resume", "updateLayout", "excludePeer", "includePeer")
 
 # The one asset kind written today: the picture-in-picture composite MP4.
 ASSET_KIND_COMPOSITE = "composite"
@@ -141,6 +153,17 @@ class RecordingSession(Base):
     duration_s: Mapped[float | None] = mapped_column("durationS", Float)
     # Free-form metadata from recording.start. ("metadata" is taken on the class.)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JsonDocument)
+    # The controls' state (session/controls.py), as the state record last had it.
+    # True while recording.pause holds the capture (the file has a gap then).
+    paused: Mapped[bool] = mapped_column("paused", Boolean, nullable=False, default=False, server_default=false())
+    # [{"startedAt", "endedAt", "mediaStartS", "mediaEndS"}, ...]: wall clock
+    # and media seconds of each pause; endedAt/mediaEndS null while it lasts.
+    pauses: Mapped[list[dict[str, Any]] | None] = mapped_column("pauses", JsonDocument)
+    # Peer ids taken out of the recording (consent), sorted.
+    excluded_peers: Mapped[list[str] | None] = mapped_column("excludedPeers", JsonDocument)
+    # The composite's layout in full: {"layout", "spotlight", "overlay": {"corner", "widthPct"}}
+    # ("layout" above keeps just its name).
+    layout_state: Mapped[dict[str, Any] | None] = mapped_column("layoutState", JsonDocument)
 
     assets: Mapped[list[RecordingAsset]] = relationship(
         back_populates="session", cascade="all, delete-orphan", passive_deletes=True
@@ -183,3 +206,38 @@ class RecordingAsset(Base):
     updated_at: Mapped[dt.datetime] = mapped_column("updatedAt", UtcDateTime, nullable=False)
 
     session: Mapped[RecordingSession] = relationship(back_populates="assets")
+
+
+class RecordingControlEvent(Base):
+    """One change a control request made while recording: the audit row of issue #13."""
+
+    __tablename__ = "RecordingControlEvent"
+    __table_args__ = (
+        # "What happened to this session, in order?"
+        Index(None, "sessionId", "at"),
+        # One row per event: a snapshot written again (a retry) adds none.
+        UniqueConstraint("sessionId", "seq"),
+        CheckConstraint(
+            "action IN (" + ", ".join(f"'{a}'" for a in CONTROL_ACTIONS) + ")",
+            name="action",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column("id", Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(
+        "sessionId", Text, ForeignKey("RecordingSession.id", ondelete="CASCADE"), nullable=False
+    )
+    # pause | resume | updateLayout | excludePeer | includePeer.
+    action: Mapped[str] = mapped_column("action", Text, nullable=False)
+    # What the request said (validated by the protocol; at most 4 KiB as JSON).
+    params: Mapped[dict[str, Any]] = mapped_column("params", JsonDocument, nullable=False)
+    # The control connection's id on the node that took the request.
+    connection: Mapped[str | None] = mapped_column("connection", Text)
+    # That connection's remote address.
+    remote_address: Mapped[str | None] = mapped_column("remoteAddress", Text)
+    # When the change took effect (wall clock).
+    at: Mapped[dt.datetime] = mapped_column("at", UtcDateTime, nullable=False)
+    # The session's media time of the change, seconds (null before its timeline starts).
+    media_s: Mapped[float | None] = mapped_column("mediaS", Float)
+    # The event's number in its session, from 1 (ControlEvent.seq).
+    seq: Mapped[int | None] = mapped_column("seq", Integer)

@@ -19,6 +19,12 @@ statement itself (atomic on both backends, no read-then-write race). So:
   for ``edge-recorder retry-upload`` finishing an upload that failed;
 * COMPLETED is final.
 
+The controls' state (``paused``, ``pauses``, ``excludedPeers``,
+``layoutState``) rides on the same upsert, so a stale write cannot revert it
+either. The controls' audit trail is its own table, appended to by
+:meth:`MetadataRepository.add_control_event` and read in time order by
+:meth:`MetadataRepository.control_events`.
+
 The rank follows the state machine in :mod:`edge_recorder.session.state`, so
 it needs no clocks: two nodes with skewed clocks cannot confuse it.
 
@@ -32,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -69,16 +76,19 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from edge_recorder.errors import MetadataError
 from edge_recorder.metadata.models import (
     ASSET_KIND_COMPOSITE,
+    CONTROL_ACTIONS,
     STATUS_VALUES,
     RecordingAsset,
+    RecordingControlEvent,
     RecordingSession,
 )
-from edge_recorder.session.state import SessionStatus
+from edge_recorder.session.state import SessionStatus, iso_timestamp
 
 if TYPE_CHECKING:
     from edge_recorder.config import Settings
 
 __all__ = [
+    "MAX_CONTROL_PARAMS_BYTES",
     "NONTERMINAL_STATUSES",
     "SQLITE_BUSY_TIMEOUT_S",
     "AsyncMetadataRepository",
@@ -116,6 +126,15 @@ assert set(_RANK) == set(STATUS_VALUES), "every status needs a rank"
 
 _S = RecordingSession.__table__
 _A = RecordingAsset.__table__
+_E = RecordingControlEvent.__table__
+
+# A control event's params as compact UTF-8 JSON may not exceed this: they are
+# what a validated request said (a peer id, a layout), never a payload.
+MAX_CONTROL_PARAMS_BYTES = 4096
+
+# State record keys stored as they are, kept when a record lacks them: the
+# controls' state of session/controls.py (RecordingControls.to_wire()).
+_CONTROL_STATE_KEYS = ("paused", "pauses", "excludedPeers", "layoutState")
 
 # get_session() keys for RecordingSession columns: the state record's
 # "sessionId" for the primary key, the column name for the rest.
@@ -319,6 +338,12 @@ def _session_values(record: Mapping[str, Any]) -> tuple[dict[str, Any], frozense
     if "metadata" in record:
         values["metadata"] = record["metadata"]
         fill_in.add("metadata")
+    for key in _CONTROL_STATE_KEYS:
+        if key in record:
+            values[key] = record[key]
+            fill_in.add(key)
+    if "paused" in values and not isinstance(values["paused"], bool):
+        raise MetadataError(f"state record {session_id!r}: paused {values['paused']!r} is not a boolean")
     asset = record.get("asset")
     uploaded_at = _timestamp(record, "uploadedAt")
     if uploaded_at is None and status == SessionStatus.COMPLETED.value and asset and asset.get("bucket"):
@@ -379,9 +404,10 @@ class MetadataRepository:
         module docstring): a row never moves backwards.
 
         Beyond the state record's keys, ``hostPeerId``, ``metadata``,
-        ``durationS`` and ``uploadedAt`` are read when present (the first
-        two are kept when absent). Without ``durationS``, the duration is
-        ``stoppedAt - startedAt``.
+        ``paused``, ``pauses``, ``excludedPeers``, ``layoutState``,
+        ``durationS`` and ``uploadedAt`` are read when present (all but the
+        last two are kept when absent; a new row without ``paused`` is not
+        paused). Without ``durationS``, the duration is ``stoppedAt - startedAt``.
 
         Args:
             record: a state record (``RecordingSession.state_record()``).
@@ -499,6 +525,53 @@ class MetadataRepository:
         with _translated(f"recording upload progress of session {session_id}"), self._engine.begin() as conn:
             conn.execute(stmt)
 
+    def add_control_event(self, session_id: str, event: Mapping[str, Any]) -> None:
+        """Append one control event to the session's audit trail.
+
+        Args:
+            session_id: an existing session.
+            event: ``ControlEvent.to_wire()``: ``action`` (one of
+                :data:`~edge_recorder.metadata.models.CONTROL_ACTIONS`),
+                ``params`` (a JSON object, at most
+                :data:`MAX_CONTROL_PARAMS_BYTES` serialised), ``at`` (ISO 8601
+                with an offset, or an aware datetime), and optionally
+                ``connection``, ``remote``, ``mediaS`` and ``seq``.
+
+        Raises:
+            ValueError: ``params`` is over :data:`MAX_CONTROL_PARAMS_BYTES`.
+            MetadataError: the event is malformed, the session does not exist
+                (not retryable), or the database failed.
+        """
+        action = event.get("action")
+        if action not in CONTROL_ACTIONS:
+            raise MetadataError(f"control event of {session_id!r}: unknown action {action!r}")
+        params = event.get("params")
+        if not isinstance(params, Mapping):
+            raise MetadataError(f"control event of {session_id!r}: params {params!r} is not an object")
+        try:
+            size = len(json.dumps(params, separators=(",", ":"), ensure_ascii=False).encode())
+        except (TypeError, ValueError) as exc:
+            raise MetadataError(f"control event of {session_id!r}: params are not JSON: {exc}") from exc
+        if size > MAX_CONTROL_PARAMS_BYTES:
+            raise ValueError(
+                f"control event of {session_id!r}: params are {size} bytes as JSON, over {MAX_CONTROL_PARAMS_BYTES}"
+            )
+        at = _timestamp({"sessionId": session_id, "at": event.get("at")}, "at", required=True)
+        media_s = event.get("mediaS")
+        values = {
+            "sessionId": session_id,
+            "action": action,
+            "params": dict(params),
+            "connection": event.get("connection"),
+            "remoteAddress": event.get("remote"),
+            "at": at,
+            "mediaS": None if media_s is None else float(media_s),
+            "seq": event.get("seq"),
+        }
+        with _translated(f"recording a {action} event of session {session_id}"), self._engine.begin() as conn:
+            # Idempotent per (session, seq): the bookkeeper may write a snapshot twice.
+            conn.execute(self._insert(_E).values(**values).on_conflict_do_nothing(index_elements=["sessionId", "seq"]))
+
     # -- reads ----------------------------------------------------------------
 
     def _select(self) -> Select[Any]:
@@ -566,6 +639,33 @@ class MetadataRepository:
         with _translated("listing sessions"), self._engine.connect() as conn:
             return [self._row_dict(row) for row in conn.execute(query)]
 
+    def control_events(self, session_id: str) -> list[dict[str, Any]]:
+        """The session's control events, oldest first (ties: by ``seq``, then as written).
+
+        Returns:
+            ``{"action", "params", "connection", "remote", "at", "mediaS", "seq"}``
+            per event, as :meth:`add_control_event` takes them; ``at`` as the
+            records write time (ISO 8601 UTC, milliseconds, ``Z``). An
+            unknown session has none.
+
+        Raises:
+            MetadataError: the database failed.
+        """
+        query = select(_E).where(_E.c.sessionId == session_id).order_by(_E.c.at, _E.c.seq, _E.c.id)
+        with _translated(f"reading the control events of session {session_id}"), self._engine.connect() as conn:
+            return [
+                {
+                    "action": row.action,
+                    "params": row.params,
+                    "connection": row.connection,
+                    "remote": row.remoteAddress,
+                    "at": iso_timestamp(row.at),
+                    "mediaS": row.mediaS,
+                    "seq": row.seq,
+                }
+                for row in conn.execute(query)
+            ]
+
 
 class MetadataStore(Protocol):
     """What the service needs of the metadata database, from Trio.
@@ -600,6 +700,10 @@ class MetadataStore(Protocol):
     async def nonterminal_sessions(self, server_id: str) -> list[dict[str, Any]]: ...
 
     async def list_sessions(self, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    async def add_control_event(self, session_id: str, event: Mapping[str, Any]) -> None: ...
+
+    async def control_events(self, session_id: str) -> list[dict[str, Any]]: ...
 
     async def aclose(self) -> None: ...
 
@@ -697,6 +801,14 @@ class AsyncMetadataRepository:
     async def list_sessions(self, limit: int = 100) -> list[dict[str, Any]]:
         """See :meth:`MetadataRepository.list_sessions`."""
         return await self._call(functools.partial(self.sync.list_sessions, limit))
+
+    async def add_control_event(self, session_id: str, event: Mapping[str, Any]) -> None:
+        """See :meth:`MetadataRepository.add_control_event`."""
+        await self._call(functools.partial(self.sync.add_control_event, session_id, dict(event)))
+
+    async def control_events(self, session_id: str) -> list[dict[str, Any]]:
+        """See :meth:`MetadataRepository.control_events`."""
+        return await self._call(functools.partial(self.sync.control_events, session_id))
 
     async def aclose(self) -> None:
         """Close the pooled connections (in a thread; shield it in ``finally``)."""

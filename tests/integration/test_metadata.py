@@ -23,11 +23,13 @@ from typing import Any
 import psycopg
 import pytest
 import trio
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from psycopg import sql
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import make_url
 
 from edge_recorder.config import Settings, load_settings
@@ -42,6 +44,7 @@ from edge_recorder.metadata import (
 )
 from edge_recorder.metadata.migrations import VERSION_TABLE, alembic_config
 from edge_recorder.metadata.models import Base
+from edge_recorder.metadata.repository import MAX_CONTROL_PARAMS_BYTES
 
 pytestmark = pytest.mark.integration
 
@@ -116,9 +119,10 @@ def repo(database_url: str) -> Iterator[MetadataRepository]:
 # -- migrations ------------------------------------------------------------------
 
 
-def test_one_revision_ships_with_the_package() -> None:
+def test_the_revisions_ship_with_the_package() -> None:
     scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
-    assert scripts.get_heads() == ["0001"]
+    assert scripts.get_heads() == ["0002"]
+    assert [r.revision for r in scripts.walk_revisions()] == ["0002", "0001"]
     package = Path(scripts.dir)
     assert (package / "script.py.mako").is_file()
     assert (package / "env.py").is_file()
@@ -139,13 +143,56 @@ def test_migrations_from_empty_and_rerun(database_url: str) -> None:
         assert [u["column_names"] for u in uniques] == [["sessionId", "kind"]]
         (fk,) = inspector.get_foreign_keys("RecordingAsset")
         assert fk["referred_table"] == "RecordingSession" and fk["constrained_columns"] == ["sessionId"]
+        indexes = {ix["name"]: ix["column_names"] for ix in inspector.get_indexes("RecordingControlEvent")}
+        assert indexes["RecordingControlEvent_sessionId_at_idx"] == ["sessionId", "at"]
+        (fk,) = inspector.get_foreign_keys("RecordingControlEvent")
+        assert fk["referred_table"] == "RecordingSession" and fk["options"].get("ondelete") == "CASCADE"
+        (check,) = inspector.get_check_constraints("RecordingControlEvent")
+        assert check["name"] == "RecordingControlEvent_action_check"
         with engine.connect() as conn:
-            assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0001"]
+            assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0002"]
             # The revision and models.py describe the same schema.
             context = MigrationContext.configure(conn, opts={"compare_type": True, "version_table": VERSION_TABLE})
             assert compare_metadata(context, Base.metadata) == []
     finally:
         engine.dispose()
+
+
+def test_controls_revision_downgrades_and_upgrades(database_url: str) -> None:
+    upgrade_to_head(database_url)
+    repository = MetadataRepository(database_url)
+    try:
+        repository.save_session(_record("s1", "RECORDING", previous="STARTING", paused=True, pauses=[]))
+        repository.add_control_event("s1", {"action": "pause", "params": {}, "at": _iso(T0)})
+    finally:
+        repository.close()
+
+    command.downgrade(alembic_config(database_url), "0001")
+    engine = create_metadata_engine(database_url)
+    try:
+        inspector = inspect(engine)
+        assert "RecordingControlEvent" not in inspector.get_table_names()
+        columns = {c["name"] for c in inspector.get_columns("RecordingSession")}
+        assert not columns & {"paused", "pauses", "excludedPeers", "layoutState"}
+        assert "RecordingSession_serverId_status_idx" in {ix["name"] for ix in inspector.get_indexes("RecordingSession")}
+        with engine.begin() as conn:
+            assert conn.execute(text('SELECT status FROM "RecordingSession"')).scalars().all() == ["RECORDING"]
+            assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0001"]
+        # 0001's status CHECK is still there, once (its name is 0001's, doubled by the convention).
+        assert len(inspector.get_check_constraints("RecordingSession")) == 1
+        with pytest.raises(IntegrityError, match="check"), engine.begin() as conn:
+            conn.execute(text("""UPDATE "RecordingSession" SET status = 'PAUSED'"""))
+    finally:
+        engine.dispose()
+
+    upgrade_to_head(database_url)
+    repository = MetadataRepository(database_url)
+    try:
+        row = repository.get_session("s1")
+        assert row is not None and row["paused"] is False and row["pauses"] is None  # the server default
+        assert repository.control_events("s1") == []
+    finally:
+        repository.close()
 
 
 async def test_concurrent_migrations_are_serialised(database_url: str) -> None:
@@ -298,6 +345,73 @@ def test_malformed_records_are_refused(repo: MetadataRepository) -> None:
     assert repo.get_session("s1") is None
 
 
+def test_controls_state_is_stored_and_kept(repo: MetadataRepository) -> None:
+    repo.save_session(_record("s1", "STARTING"))
+    row = repo.get_session("s1")
+    assert row is not None
+    assert (row["paused"], row["pauses"], row["excludedPeers"], row["layoutState"]) == (False, None, None, None)
+
+    pauses = [
+        {"startedAt": _iso(T0), "endedAt": _iso(T0 + dt.timedelta(seconds=5)), "mediaStartS": 1.5, "mediaEndS": 6.5},
+        {"startedAt": _iso(T0 + dt.timedelta(seconds=9)), "endedAt": None, "mediaStartS": 10.0, "mediaEndS": None},
+    ]
+    layout_state = {"layout": "grid", "spotlight": None, "overlay": {"corner": "top-left", "widthPct": 30}}
+    controls: dict[str, Any] = {"paused": True, "pauses": pauses, "excludedPeers": ["bob"], "layoutState": layout_state}
+    repo.save_session(_record("s1", "RECORDING", previous="STARTING", at_s=1, **controls))
+    # A record without the keys (an older writer) keeps them.
+    repo.save_session(_record("s1", "RECORDING", previous="STARTING", at_s=2))
+    (listed,) = repo.list_sessions()
+    assert {k: listed[k] for k in controls} == controls
+    assert repo.get_session("s1") == listed
+
+    # A stale write cannot revert them; one that carries them replaces them.
+    repo.save_session(_record("s1", "UPLOADING", previous="RECORDING", at_s=3, paused=False, excludedPeers=[]))
+    repo.save_session(_record("s1", "STARTING", at_s=4, paused=True, excludedPeers=["eve"]))
+    row = repo.get_session("s1")
+    assert row is not None
+    assert (row["paused"], row["excludedPeers"], row["pauses"]) == (False, [], pauses)
+    with pytest.raises(MetadataError, match="boolean"):
+        repo.save_session(_record("s1", "UPLOADING", paused="yes"))
+
+
+def test_control_events_round_trip(repo: MetadataRepository) -> None:
+    repo.save_session(_record("s1", "RECORDING", previous="STARTING"))
+    repo.save_session(_record("s2", "RECORDING", previous="STARTING"))
+    later = {
+        "action": "excludePeer",
+        "params": {"peerId": "bob", "nested": {"ü": [1, None]}},
+        "at": T0 + dt.timedelta(seconds=2, microseconds=500),  # an aware datetime
+        "connection": "conn-7",
+        "remote": "10.0.0.9:51234",
+        "mediaS": 2.0,
+        "seq": 2,
+    }
+    earlier: dict[str, Any] = {"action": "pause", "params": {}, "at": "2025-03-01T13:00:01.250+01:00", "connection": None, "remote": None}
+    repo.add_control_event("s1", later)
+    repo.add_control_event("s1", earlier)  # written second, happened first
+    repo.add_control_event("s2", {**earlier, "action": "resume"})
+    assert repo.control_events("s1") == [
+        {**earlier, "at": "2025-03-01T12:00:01.250Z", "mediaS": None, "seq": None},
+        {**later, "at": "2025-03-01T12:00:02.123Z"},  # the records' milliseconds
+    ]
+    assert [e["action"] for e in repo.control_events("s2")] == ["resume"]
+    assert repo.control_events("unknown") == []
+
+    # The 4 KiB bound counts UTF-8 bytes of compact JSON: exactly 4096 passes.
+    overhead = len('{"peerId":""}')
+    repo.add_control_event("s1", {**earlier, "params": {"peerId": "x" * (MAX_CONTROL_PARAMS_BYTES - overhead)}})
+    with pytest.raises(ValueError, match="4097 bytes"):
+        repo.add_control_event("s1", {**earlier, "params": {"peerId": "é" * 2042}})  # 2 bytes each
+    with pytest.raises(MetadataError, match="unknown action"):
+        repo.add_control_event("s1", {**earlier, "action": "mute"})
+    with pytest.raises(MetadataError, match="offset"):
+        repo.add_control_event("s1", {**earlier, "at": "2025-03-01T12:00:00"})
+    with pytest.raises(MetadataError) as info:
+        repo.add_control_event("no-such-session", earlier)  # foreign key
+    assert info.value.retryable is False
+    assert len(repo.control_events("s1")) == 3
+
+
 # -- assets ----------------------------------------------------------------------------
 
 
@@ -423,6 +537,8 @@ async def test_async_wrapper(repo: MetadataRepository) -> None:
     assert row is not None and row["status"] == "RECORDING" and row["asset"]["localPath"] == "/tmp/s1.mp4"
     assert [r["sessionId"] for r in await arepo.nonterminal_sessions("node-a")] == ["s1"]
     assert len(await arepo.list_sessions()) == 1
+    await arepo.add_control_event("s1", {"action": "updateLayout", "params": {"layout": "grid"}, "at": _iso(T0)})
+    assert [e["params"] for e in await arepo.control_events("s1")] == [{"layout": "grid"}]
     with pytest.raises(MetadataError):
         await arepo.record_upload_progress("nope", 1)
 
@@ -533,3 +649,13 @@ def test_default_database_url(settings: Settings, tmp_path: Path) -> None:
     assert default_database_url(configured) == "postgresql://rec:s3cret@db/rec"
     assert normalize_url("postgres://rec:s3cret@db/rec") == "postgresql+psycopg://rec:s3cret@db/rec"
     assert normalize_url("postgresql+psycopg://db/rec") == "postgresql+psycopg://db/rec"
+
+
+def test_a_control_event_written_twice_is_one_row(repo: MetadataRepository) -> None:
+    repo.save_session(_record("twice", "RECORDING", previous="STARTING"))
+    event = {"action": "pause", "params": {}, "at": "2026-12-02T10:00:01.000Z", "connection": "c1", "remote": None,
+             "mediaS": 1.0, "seq": 1}
+    repo.add_control_event("twice", event)
+    repo.add_control_event("twice", event)  # a snapshot written again
+    repo.add_control_event("twice", {**event, "action": "resume", "seq": 2})
+    assert [(e["action"], e["seq"]) for e in repo.control_events("twice")] == [("pause", 1), ("resume", 2)]
