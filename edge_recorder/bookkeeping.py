@@ -91,6 +91,8 @@ class Bookkeeper:
         self._pending: dict[str, _Item] = {}
         self.failed = 0  # records that went pending (database refused, or queue full)
         self.written = 0
+        # The highest control-event seq written to SQL, per session (see _audit).
+        self._audited: dict[str, int] = {}
         self._in_flight = 0  # queued or being written
         # Set to send the next heartbeat now (the node started draining).
         self._beat_now = trio.Event()
@@ -228,6 +230,7 @@ class Bookkeeper:
                 await self.metadata.save_session(row)
                 if asset is not None:
                     await self.metadata.save_asset(record["sessionId"], **asset)
+                await self._audit(record)
                 self.database_up = True
                 return True
             except EdgeRecorderError as exc:
@@ -239,6 +242,30 @@ class Bookkeeper:
                 if attempt + 1 < tries:
                     await trio.sleep(min(5.0, 0.2 * 2**attempt))
         return False
+
+    async def _audit(self, record: dict[str, Any]) -> None:
+        """Write the record's control events (issue #13) not written yet: one audit row each, in ``seq`` order.
+
+        The record carries the session's last events; ``_audited`` remembers
+        the highest ``seq`` written per session, so a snapshot written again
+        (a retry, the next status change) adds no row twice.
+        """
+        assert self.metadata is not None
+        sid = str(record["sessionId"])
+        events = record.get("events")
+        if not isinstance(events, list):
+            return
+        done = self._audited.get(sid, 0)
+        for event in sorted((e for e in events if isinstance(e, dict)), key=lambda e: int(e.get("seq") or 0)):
+            seq = int(event.get("seq") or 0)
+            if seq <= done:
+                continue
+            await self.metadata.add_control_event(sid, event)
+            done = self._audited[sid] = seq
+        if record.get("status") in ("COMPLETED", "FAILED"):
+            # No event follows an end; the memory is per live session (a
+            # retried snapshot writes no row twice: (sessionId, seq) is unique).
+            self._audited.pop(sid, None)
 
     async def _remove_spool(self, path: Path | None) -> None:
         if path is None:

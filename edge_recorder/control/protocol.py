@@ -54,7 +54,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NoReturn, TypeAlias
 
-from edge_recorder.media.layout import LAYOUTS, LayoutName
+from edge_recorder.media.layout import CORNERS, LAYOUTS, LayoutName
 from edge_recorder.session.spec import StreamSpec
 from edge_recorder.errors import (
     AtCapacityError,
@@ -97,6 +97,10 @@ __all__ = [
     "Message",
     "Notification",
     "OutputParams",
+    "PauseParams",
+    "PeerParams",
+    "ResumeParams",
+    "UpdateLayoutParams",
     "Params",
     "ProtocolError",
     "JSONRPC_VERSION",
@@ -104,6 +108,11 @@ __all__ = [
     "RATE_LIMIT_PER_S",
     "RECORDER_INFO",
     "RECORDING_ADD_STREAM",
+    "RECORDING_EXCLUDE_PEER",
+    "RECORDING_INCLUDE_PEER",
+    "RECORDING_PAUSE",
+    "RECORDING_RESUME",
+    "RECORDING_UPDATE_LAYOUT",
     "RECORDING_GET",
     "RECORDING_LIST",
     "RECORDING_REMOVE_STREAM",
@@ -165,6 +174,11 @@ RECORDING_ADD_STREAM: Final = "recording.addStream"
 RECORDING_REMOVE_STREAM: Final = "recording.removeStream"
 RECORDING_SET_ACTIVE_SPEAKER: Final = "recording.setActiveSpeaker"
 RECORDING_STOP: Final = "recording.stop"
+RECORDING_PAUSE: Final = "recording.pause"
+RECORDING_RESUME: Final = "recording.resume"
+RECORDING_UPDATE_LAYOUT: Final = "recording.updateLayout"
+RECORDING_EXCLUDE_PEER: Final = "recording.excludePeer"
+RECORDING_INCLUDE_PEER: Final = "recording.includePeer"
 RECORDING_GET: Final = "recording.get"
 RECORDING_LIST: Final = "recording.list"
 
@@ -1107,6 +1121,127 @@ class SetActiveSpeakerParams:
 
 
 @dataclass(frozen=True, slots=True)
+class PauseParams:
+    """``recording.pause``: stop writing the room's media until ``recording.resume``."""
+
+    session_id: str
+
+    @classmethod
+    def from_params(cls, params: object) -> PauseParams:
+        """Validate; raises JsonRpcError -32602 naming the field."""
+        return cls(_required_identifier(_params_object(params), "sessionId", session=True))
+
+    def to_params(self) -> dict[str, Any]:
+        return {"sessionId": self.session_id}
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeParams:
+    """``recording.resume``: write the room's media again, in the same file."""
+
+    session_id: str
+
+    @classmethod
+    def from_params(cls, params: object) -> ResumeParams:
+        """Validate; raises JsonRpcError -32602 naming the field."""
+        return cls(_required_identifier(_params_object(params), "sessionId", session=True))
+
+    def to_params(self) -> dict[str, Any]:
+        return {"sessionId": self.session_id}
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateLayoutParams:
+    """``recording.updateLayout``: every field but ``sessionId`` is optional; absent keeps it.
+
+    Attributes:
+        layout: ``"pip"`` or ``"grid"``, or None to keep it.
+        spotlight: the peer pinned as the main picture; None releases the pin
+            (only when ``set_spotlight``: ``"spotlight": null`` was sent).
+        overlay_corner: one of :data:`~edge_recorder.media.layout.CORNERS`, or None.
+        overlay_width_pct: the overlay's width in percent of the canvas (1..100), or None.
+    """
+
+    session_id: str
+    layout: LayoutName | None = None
+    spotlight: str | None = None
+    set_spotlight: bool = False
+    overlay_corner: str | None = None
+    overlay_width_pct: int | None = None
+
+    @classmethod
+    def from_params(cls, params: object) -> UpdateLayoutParams:
+        """Validate; raises JsonRpcError -32602 naming the field (e.g. ``overlay.corner``)."""
+        obj = _params_object(params)
+        session_id = _required_identifier(obj, "sessionId", session=True)
+        layout_value = obj.get("layout")
+        layout: LayoutName | None = None
+        if layout_value is not None:
+            if not isinstance(layout_value, str) or layout_value not in _LAYOUT_NAMES:
+                raise _invalid("layout", "must be " + " or ".join(f'"{name}"' for name in LAYOUTS))
+            layout = _LAYOUT_NAMES[layout_value]
+        set_spotlight = "spotlight" in obj
+        spotlight = _identifier(obj, "spotlight", required=False) if set_spotlight else None
+        corner: str | None = None
+        width: int | None = None
+        overlay = obj.get("overlay")
+        if overlay is not None:
+            if not isinstance(overlay, Mapping):
+                raise _invalid("overlay", f"must be an object, got {_json_type(overlay)}")
+            unknown = sorted(str(k) for k in overlay if k not in ("corner", "widthPct"))
+            if unknown:
+                raise _invalid(f"overlay.{_clip(unknown[0])}", "is not a field of overlay (corner, widthPct)")
+            corner_value = overlay.get("corner")
+            if corner_value is not None:
+                if not isinstance(corner_value, str) or corner_value not in CORNERS:
+                    raise _invalid("overlay.corner", "must be " + " or ".join(f'"{c}"' for c in CORNERS))
+                corner = corner_value
+            width = _optional_int(overlay, "widthPct", "overlay.widthPct", 1, 100)
+        if layout is None and not set_spotlight and corner is None and width is None:
+            raise _invalid("params", "must name at least one of layout, spotlight, overlay")
+        return cls(session_id, layout, spotlight, set_spotlight, corner, width)
+
+    def to_params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"sessionId": self.session_id}
+        if self.layout is not None:
+            out["layout"] = self.layout
+        if self.set_spotlight:
+            out["spotlight"] = self.spotlight
+        overlay: dict[str, Any] = {}
+        if self.overlay_corner is not None:
+            overlay["corner"] = self.overlay_corner
+        if self.overlay_width_pct is not None:
+            overlay["widthPct"] = self.overlay_width_pct
+        if overlay:
+            out["overlay"] = overlay
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class PeerParams:
+    """``recording.excludePeer`` and ``recording.includePeer``: one participant of the session."""
+
+    session_id: str
+    peer_id: str
+    exclude: bool = True
+
+    @classmethod
+    def excluding(cls, params: object) -> PeerParams:
+        """Validate ``recording.excludePeer``; raises JsonRpcError -32602 naming the field."""
+        obj = _params_object(params)
+        return cls(_required_identifier(obj, "sessionId", session=True), _required_identifier(obj, "peerId"), True)
+
+    @classmethod
+    def including(cls, params: object) -> PeerParams:
+        """Validate ``recording.includePeer``; raises JsonRpcError -32602 naming the field."""
+        obj = _params_object(params)
+        return cls(_required_identifier(obj, "sessionId", session=True), _required_identifier(obj, "peerId"), False)
+
+    def to_params(self) -> dict[str, Any]:
+        return {"sessionId": self.session_id, "peerId": self.peer_id}
+
+
+@dataclass(frozen=True, slots=True)
 class StopParams:
     """``recording.stop``.
 
@@ -1246,6 +1381,10 @@ Params: TypeAlias = (
     | RemoveStreamParams
     | SetActiveSpeakerParams
     | StopParams
+    | PauseParams
+    | ResumeParams
+    | UpdateLayoutParams
+    | PeerParams
     | GetParams
     | ListParams
 )
@@ -1258,6 +1397,11 @@ METHODS: Final[dict[str, Callable[[object], Params]]] = {
     RECORDING_REMOVE_STREAM: RemoveStreamParams.from_params,
     RECORDING_SET_ACTIVE_SPEAKER: SetActiveSpeakerParams.from_params,
     RECORDING_STOP: StopParams.from_params,
+    RECORDING_PAUSE: PauseParams.from_params,
+    RECORDING_RESUME: ResumeParams.from_params,
+    RECORDING_UPDATE_LAYOUT: UpdateLayoutParams.from_params,
+    RECORDING_EXCLUDE_PEER: PeerParams.excluding,
+    RECORDING_INCLUDE_PEER: PeerParams.including,
     RECORDING_GET: GetParams.from_params,
     RECORDING_LIST: ListParams.from_params,
 }

@@ -355,8 +355,12 @@ class ControlHub:
 
                 row = await self._metadata.get_session(params.session_id)
                 record = record_from_row(row, with_asset=True) if row is not None else None
+
             if record is None:
                 raise UnknownSessionError(f"unknown session {params.session_id or 'for room ' + str(params.room_id)}")
+            if found is None and self._metadata is not None and record.get("events") == []:
+                # The audit trail outlives the session (and a crash): every event, from its own table.
+                record = {**record, "events": await self._metadata.control_events(str(record["sessionId"]))}
             return await self._with_presigned_url(public_record(record))
         session = self.manager.require(params.session_id)
         if isinstance(params, rpc.StopParams):
@@ -373,6 +377,27 @@ class ControlHub:
         if isinstance(params, rpc.SetActiveSpeakerParams):
             await session.set_active_speaker(params.peer_id)
             return {}
+        # Issue #13's controls: each change is an event naming who asked.
+        conn = self.connections.get(connection_id)
+        asked = {"connection": connection_id, "remote": conn.remote if conn is not None else None}
+        if isinstance(params, rpc.PauseParams):
+            return await session.pause(**asked)
+        if isinstance(params, rpc.ResumeParams):
+            return await session.resume(**asked)
+        if isinstance(params, rpc.UpdateLayoutParams):
+            return await session.update_layout(
+                layout=params.layout,
+                spotlight=params.spotlight,
+                set_spotlight=params.set_spotlight,
+                overlay_corner=params.overlay_corner,
+                overlay_width_pct=params.overlay_width_pct,
+                **asked,
+            )
+        if isinstance(params, rpc.PeerParams):
+            try:
+                return await session.set_peer_excluded(params.peer_id, params.exclude, **asked)
+            except ValueError as exc:
+                raise rpc.JsonRpcError(rpc.ErrorCode.INVALID_PARAMS, str(exc), {"field": "peerId"}, request.id) from None
         raise AssertionError(f"unhandled params {type(params).__name__}")
 
     async def _with_presigned_url(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -404,6 +429,10 @@ _FORWARDED_PARAMS = (
     rpc.RemoveStreamParams,
     rpc.SetActiveSpeakerParams,
     rpc.StopParams,
+    rpc.PauseParams,
+    rpc.ResumeParams,
+    rpc.UpdateLayoutParams,
+    rpc.PeerParams,
     rpc.GetParams,
 )
 

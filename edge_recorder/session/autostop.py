@@ -13,7 +13,13 @@ Rules, each with its reason in the state record:
   (0 disables), counted from the later of the start and the last packet;
 * ``controller-lost``: the session was started by a control connection and
   every connection that drove it has been gone for ``controller_grace_s``;
-* ``max-duration``: the session has run ``max_duration_s`` (0 means no limit).
+* ``max-duration``: the session has run ``max_duration_s`` of wall time (0
+  means no limit). Paused time counts: the limit bounds how long a session
+  holds a node's slot and its participants' consent, not the file's length.
+
+A paused session (``recording.pause``) is not "no media": while paused,
+``media-timeout`` does not run (its clock restarts at the resume); the other
+rules apply as they do while recording.
 
 ``host-disconnected`` is not decided here: the SFU says it with
 ``recording.stop``.
@@ -45,7 +51,7 @@ class AutoStopRules:
     _had_controller: bool = False
     _orphaned_since: float | None = None
 
-    def observe(self, now: float, *, packets: int, streams: int, controllers: int) -> str | None:
+    def observe(self, now: float, *, packets: int, streams: int, controllers: int, paused: bool = False) -> str | None:
         """Feed one sample; return the reason to stop, or None.
 
         Args:
@@ -54,11 +60,12 @@ class AutoStopRules:
                 only grows while media flows).
             streams: streams the session has now.
             controllers: control connections attached to the session now.
+            paused: the session is paused (its media is withheld on purpose).
 
         Returns:
             One of the reasons above, or None to keep recording.
         """
-        if self._last_activity is None or packets != self._last_packets:
+        if self._last_activity is None or packets != self._last_packets or paused:
             self._last_activity = now
             self._last_packets = packets
 

@@ -94,6 +94,8 @@ class ManagedSession(Protocol):
     @property
     def stopping(self) -> bool: ...
     @property
+    def paused(self) -> bool: ...
+    @property
     def streams(self) -> Sequence[object]: ...
     def receiver_stats(self) -> Sequence[_Packets]: ...
 
@@ -568,6 +570,7 @@ class SessionManager(Generic[S]):
                 packets=sum(s.packets for s in session.receiver_stats()),
                 streams=len(session.streams),
                 controllers=len(self.controllers(session.session_id)),
+                paused=session.paused,
             )
             if reason is not None:
                 log.info(

@@ -58,6 +58,7 @@ from edge_recorder.media import wire
 from edge_recorder.media.layout import LayoutName
 from edge_recorder.rtp.assembler import AssembledFrame
 from edge_recorder.rtp.sync import ClockDomain
+from edge_recorder.session.controls import ControlEvent, Decision, LayoutState, RecordingControls
 from edge_recorder.session.destination import Asset, Destination, LocalDestination
 from edge_recorder.session.ports import PortAllocator
 from edge_recorder.session.speaker import ActiveSpeakerDetector
@@ -186,6 +187,13 @@ class RecordingSession:
         self.updated_at = self.started_at
         self.stopped_at: str | None = None
         self.active_speaker: str | None = None
+        # Pause, live layout and consent (session/controls.py decides; this
+        # class performs): what the record says and the worker was told.
+        self.controls = RecordingControls(
+            layout=LayoutState(
+                layout=self.layout, overlay_corner=settings.overlay.corner, overlay_width_pct=settings.overlay.width_pct
+            )
+        )
         self.location: str | None = None
         self.size_bytes: int | None = None
         # Free-form metadata from recording.start, kept with the session.
@@ -295,12 +303,18 @@ class RecordingSession:
             error=self.error,
             stopped_at=self.stopped_at,
             asset=None if asset is None else AssetEntry(asset.bucket, asset.key, asset.size_bytes, asset.url),
+            controls=self.controls.to_wire(),
         )
 
     @property
     def stopping(self) -> bool:
         """Past recording: a stop was asked for and the media is being finalised, or the session ended (the phase says so)."""
         return self._phase.stopping
+
+    @property
+    def paused(self) -> bool:
+        """``recording.pause`` is in force: nothing of the room is written."""
+        return self.controls.paused
 
     @property
     def streams(self) -> list[StreamReceiver]:
@@ -723,6 +737,8 @@ class RecordingSession:
             source_networks=ingest.source_networks,
         )
         handle = _StreamHandle(spec, receiver, trio.CancelScope(), (rtp_port,) if rtcp_socket is None else (rtp_port, rtcp_port))
+        if self._withheld(spec):
+            receiver.set_withheld(True)
         self._streams[spec.producer_id] = handle
         await self._pipe_send.send(
             wire.encode_control(
@@ -911,10 +927,158 @@ class RecordingSession:
         self.speaker.set_explicit(peer_id, self._now_s())
         await self._send_active_speaker(peer_id)
 
+    # -- controls while recording (issue #13) ---------------------------------------
+
+    def _withheld(self, spec: StreamSpec) -> bool:
+        """Whether this stream's media is to be dropped in its receiver: paused, or its peer excluded."""
+        return self.controls.paused or spec.peer_id in self.controls.excluded
+
+    def _apply_withholding(self) -> None:
+        for handle in self._streams.values():
+            handle.receiver.set_withheld(self._withheld(handle.spec))
+
+    async def _control(self, action: str, params: dict[str, Any], connection: str | None, remote: str | None) -> ControlEvent:
+        """The event of a control request, once the session records (a stop or an end refuses it).
+
+        Raises:
+            SessionError: the session is stopping or ended.
+        """
+        await self._wait_for(lambda phase: phase is not Phase.STARTING)
+        if self._phase is not Phase.RECORDING or self.t0 is None:
+            raise SessionError(f"session {self.session_id} is {self.status.value}, not RECORDING")
+        return ControlEvent(
+            action=action,
+            params=params,
+            at=_utc_now(),
+            connection=connection,
+            remote=remote or None,
+            media_s=self._clock() - self.t0,
+        )
+
+    def _commit(self, decision: Decision) -> dict[str, Any]:
+        """Keep a decision; announce it (state record, SQL, webhooks) when it changed anything."""
+        self.controls = decision.controls
+        if decision.event is not None:
+            self.updated_at = decision.event.at
+            log.info(
+                "Recording control applied",
+                extra={
+                    "sessionId": self.session_id,
+                    "action": decision.event.action,
+                    "params": dict(decision.event.params),
+                    "connection": decision.event.connection,
+                    "remote": decision.event.remote,
+                },
+            )
+            self._announce()
+        return {"sessionId": self.session_id, "changed": decision.changed, **self.controls.to_wire()}
+
+    async def _tell_worker(self, message: wire.Control) -> None:
+        try:
+            await self._pipe_send.send(wire.encode_control(message))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # stopping: the stop instant comes first
+
+    async def pause(self, *, connection: str | None = None, remote: str | None = None) -> dict[str, Any]:
+        """Stop writing the room's media: receivers drop it, the worker cuts the timeline here.
+
+        A paused session stays paused (``changed: false``).
+        """
+        event = await self._control("pause", {}, connection, remote)
+        decision = self.controls.pause(event)
+        if decision.changed:
+            self.controls = decision.controls
+            # Receivers first: no frame captured after the pause instant may
+            # reach the pipe; the worker then ends its output at the instant.
+            self._apply_withholding()
+            await self._tell_worker(wire.Pause(at_s=event.media_s or 0.0))
+        return self._commit(decision)
+
+    async def resume(self, *, connection: str | None = None, remote: str | None = None) -> dict[str, Any]:
+        """Write the room's media again, in the same file; a running session stays so (``changed: false``)."""
+        event = await self._control("resume", {}, connection, remote)
+        decision = self.controls.resume(event)
+        if decision.changed:
+            self.controls = decision.controls
+            # The worker first: frames released from here on are after the cut.
+            await self._tell_worker(wire.Resume(at_s=event.media_s or 0.0))
+            self._apply_withholding()
+        return self._commit(decision)
+
+    async def update_layout(
+        self,
+        *,
+        layout: LayoutName | None = None,
+        spotlight: str | None = None,
+        set_spotlight: bool = False,
+        overlay_corner: str | None = None,
+        overlay_width_pct: int | None = None,
+        connection: str | None = None,
+        remote: str | None = None,
+    ) -> dict[str, Any]:
+        """Change the composite's layout from the next frame; the same layout again changes nothing."""
+        params: dict[str, Any] = {}
+        if layout is not None:
+            params["layout"] = layout
+        if set_spotlight:
+            params["spotlight"] = spotlight
+        if overlay_corner is not None or overlay_width_pct is not None:
+            params["overlay"] = {
+                k: v for k, v in (("corner", overlay_corner), ("widthPct", overlay_width_pct)) if v is not None
+            }
+        event = await self._control("updateLayout", params, connection, remote)
+        decision = self.controls.update_layout(
+            event,
+            layout=layout,
+            spotlight=spotlight,
+            set_spotlight=set_spotlight,
+            overlay_corner=overlay_corner,
+            overlay_width_pct=overlay_width_pct,
+        )
+        if decision.changed:
+            state = decision.controls.layout
+            self.layout = state.layout
+            await self._tell_worker(
+                wire.Layout(
+                    state.layout,
+                    spotlight=state.spotlight,
+                    overlay_corner=state.overlay_corner,
+                    overlay_width_pct=state.overlay_width_pct,
+                )
+            )
+        return self._commit(decision)
+
     async def set_layout(self, layout: LayoutName) -> None:
-        self.layout = layout
-        if self._phase is Phase.RECORDING:
-            await self._pipe_send.send(wire.encode_control(wire.Layout(layout)))
+        """Switch between pip and grid (the demo's and the bench's door; the SFU's is :meth:`update_layout`)."""
+        await self.update_layout(layout=layout)
+
+    async def set_peer_excluded(
+        self, peer_id: str, excluded: bool, *, connection: str | None = None, remote: str | None = None
+    ) -> dict[str, Any]:
+        """Take a participant out of the recording (consent withdrawn) or put them back.
+
+        From this instant their video is not composited, their audio not
+        mixed, their name not on the slate; their media is dropped in the
+        receivers, never decoded. A peer with no stream yet is excluded too:
+        streams it adds later start withheld.
+
+        Raises:
+            SessionError: the session is not recording.
+            ValueError: too many peers excluded (the hub answers -32602).
+        """
+        event = await self._control("excludePeer" if excluded else "includePeer", {"peerId": peer_id}, connection, remote)
+        decision = self.controls.exclude(event, peer_id) if excluded else self.controls.include(event, peer_id)
+        if decision.changed:
+            self.controls = decision.controls
+            if excluded:
+                self._apply_withholding()
+                await self._tell_worker(wire.ExcludePeer(peer_id=peer_id, excluded=True))
+            else:
+                await self._tell_worker(wire.ExcludePeer(peer_id=peer_id, excluded=False))
+                self._apply_withholding()
+            if excluded and self.speaker.forget(peer_id):
+                await self._send_active_speaker(None)
+        return self._commit(decision)
 
     def _close_streams(self) -> None:
         for handle in list(self._streams.values()):
@@ -938,6 +1102,9 @@ class RecordingSession:
             self.stopped_at = _utc_now()
             assert self.t0 is not None
             at_s = self._clock() - self.t0
+            # Stopping while paused: the file ends at the pause instant; the
+            # open interval closes at the stop.
+            self.controls = self.controls.stopped(self.stopped_at, at_s)
             for handle in list(self._streams.values()):
                 # What arrived before the stop instant goes in, ahead of the
                 # stop message, before the sockets close.

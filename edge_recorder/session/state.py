@@ -266,6 +266,9 @@ class SessionRecord:
     error: str | None = None
     stopped_at: str | None = None
     asset: AssetEntry | None = None
+    # The keys of session/controls.py's RecordingControls.to_wire(): paused,
+    # pauses, layoutState, excludedPeers, events. None: a record from before them.
+    controls: Mapping[str, Any] | None = None
 
     @property
     def public_error(self) -> str | None:
@@ -306,6 +309,8 @@ class SessionRecord:
             record["stoppedAt"] = self.stopped_at
         if self.asset is not None:
             record["asset"] = self.asset.to_wire()
+        if self.controls is not None:
+            record.update(self.controls)
         return record
 
     @classmethod
@@ -340,4 +345,22 @@ class SessionRecord:
             reason=row.get("reason"),
             error=row.get("error"),
             asset=entry,
+            controls=_controls_of_row(row),
         )
+
+
+def _controls_of_row(row: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The control fields of a metadata row (None for a row from before them).
+
+    ``events`` is empty here: the audit rows are another table, which the
+    caller adds (``MetadataRepository.control_events``).
+    """
+    if "paused" not in row:
+        return None
+    return {
+        "paused": bool(row.get("paused")),
+        "pauses": list(row.get("pauses") or []),
+        "layoutState": row.get("layoutState"),
+        "excludedPeers": list(row.get("excludedPeers") or []),
+        "events": [],
+    }

@@ -26,6 +26,7 @@ class FakeSession:
         self.room_id = request.room_id
         self.status = SessionStatus.STARTING
         self.stopping = False
+        self.paused = False
         self.stop_reason: str | None = None
         self.streams: list[object] = []
         self.stats: list[Packets] = []

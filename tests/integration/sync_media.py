@@ -32,6 +32,8 @@ __all__ = [
     "beep_onsets",
     "find_beeps",
     "find_flashes",
+    "marker_fraction",
+    "read_clock",
     "flash_onsets",
     "gst_rtpbin_sender_argv",
     "pair_skews",
@@ -41,6 +43,31 @@ __all__ = [
 
 DARK_LUMA = 40  # BT.601 limited-range Y of the dark grey background
 FLASH_LUMA = 235  # full white
+CLOCK_BITS = 16  # the visible clock: the frame number in this many blocks
+CLOCK_STRIP_ROWS = 24  # ... across the top rows of the source picture
+MARKER_UV = (200, 200)  # the marker background's chroma (a magenta-ish grey at the same luma)
+
+
+def read_clock(yuv: np.ndarray, width: int, height: int, strip_rows: int) -> int:
+    """The frame number a :func:`render_sync_source` clock strip shows in a
+    decoded picture (``yuv420p`` ndarray, planes stacked) scaled to ``width``,
+    the strip ``strip_rows`` rows high at its top."""
+    block = width / CLOCK_BITS
+    row = yuv[strip_rows // 2, :width]
+    value = 0
+    for bit in range(CLOCK_BITS):
+        x = int(block * bit + block / 2)
+        value = (value << 1) | int(row[x] > 128)
+    return value
+
+
+def marker_fraction(yuv: np.ndarray, width: int, height: int) -> float:
+    """The share of a decoded picture's chroma samples that are :data:`MARKER_UV` (±12)."""
+    quarter = (height // 2) * (width // 2)
+    u = yuv[height:].reshape(-1)[:quarter].astype(np.int16)
+    v = yuv[height:].reshape(-1)[quarter : 2 * quarter].astype(np.int16)
+    hit = (np.abs(u - MARKER_UV[0]) <= 12) & (np.abs(v - MARKER_UV[1]) <= 12)
+    return float(hit.mean())
 
 
 @dataclass(frozen=True)
@@ -127,6 +154,8 @@ def render_sync_source(
     beep_hz: float = 1000.0,
     beep_amplitude: float = 0.5,
     audio_offset_s: float = 0.0,
+    clock_strip: bool = False,
+    marker_s: tuple[float, float] | None = None,
 ) -> SyncSource:
     """Write a flash-and-beep file with PyAV.
 
@@ -152,6 +181,13 @@ def render_sync_source(
         audio_offset_s: start each beep this much after its flash (a source
             that is out of sync on purpose, to test the detectors); rounded
             to whole samples.
+        clock_strip: draw the frame number as a visible clock: a strip of
+            :data:`CLOCK_BITS` black/white blocks across the top
+            :data:`CLOCK_STRIP_ROWS` rows (most significant bit left); see
+            :func:`read_clock`.
+        marker_s: ``(start, end)`` seconds during which the background is
+            :data:`MARKER_UV` (same luma, so flashes are found as before): a
+            colour a test can search a recording for.
 
     Returns:
         What was written, with the instants.
@@ -183,6 +219,27 @@ def render_sync_source(
     white = dark.copy()
     white[:height] = FLASH_LUMA
 
+    marked = dark.copy()
+    chroma = marked[height:].reshape(-1)
+    quarter = (height // 2) * (width // 2)
+    chroma[:quarter] = MARKER_UV[0]
+    chroma[quarter:] = MARKER_UV[1]
+    marked_white = marked.copy()
+    marked_white[:height] = FLASH_LUMA
+
+    def picture(n: int) -> np.ndarray:
+        in_marker = marker_s is not None and marker_s[0] <= n / fps < marker_s[1]
+        flashed = n in flash_at
+        base = (marked_white if flashed else marked) if in_marker else (white if flashed else dark)
+        if not clock_strip:
+            return base
+        out = base.copy()
+        block = width // CLOCK_BITS
+        for bit in range(CLOCK_BITS):
+            on = (n >> (CLOCK_BITS - 1 - bit)) & 1
+            out[:CLOCK_STRIP_ROWS, bit * block : (bit + 1) * block] = FLASH_LUMA if on else 16
+        return out
+
     with av.open(str(path), "w", format="matroska") as container:
         video = container.add_stream("ffv1", rate=fps)
         video.width = width
@@ -195,7 +252,7 @@ def render_sync_source(
         per_frame = sample_rate // fps
         for n in range(n_frames):
             # Interleave by time: one video frame, then its frame's worth of audio.
-            frame = av.VideoFrame.from_ndarray(white if n in flash_at else dark, format="yuv420p")
+            frame = av.VideoFrame.from_ndarray(picture(n), format="yuv420p")
             frame.pts = n
             frame.time_base = Fraction(1, fps)
             container.mux(video.encode(frame))

@@ -131,7 +131,7 @@ async def test_store_down_at_stop_fails_keeping_the_file_and_retry_upload_comple
     shutdown.set()
 
 
-async def test_sigkill_mid_recording_is_recovered_at_restart(
+async def test_sigkill_while_paused_is_recovered_at_restart(
     settings: Any, moto: S3Target, tmp_path: Path, nursery: trio.Nursery  # noqa: F811
 ) -> None:
     env = dict(os.environ)
@@ -171,7 +171,10 @@ async def test_sigkill_mid_recording_is_recovered_at_restart(
     try:
         sfu = await connect()
         await _record(sfu, "crashed", nursery, 4.0)
-        os.kill(proc.pid, signal.SIGKILL)  # the whole recorder, mid-recording
+        paused = await sfu.call("recording.pause", {"sessionId": "crashed"})
+        assert paused["paused"] is True
+        await trio.sleep(1.0)
+        os.kill(proc.pid, signal.SIGKILL)  # the whole recorder, while paused
         await proc.wait()
     finally:
         if proc.returncode is None:
@@ -193,8 +196,14 @@ async def test_sigkill_mid_recording_is_recovered_at_restart(
         path.write_bytes(body)
         with av.open(str(path)) as container:
             frames = sum(1 for _ in container.decode(video=0))
-        # At most about 2 s of the 4 s recorded may be lost.
+        # At most about 2 s of the 4 s recorded before the pause may be lost.
         assert frames >= (4.0 - 2.0) * 30, frames
+        # The pause is an audit row, naming the connection that asked.
+        from edge_recorder.config import load_settings
+
+        events = MetadataRepository(default_database_url(load_settings(environ=env))).control_events("crashed")
+        assert [e["action"] for e in events] == ["pause"] and events[0]["connection"], events
+        assert record["events"] and record["events"][0]["action"] == "pause", record
         proc.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
             assert await proc.wait() == 0

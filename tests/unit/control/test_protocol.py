@@ -87,6 +87,16 @@ VALID: dict[str, dict[str, Any]] = {
     "recording.stop": {"sessionId": "s-1", "reason": "room-empty"},
     "recording.get": {"sessionId": "s-1"},
     "recording.list": {},
+    "recording.pause": {"sessionId": "s-1"},
+    "recording.resume": {"sessionId": "s-1"},
+    "recording.updateLayout": {
+        "sessionId": "s-1",
+        "layout": "grid",
+        "spotlight": "alice",
+        "overlay": {"corner": "top-left", "widthPct": 30},
+    },
+    "recording.excludePeer": {"sessionId": "s-1", "peerId": "bob"},
+    "recording.includePeer": {"sessionId": "s-1", "peerId": "bob"},
 }
 
 
@@ -122,6 +132,46 @@ def test_error_codes_are_the_documented_ones() -> None:
         "INSUFFICIENT_STORAGE": -32010,
         "NODE_UNAVAILABLE": -32011,
     }
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"sessionId": "s-1"}, "params"),
+        ({"sessionId": "s-1", "layout": "mosaic"}, "layout"),
+        ({"sessionId": "s-1", "spotlight": 7}, "spotlight"),
+        ({"sessionId": "s-1", "spotlight": "a b"}, "spotlight"),
+        ({"sessionId": "s-1", "overlay": []}, "overlay"),
+        ({"sessionId": "s-1", "overlay": {"corner": "middle"}}, "overlay.corner"),
+        ({"sessionId": "s-1", "overlay": {"widthPct": 0}}, "overlay.widthPct"),
+        ({"sessionId": "s-1", "overlay": {"widthPct": True}}, "overlay.widthPct"),
+        ({"sessionId": "s-1", "overlay": {"size": 3}}, "overlay.size"),
+        ({"layout": "grid"}, "sessionId"),
+    ],
+)
+def test_update_layout_names_the_bad_field(params: dict[str, Any], field: str) -> None:
+    with pytest.raises(JsonRpcError) as info:
+        protocol.parse_request_params("recording.updateLayout", params)
+    assert info.value.code == ErrorCode.INVALID_PARAMS
+    assert info.value.data == {"field": field}
+
+
+def test_update_layout_tells_a_released_pin_from_an_absent_one() -> None:
+    released = protocol.parse_request_params("recording.updateLayout", {"sessionId": "s", "spotlight": None})
+    kept = protocol.parse_request_params("recording.updateLayout", {"sessionId": "s", "layout": "pip"})
+    assert isinstance(released, protocol.UpdateLayoutParams) and isinstance(kept, protocol.UpdateLayoutParams)
+    assert released.set_spotlight and released.spotlight is None
+    assert not kept.set_spotlight
+    assert released.to_params() == {"sessionId": "s", "spotlight": None}
+
+
+@pytest.mark.parametrize("method", ["recording.excludePeer", "recording.includePeer"])
+def test_peer_controls_need_a_peer(method: str) -> None:
+    with pytest.raises(JsonRpcError) as info:
+        protocol.parse_request_params(method, {"sessionId": "s-1"})
+    assert info.value.data == {"field": "peerId"}
+    parsed = protocol.parse_request_params(method, {"sessionId": "s-1", "peerId": "bob"})
+    assert isinstance(parsed, protocol.PeerParams) and parsed.exclude == (method == "recording.excludePeer")
 
 
 def test_notification_names() -> None:
@@ -200,7 +250,7 @@ def test_a_valid_request_of_every_method_parses(method: str) -> None:
         ('{"jsonrpc":"2.0","id":1,"error":{"code":true,"message":"x"}}', ErrorCode.INVALID_REQUEST, None),
         ('{"jsonrpc":"2.0","id":1,"error":{"code":1}}', ErrorCode.INVALID_REQUEST, None),
         # -32601: unknown method, named
-        ('{"jsonrpc":"2.0","id":1,"method":"recording.pause"}', ErrorCode.METHOD_NOT_FOUND, 1),
+        ('{"jsonrpc":"2.0","id":1,"method":"recording.snapshot"}', ErrorCode.METHOD_NOT_FOUND, 1),
         ('{"jsonrpc":"2.0","id":"q","method":"rpc.discover"}', ErrorCode.METHOD_NOT_FOUND, "q"),
         # -32602: by-position params
         ('{"jsonrpc":"2.0","id":1,"method":"recording.stop","params":["s-1"]}', ErrorCode.INVALID_PARAMS, 1),
@@ -214,9 +264,9 @@ def test_malformed_messages_get_the_right_error(text: str, code: ErrorCode, msg_
 
 
 def test_unknown_method_is_named_in_data() -> None:
-    err = parse_error(request_message(1, "recording.pause", {}))
-    assert err.data == {"method": "recording.pause"}
-    assert "recording.pause" in err.message
+    err = parse_error(request_message(1, "recording.snapshot", {}))
+    assert err.data == {"method": "recording.snapshot"}
+    assert "recording.snapshot" in err.message
 
 
 def test_unknown_method_echo_is_bounded() -> None:
@@ -492,10 +542,10 @@ def test_h264_interleaved_mode_is_an_unsupported_codec() -> None:
 
 def test_parse_request_params_refuses_unknown_methods() -> None:
     with pytest.raises(JsonRpcError) as info:
-        parse_request_params("recording.pause", {}, 3)
+        parse_request_params("recording.snapshot", {}, 3)
     assert (info.value.code, info.value.data, info.value.id) == (
         ErrorCode.METHOD_NOT_FOUND,
-        {"method": "recording.pause"},
+        {"method": "recording.snapshot"},
         3,
     )
 

@@ -122,6 +122,11 @@ def test_the_live_record_is_the_protocols_object(settings: Settings) -> None:
         "sessionId": "life", "roomId": "room", "status": "STARTING", "previousStatus": None,
         "startedAt": "2024-05-01T09:00:00.120Z", "updatedAt": "2024-05-01T09:00:00.120Z",
         "serverId": settings.server_id, "layout": settings.layout, "streams": [],
+        "paused": False, "pauses": [], "excludedPeers": [], "events": [],
+        "layoutState": {
+            "layout": settings.layout, "spotlight": None,
+            "overlay": {"corner": settings.overlay.corner, "widthPct": settings.overlay.width_pct},
+        },
     }
     session._enter(Phase.RECORDING)
     session._enter(Phase.DRAINING)

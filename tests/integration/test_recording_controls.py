@@ -1,0 +1,260 @@
+"""Controls while recording (issue #13) against a real sender: pause into one file.
+
+GStreamer sends a pre-rendered source (a visible clock, flashes and beeps, and
+a marker colour only in the stretch the test pauses over) the way a browser
+would. The recording is decoded with PyAV and checked: its length is what was
+recorded, the clock jumps once by the pause and never goes back, the marker is
+nowhere in the file, audio and video end together and stay in sync across
+the cut, and the video restarts on a keyframe.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+import trio
+
+from edge_recorder.demo.sources import rgb_to_yuv
+from edge_recorder.session.manager import SessionManager
+from edge_recorder.session.state import SessionStatus
+from edge_recorder.session.stream import StreamSpec
+from tests.integration.peers import Producer, gst_opus, gst_video
+from tests.integration.sync_media import (
+    CLOCK_STRIP_ROWS,
+    GST,
+    find_beeps,
+    find_flashes,
+    gst_rtpbin_sender_argv,
+    marker_fraction,
+    pair_skews,
+    read_clock,
+    render_sync_source,
+)
+
+pytestmark = pytest.mark.integration
+
+RECORD_S = 6.0
+PAUSE_S = 5.0
+SOURCE_S = 2 * RECORD_S + PAUSE_S + 2.0
+# The sender's source time lags the test's clock by its start-up (GStreamer
+# takes 0.5-1.2 s to play): the marker sits inside the paused stretch of
+# source time whatever that lag, 0 to 1.5 s.
+MARKER_S = (RECORD_S + 0.1, RECORD_S + PAUSE_S - 1.5)
+
+
+async def _stop_process(proc: trio.Process) -> None:
+    with trio.CancelScope(shield=True):
+        if proc.returncode is None:
+            proc.terminate()
+            with trio.move_on_after(3):
+                await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def _decode(path: Path, width: int, height: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"clock": [], "marker_frames": [], "keyframes": [], "audio_end_s": 0.0, "video_end_s": 0.0}
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        audio = container.streams.audio[0]
+        fps = float(video.average_rate or 30)
+        for packet in container.demux(video):
+            if packet.pts is not None and packet.is_keyframe:
+                out["keyframes"].append(float(packet.pts * packet.time_base))
+        container.seek(0)
+        for frame in container.decode(video, audio):
+            t = float(frame.time or 0.0)
+            if isinstance(frame, av.VideoFrame):
+                yuv = frame.to_ndarray(format="yuv420p")
+                out["clock"].append((t, read_clock(yuv, width, height, CLOCK_STRIP_ROWS)))
+                if marker_fraction(yuv, width, height) > 0.05:
+                    out["marker_frames"].append(round(t, 2))
+                out["video_end_s"] = max(out["video_end_s"], t + 1 / fps)
+            else:
+                out["audio_end_s"] = max(out["audio_end_s"], t + frame.samples / frame.sample_rate)
+    return out
+
+
+@pytest.mark.skipif(GST is None, reason="GStreamer is installed by scripts/dev")
+async def test_pause_and_resume_cut_one_file_without_keeping_the_paused_media(
+    manager: SessionManager, settings: Any, tmp_path: Path
+) -> None:
+    source = render_sync_source(tmp_path / "clock.mkv", SOURCE_S, phase_s=1.37, clock_strip=True, marker_s=MARKER_S)
+    video = Producer("pause-cam", "pat", "video", "camera", "video/VP8", 96, 0x9A05E01)
+    audio = Producer("pause-mic", "pat", "audio", "microphone", "audio/opus", 111, 0x9A05E02)
+    session = await manager.start("room-pause", layout="pip")
+    ports = {}
+    for producer in (video, audio):
+        ports[producer.kind] = await session.add_stream(StreamSpec.from_params(producer.add_stream_params(session.session_id)))
+    argv = gst_rtpbin_sender_argv(
+        source.path,
+        "127.0.0.1",
+        video_port=ports["video"]["port"],
+        audio_port=ports["audio"]["port"],
+        video_ssrc=video.ssrc,
+        audio_ssrc=audio.ssrc,
+        cname="pat@test",
+    )
+    proc = await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await trio.sleep(RECORD_S)
+        paused = await session.pause(connection="c-test", remote="192.0.2.7:4000")
+        assert paused["changed"] and paused["paused"]
+        again = await session.pause(connection="c-test")
+        assert not again["changed"]
+        assert session.state_record().to_wire()["paused"] is True
+        await trio.sleep(PAUSE_S)
+        resumed = await session.resume(connection="c-test")
+        assert resumed["changed"] and not resumed["paused"]
+        await trio.sleep(RECORD_S)
+        await session.stop("host")
+    finally:
+        await _stop_process(proc)
+    assert session.status is SessionStatus.COMPLETED, session.error
+    record = session.state_record().to_wire()
+    (interval,) = record["pauses"]
+    assert interval["mediaEndS"] - interval["mediaStartS"] == pytest.approx(PAUSE_S, abs=0.2)
+    assert [e["action"] for e in record["events"]] == ["pause", "resume"]
+    assert record["events"][0]["remote"] == "192.0.2.7:4000"
+
+    w, h = settings.output.width_px, settings.output.height_px
+    info = _decode(session.path, w, h)
+    # One file of the recorded time: 6 s + 6 s, the pause cut out.
+    assert info["video_end_s"] == pytest.approx(2 * RECORD_S, abs=0.5), info["video_end_s"]
+    assert abs(info["audio_end_s"] - info["video_end_s"]) <= 0.05, (info["audio_end_s"], info["video_end_s"])
+    # Nothing sent while paused is in the file (the spool is the file).
+    assert info["marker_frames"] == [], (info["marker_frames"], info["clock"][:: source.fps])
+    # The clock never goes back and jumps once, by the pause.
+    shown = [(t, n) for t, n in info["clock"] if n > 0]
+    assert shown, "the clock was never seen"
+    steps = [(b[1] - a[1], a[0]) for a, b in zip(shown, shown[1:])]
+    assert all(step >= 0 for step, _ in steps), [s for s in steps if s[0] < 0][:5]
+    jumps = [(step, t) for step, t in steps if step > source.fps // 2]
+    assert len(jumps) == 1, jumps
+    jump_s = jumps[0][0] / source.fps
+    # By the pause, plus at most the wait for the first keyframe after it:
+    # GStreamer's vp8enc ignores PLI and sends one every second (mediasoup
+    # asks the browser at once), and until then the last picture holds.
+    assert PAUSE_S - 0.3 <= jump_s <= PAUSE_S + 1.0 + 0.4, jump_s
+    # The resume point starts on a keyframe.
+    cut_t = jumps[0][1]
+    assert any(abs(k - cut_t) <= 0.1 for k in info["keyframes"]), (cut_t, info["keyframes"])
+    # Lip sync across the cut: every flash/beep pair within the sync target.
+    skews = pair_skews(find_flashes(session.path, (0, CLOCK_STRIP_ROWS * 2, w, h // 2)), find_beeps(session.path), max_distance_s=0.5)
+    assert len(skews) >= 6, skews
+    assert max(abs(s) for s in skews) <= 0.060, skews
+
+
+# ---------------------------------------------------------------- layout and consent
+
+RED = (200, 40, 40)
+BLUE = (40, 60, 200)
+LOW_HZ, HIGH_HZ = 440.0, 1500.0
+
+
+def _colour_shares(yuv: np.ndarray, width: int, height: int) -> tuple[float, float]:
+    """The share of the picture's chroma samples that are RED and BLUE (±14)."""
+    quarter = (height // 2) * (width // 2)
+    flat = yuv[height:].reshape(-1)
+    u = flat[:quarter].astype(np.int16)
+    v = flat[quarter : 2 * quarter].astype(np.int16)
+    shares = []
+    for rgb in (RED, BLUE):
+        _, want_u, want_v = rgb_to_yuv(rgb)
+        shares.append(float(((np.abs(u - want_u) <= 14) & (np.abs(v - want_v) <= 14)).mean()))
+    return shares[0], shares[1]
+
+
+def _tone_level(pcm: np.ndarray, rate: int, hz: float) -> float:
+    """The amplitude of one frequency in a mono block (a single-bin DFT)."""
+    n = np.arange(len(pcm))
+    return float(np.abs(np.dot(pcm, np.exp(-2j * np.pi * hz * n / rate))) * 2 / max(1, len(pcm)))
+
+
+def _frames_and_audio(path: Path, width: int, height: int) -> tuple[list[tuple[float, float, float]], np.ndarray, int]:
+    frames: list[tuple[float, float, float]] = []
+    blocks: list[np.ndarray] = []
+    rate = 48000
+    with av.open(str(path)) as container:
+        for frame in container.decode(container.streams.video[0], container.streams.audio[0]):
+            if isinstance(frame, av.VideoFrame):
+                red, blue = _colour_shares(frame.to_ndarray(format="yuv420p"), width, height)
+                frames.append((float(frame.time or 0.0), red, blue))
+            else:
+                rate = frame.sample_rate
+                blocks.append(frame.to_ndarray().astype(np.float64).mean(axis=0))
+    return frames, np.concatenate(blocks), rate
+
+
+@pytest.mark.skipif(GST is None, reason="GStreamer is installed by scripts/dev")
+async def test_layout_changes_and_an_excluded_peer_show_in_the_frames_and_the_mix(
+    manager: SessionManager, settings: Any
+) -> None:
+    red_cam = Producer("red-cam", "rosa", "video", "camera", "video/VP8", 96, 0x7ED0001)
+    red_mic = Producer("red-mic", "rosa", "audio", "microphone", "audio/opus", 111, 0x7ED0002)
+    blue_cam = Producer("blue-cam", "bleu", "video", "camera", "video/VP8", 96, 0xB1E0001)
+    blue_mic = Producer("blue-mic", "bleu", "audio", "microphone", "audio/opus", 111, 0xB1E0002)
+    session = await manager.start("room-consent", layout="pip")
+    argvs = []
+    w, h = settings.output.width_px, settings.output.height_px
+    for producer, rgb, hz in ((red_cam, RED, 0.0), (red_mic, None, LOW_HZ), (blue_cam, BLUE, 0.0), (blue_mic, None, HIGH_HZ)):
+        ports = await session.add_stream(StreamSpec.from_params(producer.add_stream_params(session.session_id)))
+        if rgb is not None:
+            argvs.append(gst_video(producer, "127.0.0.1", ports["port"], ports["rtcpPort"], rgb=rgb, width=320, height=180, fps=15))
+        else:
+            argvs.append(gst_opus(producer, "127.0.0.1", ports["port"], frequency_hz=hz, volume=0.3))
+    procs = [
+        await trio.lowlevel.open_process(a, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for a in argvs
+    ]
+    marks: dict[str, float] = {}
+    try:
+        await trio.sleep(2.5)
+        marks["grid"] = (await session.update_layout(layout="grid", connection="c-test"))["events"][-1]["mediaS"]
+        await trio.sleep(2.0)
+        marks["exclude"] = (await session.set_peer_excluded("rosa", True, connection="c-test"))["events"][-1]["mediaS"]
+        await trio.sleep(2.5)
+        marks["include"] = (await session.set_peer_excluded("rosa", False, connection="c-test"))["events"][-1]["mediaS"]
+        await trio.sleep(3.0)
+        await session.stop("host")
+    finally:
+        for proc in procs:
+            await _stop_process(proc)
+    assert session.status is SessionStatus.COMPLETED, session.error
+    record = session.state_record().to_wire()
+    assert [e["action"] for e in record["events"]] == ["updateLayout", "excludePeer", "includePeer"]
+    assert record["layoutState"]["layout"] == "grid" and record["excludedPeers"] == []
+
+    frames, audio, rate = _frames_and_audio(session.path, w, h)
+
+    def between(a: float, b: float) -> list[tuple[float, float, float]]:
+        return [f for f in frames if a <= f[0] < b]
+
+    # pip, both cameras live: one fills the canvas and the other is the small overlay.
+    before = between(1.5, marks["grid"] - 0.5)
+    assert before and all(max(r, b) > 0.5 and min(r, b) < 0.15 for _, r, b in before), before[:3]
+    # grid: both side by side, each about a half (letterboxed).
+    grid = between(marks["grid"] + 0.1, marks["exclude"] - 0.5)
+    assert grid and all(0.2 < r < 0.6 and 0.2 < b < 0.6 for _, r, b in grid), grid[:3]
+    # Excluded: no red anywhere, from the instant of exclusion until the inclusion.
+    excluded = between(marks["exclude"] + 0.05, marks["include"])
+    assert excluded and all(r < 0.002 for _, r, _ in excluded), [f for f in excluded if f[1] >= 0.002][:3]
+    assert all(b > 0.5 for _, _, b in excluded[len(excluded) // 2 :])
+    # Included again: red is back within a keyframe interval and a request.
+    back = between(marks["include"] + 1.5, frames[-1][0])
+    assert back and all(r > 0.2 for _, r, _ in back), back[:3]
+
+    def tone(hz: float, a: float, b: float) -> float:
+        return _tone_level(audio[int(a * rate) : int(b * rate)], rate, hz)
+
+    # The mix: rosa's 440 Hz is gone while excluded (bleu's 1500 Hz stays), and back after.
+    assert tone(LOW_HZ, 1.5, marks["exclude"] - 0.5) > 0.02
+    assert tone(LOW_HZ, marks["exclude"] + 0.1, marks["include"]) < 0.002
+    assert tone(HIGH_HZ, marks["exclude"] + 0.1, marks["include"]) > 0.02
+    assert tone(LOW_HZ, marks["include"] + 1.0, frames[-1][0] - 0.3) > 0.02
