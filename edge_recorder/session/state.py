@@ -281,6 +281,11 @@ class SessionRecord:
             IllegalTransitionError: ``by`` may not make this move.
         """
         status = transition(self.status, target, by=by)
+        if status not in (SessionStatus.STARTING, SessionStatus.RECORDING) and "controls" not in changes:
+            # Out of RECORDING nothing is captured any more: a session that
+            # left it paused (a crash, recovered by another process) has its
+            # open pause closed here, as a live stop closes it.
+            changes["controls"] = controls_after_capture(self.controls, now)
         return dataclasses.replace(self, status=status, previous_status=self.status, updated_at=now, **changes)
 
     def to_wire(self, *, operator: bool = False) -> dict[str, Any]:
@@ -347,6 +352,24 @@ class SessionRecord:
             asset=entry,
             controls=_controls_of_row(row),
         )
+
+
+def controls_after_capture(controls: Mapping[str, Any] | None, at: str) -> Mapping[str, Any] | None:
+    """``controls`` (the record's wire keys) with an open pause closed at ``at`` (pure).
+
+    The media of a pause that never ended stops where the pause started, so
+    its media end is its media start (as ``RecordingControls.stopped`` does
+    without a media time).
+    """
+    if controls is None or not controls.get("paused"):
+        return controls
+    pauses = [dict(p) if isinstance(p, Mapping) else p for p in controls.get("pauses") or []]
+    if pauses and isinstance(pauses[-1], dict) and pauses[-1].get("endedAt") is None:
+        last = pauses[-1]
+        last["endedAt"] = at
+        if last.get("mediaEndS") is None:
+            last["mediaEndS"] = last.get("mediaStartS")
+    return {**controls, "paused": False, "pauses": pauses}
 
 
 def _controls_of_row(row: Mapping[str, Any]) -> dict[str, Any] | None:

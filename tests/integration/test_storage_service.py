@@ -191,6 +191,11 @@ async def test_sigkill_while_paused_is_recovered_at_restart(
                     break
                 await trio.sleep(0.3)
         assert record["status"] == "COMPLETED" and record["reason"] == "recovered", record
+        # A finished recording is not paused: the open pause is closed where
+        # its media stopped.
+        assert record["paused"] is False, record
+        (pause,) = record["pauses"]
+        assert pause["endedAt"] and pause["mediaEndS"] == pause["mediaStartS"], record
         body = ObjectStore(s3_settings(moto)).get_bytes(record["asset"]["key"])
         path = tmp_path / "recovered.mp4"
         path.write_bytes(body)

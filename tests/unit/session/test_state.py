@@ -205,3 +205,43 @@ def test_a_record_moves_only_through_transition() -> None:
 def test_a_row_with_an_unknown_status_reads_as_failed() -> None:
     row = {"sessionId": "s", "roomId": "r", "status": "PAUSED", "serverId": "n", "startedAt": "a", "updatedAt": "a"}
     assert SessionRecord.from_row(row).status is S.FAILED
+
+
+def _paused_controls() -> dict[str, object]:
+    return {
+        "paused": True,
+        "pauses": [
+            {"startedAt": "t1", "endedAt": "t2", "mediaStartS": 1.0, "mediaEndS": 1.0},
+            {"startedAt": "t3", "endedAt": None, "mediaStartS": 4.0, "mediaEndS": None},
+        ],
+        "layoutState": None,
+        "excludedPeers": [],
+        "events": [],
+    }
+
+
+@pytest.mark.parametrize("target", [S.UPLOADING, S.FAILED])
+def test_leaving_recording_while_paused_closes_the_open_pause_where_its_media_stopped(target: SessionStatus) -> None:
+    record = SessionRecord(
+        session_id="s", room_id="r", status=S.RECORDING, server_id="n", started_at="a", updated_at="a",
+        controls=_paused_controls(),
+    )
+    moved = record.moved(target, by=Mover.RECOVERY, now="t9").to_wire()
+    assert moved["paused"] is False
+    assert moved["pauses"] == [
+        {"startedAt": "t1", "endedAt": "t2", "mediaStartS": 1.0, "mediaEndS": 1.0},
+        {"startedAt": "t3", "endedAt": "t9", "mediaStartS": 4.0, "mediaEndS": 4.0},
+    ]
+    # The record it came from is unchanged (records are values).
+    assert record.to_wire()["paused"] is True and record.to_wire()["pauses"][1]["endedAt"] is None
+
+
+def test_a_move_that_stays_capturing_keeps_the_pause_open_and_given_controls_win() -> None:
+    record = SessionRecord(
+        session_id="s", room_id="r", status=S.STARTING, server_id="n", started_at="a", updated_at="a",
+        controls=_paused_controls(),
+    )
+    assert record.moved(S.RECORDING, by=Mover.SESSION, now="t9").to_wire()["paused"] is True
+    running = {**_paused_controls(), "paused": False}
+    leaving = dataclasses.replace(record, status=S.RECORDING).moved(S.UPLOADING, by=Mover.SESSION, now="t9", controls=running)
+    assert leaving.controls == running
