@@ -52,7 +52,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, NoReturn, TypeAlias
+from typing import Any, Final, Literal, NoReturn, Self, TypeAlias
 
 from edge_recorder.media.layout import CORNERS, LAYOUTS, LayoutName
 from edge_recorder.session.spec import StreamSpec
@@ -1121,13 +1121,13 @@ class SetActiveSpeakerParams:
 
 
 @dataclass(frozen=True, slots=True)
-class PauseParams:
-    """``recording.pause``: stop writing the room's media until ``recording.resume``."""
+class _SessionOnlyParams:
+    """The params of a method that names only a session (``{sessionId}``)."""
 
     session_id: str
 
     @classmethod
-    def from_params(cls, params: object) -> PauseParams:
+    def from_params(cls, params: object) -> Self:
         """Validate; raises JsonRpcError -32602 naming the field."""
         return cls(_required_identifier(_params_object(params), "sessionId", session=True))
 
@@ -1136,18 +1136,13 @@ class PauseParams:
 
 
 @dataclass(frozen=True, slots=True)
-class ResumeParams:
+class PauseParams(_SessionOnlyParams):
+    """``recording.pause``: stop writing the room's media until ``recording.resume``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeParams(_SessionOnlyParams):
     """``recording.resume``: write the room's media again, in the same file."""
-
-    session_id: str
-
-    @classmethod
-    def from_params(cls, params: object) -> ResumeParams:
-        """Validate; raises JsonRpcError -32602 naming the field."""
-        return cls(_required_identifier(_params_object(params), "sessionId", session=True))
-
-    def to_params(self) -> dict[str, Any]:
-        return {"sessionId": self.session_id}
 
 
 @dataclass(frozen=True, slots=True)

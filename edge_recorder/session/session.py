@@ -153,7 +153,6 @@ class RecordingSession:
         self.session_id = session_id or str(uuid.uuid4())
         self.room_id = room_id
         self.settings = settings
-        self.layout = layout or settings.layout
         self.output = output or OutputOptions.from_settings(settings)
         self.spool = spool or NodeSpool(Path(settings.tmp_dir), settings.server_id)
         self.path = self.spool.path_for(self.session_id)
@@ -191,7 +190,7 @@ class RecordingSession:
         # class performs): what the record says and the worker was told.
         self.controls = RecordingControls(
             layout=LayoutState(
-                layout=self.layout, overlay_corner=settings.overlay.corner, overlay_width_pct=settings.overlay.width_pct
+                layout=layout or settings.layout, overlay_corner=settings.overlay.corner, overlay_width_pct=settings.overlay.width_pct
             )
         )
         self.location: str | None = None
@@ -310,6 +309,11 @@ class RecordingSession:
     def stopping(self) -> bool:
         """Past recording: a stop was asked for and the media is being finalised, or the session ended (the phase says so)."""
         return self._phase.stopping
+
+    @property
+    def layout(self) -> LayoutName:
+        """The composite's layout now (``pip`` or ``grid``): the controls' own."""
+        return self.controls.layout.layout
 
     @property
     def paused(self) -> bool:
@@ -956,8 +960,11 @@ class RecordingSession:
         )
 
     def _commit(self, decision: Decision) -> dict[str, Any]:
-        """Keep a decision; announce it (state record, SQL, webhooks) when it changed anything."""
-        self.controls = decision.controls
+        """Announce a kept decision (state record, SQL, webhooks) when it changed anything; the answer.
+
+        The caller keeps ``decision.controls`` in ``self.controls`` first, as
+        soon as it decides: the receivers' withholding reads it.
+        """
         if decision.event is not None:
             self.updated_at = decision.event.at
             log.info(
@@ -986,8 +993,8 @@ class RecordingSession:
         """
         event = await self._control("pause", {}, connection, remote)
         decision = self.controls.pause(event)
+        self.controls = decision.controls
         if decision.changed:
-            self.controls = decision.controls
             # Receivers first: no frame captured after the pause instant may
             # reach the pipe; the worker then ends its output at the instant.
             self._apply_withholding()
@@ -998,8 +1005,8 @@ class RecordingSession:
         """Write the room's media again, in the same file; a running session stays so (``changed: false``)."""
         event = await self._control("resume", {}, connection, remote)
         decision = self.controls.resume(event)
+        self.controls = decision.controls
         if decision.changed:
-            self.controls = decision.controls
             # The worker first: frames released from here on are after the cut.
             await self._tell_worker(wire.Resume(at_s=event.media_s or 0.0))
             self._apply_withholding()
@@ -1035,9 +1042,9 @@ class RecordingSession:
             overlay_corner=overlay_corner,
             overlay_width_pct=overlay_width_pct,
         )
+        self.controls = decision.controls
         if decision.changed:
             state = decision.controls.layout
-            self.layout = state.layout
             await self._tell_worker(
                 wire.Layout(
                     state.layout,
@@ -1068,8 +1075,8 @@ class RecordingSession:
         """
         event = await self._control("excludePeer" if excluded else "includePeer", {"peerId": peer_id}, connection, remote)
         decision = self.controls.exclude(event, peer_id) if excluded else self.controls.include(event, peer_id)
+        self.controls = decision.controls
         if decision.changed:
-            self.controls = decision.controls
             if excluded:
                 self._apply_withholding()
                 await self._tell_worker(wire.ExcludePeer(peer_id=peer_id, excluded=True))

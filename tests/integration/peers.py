@@ -9,8 +9,11 @@ code that is not ours.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+import trio
 
 GST = shutil.which("gst-launch-1.0")
 FFMPEG = shutil.which("ffmpeg")
@@ -147,3 +150,22 @@ def ffmpeg_opus(producer: Producer, host: str, port: int, *, frequency_hz: float
         "-payload_type", str(producer.payload_type), "-ssrc", str(producer.ssrc),
         "-f", "rtp", f"rtp://{host}:{port}",
     ]  # fmt: skip
+
+
+async def stop_processes(procs: Iterable[trio.Process], *, grace_s: float = 3.0) -> None:
+    """Stop sender processes: SIGTERM, ``grace_s`` to exit, then SIGKILL; shielded (it is cleanup).
+
+    Their stderr pipes, when they have one, are left open for the caller to read.
+    """
+    procs = list(procs)
+    with trio.CancelScope(shield=True):
+        for proc in procs:
+            if proc.returncode is None:
+                proc.terminate()
+        with trio.move_on_after(grace_s):
+            for proc in procs:
+                await proc.wait()
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()

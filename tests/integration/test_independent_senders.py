@@ -23,7 +23,7 @@ from edge_recorder.session.manager import SessionManager
 from edge_recorder.session.session import RecordingSession
 from edge_recorder.session.state import SessionStatus
 from edge_recorder.session.stream import StreamSpec
-from tests.integration.peers import FFMPEG, GST, Producer, ffmpeg_opus, ffmpeg_video, gst_opus, gst_video
+from tests.integration.peers import FFMPEG, GST, Producer, ffmpeg_opus, ffmpeg_video, gst_opus, gst_video, stop_processes
 
 pytestmark = pytest.mark.integration
 
@@ -40,16 +40,8 @@ async def _start_senders(argvs: list[list[str]]) -> list[trio.Process]:
 
 
 async def _stop_senders(procs: list[trio.Process]) -> None:
+    await stop_processes(procs, grace_s=5)
     for p in procs:
-        if p.returncode is None:
-            p.terminate()
-    with trio.move_on_after(5):
-        for p in procs:
-            await p.wait()
-    for p in procs:
-        if p.returncode is None:
-            p.kill()
-            await p.wait()
         if p.stderr is not None:
             await p.stderr.aclose()
 

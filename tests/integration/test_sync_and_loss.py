@@ -30,24 +30,13 @@ from edge_recorder.session.state import SessionStatus
 from edge_recorder.session.stream import StreamSpec
 from tests.integration.impair import Impairment, ImpairmentProxy
 from tests.integration.nack_peer import NackPeer, RtxConfig
-from tests.integration.peers import Producer
+from tests.integration.peers import Producer, stop_processes
 from tests.integration.sync_media import GST, find_beeps, find_flashes, gst_rtpbin_sender_argv, pair_skews, render_sync_source
 
 pytestmark = pytest.mark.integration
 
 SKEW_PPM = 400.0
 SOURCE_S = 14.0
-
-
-async def _stop_process(proc: trio.Process) -> None:
-    with trio.CancelScope(shield=True):
-        if proc.returncode is None:
-            proc.terminate()
-            with trio.move_on_after(3):
-                await proc.wait()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 @pytest.mark.skipif(GST is None, reason="GStreamer is installed by scripts/dev")
@@ -96,7 +85,7 @@ async def test_flashes_and_beeps_stay_together_through_path_delay_and_a_skewed_c
             with trio.move_on_after(SOURCE_S + 3):
                 await proc.wait()
         finally:
-            await _stop_process(proc)
+            await stop_processes([proc])
         await trio.sleep(0.5)
         await session.stop("host")
         wall_s = time.monotonic() - wall_start

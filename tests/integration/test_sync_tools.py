@@ -29,6 +29,7 @@ from edge_recorder.rtp.rtcp import (
     parse_rtcp_untrusted,
 )
 from edge_recorder.rtp.depacketize.vp8 import Vp8Depacketizer
+from tests.integration.peers import stop_processes
 from tests.integration.sync_media import (
     GST,
     beep_onsets,
@@ -189,13 +190,7 @@ async def test_gst_sender_sends_sender_reports_for_both_streams_under_one_cname(
     finally:
         with trio.CancelScope(shield=True):
             exited = proc.returncode
-            if proc.returncode is None:
-                proc.terminate()
-                with trio.move_on_after(3):
-                    await proc.wait()
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            await stop_processes([proc])
             stderr = await proc.stderr.receive_some() if proc.stderr is not None else b""
             if proc.stderr is not None:
                 await proc.stderr.aclose()
