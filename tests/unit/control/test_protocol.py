@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 import subprocess
@@ -28,13 +29,17 @@ from edge_recorder.control.protocol import (
     ListParams,
     Notification,
     OutputParams,
+    PauseParams,
+    PeerParams,
     RateLimiter,
     RemoveStreamParams,
+    ResumeParams,
     Request,
     Response,
     SetActiveSpeakerParams,
     StartParams,
     StopParams,
+    UpdateLayoutParams,
     error_from_exception,
     error_message,
     keyframe_request_notification,
@@ -47,6 +52,7 @@ from edge_recorder.control.protocol import (
     state_notification,
 )
 from edge_recorder.demo.sfu import demo_producers
+from edge_recorder.media.layout import CORNERS
 from edge_recorder.rtp.parameters import recorder_rtp_capabilities
 from edge_recorder.errors import (
     AtCapacityError,
@@ -762,6 +768,24 @@ typed_params = st.one_of(
     st.builds(GetParams, st.none(), identifiers),
     st.just(ListParams()),
     st.just(InfoParams()),
+    st.builds(PauseParams, session_ids),
+    st.builds(ResumeParams, session_ids),
+    st.builds(PeerParams, session_ids, identifiers, st.booleans()),
+    st.builds(
+        UpdateLayoutParams,
+        session_ids,
+        layout=st.sampled_from([None, "pip", "grid"]),
+        overlay_corner=st.none() | st.sampled_from(CORNERS),
+        overlay_width_pct=st.none() | st.integers(1, 100),
+    ).flatmap(
+        # The pin: kept (absent), released (null) or set; at least one field is given.
+        lambda p: st.sampled_from([(False, None), (True, None)]).map(lambda pin: (*pin, p))
+        | identifiers.map(lambda peer: (True, peer, p))
+    ).map(
+        lambda t: dataclasses.replace(t[2], set_spotlight=t[0], spotlight=t[1])
+    ).filter(
+        lambda p: p.layout is not None or p.set_spotlight or p.overlay_corner is not None or p.overlay_width_pct is not None
+    ),
 )
 _METHOD_OF = {
     StartParams: "recording.start",
@@ -771,13 +795,22 @@ _METHOD_OF = {
     GetParams: "recording.get",
     ListParams: "recording.list",
     InfoParams: "recorder.info",
+    PauseParams: "recording.pause",
+    ResumeParams: "recording.resume",
+    UpdateLayoutParams: "recording.updateLayout",
 }
+
+
+def _method_of(params: Any) -> str:
+    if isinstance(params, PeerParams):
+        return "recording.excludePeer" if params.exclude else "recording.includePeer"
+    return _METHOD_OF[type(params)]
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow])
 @given(params=typed_params, msg_id=request_ids)
 def test_typed_params_round_trip_through_the_wire(params: Any, msg_id: Any) -> None:
-    method = _METHOD_OF[type(params)]
+    method = _method_of(params)
     message = parse_message_untrusted(request_message(msg_id, method, params.to_params()))
     assert isinstance(message, Request)
     assert parse_request_params(message.method, message.params, message.id) == params
