@@ -17,7 +17,8 @@ import trio
 
 from edge_recorder.config import Settings
 from edge_recorder.metadata import AsyncMetadataRepository, MetadataStore, default_database_url, upgrade_to_head
-from edge_recorder.session.destination import BucketUploader, bucket_destination
+from edge_recorder.session.destination import BucketUploader, DestinationFactory, bucket_destination
+from edge_recorder.sink.plan import COMPOSITE_ASSET
 from edge_recorder.sink.s3 import AsyncObjectStore, ObjectStore
 from edge_recorder.spool import NodeSpool
 from edge_recorder.state.memory import MemoryStateStore
@@ -54,7 +55,7 @@ class ServiceParts:
     webhooks: WebhookNotifier | None
     store: AsyncObjectStore | None
     uploader_for: UploaderFactory | None
-    destination: UploaderFactory | None
+    destination: DestinationFactory | None
     redis: RedisStateStore | None = None
 
     async def run_state(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -92,7 +93,7 @@ async def build_parts(settings: Settings) -> ServiceParts:
         webhooks = WebhookNotifier(settings.state.webhook_urls, secret)
     store: AsyncObjectStore | None = None
     uploader_for: UploaderFactory | None = None
-    destination: UploaderFactory | None = None
+    destination: DestinationFactory | None = None
     if settings.s3.bucket:
         bucket = AsyncObjectStore(ObjectStore(settings.s3))
         store = bucket
@@ -100,17 +101,19 @@ async def build_parts(settings: Settings) -> ServiceParts:
         # One spool streamer per session; RECORDING_S3_UPLOAD_MODE picks its
         # target: one multipart upload (the default) or chunks composed at stop.
         # The same uploader is the session's destination and recovery's.
-        def uploader(session_id: str, path: Path) -> BucketUploader:
+        def uploader(session_id: str, path: Path, *, asset: str = COMPOSITE_ASSET) -> BucketUploader:
             return bucket_destination(
                 bucket,
                 session_id,
                 path,
+                asset=asset,
                 upload_mode=settings.s3.upload_mode,
                 part_size_bytes=settings.s3.part_size_mib << 20,
                 retry_s=settings.s3.upload_retry_s,
                 sse_mode=settings.s3.sse,
             )
 
-        uploader_for = destination = uploader
+        uploader_for = uploader
+        destination = uploader
 
     return ServiceParts(metadata, state, webhooks, store, uploader_for, destination, redis)

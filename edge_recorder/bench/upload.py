@@ -93,7 +93,7 @@ from edge_recorder.media.encode import EncoderSettings, FragmentedMp4Writer
 from edge_recorder.media.mp4 import Mp4BoxScanner
 from edge_recorder.sink.compose import ROLLUP_FANOUT, ComposeTarget, compose_uploader
 from edge_recorder.sink.multipart import MultipartTarget, multipart_uploader
-from edge_recorder.sink.plan import Chunk
+from edge_recorder.sink.plan import COMPOSITE_ASSET, Chunk
 from edge_recorder.sink.s3 import AsyncObjectStore, ObjectInfo, ObjectStore
 from edge_recorder.sink.streamer import SpoolStreamer
 
@@ -695,21 +695,21 @@ class TimedStore(AsyncObjectStore):
         self.calls.append(_Call("put", started, trio.current_time(), len(data)))
         return etag
 
-    async def compose(self, session_id: str, chunks: Sequence[Chunk]) -> ObjectInfo:
+    async def compose(self, session_id: str, chunks: Sequence[Chunk], *, asset: str = COMPOSITE_ASSET) -> ObjectInfo:
         started = trio.current_time()
-        info = await super().compose(session_id, chunks)
+        info = await super().compose(session_id, chunks, asset=asset)
         self.calls.append(_Call("compose", started, trio.current_time()))
         return info
 
-    async def roll_up(self, session_id: str, chunks: Sequence[Chunk]) -> ObjectInfo:
+    async def roll_up(self, session_id: str, chunks: Sequence[Chunk], *, asset: str = COMPOSITE_ASSET) -> ObjectInfo:
         started = trio.current_time()
-        info = await super().roll_up(session_id, chunks)
+        info = await super().roll_up(session_id, chunks, asset=asset)
         self.calls.append(_Call("roll_up", started, trio.current_time()))
         return info
 
-    async def delete_chunks(self, session_id: str, chunks: Sequence[Chunk]) -> None:
+    async def delete_chunks(self, session_id: str, chunks: Sequence[Chunk], *, asset: str = COMPOSITE_ASSET) -> None:
         started = trio.current_time()
-        await super().delete_chunks(session_id, chunks)
+        await super().delete_chunks(session_id, chunks, asset=asset)
         self.calls.append(_Call("delete", started, trio.current_time()))
 
     async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str:

@@ -31,11 +31,11 @@ from edge_recorder.config import UploadMode
 from edge_recorder.sink.compose import ComposeTarget, compose_uploader
 from edge_recorder.sink.local import LocalTarget
 from edge_recorder.sink.multipart import MultipartTarget, multipart_uploader
-from edge_recorder.sink.plan import MAX_OFFSET
+from edge_recorder.sink.plan import COMPOSITE_ASSET, MAX_OFFSET
 from edge_recorder.sink.store import RecordingStore
 from edge_recorder.sink.streamer import Asset, SpoolStreamer
 
-__all__ = ["Asset", "BucketUploader", "Destination", "LocalDestination", "bucket_destination"]
+__all__ = ["Asset", "BucketUploader", "Destination", "DestinationFactory", "LocalDestination", "bucket_destination"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,12 @@ class Destination(Protocol):
         """Bytes of the recording safely at the destination so far (0 while recording locally)."""
 
 
+class DestinationFactory(Protocol):
+    """Builds the destination of one of a session's assets from its spool file."""
+
+    def __call__(self, session_id: str, spool_path: Path, /, *, asset: str = COMPOSITE_ASSET) -> Destination: ...
+
+
 class LocalDestination(SpoolStreamer[LocalTarget]):
     """The local directory is the destination: nothing to upload.
 
@@ -92,6 +98,7 @@ def bucket_destination(
     part_size_bytes: int,
     retry_s: float,
     sse_mode: str,
+    asset: str = COMPOSITE_ASSET,
 ) -> BucketUploader:
     """The uploader of one session's spool to the bucket (``RECORDING_S3_UPLOAD_MODE``).
 
@@ -104,7 +111,11 @@ def bucket_destination(
         part_size_bytes: ``RECORDING_S3_PART_SIZE_MIB`` in bytes.
         retry_s: ``RECORDING_UPLOAD_RETRY_S``.
         sse_mode: ``RECORDING_S3_SSE``, recorded on the asset.
+        asset: which of the session's assets: ``composite.mp4`` or, for
+            example, ``tracks/alice-cam.webm`` (``sink/plan.py`` checks the name).
     """
     if upload_mode == "multipart":
-        return multipart_uploader(store, spool_path, session_id, part_size_bytes, retry_s=retry_s, sse_mode=sse_mode)
-    return compose_uploader(store, spool_path, session_id, part_size_bytes, retry_s=retry_s, sse_mode=sse_mode)
+        return multipart_uploader(
+            store, spool_path, session_id, part_size_bytes, retry_s=retry_s, sse_mode=sse_mode, asset=asset
+        )
+    return compose_uploader(store, spool_path, session_id, part_size_bytes, retry_s=retry_s, sse_mode=sse_mode, asset=asset)

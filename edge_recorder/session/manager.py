@@ -44,7 +44,7 @@ from edge_recorder.errors import (
 from edge_recorder.fleet.placement import session_cost
 from edge_recorder.session.autostop import AutoStopRules
 from edge_recorder.session.ports import PortAllocator
-from edge_recorder.session.destination import Destination
+from edge_recorder.session.destination import Destination, DestinationFactory
 from edge_recorder.session.session import OutputOptions, RecordingSession
 from edge_recorder.session.state import SessionStatus
 from edge_recorder.session.stream import StreamSpec
@@ -139,7 +139,7 @@ def recording_sessions(
     ports: PortAllocator,
     spool: NodeSpool,
     *,
-    destination: Callable[[str, Path], Destination] | None = None,
+    destination: DestinationFactory | None = None,
     defer_spool_removal: bool = False,
 ) -> SessionFactory[RecordingSession]:
     """The factory of real sessions: each runs a media worker, on these ports and this spool."""
@@ -213,7 +213,7 @@ class SessionManager(Generic[S]):
         on_change: Callable[[RecordingSession], None] | None = None,
         on_keyframe_request: Callable[[RecordingSession, StreamSpec], None] | None = None,
         enforce_enabled: bool = False,
-        destination: Callable[[str, Path], Destination] | None = None,
+        destination: DestinationFactory | None = None,
         known_session: KnownSessionLookup | None = None,
         defer_spool_removal: bool = False,
         session_factory: None = None,
@@ -240,7 +240,7 @@ class SessionManager(Generic[S]):
         on_change: Callable[[Any], None] | None = None,
         on_keyframe_request: Callable[[Any, StreamSpec], None] | None = None,
         enforce_enabled: bool = False,
-        destination: Callable[[str, Path], Destination] | None = None,
+        destination: DestinationFactory | None = None,
         known_session: KnownSessionLookup | None = None,
         defer_spool_removal: bool = False,
         session_factory: SessionFactory[Any] | None = None,

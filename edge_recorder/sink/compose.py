@@ -1,19 +1,25 @@
 """The ``chunks`` target: chunk objects while recording, rolled up, composed server-side at stop.
 
+One :class:`ComposeTarget` uploads one asset of a session (``composite.mp4``
+unless named; :func:`~edge_recorder.sink.plan.check_asset_name`); each asset has
+its own chunk prefix (:func:`~edge_recorder.sink.plan.chunks_prefix`), so
+assets of one session upload at once without touching each other's chunks.
+
 ``RECORDING_S3_UPLOAD_MODE=chunks``. :class:`ComposeTarget` is the
 :class:`~edge_recorder.sink.streamer.UploadTarget` the spool streamer drives
 (:func:`compose_uploader` builds the pair):
 
 * each :class:`~edge_recorder.sink.plan.ChunkPlan` range is one PUT of a chunk
-  object ``<prefix><sessionId>/chunks/<start:012d>-<end:012d>`` (tagged
-  ``chunk``): durable progress any process can list from the store itself;
+  object ``<prefix><sessionId>/chunks/<start:012d>-<end:012d>`` (the
+  composite's; ``chunks~<asset>/`` for another asset; tagged ``chunk``):
+  durable progress any process can list from the store itself;
 * between ranges it **rolls chunks up**: whenever :data:`ROLLUP_FANOUT`
   consecutive stored objects have the same level, it composes them
   server-side into one chunk object spanning them and deletes them, so the
   compose at stop has O(fanout × log n) sources however long the recording
   (docs/storage.md, "Roll-ups"). A failing roll-up backs off on its own and
   never holds chunks back;
-* at stop the chunks are composed into ``composite.mp4`` (a multipart upload
+* at stop the chunks are composed into the asset's key (a multipart upload
   of ``UploadPartCopy`` parts completed with ``If-None-Match: *``), and the
   chunks are deleted;
 * a resume lists the chunks already in the store, aborts any multipart upload
@@ -31,11 +37,11 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Unpack
+from typing import TypedDict, Unpack
 
 
 from edge_recorder.errors import StorageError
-from edge_recorder.sink.plan import S3_MIN_PART_BYTES, Chunk, ChunkPlan, validate_chunks
+from edge_recorder.sink.plan import COMPOSITE_ASSET, S3_MIN_PART_BYTES, Chunk, ChunkPlan, check_asset_name, validate_chunks
 from edge_recorder.sink.store import ObjectInfo, RecordingStore
 from edge_recorder.sink.streamer import BucketTarget, Retry, RetryPolicy, SpoolStreamer, StreamerOptions, spool_error
 
@@ -48,6 +54,20 @@ log = logging.getLogger(__name__)
 # 10-minute recording (23 chunks of 8 MiB) composes 5 sources at stop (8 would
 # leave 9, 2 would copy each byte twice as often while recording).
 ROLLUP_FANOUT = 4
+
+
+class _AssetArg(TypedDict, total=False):
+    """The ``asset=`` of a store call: empty for ``composite.mp4``, the store's default.
+
+    Not passed for the composite, so a store wrapper written before assets
+    existed (overriding ``compose(session_id, chunks)``) still uploads it.
+    """
+
+    asset: str
+
+
+def _asset_arg(asset: str) -> _AssetArg:
+    return {} if asset == COMPOSITE_ASSET else {"asset": asset}
 
 
 @dataclass
@@ -77,9 +97,12 @@ class RollUps:
         done: roll-ups stored (and recorded in the plan).
     """
 
-    def __init__(self, store: RecordingStore, session_id: str, leftovers: Leftovers) -> None:
+    def __init__(
+        self, store: RecordingStore, session_id: str, leftovers: Leftovers, asset: str = COMPOSITE_ASSET
+    ) -> None:
         self._store = store
         self._session_id = session_id
+        self._asset = _asset_arg(check_asset_name(asset))
         self._leftovers = leftovers
         self._stopped = False
         self._attempt = 0
@@ -126,7 +149,7 @@ class RollUps:
         joined = (sources[0][0], sources[-1][1])
         stale.add(joined)  # exists from the compose on, until recorded
         try:
-            info = await self._store.roll_up(self._session_id, sources)
+            info = await self._store.roll_up(self._session_id, sources, **self._asset)
         except StorageError:
             self._leftovers.compose_failed = True
             raise
@@ -140,7 +163,7 @@ class RollUps:
         stale.update(sources)
         log.debug("session %s: rolled %d chunks up into [%d, %d)", self._session_id, len(sources), *joined)
         try:
-            await self._store.delete_chunks(self._session_id, sources)
+            await self._store.delete_chunks(self._session_id, sources, **self._asset)
         except StorageError as exc:
             policy.log_failure(exc, "roll-up sources left for the delete after the compose at stop")
             return
@@ -148,7 +171,7 @@ class RollUps:
 
 
 class ComposeTarget(BucketTarget):
-    """Chunk objects of one session, rolled up while recording, composed into ``composite.mp4`` at stop.
+    """Chunk objects of one asset of a session, rolled up while recording, composed into its key at stop.
 
     Args:
         store: the object store.
@@ -156,6 +179,7 @@ class ComposeTarget(BucketTarget):
         session_id: names the objects.
         min_part_bytes: S3's 5 MiB floor for every compose source but the last.
         rollup_fanout: objects joined per roll-up while recording; 0 turns roll-ups off.
+        asset: which of the session's objects (``composite.mp4`` by default).
 
     Attributes:
         idle_work: the roll-ups (:attr:`RollUps.done` counts them).
@@ -173,11 +197,13 @@ class ComposeTarget(BucketTarget):
         *,
         min_part_bytes: int = S3_MIN_PART_BYTES,
         rollup_fanout: int = ROLLUP_FANOUT,
+        asset: str = COMPOSITE_ASSET,
     ) -> None:
-        super().__init__(store, spool_path, session_id, min_part_bytes)
+        super().__init__(store, spool_path, session_id, min_part_bytes, asset)
         self.rollup_fanout = rollup_fanout
+        self._asset = _asset_arg(self.asset)
         self._leftovers = Leftovers()
-        self.idle_work = RollUps(store, session_id, self._leftovers)
+        self.idle_work = RollUps(store, session_id, self._leftovers, self.asset)
 
     @property
     def rollups(self) -> int:
@@ -187,7 +213,7 @@ class ComposeTarget(BucketTarget):
     async def put(self, chunk: Chunk, read: Callable[[], Awaitable[bytes]]) -> None:
         """One PUT of the chunk object."""
         data = await read()
-        await self._store.put_chunk(self._store.chunk_key(self._session_id, chunk), data)
+        await self._store.put_chunk(self._store.chunk_key(self._session_id, chunk, asset=self.asset), data)
         del data
         log.debug("session %s: stored chunk [%d, %d)", self._session_id, *chunk)
 
@@ -202,9 +228,9 @@ class ComposeTarget(BucketTarget):
             ) from exc
 
     async def complete(self, chunks: list[Chunk], total_bytes: int) -> ObjectInfo:
-        """The exclusive server-side compose of ``chunks`` into ``composite.mp4``."""
+        """The exclusive server-side compose of ``chunks`` into the asset's key."""
         try:
-            return await self._store.compose(self._session_id, chunks)
+            return await self._store.compose(self._session_id, chunks, **self._asset)
         except StorageError:
             # The compose aborts its multipart upload on failure, but the
             # abort is a request too and fails when the store is unreachable.
@@ -223,7 +249,7 @@ class ComposeTarget(BucketTarget):
         # bucket's lifecycle rule expires them, so a failed delete is a warning.
         doomed = sorted(set(used) | self._leftovers.stale)
         try:
-            await self._store.delete_chunks(self._session_id, doomed)
+            await self._store.delete_chunks(self._session_id, doomed, **self._asset)
         except StorageError as exc:
             policy.log_failure(exc, "chunks left for the lifecycle rule to expire")
         return len(used)
@@ -235,11 +261,11 @@ class ComposeTarget(BucketTarget):
 
     async def on_existing(self, retry: Retry) -> list[Chunk]:
         """The listed chunks: deleted now that the recording is in place."""
-        return await retry(lambda: self._store.list_chunks(self._session_id))
+        return await retry(lambda: self._store.list_chunks(self._session_id, **self._asset))
 
     async def resume(self, plan: ChunkPlan, total_bytes: int, retry: Retry, policy: RetryPolicy) -> list[Chunk]:
         """Continue the plan after the chunks in the store; abort a compose a crash cut."""
-        listed = await retry(lambda: self._store.list_chunks(self._session_id))
+        listed = await retry(lambda: self._store.list_chunks(self._session_id, **self._asset))
         # A process killed mid-compose leaves the compose's multipart
         # upload behind; nothing else would ever complete or abort it.
         await self._abort_incomplete_uploads(policy)
@@ -260,14 +286,14 @@ class ComposeTarget(BucketTarget):
         return plan.committed
 
     async def _abort_incomplete_uploads(self, policy: RetryPolicy) -> None:
-        """Abort this session's dangling compose uploads; best effort (one attempt).
+        """Abort this asset's dangling compose uploads (never another asset's); best effort (one attempt).
 
         Never fails the upload: an upload left behind only costs storage until
         the bucket's AbortIncompleteMultipartUpload lifecycle rule removes it.
         Called only when no compose of this session runs.
         """
         try:
-            aborted = await self._store.abort_incomplete_uploads(self._session_id)
+            aborted = await self._store.abort_incomplete_uploads(self._session_id, asset=self.asset)
         except StorageError as exc:
             policy.log_failure(exc, "incomplete multipart uploads left for the lifecycle rule to abort")
             return
@@ -283,10 +309,13 @@ def compose_uploader(
     *,
     retry_s: float,
     rollup_fanout: int = ROLLUP_FANOUT,
+    asset: str = COMPOSITE_ASSET,
     **options: Unpack[StreamerOptions],
 ) -> SpoolStreamer[ComposeTarget]:
-    """The spool streamer driving a :class:`ComposeTarget` (arguments as :class:`~edge_recorder.sink.streamer.SpoolStreamer`;
-    ``rollup_fanout``: objects joined per roll-up, 0 for none)."""
+    """The spool streamer driving a :class:`ComposeTarget` of ``asset`` (arguments as :class:`~edge_recorder.sink.streamer.SpoolStreamer`;
+    ``rollup_fanout``: objects joined per roll-up, 0 for none; ValueError for a name that is not an asset's)."""
     floor = options.get("min_part_bytes", S3_MIN_PART_BYTES)
-    target = ComposeTarget(store, Path(spool_path), session_id, min_part_bytes=floor, rollup_fanout=rollup_fanout)
+    target = ComposeTarget(
+        store, Path(spool_path), session_id, min_part_bytes=floor, rollup_fanout=rollup_fanout, asset=asset
+    )
     return SpoolStreamer(target, spool_path, session_id, part_size_bytes, retry_s=retry_s, **options)

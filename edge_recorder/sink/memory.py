@@ -30,6 +30,7 @@ import base64
 import datetime as dt
 import hashlib
 import logging
+import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
@@ -39,7 +40,15 @@ import trio
 
 from edge_recorder.errors import StorageError
 from edge_recorder.sink import plan
-from edge_recorder.sink.plan import MAX_COMPOSE_SOURCES, S3_MIN_PART_BYTES, Chunk, is_session_upload_key, parse_chunk_key
+from edge_recorder.sink.plan import (
+    COMPOSITE_ASSET,
+    MAX_COMPOSE_SOURCES,
+    S3_MIN_PART_BYTES,
+    Chunk,
+    asset_content_type,
+    is_session_upload_key,
+    parse_chunk_key,
+)
 from edge_recorder.sink.s3 import classify_s3_error
 from edge_recorder.sink.store import OBJECT_KIND_TAG, UPLOAD_TOKEN_HEADER, ObjectInfo, RecordingStore, StoredPart
 
@@ -205,13 +214,17 @@ class MemoryObjectStore:
         """Whether a part's ETag is its MD5 (not with SSE-KMS or SSE-C)."""
         return self.sse_mode in ("none", "AES256")
 
+    def asset_key(self, session_id: str, asset: str = COMPOSITE_ASSET) -> str:
+        """``<prefix><sessionId>/<asset>``."""
+        return plan.asset_key(self.prefix, session_id, asset)
+
     def composite_key(self, session_id: str) -> str:
         """``<prefix><sessionId>/composite.mp4``."""
-        return plan.composite_key(self.prefix, session_id)
+        return self.asset_key(session_id)
 
-    def chunk_key(self, session_id: str, chunk: Chunk) -> str:
-        """``<prefix><sessionId>/chunks/<start:012d>-<end:012d>``."""
-        return plan.chunk_key(self.prefix, session_id, chunk)
+    def chunk_key(self, session_id: str, chunk: Chunk, *, asset: str = COMPOSITE_ASSET) -> str:
+        """``<prefix><sessionId>/chunks/<start:012d>-<end:012d>`` (``chunks~<asset>/`` for another asset)."""
+        return plan.chunk_key(self.prefix, session_id, chunk, asset)
 
     # -- inspection (tests) ---------------------------------------------------
 
@@ -263,10 +276,10 @@ class MemoryObjectStore:
             raise self._lost("uploading a chunk")
         return etag
 
-    async def list_chunks(self, session_id: str) -> list[Chunk]:
-        """The session's chunk objects, sorted by start (other keys under the prefix skipped)."""
+    async def list_chunks(self, session_id: str, *, asset: str = COMPOSITE_ASSET) -> list[Chunk]:
+        """The asset's chunk objects, sorted by start (other keys under the prefix skipped)."""
+        under = plan.chunks_prefix(self.prefix, session_id, asset)
         await self._enter("list_chunks", "listing chunks")
-        under = plan.chunks_prefix(self.prefix, session_id)
         chunks: list[Chunk] = []
         for name in self._objects:
             if name.startswith(under):
@@ -276,31 +289,40 @@ class MemoryObjectStore:
                     log.warning("ignoring %r under the chunk prefix: not a chunk key", name)
         return sorted(chunks)
 
-    async def compose(self, session_id: str, chunks: Sequence[Chunk]) -> ObjectInfo:
-        """Join the chunk objects into ``composite.mp4`` (tagged ``recording``), never over an object."""
+    async def compose(self, session_id: str, chunks: Sequence[Chunk], *, asset: str = COMPOSITE_ASSET) -> ObjectInfo:
+        """Join the asset's chunk objects into its key (tagged ``recording``), never over an object."""
         if not chunks:
             raise ValueError("nothing to compose")
+        key = self.asset_key(session_id, asset)
         lost = await self._enter("compose", "composing the recording")
         info = self._join(
-            "composing the recording", self.composite_key(session_id), session_id, chunks, "video/mp4", "recording", True
+            "composing the recording", key, session_id, asset, chunks, asset_content_type(asset), "recording", True
         )
         if lost:
             raise self._lost("composing the recording")
         return info
 
-    async def roll_up(self, session_id: str, chunks: Sequence[Chunk]) -> ObjectInfo:
-        """Join consecutive chunk objects into the chunk object spanning them (sources kept)."""
+    async def roll_up(self, session_id: str, chunks: Sequence[Chunk], *, asset: str = COMPOSITE_ASSET) -> ObjectInfo:
+        """Join consecutive chunk objects of the asset into the chunk object spanning them (sources kept)."""
         if len(chunks) < 2 or any(a[1] != b[0] for a, b in zip(chunks, chunks[1:])):
             raise ValueError("a roll-up joins two or more consecutive chunks")
+        key = self.chunk_key(session_id, (chunks[0][0], chunks[-1][1]), asset=asset)
         lost = await self._enter("roll_up", "rolling chunks up")
-        key = self.chunk_key(session_id, (chunks[0][0], chunks[-1][1]))
-        info = self._join("rolling chunks up", key, session_id, chunks, "application/octet-stream", "chunk", False)
+        info = self._join("rolling chunks up", key, session_id, asset, chunks, "application/octet-stream", "chunk", False)
         if lost:
             raise self._lost("rolling chunks up")
         return info
 
     def _join(
-        self, what: str, key: str, session_id: str, chunks: Sequence[Chunk], content_type: str, kind: str, exclusive: bool
+        self,
+        what: str,
+        key: str,
+        session_id: str,
+        asset: str,
+        chunks: Sequence[Chunk],
+        content_type: str,
+        kind: str,
+        exclusive: bool,
     ) -> ObjectInfo:
         """What S3 does for the adapter's compose: UploadPartCopy per source, then a Complete."""
         if len(chunks) > MAX_COMPOSE_SOURCES:
@@ -310,7 +332,7 @@ class MemoryObjectStore:
             )
         pieces: list[bytes] = []
         for chunk in chunks:
-            source = self._get(self.chunk_key(session_id, chunk), what)
+            source = self._get(self.chunk_key(session_id, chunk, asset=asset), what)
             if len(source.data) < chunk[1] - chunk[0]:
                 raise self._error(what, "InvalidRange", 416, "The requested range is not satisfiable")
             pieces.append(source.data[: chunk[1] - chunk[0]])
@@ -321,22 +343,23 @@ class MemoryObjectStore:
         etag = _multipart_etag([_md5(p) for p in pieces])
         return self._store(key, b"".join(pieces), etag, self._headers(content_type), kind)
 
-    async def abort_incomplete_uploads(self, session_id: str) -> int:
-        """Abort the in-progress uploads of the session's ``composite.mp4`` and chunk keys; how many."""
+    async def abort_incomplete_uploads(self, session_id: str, *, asset: str | None = None) -> int:
+        """Abort in-progress uploads under ``<prefix><sessionId>/`` (of ``asset`` and its chunks only, if given); how many."""
+        plan.session_prefix(self.prefix, session_id)  # refuses a bad session id, as ObjectStore does
         await self._enter("abort_incomplete_uploads", "aborting incomplete multipart uploads")
         doomed = [
             upload_id
             for upload_id, upload in self._uploads.items()
-            if is_session_upload_key(self.prefix, session_id, upload.key)
+            if is_session_upload_key(self.prefix, session_id, upload.key, asset)
         ]
         for upload_id in doomed:
             log.warning("aborted an incomplete multipart upload of %s (upload id %s)", self._uploads[upload_id].key, upload_id)
             del self._uploads[upload_id]
         return len(doomed)
 
-    async def delete_chunks(self, session_id: str, chunks: Sequence[Chunk]) -> None:
-        """Delete chunk objects (missing ones are no error)."""
-        keys = {self.chunk_key(session_id, c) for c in chunks}
+    async def delete_chunks(self, session_id: str, chunks: Sequence[Chunk], *, asset: str = COMPOSITE_ASSET) -> None:
+        """Delete the asset's chunk objects (missing ones are no error)."""
+        keys = {self.chunk_key(session_id, c, asset=asset) for c in chunks}
         if not keys:
             return
         lost = await self._enter("delete_chunks", "deleting chunks")
@@ -380,7 +403,8 @@ class MemoryObjectStore:
         if not 1 <= expiry_s <= _MAX_PRESIGN_S:
             raise ValueError("expires must be between 1 second to 7 days")
         await self._enter("presign", "presigning a URL")
-        return f"memory://{self._bucket}/{key}?X-Amz-Expires={expiry_s}&response-content-type=video%2Fmp4"
+        content_type = urllib.parse.quote(asset_content_type(key), safe="")
+        return f"memory://{self._bucket}/{key}?X-Amz-Expires={expiry_s}&response-content-type={content_type}"
 
     # -- multipart ------------------------------------------------------------
 

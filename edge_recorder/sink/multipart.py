@@ -1,14 +1,15 @@
-"""The default target: the spool as ONE S3 multipart upload of ``composite.mp4``.
+"""The default target: the spool as ONE S3 multipart upload of an asset (``composite.mp4`` unless named).
 
 ``RECORDING_S3_UPLOAD_MODE=multipart`` (the default). :class:`MultipartTarget`
 is the :class:`~edge_recorder.sink.streamer.UploadTarget` the spool streamer
 drives (:func:`multipart_uploader` builds the pair):
 
-* at the first complete part, CreateMultipartUpload (``video/mp4``, the SSE
-  headers, the ``recording`` tag, a random upload token as metadata
+* at the first complete part, CreateMultipartUpload (the asset's content
+  type, ``video/mp4`` for ``composite.mp4``; the SSE headers, the
+  ``recording`` tag, a random upload token as metadata
   :data:`~edge_recorder.sink.store.UPLOAD_TOKEN_HEADER`), and the upload id is
-  written atomically to a sidecar ``<sessionId>.upload.json`` next to the
-  spool (upload id, bucket, key, part size, token) before any part is sent;
+  written atomically to a sidecar next to the spool (:func:`sidecar_path`:
+  upload id, bucket, key, part size, token) before any part is sent;
 * while recording, each :class:`~edge_recorder.sink.plan.ChunkPlan` range
   (≥ part size, ending on a fragment boundary; no roll-ups) is sent as
   UploadPart number ``index + 1``;
@@ -21,7 +22,7 @@ drives (:func:`multipart_uploader` builds the pair):
   whose size and (when it is an MD5) ETag match the spool's bytes, and the
   streamer sends the rest and completes. No usable sidecar, or an upload id
   the store no longer knows (``NoSuchUpload``): every incomplete upload of the
-  key is aborted and a fresh upload starts from byte 0.
+  asset is aborted (never another asset's) and a fresh upload starts from byte 0.
 
 Parts a crash leaves are invisible in object listings and billed until
 completed or aborted, so the bucket's AbortIncompleteMultipartUpload rule is
@@ -44,7 +45,7 @@ from typing import Unpack
 import trio
 
 from edge_recorder.errors import StorageError
-from edge_recorder.sink.plan import S3_MIN_PART_BYTES, Chunk, ChunkPlan
+from edge_recorder.sink.plan import COMPOSITE_ASSET, S3_MIN_PART_BYTES, Chunk, ChunkPlan, asset_content_type
 from edge_recorder.sink.store import ObjectInfo, RecordingStore, StoredPart
 from edge_recorder.sink.streamer import BucketTarget, Retry, RetryPolicy, SpoolStreamer, StreamerOptions, spool_error, md5_range
 
@@ -59,9 +60,17 @@ _SIDECAR_VERSION = 1
 _MD5_RE = re.compile(r"[0-9a-f]{32}")
 
 
-def sidecar_path(spool_path: Path, session_id: str) -> Path:
-    """``<dir of the spool>/<sessionId>.upload.json``."""
-    return spool_path.with_name(f"{session_id}.upload.json")
+def sidecar_path(spool_path: Path, session_id: str, asset: str = COMPOSITE_ASSET) -> Path:
+    """Where a multipart upload keeps its id: next to the spool, one per asset.
+
+    ``<dir of the spool>/<sessionId>.upload.json`` for ``composite.mp4`` (as
+    housekeeping and older sidecars have it), ``<spool name>.upload.json``
+    for any other asset: assets uploading at once never share a sidecar (each
+    has its own spool).
+    """
+    if asset == COMPOSITE_ASSET:
+        return spool_path.with_name(f"{session_id}.upload.json")
+    return spool_path.with_name(f"{spool_path.name}.upload.json")
 
 
 @dataclass(frozen=True)
@@ -153,7 +162,7 @@ def _part_count(etag: str) -> int:
 
 
 class MultipartTarget(BucketTarget):
-    """One multipart upload of ``<prefix><sessionId>/composite.mp4``, its id kept in a sidecar.
+    """One multipart upload of ``<prefix><sessionId>/<asset>``, its id kept in a sidecar.
 
     Args:
         store: the object store.
@@ -161,9 +170,10 @@ class MultipartTarget(BucketTarget):
         session_id: names the object.
         part_size_bytes: recorded in the sidecar.
         min_part_bytes: S3's 5 MiB floor for every part but the last.
+        asset: which of the session's objects (``composite.mp4`` by default).
 
     Attributes:
-        sidecar_path: ``<dir of the spool>/<sessionId>.upload.json``.
+        sidecar_path: :func:`sidecar_path` (``<dir of the spool>/<sessionId>.upload.json`` for the composite).
         parts_uploaded: every UploadPart that succeeded (also re-uploads).
     """
 
@@ -180,10 +190,11 @@ class MultipartTarget(BucketTarget):
         part_size_bytes: int,
         *,
         min_part_bytes: int = S3_MIN_PART_BYTES,
+        asset: str = COMPOSITE_ASSET,
     ) -> None:
-        super().__init__(store, spool_path, session_id, min_part_bytes)
+        super().__init__(store, spool_path, session_id, min_part_bytes, asset)
         self._part_size = part_size_bytes
-        self.sidecar_path = sidecar_path(spool_path, session_id)
+        self.sidecar_path = sidecar_path(spool_path, session_id, self.asset)
         self._upload_id: str | None = None
         # This upload's token on the object (UPLOAD_TOKEN_HEADER): set at
         # create, or read from the sidecar on resume.
@@ -226,7 +237,7 @@ class MultipartTarget(BucketTarget):
             return self._upload_id
         token = uuid.uuid4().hex
         upload_id = await self._store.create_multipart_upload(
-            self.key, content_type="video/mp4", kind="recording", token=token
+            self.key, content_type=asset_content_type(self.asset), kind="recording", token=token
         )
         sidecar = Sidecar(upload_id, self._store.bucket, self.key, self._part_size, token)
         try:
@@ -298,7 +309,7 @@ class MultipartTarget(BucketTarget):
                 self._upload_id = upload_id
                 await self._keep_matching(plan, parts, total_bytes)
         if self._upload_id is None:
-            aborted = await retry(lambda: self._store.abort_incomplete_uploads(self._session_id))
+            aborted = await retry(lambda: self._store.abort_incomplete_uploads(self._session_id, asset=self.asset))
             if aborted:
                 log.info("session %s: aborted %d incomplete multipart upload(s)", self._session_id, aborted)
             await trio.to_thread.run_sync(_remove, self.sidecar_path)
@@ -358,9 +369,11 @@ def multipart_uploader(
     part_size_bytes: int,
     *,
     retry_s: float,
+    asset: str = COMPOSITE_ASSET,
     **options: Unpack[StreamerOptions],
 ) -> SpoolStreamer[MultipartTarget]:
-    """The spool streamer driving a :class:`MultipartTarget` (arguments as :class:`~edge_recorder.sink.streamer.SpoolStreamer`)."""
+    """The spool streamer driving a :class:`MultipartTarget` of ``asset`` (other arguments as
+    :class:`~edge_recorder.sink.streamer.SpoolStreamer`; ValueError for a name that is not an asset's)."""
     floor = options.get("min_part_bytes", S3_MIN_PART_BYTES)
-    target = MultipartTarget(store, Path(spool_path), session_id, part_size_bytes, min_part_bytes=floor)
+    target = MultipartTarget(store, Path(spool_path), session_id, part_size_bytes, min_part_bytes=floor, asset=asset)
     return SpoolStreamer(target, spool_path, session_id, part_size_bytes, retry_s=retry_s, **options)

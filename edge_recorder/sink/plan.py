@@ -40,12 +40,19 @@ tail of an earlier attempt). :func:`choose_cover` picks the cover to resume
 from: contiguous from 0, as far as the objects reach, with the fewest (so the
 largest) objects; everything else is redundant and deleted after the compose.
 
-Object keys (see docs/storage.md)::
+Object keys (see docs/storage.md): a session has named **assets**, each
+uploaded on its own, ``composite.mp4`` (:data:`COMPOSITE_ASSET`) the default::
 
-    <prefix><sessionId>/chunks/<start:012d>-<end:012d>   one chunk, bytes [start, end)
-    <prefix><sessionId>/composite.mp4                     the composed recording
+    <prefix><sessionId>/composite.mp4                            the composed recording
+    <prefix><sessionId>/chunks/<start:012d>-<end:012d>           one chunk of it, bytes [start, end)
+    <prefix><sessionId>/<asset>                                  another asset (manifest.json, tracks/<name>)
+    <prefix><sessionId>/chunks~<asset>/<start:012d>-<end:012d>   one chunk of that asset
 
-Zero-padded offsets make the store's lexicographic listing the byte order.
+Asset names come from producer ids, so :func:`check_asset_name` admits only
+one segment, or ``tracks/<segment>``. ``~`` is in no asset name, so no asset's
+key or chunk prefix can be, or contain, another's (MinIO cannot hold an object
+``a`` next to an object ``a/b``). Zero-padded offsets make the store's
+lexicographic listing the byte order.
 No I/O here and no ``trio``: the spool streamer (``streamer.py``) is the shell.
 """
 
@@ -56,17 +63,22 @@ import re
 from collections.abc import Iterable, Sequence
 
 __all__ = [
+    "COMPOSITE_ASSET",
     "MAX_COMPOSE_SOURCES",
     "MAX_OFFSET",
     "S3_MIN_PART_BYTES",
     "Chunk",
     "ChunkPlan",
+    "asset_content_type",
+    "asset_key",
+    "check_asset_name",
     "chunk_key",
     "chunks_prefix",
     "choose_cover",
     "composite_key",
     "is_session_upload_key",
     "parse_chunk_key",
+    "session_prefix",
     "validate_chunks",
 ]
 
@@ -84,13 +96,64 @@ _CHUNK_NAME_RE = re.compile(r"(\d{12})-(\d{12})")
 _SESSION_ID_RE = re.compile(r"[A-Za-z0-9._~-]{1,200}")
 
 
+# The asset every caller means unless it names another: the composed recording.
+COMPOSITE_ASSET = "composite.mp4"
+# The one folder an asset may be in (a participant's own track).
+_ASSET_FOLDERS = frozenset({"tracks"})
+# One-segment names that are folders of the session's keys, never an asset.
+_RESERVED_ASSETS = frozenset({"chunks", "tracks"})
+# A segment of an asset name: 1 to 128 of [A-Za-z0-9._-], not starting with a dot
+# (so never "." or ".."); fullmatch, so no trailing newline slips through.
+_ASSET_SEGMENT_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+# Content types by the name's extension; anything else is bytes.
+_CONTENT_TYPES = {
+    ".mp4": "video/mp4",
+    ".m4a": "audio/mp4",
+    ".webm": "video/webm",
+    ".mkv": "video/x-matroska",
+    ".ogg": "audio/ogg",
+    ".opus": "audio/ogg",
+    ".json": "application/json",
+}
+
+
 def _check_session_id(session_id: str) -> None:
     if not _SESSION_ID_RE.fullmatch(session_id) or session_id in (".", ".."):
         raise ValueError(f"session id {session_id!r} cannot be part of an object key")
 
 
-def chunks_prefix(prefix: str, session_id: str) -> str:
-    """The key prefix under which a session's chunk objects live.
+def check_asset_name(asset: str) -> str:
+    """``asset`` if it may name an asset of a session, else ValueError (pure).
+
+    Allowed: one segment (``composite.mp4``, ``manifest.json``, ``audio.m4a``)
+    other than ``chunks`` and ``tracks``, or ``tracks/<segment>``; a segment is
+    1 to 128 characters of ``[A-Za-z0-9._-]`` not starting with a dot. So no
+    ``..``, no absolute path, no empty segment, no backslash, no ``~`` (the
+    chunk prefixes use it), nothing outside the session's prefix.
+
+    Raises:
+        ValueError: any other name (names come from producer ids: hostile).
+    """
+    segments = asset.split("/")
+    ok = len(segments) <= 2 and all(_ASSET_SEGMENT_RE.fullmatch(segment) for segment in segments)
+    if ok and len(segments) == 2:
+        ok = segments[0] in _ASSET_FOLDERS
+    elif ok:
+        ok = asset not in _RESERVED_ASSETS
+    if not ok:
+        raise ValueError(f"{asset[:300]!r} cannot name an asset (one name, or tracks/<name>, of [A-Za-z0-9._-])")
+    return asset
+
+
+def asset_content_type(name: str) -> str:
+    """The content type an asset (or key) is stored and served with, by its extension (pure)."""
+    base = name.rsplit("/", 1)[-1]
+    dot = base.rfind(".")
+    return _CONTENT_TYPES.get(base[dot:].lower(), "application/octet-stream") if dot > 0 else "application/octet-stream"
+
+
+def session_prefix(prefix: str, session_id: str) -> str:
+    """``<prefix><sessionId>/``: every key of the session's assets starts with it.
 
     Args:
         prefix: ``RECORDING_S3_PREFIX``: empty or ending with ``/``.
@@ -102,39 +165,69 @@ def chunks_prefix(prefix: str, session_id: str) -> str:
     if prefix and not prefix.endswith("/"):
         raise ValueError(f"prefix {prefix!r} must be empty or end with '/'")
     _check_session_id(session_id)
-    return f"{prefix}{session_id}/chunks/"
+    return f"{prefix}{session_id}/"
 
 
-def chunk_key(prefix: str, session_id: str, chunk: Chunk) -> str:
-    """The object key of one chunk: ``<prefix><sessionId>/chunks/<start:012d>-<end:012d>``.
+def asset_key(prefix: str, session_id: str, asset: str) -> str:
+    """The object key of one asset: ``<prefix><sessionId>/<asset>``.
 
     Raises:
-        ValueError: the range is empty, negative or beyond :data:`MAX_OFFSET`,
-            or the prefix or session id is unusable.
+        ValueError: the prefix, the session id or the asset name (:func:`check_asset_name`) is unusable.
     """
-    start, end = chunk
-    if not 0 <= start < end <= MAX_OFFSET:
-        raise ValueError(f"bad chunk range [{start}, {end})")
-    return f"{chunks_prefix(prefix, session_id)}{start:012d}-{end:012d}"
+    return session_prefix(prefix, session_id) + check_asset_name(asset)
 
 
 def composite_key(prefix: str, session_id: str) -> str:
     """The object key of the composed recording: ``<prefix><sessionId>/composite.mp4``."""
-    if prefix and not prefix.endswith("/"):
-        raise ValueError(f"prefix {prefix!r} must be empty or end with '/'")
-    _check_session_id(session_id)
-    return f"{prefix}{session_id}/composite.mp4"
+    return asset_key(prefix, session_id, COMPOSITE_ASSET)
 
 
-def is_session_upload_key(prefix: str, session_id: str, name: str) -> bool:
-    """Whether a key is one a session's uploads write: its ``composite.mp4`` or one of its chunk keys.
+def chunks_prefix(prefix: str, session_id: str, asset: str = COMPOSITE_ASSET) -> str:
+    """The key prefix under which one asset's chunk objects live.
 
-    What ``abort_incomplete_uploads`` may abort (other keys under
-    ``<prefix><sessionId>/`` are not ours to touch).
+    ``<prefix><sessionId>/chunks/`` for ``composite.mp4`` (the layout stored
+    objects and recovery rely on), ``<prefix><sessionId>/chunks~<asset>/`` for
+    any other asset: distinct per asset, and never under the composite's.
+
+    Raises:
+        ValueError: the prefix, the session id or the asset name is unusable.
     """
-    if name == composite_key(prefix, session_id):
+    under = session_prefix(prefix, session_id)
+    if asset == COMPOSITE_ASSET:
+        return f"{under}chunks/"
+    return f"{under}chunks~{check_asset_name(asset)}/"
+
+
+def chunk_key(prefix: str, session_id: str, chunk: Chunk, asset: str = COMPOSITE_ASSET) -> str:
+    """The object key of one chunk of an asset: ``<chunks prefix><start:012d>-<end:012d>``.
+
+    Raises:
+        ValueError: the range is empty, negative or beyond :data:`MAX_OFFSET`,
+            or the prefix, session id or asset name is unusable.
+    """
+    start, end = chunk
+    if not 0 <= start < end <= MAX_OFFSET:
+        raise ValueError(f"bad chunk range [{start}, {end})")
+    return f"{chunks_prefix(prefix, session_id, asset)}{start:012d}-{end:012d}"
+
+
+def is_session_upload_key(prefix: str, session_id: str, name: str, asset: str | None = None) -> bool:
+    """Whether a key is one a session's uploads write.
+
+    Args:
+        asset: None: any key under ``<prefix><sessionId>/`` (every asset of
+            the session, and their chunks); an asset: its key or one of its
+            chunk keys only.
+
+    What ``abort_incomplete_uploads`` may abort.
+    """
+    if asset is None:
+        under = session_prefix(prefix, session_id)
+        return name.startswith(under) and len(name) > len(under)
+    if name == asset_key(prefix, session_id, asset):
         return True
-    if not name.startswith(chunks_prefix(prefix, session_id)):
+    under = chunks_prefix(prefix, session_id, asset)
+    if not name.startswith(under) or "/" in name[len(under) :]:
         return False
     try:
         parse_chunk_key(name)

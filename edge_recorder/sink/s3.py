@@ -83,13 +83,16 @@ from edge_recorder.config import S3Settings
 from edge_recorder.errors import StorageError
 from edge_recorder.sink.store import OBJECT_KIND_TAG, UPLOAD_TOKEN_HEADER, ObjectInfo, RecordingStore, StoredPart
 from edge_recorder.sink.plan import (
+    COMPOSITE_ASSET,
     MAX_COMPOSE_SOURCES,
     Chunk,
+    asset_content_type,
+    asset_key,
     chunk_key,
     chunks_prefix,
-    composite_key,
     is_session_upload_key,
     parse_chunk_key,
+    session_prefix,
 )
 
 __all__ = [
@@ -513,13 +516,17 @@ class ObjectStore:
 
     # -- keys -----------------------------------------------------------------
 
-    def chunk_key(self, session_id: str, chunk: Chunk) -> str:
-        """The key of one chunk of ``session_id``."""
-        return chunk_key(self.prefix, session_id, chunk)
+    def chunk_key(self, session_id: str, chunk: Chunk, *, asset: str = COMPOSITE_ASSET) -> str:
+        """The key of one chunk of ``session_id``'s ``asset``."""
+        return chunk_key(self.prefix, session_id, chunk, asset)
+
+    def asset_key(self, session_id: str, asset: str = COMPOSITE_ASSET) -> str:
+        """The key of ``session_id``'s ``asset`` (ValueError for a name that is not an asset's)."""
+        return asset_key(self.prefix, session_id, asset)
 
     def composite_key(self, session_id: str) -> str:
         """The key of the composed recording of ``session_id``."""
-        return composite_key(self.prefix, session_id)
+        return self.asset_key(session_id)
 
     # -- operations -----------------------------------------------------------
 
@@ -566,8 +573,8 @@ class ObjectStore:
         return _unquote(result.etag)
 
     @_translated("listing chunks")
-    def list_chunks(self, session_id: str) -> list[Chunk]:
-        """The chunks of ``session_id`` in the store, sorted by start.
+    def list_chunks(self, session_id: str, *, asset: str = COMPOSITE_ASSET) -> list[Chunk]:
+        """The chunks of ``session_id``'s ``asset`` in the store, sorted by start.
 
         Keys under the chunk prefix that are not chunk keys are logged and skipped.
 
@@ -575,7 +582,8 @@ class ObjectStore:
             StorageError: the listing failed.
         """
         chunks: list[Chunk] = []
-        for obj in self._client.list_objects(self.bucket, prefix=chunks_prefix(self.prefix, session_id), recursive=True):
+        under = chunks_prefix(self.prefix, session_id, asset)
+        for obj in self._client.list_objects(self.bucket, prefix=under, recursive=True):
             name = obj.object_name
             try:
                 chunks.append(parse_chunk_key(name))
@@ -585,13 +593,14 @@ class ObjectStore:
         return chunks
 
     @_translated("composing the recording")
-    def compose(self, session_id: str, chunks: Sequence[Chunk]) -> ObjectInfo:
-        """Join ``chunks`` server-side into ``<prefix><sessionId>/composite.mp4``, never over an object.
+    def compose(self, session_id: str, chunks: Sequence[Chunk], *, asset: str = COMPOSITE_ASSET) -> ObjectInfo:
+        """Join the asset's ``chunks`` server-side into ``<prefix><sessionId>/<asset>``, never over an object.
 
         A multipart upload of ``UploadPartCopy`` requests (a source above
         5 GiB is copied in equal ranges), completed with ``If-None-Match: *``.
         SSE-C: the customer key goes on every source read and on the
-        destination. Tagged ``recording``, served as ``video/mp4``.
+        destination. Tagged ``recording``, served as the asset's content
+        type (``video/mp4`` for ``composite.mp4``).
 
         Returns:
             The composed object as the store reports it (size from a HEAD).
@@ -603,17 +612,18 @@ class ObjectStore:
             ValueError: ``chunks`` is empty.
         """
         return self._compose(
-            self.composite_key(session_id),
+            self.asset_key(session_id, asset),
             session_id,
+            asset,
             chunks,
-            content_type="video/mp4",
+            content_type=asset_content_type(asset),
             kind="recording",
             exclusive=True,
         )
 
     @_translated("rolling chunks up")
-    def roll_up(self, session_id: str, chunks: Sequence[Chunk]) -> ObjectInfo:
-        """Join consecutive ``chunks`` server-side into one chunk object spanning them.
+    def roll_up(self, session_id: str, chunks: Sequence[Chunk], *, asset: str = COMPOSITE_ASSET) -> ObjectInfo:
+        """Join consecutive ``chunks`` of the asset server-side into one chunk object spanning them.
 
         The destination is the chunk key of ``(chunks[0] start, chunks[-1]
         end)``, tagged ``chunk`` (the stray-chunk lifecycle rule applies to
@@ -630,22 +640,23 @@ class ObjectStore:
         """
         if len(chunks) < 2 or any(a[1] != b[0] for a, b in zip(chunks, chunks[1:])):
             raise ValueError("a roll-up joins two or more consecutive chunks")
-        key = self.chunk_key(session_id, (chunks[0][0], chunks[-1][1]))
+        key = self.chunk_key(session_id, (chunks[0][0], chunks[-1][1]), asset=asset)
         return self._compose(
-            key, session_id, chunks, content_type="application/octet-stream", kind="chunk", exclusive=False
+            key, session_id, asset, chunks, content_type="application/octet-stream", kind="chunk", exclusive=False
         )
 
     def _compose(
         self,
         key: str,
         session_id: str,
+        asset: str,
         chunks: Sequence[Chunk],
         *,
         content_type: str,
         kind: str,
         exclusive: bool,
     ) -> ObjectInfo:
-        """A multipart upload of ``UploadPartCopy`` parts of ``session_id``'s ``chunks`` into ``key``, then a HEAD.
+        """A multipart upload of ``UploadPartCopy`` parts of the asset's ``chunks`` into ``key``, then a HEAD.
 
         Not minio's ``compose_object``: it cannot complete with
         ``If-None-Match`` (see :class:`MultipartApi`). The chunk sizes are
@@ -668,7 +679,7 @@ class ObjectStore:
         try:
             parts = []
             for number, (chunk, start, end) in enumerate(pieces, start=1):
-                source = self.chunk_key(session_id, chunk)
+                source = self.chunk_key(session_id, chunk, asset=asset)
                 parts.append((number, self.multipart.upload_part_copy(key, upload_id, number, source, start, end)))
             etag = self.multipart.complete(key, upload_id, parts, exclusive=exclusive)
         except BaseException:
@@ -695,15 +706,17 @@ class ObjectStore:
     # left_by_a_crash_mid_compose`` are what to revisit.
 
     @_translated("aborting incomplete multipart uploads")
-    def abort_incomplete_uploads(self, session_id: str) -> int:
-        """Abort every in-progress multipart upload of ``session_id``'s ``composite.mp4`` and roll-ups.
+    def abort_incomplete_uploads(self, session_id: str, *, asset: str | None = None) -> int:
+        """Abort in-progress multipart uploads of ``session_id``: of every asset, or of one.
 
-        Only this session's keys are touched: its composite key and its chunk
-        keys (a roll-up is a compose into a chunk key); other keys under
-        ``<prefix><sessionId>/`` are skipped. Safe when nothing is in
-        progress. Must not run while this session composes (the uploader
-        calls it before resuming, and after a compose that succeeded following
-        a failed one or a failed roll-up, once roll-ups have stopped).
+        ``asset=None``: every upload under ``<prefix><sessionId>/`` (all its
+        assets, their composes and roll-ups). An asset: only its key and its
+        chunk keys (a roll-up is a compose into a chunk key), so one asset's
+        resume never aborts another asset's upload in flight. Safe when
+        nothing is in progress. Must not run while the asset composes (the
+        uploader calls it before resuming, and after a compose that
+        succeeded following a failed one or a failed roll-up, once roll-ups
+        have stopped).
 
         Needs ``s3:ListBucketMultipartUploads`` and ``s3:AbortMultipartUpload``.
 
@@ -713,19 +726,19 @@ class ObjectStore:
         Raises:
             StorageError: the listing or an abort failed.
         """
-        session_prefix = self.composite_key(session_id)[: -len("composite.mp4")]
+        under = session_prefix(self.prefix, session_id)
 
         def ours(name: str) -> bool:
-            return is_session_upload_key(self.prefix, session_id, name)
+            return is_session_upload_key(self.prefix, session_id, name, asset)
 
         aborted = 0
         # Aborted uploads leave the listing, so each round lists from the start
         # again instead of paging with markers (minio 7.2.20's result also drops
         # NextUploadIdMarker: it stores it under a misspelled attribute).
-        # Only this session writes under its prefix, so a page without one of
-        # ours means none is left.
+        # Only this session writes under its prefix, a handful of uploads at
+        # most (one or two per asset), so a page without one of ours means none is left.
         for _round in range(_ABORT_ROUNDS_MAX):
-            listed, truncated = self.multipart.list_uploads(session_prefix)
+            listed, truncated = self.multipart.list_uploads(under)
             found = [(name, upload_id) for name, upload_id in listed if ours(name)]
             for name, upload_id in found:
                 try:
@@ -740,15 +753,15 @@ class ObjectStore:
         return aborted
 
     @_translated("deleting chunks")
-    def delete_chunks(self, session_id: str, chunks: Sequence[Chunk]) -> None:
-        """Delete the chunk objects (one multi-object DELETE per 1000 keys).
+    def delete_chunks(self, session_id: str, chunks: Sequence[Chunk], *, asset: str = COMPOSITE_ASSET) -> None:
+        """Delete the asset's chunk objects (one multi-object DELETE per 1000 keys).
 
         Missing keys are not an error (S3 deletes are idempotent).
 
         Raises:
             StorageError: the request failed, or the store refused some keys.
         """
-        keys = sorted({self.chunk_key(session_id, c) for c in chunks})
+        keys = sorted({self.chunk_key(session_id, c, asset=asset) for c in chunks})
         if not keys:
             return
         errors = list(self._client.remove_objects(self.bucket, [DeleteObject(k) for k in keys]))
@@ -828,7 +841,7 @@ class ObjectStore:
 
     @_translated("presigning a URL")
     def presign(self, key: str, expiry_s: int) -> str:
-        """A presigned GET URL served as ``video/mp4``.
+        """A presigned GET URL served as the key's content type (``video/mp4`` for ``.mp4``).
 
         No request is made (the region must be known or is looked up once).
         An SSE-C object still needs the customer-key headers on the GET, so
@@ -846,7 +859,7 @@ class ObjectStore:
             self.bucket,
             key,
             expires=timedelta(seconds=expiry_s),
-            response_headers={"response-content-type": "video/mp4"},
+            response_headers={"response-content-type": asset_content_type(key)},
         )
         return url
 
@@ -885,13 +898,17 @@ class AsyncObjectStore:
         """The bucket."""
         return self.store.bucket
 
+    def asset_key(self, session_id: str, asset: str = COMPOSITE_ASSET) -> str:
+        """The key of ``session_id``'s ``asset``."""
+        return self.store.asset_key(session_id, asset)
+
     def composite_key(self, session_id: str) -> str:
         """The key of the composed recording of ``session_id``."""
         return self.store.composite_key(session_id)
 
-    def chunk_key(self, session_id: str, chunk: Chunk) -> str:
-        """The key of one chunk of ``session_id``."""
-        return self.store.chunk_key(session_id, chunk)
+    def chunk_key(self, session_id: str, chunk: Chunk, *, asset: str = COMPOSITE_ASSET) -> str:
+        """The key of one chunk of ``session_id``'s ``asset``."""
+        return self.store.chunk_key(session_id, chunk, asset=asset)
 
     async def _run(self, func: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(func, *args, limiter=self.limiter)
@@ -904,25 +921,25 @@ class AsyncObjectStore:
         """See :meth:`ObjectStore.put_chunk`."""
         return await self._run(self.store.put_chunk, key, data)
 
-    async def list_chunks(self, session_id: str) -> list[Chunk]:
+    async def list_chunks(self, session_id: str, *, asset: str = COMPOSITE_ASSET) -> list[Chunk]:
         """See :meth:`ObjectStore.list_chunks`."""
-        return await self._run(self.store.list_chunks, session_id)
+        return await self._run(functools.partial(self.store.list_chunks, session_id, asset=asset))
 
-    async def compose(self, session_id: str, chunks: Sequence[Chunk]) -> ObjectInfo:
+    async def compose(self, session_id: str, chunks: Sequence[Chunk], *, asset: str = COMPOSITE_ASSET) -> ObjectInfo:
         """See :meth:`ObjectStore.compose`."""
-        return await self._run(self.store.compose, session_id, list(chunks))
+        return await self._run(functools.partial(self.store.compose, session_id, list(chunks), asset=asset))
 
-    async def roll_up(self, session_id: str, chunks: Sequence[Chunk]) -> ObjectInfo:
+    async def roll_up(self, session_id: str, chunks: Sequence[Chunk], *, asset: str = COMPOSITE_ASSET) -> ObjectInfo:
         """See :meth:`ObjectStore.roll_up`."""
-        return await self._run(self.store.roll_up, session_id, list(chunks))
+        return await self._run(functools.partial(self.store.roll_up, session_id, list(chunks), asset=asset))
 
-    async def abort_incomplete_uploads(self, session_id: str) -> int:
+    async def abort_incomplete_uploads(self, session_id: str, *, asset: str | None = None) -> int:
         """See :meth:`ObjectStore.abort_incomplete_uploads`."""
-        return await self._run(self.store.abort_incomplete_uploads, session_id)
+        return await self._run(functools.partial(self.store.abort_incomplete_uploads, session_id, asset=asset))
 
-    async def delete_chunks(self, session_id: str, chunks: Sequence[Chunk]) -> None:
+    async def delete_chunks(self, session_id: str, chunks: Sequence[Chunk], *, asset: str = COMPOSITE_ASSET) -> None:
         """See :meth:`ObjectStore.delete_chunks`."""
-        await self._run(self.store.delete_chunks, session_id, list(chunks))
+        await self._run(functools.partial(self.store.delete_chunks, session_id, list(chunks), asset=asset))
 
     async def tags(self, key: str) -> dict[str, str]:
         """See :meth:`ObjectStore.tags`."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from edge_recorder.sink.plan import Chunk
+from edge_recorder.sink.plan import COMPOSITE_ASSET, Chunk
 
 __all__ = ["OBJECT_KIND_TAG", "UPLOAD_TOKEN_HEADER", "ObjectInfo", "RecordingStore", "StoredPart"]
 
@@ -85,6 +85,11 @@ class StoredPart:
 class RecordingStore(Protocol):
     """One bucket and key prefix, async (every call may wait on the network).
 
+    A session's objects are its named assets (:func:`~edge_recorder.sink.plan.check_asset_name`):
+    every operation that names a session takes ``asset``, ``composite.mp4``
+    (:data:`~edge_recorder.sink.plan.COMPOSITE_ASSET`) by default, and raises
+    ValueError for a name that is not an asset's.
+
     Errors: every failure is a :class:`~edge_recorder.errors.StorageError`
     (``destination=True`` when the user's side refused); an unknown upload id
     is ``code="NoSuchUpload"``, a missing object ``code="NoSuchKey"``, an
@@ -101,11 +106,14 @@ class RecordingStore(Protocol):
     def part_etag_is_md5(self) -> bool:
         """Whether a stored part's ETag is the MD5 of its bytes (no SSE-KMS, no SSE-C)."""
 
-    def composite_key(self, session_id: str) -> str:
-        """``<prefix><sessionId>/composite.mp4``."""
+    def asset_key(self, session_id: str, asset: str = COMPOSITE_ASSET) -> str:
+        """``<prefix><sessionId>/<asset>``."""
 
-    def chunk_key(self, session_id: str, chunk: Chunk) -> str:
-        """``<prefix><sessionId>/chunks/<start:012d>-<end:012d>``."""
+    def composite_key(self, session_id: str) -> str:
+        """``<prefix><sessionId>/composite.mp4`` (:meth:`asset_key` of the default asset)."""
+
+    def chunk_key(self, session_id: str, chunk: Chunk, *, asset: str = COMPOSITE_ASSET) -> str:
+        """``<prefix><sessionId>/chunks/<start:012d>-<end:012d>`` (``chunks~<asset>/`` for another asset)."""
 
     async def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist."""
@@ -113,20 +121,24 @@ class RecordingStore(Protocol):
     async def put_chunk(self, key: str, data: bytes) -> str:
         """One PUT of a chunk object (tagged ``chunk``); its ETag."""
 
-    async def list_chunks(self, session_id: str) -> list[Chunk]:
-        """The session's chunk objects, sorted by start."""
+    async def list_chunks(self, session_id: str, *, asset: str = COMPOSITE_ASSET) -> list[Chunk]:
+        """The asset's chunk objects, sorted by start."""
 
-    async def compose(self, session_id: str, chunks: Sequence[Chunk]) -> ObjectInfo:
-        """Join chunk objects into ``composite.mp4`` (tagged ``recording``), never over an object."""
+    async def compose(self, session_id: str, chunks: Sequence[Chunk], *, asset: str = COMPOSITE_ASSET) -> ObjectInfo:
+        """Join the asset's chunk objects into its key (tagged ``recording``), never over an object."""
 
-    async def roll_up(self, session_id: str, chunks: Sequence[Chunk]) -> ObjectInfo:
-        """Join consecutive chunk objects into one chunk object spanning them."""
+    async def roll_up(self, session_id: str, chunks: Sequence[Chunk], *, asset: str = COMPOSITE_ASSET) -> ObjectInfo:
+        """Join consecutive chunk objects of the asset into one chunk object spanning them."""
 
-    async def abort_incomplete_uploads(self, session_id: str) -> int:
-        """Abort the session's in-progress multipart uploads; how many."""
+    async def abort_incomplete_uploads(self, session_id: str, *, asset: str | None = None) -> int:
+        """Abort in-progress multipart uploads; how many.
 
-    async def delete_chunks(self, session_id: str, chunks: Sequence[Chunk]) -> None:
-        """Delete chunk objects (missing ones are no error)."""
+        ``asset=None``: every upload under ``<prefix><sessionId>/`` (all the
+        session's assets); an asset: only its key's and its chunk keys'.
+        """
+
+    async def delete_chunks(self, session_id: str, chunks: Sequence[Chunk], *, asset: str = COMPOSITE_ASSET) -> None:
+        """Delete the asset's chunk objects (missing ones are no error)."""
 
     async def tags(self, key: str) -> dict[str, str]:
         """The object's tags."""

@@ -27,7 +27,7 @@ What differs is an :class:`UploadTarget`, three of them:
 
 * :class:`~edge_recorder.sink.multipart.MultipartTarget` (the default,
   ``RECORDING_S3_UPLOAD_MODE=multipart``): each range is a part of one S3
-  multipart upload of ``composite.mp4``, completed at stop;
+  multipart upload of the asset (``composite.mp4`` unless named), completed at stop;
 * :class:`~edge_recorder.sink.compose.ComposeTarget` (``chunks``): each range
   is a chunk object, rolled up while recording and composed server-side at stop;
 * :class:`~edge_recorder.sink.local.LocalTarget` (no bucket): the spool file
@@ -50,7 +50,7 @@ import trio
 from edge_recorder.backoff import backoff_s
 from edge_recorder.errors import StorageError, UploadFailedError
 from edge_recorder.sink.exclusive import existing_recording
-from edge_recorder.sink.plan import S3_MIN_PART_BYTES, Chunk, ChunkPlan
+from edge_recorder.sink.plan import COMPOSITE_ASSET, S3_MIN_PART_BYTES, Chunk, ChunkPlan, check_asset_name
 from edge_recorder.sink.store import ObjectInfo, RecordingStore
 
 __all__ = [
@@ -84,7 +84,7 @@ class UploadResult:
 
     Attributes:
         bucket: the bucket; None for the local directory.
-        key: ``<prefix><sessionId>/composite.mp4``, or the spool's absolute path (local).
+        key: ``<prefix><sessionId>/<asset>`` (``composite.mp4``...), or the spool's absolute path (local).
         size: bytes, equal to the spool file's.
         sha256_hex: SHA-256 of the spool file (the object is byte-identical).
         etag: the object's ETag (a multipart one, not an MD5); empty for local.
@@ -389,26 +389,34 @@ TargetT = TypeVar("TargetT", bound=UploadTarget, covariant=True)
 
 
 class BucketTarget:
-    """What the two bucket targets share: the store, the session's ``composite.mp4``, the spool named in errors.
+    """What the two bucket targets share: the store, one asset of the session, the spool named in errors.
 
     Args:
         store: the store.
         spool_path: the spool (named in errors; the multipart sidecar goes next to it).
-        session_id: names the key (``<prefix><sessionId>/composite.mp4``).
+        session_id: names the key (``<prefix><sessionId>/<asset>``).
         min_part_bytes: S3's 5 MiB floor for every part (or compose source) but the last.
+        asset: which of the session's objects (:func:`~edge_recorder.sink.plan.check_asset_name`).
 
     Attributes:
-        key: the recording's key.
+        asset: the asset's name.
+        key: the asset's key.
+
+    Raises:
+        ValueError: ``asset`` cannot name an asset.
     """
 
     removes_spool = True
 
-    def __init__(self, store: RecordingStore, spool_path: Path, session_id: str, min_part_bytes: int) -> None:
+    def __init__(
+        self, store: RecordingStore, spool_path: Path, session_id: str, min_part_bytes: int, asset: str = COMPOSITE_ASSET
+    ) -> None:
         self._store = store
         self._spool_path = spool_path
         self._session_id = session_id
         self._min_part_bytes = min_part_bytes
-        self.key = store.composite_key(session_id)
+        self.asset = check_asset_name(asset)
+        self.key = store.asset_key(session_id, asset)
 
     @property
     def bucket(self) -> str:

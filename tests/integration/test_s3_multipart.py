@@ -23,10 +23,12 @@ from tests.integration.s3_support import S3Target, moto, s3_settings
 from tests.integration.test_s3_upload import (
     PART,
     Recording,
+    an_existing_track_is_kept,
     encode_recording,
     in_progress_uploads,
     recording,
     session_id,
+    two_assets_at_once,
 )
 
 __all__ = ["moto", "recording"]  # the fixtures, imported so pytest finds them here
@@ -228,3 +230,42 @@ async def test_an_upload_the_store_forgot_starts_afresh(moto: S3Target, recordin
 
 def test_the_settings_default_to_multipart(moto: S3Target) -> None:
     assert s3_settings(moto).upload_mode == "multipart"
+
+
+# ----------------------------------------------------------------------------- named assets of one session
+
+
+async def test_multipart_two_assets_of_one_session_upload_at_once_byte_exact(
+    moto: S3Target, recording: Recording, tmp_path: Path
+) -> None:
+    await two_assets_at_once("multipart", moto, recording, tmp_path)
+
+
+async def test_multipart_an_existing_track_is_never_overwritten_and_the_composite_uploads(
+    moto: S3Target, recording: Recording, tmp_path: Path
+) -> None:
+    await an_existing_track_is_kept("multipart", moto, recording, tmp_path)
+
+
+async def test_a_tracks_sidecar_is_its_own_and_names_its_key(moto: S3Target, recording: Recording, tmp_path: Path) -> None:
+    store = make_store(moto)
+    sid = session_id()
+    spool = tmp_path / f"{sid}.tracks" / "alice-cam.webm"
+    spool.parent.mkdir()
+    uploader = multipart_uploader(store, spool, sid, PART, retry_s=30, asset="tracks/alice-cam.webm")
+    written = append_all(spool, recording, uploader, 0, upto=2 * PART)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(uploader.run)
+        await caught_up(uploader, written)
+        nursery.cancel_scope.cancel()
+    sidecar = json.loads(uploader.target.sidecar_path.read_text())
+    assert uploader.target.sidecar_path == spool.with_name("alice-cam.webm.upload.json")
+    assert sidecar["key"] == f"recordings/{sid}/tracks/alice-cam.webm"
+    assert not (spool.parent / f"{sid}.upload.json").exists()  # the composite's sidecar name stays free
+    # A new process resumes the track from its sidecar, keeping the stored parts.
+    total = append_all(spool, recording, uploader, written)
+    resumed = multipart_uploader(make_store(moto), spool, sid, PART, retry_s=30, asset="tracks/alice-cam.webm")
+    result = await resumed.resume_and_finish()
+    assert result.key == sidecar["key"] and result.size == total
+    assert await store.get_bytes(result.key) == recording.data
+    assert not uploader.target.sidecar_path.exists()

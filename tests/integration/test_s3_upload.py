@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import httpx
@@ -30,10 +31,11 @@ import trio
 from edge_recorder.config import S3Settings, Secret
 from edge_recorder.errors import StorageError, UploadFailedError
 from edge_recorder.media.encode import EncoderSettings, FragmentedMp4Writer
-from edge_recorder.sink.plan import S3_MIN_PART_BYTES, Chunk
+from edge_recorder.sink.plan import COMPOSITE_ASSET, S3_MIN_PART_BYTES, Chunk
 from edge_recorder.sink.s3 import AsyncObjectStore, ObjectInfo, ObjectStore
 from edge_recorder.sink.compose import ROLLUP_FANOUT, ComposeTarget, compose_uploader
-from edge_recorder.sink.streamer import SpoolStreamer
+from edge_recorder.sink.multipart import multipart_uploader
+from edge_recorder.sink.streamer import SpoolStreamer, UploadResult
 from tests.integration.s3_support import S3Target, StoreOutage, moto, s3_settings
 
 __all__ = ["moto"]  # the fixture, imported so pytest finds it here
@@ -569,3 +571,124 @@ def test_settings_build_a_client_without_network(moto: S3Target) -> None:
     settings = S3Settings(bucket="b-ucket", endpoint="https://s3.example.test:9443", region="eu-west-1")
     store = ObjectStore(settings)
     assert store.composite_key("s1") == "recordings/s1/composite.mp4"
+
+
+# ----------------------------------------------------------------------------- named assets of one session
+
+TRACK = "tracks/alice-cam.webm"
+
+
+def make_assets_uploader(mode: str, store: AsyncObjectStore, spool: Path, sid: str, asset: str) -> SpoolStreamer[Any]:
+    """The streamer of one asset in ``mode`` (``chunks`` or ``multipart``; shared with test_s3_multipart.py)."""
+    if mode == "multipart":
+        return multipart_uploader(store, spool, sid, PART, retry_s=30, asset=asset)
+    return compose_uploader(store, spool, sid, PART, retry_s=30, asset=asset)
+
+
+async def two_assets_at_once(mode: str, target: S3Target, rec: Recording, tmp_path: Path) -> None:
+    """The composite and a track of one session, streamed at once while "recording", land byte-exact at their keys."""
+    store = make_store(target)
+    sid = session_id()
+    track_data = rec.data[PART // 3 :]  # other bytes, more than two parts too
+    spools = {COMPOSITE_ASSET: tmp_path / f"{sid}.mp4", TRACK: tmp_path / f"{sid}.tracks" / "alice-cam.webm"}
+    spools[TRACK].parent.mkdir()
+    uploaders = {asset: make_assets_uploader(mode, store, spools[asset], sid, asset) for asset in spools}
+    results: dict[str, UploadResult] = {}
+
+    async def record_and_finish(asset: str, data: bytes, ends: list[int]) -> None:
+        uploader = uploaders[asset]
+        with spools[asset].open("wb") as f:
+            written = 0
+            for end in ends:
+                f.write(data[written:end])
+                f.flush()
+                written = end
+                uploader.fragment_written(end)
+                await trio.sleep(0.01)
+            f.write(data[written:])
+        results[asset] = await uploader.upload(len(data))
+
+    track_ends = [e - PART // 3 for e in rec.fragment_ends if e > PART // 3]
+    async with trio.open_nursery() as nursery:
+        for uploader in uploaders.values():
+            nursery.start_soon(uploader.run)
+        async with trio.open_nursery() as both:
+            both.start_soon(record_and_finish, COMPOSITE_ASSET, rec.data, rec.fragment_ends)
+            both.start_soon(record_and_finish, TRACK, track_data, track_ends)
+        nursery.cancel_scope.cancel()
+
+    assert results[COMPOSITE_ASSET].key == f"recordings/{sid}/composite.mp4"
+    assert results[TRACK].key == f"recordings/{sid}/{TRACK}"
+    assert await store.get_bytes(results[COMPOSITE_ASSET].key) == rec.data
+    assert await store.get_bytes(results[TRACK].key) == track_data
+    assert results[TRACK].sha256_hex == hashlib.sha256(track_data).hexdigest()
+    assert all(r.chunks >= 2 for r in results.values())
+    assert uploaders[TRACK].chunks_uploaded_during_recording >= 1  # streamed, not only at stop
+    assert (await store.stat(results[TRACK].key)).headers["content-type"] == "video/webm"
+    frames, _last = await trio.to_thread.run_sync(decode, await store.get_bytes(results[COMPOSITE_ASSET].key))
+    assert frames == FRAMES
+    for asset in spools:
+        assert await store.list_chunks(sid, asset=asset) == []
+        assert await trio.to_thread.run_sync(in_progress_uploads, store, results[asset].key) == []
+    assert await store.abort_incomplete_uploads(sid) == 0
+
+
+async def an_existing_track_is_kept(mode: str, target: S3Target, rec: Recording, tmp_path: Path) -> None:
+    """An object at ``tracks/x.webm`` is never overwritten; ``composite.mp4`` of the same session still uploads."""
+    store = make_store(target)
+    sid = session_id()
+    key = store.asset_key(sid, "tracks/x.webm")
+    theirs = b"another recording's track"
+    upload_id = await store.create_multipart_upload(key, content_type="video/webm", kind="recording", token="theirs")
+    await store.complete_multipart_upload(key, upload_id, [(1, await store.upload_part(key, upload_id, 1, theirs))])
+    track, composite = tmp_path / "x.webm", tmp_path / f"{sid}.mp4"
+    track.write_bytes(rec.data[:PART + 99])
+    composite.write_bytes(rec.data)
+
+    with pytest.raises(UploadFailedError) as refused:
+        await make_assets_uploader(mode, store, track, sid, "tracks/x.webm").upload(PART + 99)
+    result = await make_assets_uploader(mode, store, composite, sid, COMPOSITE_ASSET).upload(len(rec.data))
+
+    assert refused.value.code == "ObjectExists" and refused.value.destination
+    assert key in str(refused.value) and refused.value.spool_path == str(track)
+    assert await store.get_bytes(key) == theirs and (await store.stat(key)).upload_token == "theirs"
+    assert await store.get_bytes(result.key) == rec.data
+    # The refused multipart upload stays, with its sidecar, for a retry-upload once the
+    # object is moved (as for the composite); only the track's key has one, never the composite's.
+    assert await trio.to_thread.run_sync(in_progress_uploads, store, result.key) == []
+    left = await trio.to_thread.run_sync(in_progress_uploads, store, key)
+    assert len(left) == (1 if mode == "multipart" else 0)
+    assert await store.abort_incomplete_uploads(sid) == len(left)
+
+
+async def test_chunks_two_assets_of_one_session_upload_at_once_byte_exact(
+    moto: S3Target, recording: Recording, tmp_path: Path
+) -> None:
+    await two_assets_at_once("chunks", moto, recording, tmp_path)
+
+
+async def test_chunks_an_existing_track_is_never_overwritten_and_the_composite_uploads(
+    moto: S3Target, recording: Recording, tmp_path: Path
+) -> None:
+    await an_existing_track_is_kept("chunks", moto, recording, tmp_path)
+
+
+async def test_aborting_a_session_over_http_covers_every_asset(moto: S3Target) -> None:
+    store = make_store(moto)
+    sid, other = session_id(), session_id()
+    keys = [
+        store.composite_key(sid),
+        store.chunk_key(sid, (0, 10)),
+        store.asset_key(sid, TRACK),
+        store.chunk_key(sid, (0, 10), asset=TRACK),
+        store.asset_key(sid, "manifest.json"),
+    ]
+    for key in keys:
+        await trio.to_thread.run_sync(start_multipart_upload, store, key)
+    kept = await trio.to_thread.run_sync(start_multipart_upload, store, store.composite_key(other))
+    assert await store.abort_incomplete_uploads(sid, asset=TRACK) == 2
+    assert await store.abort_incomplete_uploads(sid) == 3
+    for key in keys:
+        assert await trio.to_thread.run_sync(in_progress_uploads, store, key) == []
+    assert await trio.to_thread.run_sync(in_progress_uploads, store, store.composite_key(other)) == [kept]
+    assert await store.abort_incomplete_uploads(other) == 1

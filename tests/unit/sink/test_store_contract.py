@@ -18,7 +18,7 @@ import pytest
 
 from edge_recorder.errors import StorageError
 from edge_recorder.sink.memory import MemoryObjectStore
-from edge_recorder.sink.plan import S3_MIN_PART_BYTES, chunks_prefix
+from edge_recorder.sink.plan import COMPOSITE_ASSET, S3_MIN_PART_BYTES, chunks_prefix
 from edge_recorder.sink.s3 import AsyncObjectStore, ObjectStore
 from edge_recorder.sink.store import OBJECT_KIND_TAG, UPLOAD_TOKEN_HEADER, RecordingStore
 from tests.integration.s3_support import S3Target, moto, s3_settings
@@ -220,3 +220,56 @@ async def test_presign_names_the_object_and_refuses_a_lifetime_beyond_a_week(sto
     for bad in (0, 7 * 24 * 3600 + 1):
         with pytest.raises(ValueError):
             await store.presign(key, bad)
+
+
+TRACK = "tracks/alice-cam.webm"
+
+
+async def test_an_assets_chunks_are_its_own_and_compose_into_its_key(store: RecordingStore) -> None:
+    s = sid()
+    chunks = [(0, len(A)), (len(A), len(A) + len(B))]
+    await store.put_chunk(store.chunk_key(s, chunks[0], asset=TRACK), A)
+    await store.put_chunk(store.chunk_key(s, chunks[1], asset=TRACK), B)
+    await store.put_chunk(store.chunk_key(s, (0, 3)), b"abc")  # the composite's, same session
+    assert await store.list_chunks(s, asset=TRACK) == chunks
+    assert await store.list_chunks(s) == [(0, 3)]
+    info = await store.compose(s, chunks, asset=TRACK)
+    key = store.asset_key(s, TRACK)
+    assert (info.key, info.size) == (key, len(A) + len(B)) and key.endswith(f"/{s}/{TRACK}")
+    assert await store.get_bytes(key) == A + B
+    assert (await store.stat(key)).headers["content-type"] == "video/webm"
+    assert (await store.tags(key))[OBJECT_KIND_TAG] == "recording"
+    assert await store.head(store.composite_key(s)) is None
+    await store.delete_chunks(s, chunks, asset=TRACK)
+    assert await store.list_chunks(s, asset=TRACK) == []
+    assert await store.list_chunks(s) == [(0, 3)]
+
+
+async def test_an_existing_asset_is_never_composed_over_while_the_composite_composes(store: RecordingStore) -> None:
+    s = sid()
+    key = store.asset_key(s, "tracks/x.webm")
+    first = await store.create_multipart_upload(key, content_type="video/webm", kind="recording", token="theirs")
+    await store.complete_multipart_upload(key, first, [(1, await store.upload_part(key, first, 1, B))])
+    for asset in ("tracks/x.webm", COMPOSITE_ASSET):
+        await store.put_chunk(store.chunk_key(s, (0, len(A)), asset=asset), A)
+    error = await refused(store.compose(s, [(0, len(A))], asset="tracks/x.webm"))
+    assert error.code == "PreconditionFailed" and error.destination
+    assert await store.get_bytes(key) == B and (await store.stat(key)).upload_token == "theirs"
+    info = await store.compose(s, [(0, len(A))])
+    assert info.key == store.composite_key(s) and await store.get_bytes(info.key) == A
+
+
+async def test_aborting_a_session_covers_every_asset_and_an_asset_only_its_own(store: RecordingStore) -> None:
+    s, other = sid(), sid()
+    track = [store.asset_key(s, TRACK), store.chunk_key(s, (0, 10), asset=TRACK)]
+    rest = [store.composite_key(s), store.chunk_key(s, (0, 10)), store.asset_key(s, "manifest.json")]
+    for key in track + rest:
+        await store.create_multipart_upload(key, content_type="video/mp4", kind="recording")
+    other_key = store.asset_key(other, TRACK)
+    kept = await store.create_multipart_upload(other_key, content_type="video/webm", kind="recording")
+    assert await store.abort_incomplete_uploads(s, asset=TRACK) == 2
+    assert await store.abort_incomplete_uploads(s, asset=TRACK) == 0
+    assert await store.abort_incomplete_uploads(s) == 3
+    assert await store.abort_incomplete_uploads(s) == 0
+    assert await store.list_parts(other_key, kept) == []
+    await store.abort_multipart_upload(other_key, kept)
