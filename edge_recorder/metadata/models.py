@@ -10,6 +10,10 @@ The schema itself is created by the Alembic revisions in
 :mod:`edge_recorder.metadata.migrations`, never by ``metadata.create_all``;
 ``tests/integration/test_metadata.py`` checks the two agree.
 
+``RecordingAsset`` holds every artifact of a session (issue #14): the
+composite, each participant's own track, the manifest, a mixed audio file;
+one row per ``name``, the artifact's path under the session's prefix.
+
 ``RecordingControlEvent`` is the audit trail of issue #13's controls (pause,
 resume, layout, excluding and including a peer): one row per change that
 happened, kept as long as its session.
@@ -47,7 +51,9 @@ from sqlalchemy.types import TypeDecorator
 from edge_recorder.session.state import SessionStatus
 
 __all__ = [
+    "ASSET_KINDS",
     "ASSET_KIND_COMPOSITE",
+    "ASSET_NAME_COMPOSITE",
     "CONTROL_ACTIONS",
     "NAMING_CONVENTION",
     "STATUS_VALUES",
@@ -75,8 +81,17 @@ STATUS_VALUES: tuple[str, ...] = tuple(s.value for s in SessionStatus)
 # enforces it): the control protocol's methods of issue #13.
 CONTROL_ACTIONS: tuple[str, ...] = ("pause", "resume", "updateLayout", "excludePeer", "includePeer")
 
-# The one asset kind written today: the picture-in-picture composite MP4.
+# The picture-in-picture composite MP4: the kind recordings had before issue #14.
 ASSET_KIND_COMPOSITE = "composite"
+
+# Every value RecordingAsset's ``kind`` may hold (a CHECK constraint enforces
+# it): the composite, one participant's own track, the session's manifest.json,
+# and a mixed audio file.
+ASSET_KINDS: tuple[str, ...] = (ASSET_KIND_COMPOSITE, "track", "manifest", "audio")
+
+# The composite's name under the session's prefix (recordings/<sessionId>/):
+# the asset get_session() reports, and what rows from before revision 0003 became.
+ASSET_NAME_COMPOSITE = "composite.mp4"
 
 # JSON on SQLite, JSONB (indexable, compact) on PostgreSQL.
 JsonDocument = JSON().with_variant(JSONB(), "postgresql")
@@ -171,20 +186,39 @@ class RecordingSession(Base):
 
 
 class RecordingAsset(Base):
-    """An artifact of a session, at its destination (Prisma ``RecordingAsset``)."""
+    """One artifact of a session, at its destination (Prisma ``RecordingAsset``).
+
+    A session has dozens: the composite, a track per participant's producer,
+    the manifest; each is named by its path under the session's prefix.
+    """
 
     __tablename__ = "RecordingAsset"
     __table_args__ = (
-        # One artifact of each kind per session: the upsert's conflict target.
-        UniqueConstraint("sessionId", "kind"),
+        # One row per file of a session: the upsert's conflict target.
+        UniqueConstraint("sessionId", "name"),
+        CheckConstraint(
+            "kind IN (" + ", ".join(f"'{k}'" for k in ASSET_KINDS) + ")",
+            name="kind",
+        ),
     )
 
     id: Mapped[int] = mapped_column("id", Integer, primary_key=True, autoincrement=True)
     session_id: Mapped[str] = mapped_column(
         "sessionId", Text, ForeignKey("RecordingSession.id", ondelete="CASCADE"), nullable=False
     )
-    # "composite" (the only kind today).
+    # composite | track | manifest | audio (ASSET_KINDS).
     kind: Mapped[str] = mapped_column("kind", Text, nullable=False, default=ASSET_KIND_COMPOSITE)
+    # The file's path under the session's prefix: "composite.mp4",
+    # "tracks/alice-cam.webm", "manifest.json". Unique per session.
+    name: Mapped[str] = mapped_column("name", Text, nullable=False)
+    # A track's producer (the SFU's producerId); null for the other kinds.
+    producer_id: Mapped[str | None] = mapped_column("producerId", Text)
+    # Content type as stored: "video/mp4", "video/webm", "application/json".
+    mime_type: Mapped[str | None] = mapped_column("mimeType", Text)
+    # The asset's span on the recording's media timeline, seconds (a track
+    # that joined late starts after 0; null when unknown).
+    media_start_s: Mapped[float | None] = mapped_column("mediaStartS", Float)
+    media_end_s: Mapped[float | None] = mapped_column("mediaEndS", Float)
     # None: the artifact stayed on the node's disk (no bucket configured).
     bucket: Mapped[str | None] = mapped_column("bucket", Text)
     # Object key in the bucket, e.g. recordings/<sessionId>/composite.mp4.

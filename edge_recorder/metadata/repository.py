@@ -19,6 +19,12 @@ statement itself (atomic on both backends, no read-then-write race). So:
   for ``edge-recorder retry-upload`` finishing an upload that failed;
 * COMPLETED is final.
 
+A session has many assets (issue #14), one row per ``name`` (the file's
+path under the session's prefix): :meth:`MetadataRepository.save_asset` and
+:meth:`MetadataRepository.record_upload_progress` write one by name,
+:meth:`MetadataRepository.assets` lists them all, and the ``asset`` of
+:meth:`MetadataRepository.get_session` is the composite (``composite.mp4``).
+
 The controls' state (``paused``, ``pauses``, ``excludedPeers``,
 ``layoutState``) rides on the same upsert, so a stale write cannot revert it
 either. The controls' audit trail is its own table, appended to by
@@ -76,6 +82,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from edge_recorder.errors import MetadataError
 from edge_recorder.metadata.models import (
     ASSET_KIND_COMPOSITE,
+    ASSET_KINDS,
+    ASSET_NAME_COMPOSITE,
     CONTROL_ACTIONS,
     STATUS_VALUES,
     RecordingAsset,
@@ -88,11 +96,13 @@ if TYPE_CHECKING:
     from edge_recorder.config import Settings
 
 __all__ = [
+    "MAX_ASSET_NAME_BYTES",
     "MAX_CONTROL_PARAMS_BYTES",
     "NONTERMINAL_STATUSES",
     "SQLITE_BUSY_TIMEOUT_S",
     "AsyncMetadataRepository",
     "MetadataRepository",
+    "check_asset",
     "create_metadata_engine",
     "default_database_url",
     "normalize_url",
@@ -131,6 +141,10 @@ _E = RecordingControlEvent.__table__
 # A control event's params as compact UTF-8 JSON may not exceed this: they are
 # what a validated request said (a peer id, a layout), never a payload.
 MAX_CONTROL_PARAMS_BYTES = 4096
+
+# An asset's name as UTF-8 may not exceed this: with the session's prefix it
+# is an S3 object key, which S3 bounds at 1024 bytes.
+MAX_ASSET_NAME_BYTES = 512
 
 # State record keys stored as they are, kept when a record lacks them: the
 # controls' state of session/controls.py (RecordingControls.to_wire()).
@@ -272,6 +286,34 @@ def _translated(operation: str) -> Iterator[None]:
             f"{operation} failed: {type(exc).__name__}: {detail[0] if detail else ''}",
             retryable=_is_retryable(exc),
         ) from exc
+
+
+# -- asset names and kinds -------------------------------------------------------------
+
+
+def check_asset(session_id: str, kind: str, name: str) -> None:
+    """Refuse an asset ``kind`` or ``name`` the table must not hold (pure).
+
+    A name is the file's path under the session's prefix and may be built
+    from peer or producer ids (hostile): it is relative, ``/``-separated,
+    with no empty, ``.`` or ``..`` segment, no backslash and no control
+    character, and at most :data:`MAX_ASSET_NAME_BYTES` as UTF-8.
+
+    Raises:
+        MetadataError: what is wrong with it (not retryable).
+    """
+    if kind not in ASSET_KINDS:
+        raise MetadataError(f"asset of {session_id!r}: unknown kind {kind!r} (one of {', '.join(ASSET_KINDS)})")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError as exc:  # a lone surrogate: no database driver could send it
+        raise MetadataError(f"asset of {session_id!r}: name {name!r} is not valid Unicode") from exc
+    if size > MAX_ASSET_NAME_BYTES:
+        raise MetadataError(f"asset of {session_id!r}: name is {size} bytes, over {MAX_ASSET_NAME_BYTES}")
+    if any(segment in ("", ".", "..") for segment in name.split("/")):
+        raise MetadataError(f"asset of {session_id!r}: name {name!r} is not a relative path without '.' or '..'")
+    if "\\" in name or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name):
+        raise MetadataError(f"asset of {session_id!r}: name {name!r} has a backslash or a control character")
 
 
 # -- reading state records ---------------------------------------------------------
@@ -449,14 +491,16 @@ class MetadataRepository:
                 }
                 if values["status"] == SessionStatus.COMPLETED.value and asset.get("bucket") and size is not None:
                     asset_values["uploadedBytes"] = size  # all of it is in the store
-                self._upsert_asset(conn, values["id"], ASSET_KIND_COMPOSITE, asset_values)
+                asset_values["kind"] = ASSET_KIND_COMPOSITE
+                self._upsert_asset(conn, values["id"], ASSET_NAME_COMPOSITE, asset_values)
 
-    def _upsert_asset(self, conn: Connection, session_id: str, kind: str, values: Mapping[str, Any]) -> None:
+    def _upsert_asset(self, conn: Connection, session_id: str, name: str, values: Mapping[str, Any]) -> None:
+        """Insert the asset ``name`` of the session, or set ``values`` on the one there."""
         now = self._clock()
-        stmt = self._insert(_A).values(sessionId=session_id, kind=kind, createdAt=now, updatedAt=now, **values)
+        stmt = self._insert(_A).values(sessionId=session_id, name=name, createdAt=now, updatedAt=now, **values)
         stmt = stmt.on_conflict_do_update(
-            index_elements=[_A.c.sessionId, _A.c.kind],
-            set_={**{name: stmt.excluded[name] for name in values}, "updatedAt": stmt.excluded["updatedAt"]},
+            index_elements=[_A.c.sessionId, _A.c.name],
+            set_={**{column: stmt.excluded[column] for column in values}, "updatedAt": stmt.excluded["updatedAt"]},
         )
         conn.execute(stmt)
 
@@ -474,8 +518,13 @@ class MetadataRepository:
         local_path: str | None,
         uploaded_bytes: int | None,
         kind: str = ASSET_KIND_COMPOSITE,
+        name: str = ASSET_NAME_COMPOSITE,
+        producer_id: str | None = None,
+        mime_type: str | None = None,
+        media_start_s: float | None = None,
+        media_end_s: float | None = None,
     ) -> None:
-        """Insert or replace the session's asset of ``kind`` (every field as given).
+        """Insert or replace the session's asset ``name`` (every field as given, ``kind`` too).
 
         Args:
             session_id: an existing session.
@@ -483,11 +532,24 @@ class MetadataRepository:
             url: ``file://`` for a local artifact.
             sha256: hex digest of the whole file.
             uploaded_bytes: bytes safely in the store (see :meth:`record_upload_progress`).
+            kind: one of :data:`~edge_recorder.metadata.models.ASSET_KINDS`.
+            name: the file's path under the session's prefix (``tracks/alice-cam.webm``);
+                the conflict target with ``session_id``. See :func:`check_asset`.
+            producer_id: a track's producer.
+            mime_type: the stored content type.
+            media_start_s, media_end_s: the asset's span on the recording's timeline, seconds.
 
         Raises:
-            MetadataError: no such session, or the database failed.
+            MetadataError: no such session, a kind or name :func:`check_asset`
+                refuses (neither retryable), or the database failed.
         """
+        check_asset(session_id, kind, name)
         values = {
+            "kind": kind,
+            "producerId": producer_id,
+            "mimeType": mime_type,
+            "mediaStartS": media_start_s,
+            "mediaEndS": media_end_s,
             "bucket": bucket,
             "key": key,
             "url": url,
@@ -498,27 +560,35 @@ class MetadataRepository:
             "localPath": local_path,
             "uploadedBytes": uploaded_bytes,
         }
-        with _translated(f"saving the {kind} asset of session {session_id}"), self._engine.begin() as conn:
-            self._upsert_asset(conn, session_id, kind, values)
+        with _translated(f"saving asset {name} of session {session_id}"), self._engine.begin() as conn:
+            self._upsert_asset(conn, session_id, name, values)
 
     def record_upload_progress(
-        self, session_id: str, uploaded_bytes: int, *, kind: str = ASSET_KIND_COMPOSITE
+        self,
+        session_id: str,
+        uploaded_bytes: int,
+        *,
+        kind: str = ASSET_KIND_COMPOSITE,
+        name: str = ASSET_NAME_COMPOSITE,
     ) -> None:
-        """Record that ``uploaded_bytes`` of the artifact are safely in the store.
+        """Record that ``uploaded_bytes`` of the asset ``name`` are safely in the store.
 
-        Progress only grows: a smaller figure than the stored one (a late
-        write) is ignored. Creates the asset row if there is none yet. To
-        start over from zero, use :meth:`save_asset`.
+        Progress only grows, per asset: a smaller figure than the stored one
+        (a late write) is ignored. Creates the asset row, of ``kind``, if
+        there is none yet (an existing row keeps its kind). To start over
+        from zero, use :meth:`save_asset`.
 
         Raises:
-            MetadataError: no such session, or the database failed.
+            MetadataError: no such session, a kind or name :func:`check_asset`
+                refuses (neither retryable), or the database failed.
         """
+        check_asset(session_id, kind, name)
         now = self._clock()
         stmt = self._insert(_A).values(
-            sessionId=session_id, kind=kind, uploadedBytes=uploaded_bytes, createdAt=now, updatedAt=now
+            sessionId=session_id, kind=kind, name=name, uploadedBytes=uploaded_bytes, createdAt=now, updatedAt=now
         )
         stmt = stmt.on_conflict_do_update(
-            index_elements=[_A.c.sessionId, _A.c.kind],
+            index_elements=[_A.c.sessionId, _A.c.name],
             set_={"uploadedBytes": stmt.excluded["uploadedBytes"], "updatedAt": stmt.excluded["updatedAt"]},
             where=or_(_A.c.uploadedBytes.is_(None), _A.c.uploadedBytes < stmt.excluded["uploadedBytes"]),
         )
@@ -576,8 +646,11 @@ class MetadataRepository:
 
     def _select(self) -> Select[Any]:
         """Sessions with their composite asset (or NULLs), in one query."""
+        # By name: unique per session, so the join yields one row per session
+        # however many assets (composites included) the session has.
         return select(_S, *(c.label(_ASSET_LABEL + c.name) for c in _A.columns)).outerjoin(
-            _A, and_(_A.c.sessionId == _S.c.id, _A.c.kind == ASSET_KIND_COMPOSITE)
+            _A,
+            and_(_A.c.sessionId == _S.c.id, _A.c.name == ASSET_NAME_COMPOSITE, _A.c.kind == ASSET_KIND_COMPOSITE),
         )
 
     @staticmethod
@@ -596,7 +669,9 @@ class MetadataRepository:
         Returns:
             ``{"sessionId", "roomId", "status", ..., "metadata", "asset"}``:
             one key per column (camelCase, as in the table), timestamps as
-            aware UTC datetimes, ``asset`` a dict of the asset's columns or None.
+            aware UTC datetimes, ``asset`` a dict of the columns of the
+            composite (kind ``composite``, name ``composite.mp4``) or None.
+            Every asset: :meth:`assets`.
 
         Raises:
             MetadataError: the database failed.
@@ -638,6 +713,24 @@ class MetadataRepository:
         query = self._select().order_by(_S.c.startedAt.desc(), _S.c.id).limit(limit)
         with _translated("listing sessions"), self._engine.connect() as conn:
             return [self._row_dict(row) for row in conn.execute(query)]
+
+    def assets(self, session_id: str) -> list[dict[str, Any]]:
+        """Every asset of the session, ordered by name (by code point, on both backends).
+
+        Returns:
+            One dict per asset, shaped as :meth:`get_session`'s ``asset``:
+            a key per column (``kind``, ``name``, ``bucket``, ``key``, ...).
+            An unknown session has none.
+
+        Raises:
+            MetadataError: the database failed.
+        """
+        # Code point order on both: SQLite compares bytes (BINARY), PostgreSQL
+        # would use the database's locale (en_US puts "alice" before "Zed").
+        by_name = _A.c.name.collate("C") if self.dialect_name == "postgresql" else _A.c.name
+        query = select(_A).where(_A.c.sessionId == session_id).order_by(by_name)
+        with _translated(f"listing the assets of session {session_id}"), self._engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
 
     def control_events(self, session_id: str) -> list[dict[str, Any]]:
         """The session's control events, oldest first (ties: by ``seq``, then as written).
@@ -691,11 +784,25 @@ class MetadataStore(Protocol):
         local_path: str | None,
         uploaded_bytes: int | None,
         kind: str = ASSET_KIND_COMPOSITE,
+        name: str = ASSET_NAME_COMPOSITE,
+        producer_id: str | None = None,
+        mime_type: str | None = None,
+        media_start_s: float | None = None,
+        media_end_s: float | None = None,
     ) -> None: ...
 
-    async def record_upload_progress(self, session_id: str, uploaded_bytes: int, *, kind: str = ASSET_KIND_COMPOSITE) -> None: ...
+    async def record_upload_progress(
+        self,
+        session_id: str,
+        uploaded_bytes: int,
+        *,
+        kind: str = ASSET_KIND_COMPOSITE,
+        name: str = ASSET_NAME_COMPOSITE,
+    ) -> None: ...
 
     async def get_session(self, session_id: str) -> dict[str, Any] | None: ...
+
+    async def assets(self, session_id: str) -> list[dict[str, Any]]: ...
 
     async def nonterminal_sessions(self, server_id: str) -> list[dict[str, Any]]: ...
 
@@ -765,6 +872,11 @@ class AsyncMetadataRepository:
         local_path: str | None,
         uploaded_bytes: int | None,
         kind: str = ASSET_KIND_COMPOSITE,
+        name: str = ASSET_NAME_COMPOSITE,
+        producer_id: str | None = None,
+        mime_type: str | None = None,
+        media_start_s: float | None = None,
+        media_end_s: float | None = None,
     ) -> None:
         """See :meth:`MetadataRepository.save_asset`."""
         await self._call(
@@ -781,18 +893,34 @@ class AsyncMetadataRepository:
                 local_path=local_path,
                 uploaded_bytes=uploaded_bytes,
                 kind=kind,
+                name=name,
+                producer_id=producer_id,
+                mime_type=mime_type,
+                media_start_s=media_start_s,
+                media_end_s=media_end_s,
             )
         )
 
     async def record_upload_progress(
-        self, session_id: str, uploaded_bytes: int, *, kind: str = ASSET_KIND_COMPOSITE
+        self,
+        session_id: str,
+        uploaded_bytes: int,
+        *,
+        kind: str = ASSET_KIND_COMPOSITE,
+        name: str = ASSET_NAME_COMPOSITE,
     ) -> None:
         """See :meth:`MetadataRepository.record_upload_progress`."""
-        await self._call(functools.partial(self.sync.record_upload_progress, session_id, uploaded_bytes, kind=kind))
+        await self._call(
+            functools.partial(self.sync.record_upload_progress, session_id, uploaded_bytes, kind=kind, name=name)
+        )
 
     async def get_session(self, session_id: str) -> dict[str, Any] | None:
         """See :meth:`MetadataRepository.get_session`."""
         return await self._call(functools.partial(self.sync.get_session, session_id))
+
+    async def assets(self, session_id: str) -> list[dict[str, Any]]:
+        """See :meth:`MetadataRepository.assets`."""
+        return await self._call(functools.partial(self.sync.assets, session_id))
 
     async def nonterminal_sessions(self, server_id: str) -> list[dict[str, Any]]:
         """See :meth:`MetadataRepository.nonterminal_sessions`."""

@@ -106,7 +106,7 @@ def test_check_passes_against_real_services_with_the_sse_mode_in_use(
     assert probes["multipart"]["status"] == "ok", probes["multipart"]
     assert probes["redis"]["status"] == "ok", probes["redis"]
     assert f"127.0.0.1:{redis_server.port}/0" in probes["redis"]["detail"]
-    assert probes["database"]["status"] == "ok" and "(0002)" in probes["database"]["detail"]
+    assert probes["database"]["status"] == "ok" and "(0003)" in probes["database"]["detail"]
     assert probes["udp-ports"]["status"] == "ok"
     if "RECORDING_UDP_RCVBUF_BYTES" in extra:
         assert probes["udp-receive-buffer"]["status"] == "warn"

@@ -43,7 +43,7 @@ from edge_recorder.metadata import (
     upgrade_to_head,
 )
 from edge_recorder.metadata.migrations import VERSION_TABLE, alembic_config
-from edge_recorder.metadata.models import Base
+from edge_recorder.metadata.models import ASSET_NAME_COMPOSITE, Base, RecordingAsset
 from edge_recorder.metadata.repository import MAX_CONTROL_PARAMS_BYTES
 
 pytestmark = pytest.mark.integration
@@ -121,8 +121,8 @@ def repo(database_url: str) -> Iterator[MetadataRepository]:
 
 def test_the_revisions_ship_with_the_package() -> None:
     scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
-    assert scripts.get_heads() == ["0002"]
-    assert [r.revision for r in scripts.walk_revisions()] == ["0002", "0001"]
+    assert scripts.get_heads() == ["0003"]
+    assert [r.revision for r in scripts.walk_revisions()] == ["0003", "0002", "0001"]
     package = Path(scripts.dir)
     assert (package / "script.py.mako").is_file()
     assert (package / "env.py").is_file()
@@ -140,9 +140,12 @@ def test_migrations_from_empty_and_rerun(database_url: str) -> None:
         assert indexes["RecordingSession_serverId_status_idx"] == ["serverId", "status"]
         assert indexes["RecordingSession_roomId_idx"] == ["roomId"]
         uniques = inspector.get_unique_constraints("RecordingAsset")
-        assert [u["column_names"] for u in uniques] == [["sessionId", "kind"]]
+        assert [(u["name"], u["column_names"]) for u in uniques] == [("RecordingAsset_sessionId_name_key", ["sessionId", "name"])]
         (fk,) = inspector.get_foreign_keys("RecordingAsset")
         assert fk["referred_table"] == "RecordingSession" and fk["constrained_columns"] == ["sessionId"]
+        assert fk["options"].get("ondelete") == "CASCADE"  # kept through SQLite's table copy
+        (check,) = inspector.get_check_constraints("RecordingAsset")
+        assert check["name"] == "RecordingAsset_kind_check"
         indexes = {ix["name"]: ix["column_names"] for ix in inspector.get_indexes("RecordingControlEvent")}
         assert indexes["RecordingControlEvent_sessionId_at_idx"] == ["sessionId", "at"]
         (fk,) = inspector.get_foreign_keys("RecordingControlEvent")
@@ -150,7 +153,7 @@ def test_migrations_from_empty_and_rerun(database_url: str) -> None:
         (check,) = inspector.get_check_constraints("RecordingControlEvent")
         assert check["name"] == "RecordingControlEvent_action_check"
         with engine.connect() as conn:
-            assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0002"]
+            assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0003"]
             # The revision and models.py describe the same schema.
             context = MigrationContext.configure(conn, opts={"compare_type": True, "version_table": VERSION_TABLE})
             assert compare_metadata(context, Base.metadata) == []
@@ -191,6 +194,93 @@ def test_controls_revision_downgrades_and_upgrades(database_url: str) -> None:
         row = repository.get_session("s1")
         assert row is not None and row["paused"] is False and row["pauses"] is None  # the server default
         assert repository.control_events("s1") == []
+    finally:
+        repository.close()
+
+
+def _insert_asset(database_url: str, **values: Any) -> None:
+    """One RecordingAsset row written as the given columns, bypassing the repository's checks."""
+    engine = create_metadata_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(RecordingAsset.__table__.insert().values(createdAt=T0, updatedAt=T0, **values))
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_from_0002_keeps_the_composite_as_composite_mp4(database_url: str) -> None:
+    command.upgrade(alembic_config(database_url), "0002")
+    repository = MetadataRepository(database_url)
+    try:
+        repository.save_session(_record("old", "COMPLETED", previous="UPLOADING", at_s=5))  # sessions: as at 0002
+        # The asset as 0002's writer left it: no name column yet.
+        _insert_asset(database_url, sessionId="old", kind="composite", bucket="recs", key="recordings/old/composite.mp4",
+                      sizeBytes=4096, uploadedBytes=4096)
+
+        upgrade_to_head(database_url)
+        row = repository.get_session("old")
+        assert row is not None and row["asset"] is not None
+        asset = row["asset"]
+        assert (asset["kind"], asset["name"], asset["key"], asset["sizeBytes"], asset["uploadedBytes"]) == (
+            "composite", "composite.mp4", "recordings/old/composite.mp4", 4096, 4096
+        )
+        assert (asset["producerId"], asset["mimeType"], asset["mediaStartS"], asset["mediaEndS"]) == (None,) * 4
+        assert repository.assets("old") == [asset]
+        # The old row is the composite the writers now address by name: updated, not duplicated.
+        repository.record_upload_progress("old", 8192)
+        (after,) = repository.assets("old")
+        assert (after["id"], after["uploadedBytes"], after["createdAt"]) == (asset["id"], 8192, T0)
+    finally:
+        repository.close()
+
+
+def test_assets_revision_downgrades_and_upgrades(database_url: str) -> None:
+    upgrade_to_head(database_url)
+    repository = MetadataRepository(database_url)
+    try:
+        for sid in ("s1", "s2"):
+            repository.save_session(
+                _record(sid, "COMPLETED", previous="UPLOADING", asset={"bucket": "b", "key": f"recordings/{sid}/composite.mp4", "size": 9})
+            )
+        _save_track(repository, "s1", "tracks/alice-cam.webm")
+        repository.save_asset("s1", **_NO_FIELDS, kind="manifest", name="manifest.json")
+        repository.save_asset("s1", **_NO_FIELDS, name="composite-grid.mp4")  # a second composite
+    finally:
+        repository.close()
+
+    # Lossy by design: only each session's composite.mp4 fits (sessionId, kind).
+    command.downgrade(alembic_config(database_url), "0002")
+    engine = create_metadata_engine(database_url)
+    try:
+        inspector = inspect(engine)
+        columns = {c["name"] for c in inspector.get_columns("RecordingAsset")}
+        assert not columns & {"name", "producerId", "mimeType", "mediaStartS", "mediaEndS"}
+        uniques = inspector.get_unique_constraints("RecordingAsset")
+        assert [(u["name"], u["column_names"]) for u in uniques] == [("RecordingAsset_sessionId_kind_key", ["sessionId", "kind"])]
+        assert inspector.get_check_constraints("RecordingAsset") == []
+        (fk,) = inspector.get_foreign_keys("RecordingAsset")
+        assert fk["options"].get("ondelete") == "CASCADE"
+        with engine.connect() as conn:
+            rows = conn.execute(text('SELECT "sessionId", kind, key FROM "RecordingAsset" ORDER BY "sessionId"')).all()
+            assert [tuple(r) for r in rows] == [
+                ("s1", "composite", "recordings/s1/composite.mp4"),
+                ("s2", "composite", "recordings/s2/composite.mp4"),
+            ]
+            assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == ["0002"]
+    finally:
+        engine.dispose()
+    with pytest.raises(IntegrityError):  # (sessionId, kind) is unique again
+        _insert_asset(database_url, sessionId="s1", kind="composite")
+
+    upgrade_to_head(database_url)
+    repository = MetadataRepository(database_url)
+    try:
+        assert [(a["kind"], a["name"], a["key"]) for a in repository.assets("s1")] == [
+            ("composite", "composite.mp4", "recordings/s1/composite.mp4")
+        ]
+        _save_track(repository, "s1", "tracks/alice-cam.webm")  # many per session again
+        assert len(repository.assets("s1")) == 2
+        assert repository.get_session("s2")["asset"]["name"] == "composite.mp4"  # type: ignore[index]
     finally:
         repository.close()
 
@@ -443,6 +533,11 @@ def test_asset_upsert_and_progress(repo: MetadataRepository) -> None:
         "id": asset["id"],
         "sessionId": "s1",
         "kind": "composite",
+        "name": "composite.mp4",
+        "producerId": None,
+        "mimeType": None,
+        "mediaStartS": None,
+        "mediaEndS": None,
         "bucket": "recs",
         "key": "recordings/s1/composite.mp4",
         "url": "s3://recs/recordings/s1/composite.mp4",
@@ -456,10 +551,119 @@ def test_asset_upsert_and_progress(repo: MetadataRepository) -> None:
         "updatedAt": asset["updatedAt"],
     }
     assert asset["updatedAt"] >= created
+    assert repo.assets("s1") == [asset]
 
     with pytest.raises(MetadataError) as info:
         repo.record_upload_progress("no-such-session", 1)  # foreign key
     assert info.value.retryable is False
+
+
+# Every field of save_asset left empty, for tests about names and kinds.
+_NO_FIELDS: dict[str, Any] = dict(
+    bucket=None, key=None, url=None, size_bytes=None, sha256=None, sse_mode=None, duration_s=None,
+    local_path=None, uploaded_bytes=None,
+)
+
+
+def _save_track(repo: MetadataRepository, session_id: str, name: str, **fields: Any) -> None:
+    values = {**_NO_FIELDS, "bucket": "recs", "key": f"recordings/{session_id}/{name}", **fields}
+    repo.save_asset(session_id, kind="track", name=name, **values)
+
+
+def test_a_session_lists_its_composite_tracks_and_manifest(repo: MetadataRepository) -> None:
+    repo.save_session(_record("s1", "RECORDING", previous="STARTING"))
+    repo.save_session(_record("s2", "RECORDING", previous="STARTING"))
+    tracks = {
+        # Code point order: "Zed" before "alice" (a locale's order would not be).
+        "tracks/alice-cam.webm": ("alice-cam", "video/webm", 0.0, 61.5),
+        "tracks/alice-mic.webm": ("alice-mic", "audio/webm", 0.0, 61.5),
+        "tracks/Zed-cam.webm": ("zed-cam", "video/webm", 12.25, 40.0),  # joined late, left early
+    }
+    for name, (producer, mime, start, end) in tracks.items():
+        _save_track(repo, "s1", name, producer_id=producer, mime_type=mime, media_start_s=start, media_end_s=end)
+    repo.save_asset("s1", **{**_NO_FIELDS, "bucket": "recs", "key": "recordings/s1/manifest.json"},
+                    kind="manifest", name="manifest.json", mime_type="application/json")
+    _save_track(repo, "s2", "tracks/bob-cam.webm")  # another session's
+    repo.save_session(
+        _record("s1", "COMPLETED", previous="UPLOADING", at_s=62,
+                asset={"bucket": "recs", "key": "recordings/s1/composite.mp4", "size": 100, "url": "s3://recs/x"})
+    )
+
+    assets = repo.assets("s1")
+    assert [(a["kind"], a["name"]) for a in assets] == [
+        ("composite", "composite.mp4"),
+        ("manifest", "manifest.json"),
+        ("track", "tracks/Zed-cam.webm"),
+        ("track", "tracks/alice-cam.webm"),
+        ("track", "tracks/alice-mic.webm"),
+    ]
+    by_name = {a["name"]: a for a in assets}
+    for name, (producer, mime, start, end) in tracks.items():
+        a = by_name[name]
+        assert (a["producerId"], a["mimeType"], a["mediaStartS"], a["mediaEndS"], a["key"]) == (
+            producer, mime, start, end, f"recordings/s1/{name}"
+        )
+    assert by_name["manifest.json"]["mimeType"] == "application/json"
+    # get_session's asset is still the composite, and the session is one row however many assets it has.
+    row = repo.get_session("s1")
+    assert row is not None and row["asset"] == by_name["composite.mp4"] and row["asset"]["sizeBytes"] == 100
+    assert sorted(r["sessionId"] for r in repo.list_sessions()) == ["s1", "s2"]
+    assert repo.get_session("s2")["asset"] is None  # type: ignore[index]  # a track is not the composite
+    assert [a["name"] for a in repo.assets("s2")] == ["tracks/bob-cam.webm"]
+    assert repo.assets("unknown") == []
+
+
+def test_saving_a_name_again_updates_its_row(repo: MetadataRepository) -> None:
+    repo.save_session(_record("s1", "RECORDING", previous="STARTING"))
+    _save_track(repo, "s1", "tracks/alice-cam.webm", size_bytes=10, producer_id="alice-cam", local_path="/spool/a.webm")
+    (first,) = repo.assets("s1")
+    _save_track(repo, "s1", "tracks/alice-cam.webm", size_bytes=20, producer_id="alice-cam")
+    (second,) = repo.assets("s1")
+    assert (second["id"], second["createdAt"]) == (first["id"], first["createdAt"])
+    assert (second["sizeBytes"], second["localPath"]) == (20, None)  # every field as given
+    # The kind is a field too: a row first made with the default kind can be corrected.
+    repo.record_upload_progress("s1", 5, name="manifest.json")  # kind defaults to composite
+    repo.save_asset("s1", **_NO_FIELDS, kind="manifest", name="manifest.json")
+    assert [(a["kind"], a["name"]) for a in repo.assets("s1")] == [
+        ("manifest", "manifest.json"),
+        ("track", "tracks/alice-cam.webm"),
+    ]
+
+
+def test_the_database_refuses_a_kind_outside_the_tuple(repo: MetadataRepository, database_url: str) -> None:
+    repo.save_session(_record("s1", "RECORDING", previous="STARTING"))
+    with pytest.raises(IntegrityError, match="(?i)check"):
+        _insert_asset(database_url, sessionId="s1", kind="thumbnail", name="thumb.jpg")
+    with pytest.raises(IntegrityError):  # a name is required
+        _insert_asset(database_url, sessionId="s1", kind="track")
+    # The repository refuses first, with a message that names the kinds.
+    with pytest.raises(MetadataError, match="unknown kind 'thumbnail'") as info:
+        repo.save_asset("s1", **_NO_FIELDS, kind="thumbnail", name="thumb.jpg")
+    assert info.value.retryable is False
+    with pytest.raises(MetadataError, match="relative path"):
+        repo.record_upload_progress("s1", 1, kind="track", name="../s2/composite.mp4")
+    assert repo.assets("s1") == []
+
+
+def test_upload_progress_only_grows_per_name(repo: MetadataRepository) -> None:
+    repo.save_session(_record("s1", "UPLOADING", previous="RECORDING"))
+    cam, mic = "tracks/alice-cam.webm", "tracks/alice-mic.webm"
+    writes = [
+        (ASSET_NAME_COMPOSITE, 100), (cam, 50), (mic, 7), (cam, 40), (ASSET_NAME_COMPOSITE, 300), (mic, 9), (ASSET_NAME_COMPOSITE, 200), (cam, 60),
+    ]
+    for name, uploaded in writes:
+        kind = "composite" if name == ASSET_NAME_COMPOSITE else "track"
+        repo.record_upload_progress("s1", uploaded, kind=kind, name=name)
+    assert [(a["kind"], a["name"], a["uploadedBytes"]) for a in repo.assets("s1")] == [
+        ("composite", ASSET_NAME_COMPOSITE, 300),  # 200 came late
+        ("track", cam, 60),  # 40 came late
+        ("track", mic, 9),
+    ]
+    # save_asset starts one asset over; the others keep theirs.
+    _save_track(repo, "s1", cam, uploaded_bytes=0)
+    repo.record_upload_progress("s1", 10, kind="track", name=cam)
+    assert [a["uploadedBytes"] for a in repo.assets("s1")] == [300, 10, 9]
+
 
 
 def test_nonterminal_sessions_for_a_server(repo: MetadataRepository) -> None:
@@ -533,8 +737,14 @@ async def test_async_wrapper(repo: MetadataRepository) -> None:
         local_path="/tmp/s1.mp4",
         uploaded_bytes=None,
     )
+    await arepo.record_upload_progress("s1", 7, kind="track", name="tracks/alice-cam.webm")
     row = await arepo.get_session("s1")
     assert row is not None and row["status"] == "RECORDING" and row["asset"]["localPath"] == "/tmp/s1.mp4"
+    listed = await arepo.assets("s1")
+    assert [(a["kind"], a["name"], a["uploadedBytes"]) for a in listed] == [
+        ("composite", "composite.mp4", None),
+        ("track", "tracks/alice-cam.webm", 7),
+    ]
     assert [r["sessionId"] for r in await arepo.nonterminal_sessions("node-a")] == ["s1"]
     assert len(await arepo.list_sessions()) == 1
     await arepo.add_control_event("s1", {"action": "updateLayout", "params": {"layout": "grid"}, "at": _iso(T0)})

@@ -335,7 +335,7 @@ async def test_the_database_probe_reads_the_migration_level(settings: Settings) 
     url = default_database_url(settings)
     upgrade_to_head(url)
     result = await doctor.probe_database(settings)
-    assert result.status is OK and "migrated to the newest revision (0002)" in result.detail
+    assert result.status is OK and "migrated to the newest revision (0003)" in result.detail
 
     import sqlalchemy
 
