@@ -44,6 +44,7 @@ from edge_recorder.errors import EdgeRecorderError, public_message
 from edge_recorder.metadata import MetadataStore
 from edge_recorder.session.session import RecordingSession
 from edge_recorder.session.state import SessionStatus
+from edge_recorder.sink.plan import asset_content_type
 from edge_recorder.state.store import StateStore, utc_now_iso
 from edge_recorder.webhooks import WebhookNotifier
 
@@ -230,6 +231,7 @@ class Bookkeeper:
                 await self.metadata.save_session(row)
                 if asset is not None:
                     await self.metadata.save_asset(record["sessionId"], **asset)
+                await self._save_tracks(record)
                 await self._audit(record)
                 self.database_up = True
                 return True
@@ -242,6 +244,39 @@ class Bookkeeper:
                 if attempt + 1 < tries:
                     await trio.sleep(min(5.0, 0.2 * 2**attempt))
         return False
+
+    async def _save_tracks(self, record: dict[str, Any]) -> None:
+        """One ``RecordingAsset`` row per delivered track and the manifest (issue #14), once they have a URL.
+
+        Saving the same name again updates its row, so a record written twice adds nothing.
+        """
+        assert self.metadata is not None
+        sid = str(record["sessionId"])
+        entries = [(e, "track") for e in record.get("tracks") or [] if isinstance(e, dict)]
+        manifest = record.get("manifest")
+        if isinstance(manifest, dict):
+            entries.append((manifest, "manifest"))
+        for entry, kind in entries:
+            if not entry.get("url"):
+                continue  # still recording: not delivered yet
+            await self.metadata.save_asset(
+                sid,
+                bucket=entry.get("bucket"),
+                key=entry.get("key"),
+                url=entry["url"],
+                size_bytes=entry.get("sizeBytes"),
+                sha256=entry.get("sha256"),
+                sse_mode=entry.get("sseMode"),
+                duration_s=None,
+                local_path=None if entry.get("bucket") else str(entry["url"]).removeprefix("file://"),
+                uploaded_bytes=entry.get("sizeBytes"),
+                kind=kind,
+                name=str(entry["name"]),
+                producer_id=entry.get("producerId"),
+                mime_type=asset_content_type(str(entry["name"])),
+                media_start_s=entry.get("startS"),
+                media_end_s=entry.get("endS"),
+            )
 
     async def _audit(self, record: dict[str, Any]) -> None:
         """Write the record's control events (issue #13) not written yet: one audit row each, in ``seq`` order.

@@ -6,6 +6,8 @@ Layout (``RECORDING_TMP_DIR`` may be shared storage, so each node keeps to its o
       <serverId>/                            0700, this node's spool
         .lock                                flock held while the node runs (pid inside)
         <sessionId>.mp4                      0600, created exclusively, never written over
+        <sessionId>.tracks/                  0700, created exclusively: each stream's own track
+          <producerId>.webm | .mp4           (``outputs: ["composite", "tracks"]``) and manifest.json
 
 Rules, each of them a way a recording was once lost:
 
@@ -40,9 +42,10 @@ from pathlib import Path
 
 from edge_recorder.errors import SpoolError
 
-__all__ = ["NodeSpool", "SPOOL_SUFFIX"]
+__all__ = ["NodeSpool", "SPOOL_SUFFIX", "TRACKS_SUFFIX"]
 
 SPOOL_SUFFIX = ".mp4"
+TRACKS_SUFFIX = ".tracks"
 LOCK_NAME = ".lock"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -66,6 +69,24 @@ class NodeSpool:
     def path_for(self, session_id: str) -> Path:
         """Where this node writes ``session_id``'s recording."""
         return self.directory / f"{session_id}{SPOOL_SUFFIX}"
+
+    def tracks_dir_for(self, session_id: str) -> Path:
+        """Where this node writes ``session_id``'s tracks and their manifest."""
+        return self.directory / f"{session_id}{TRACKS_SUFFIX}"
+
+    def create_tracks_dir(self, session_id: str) -> Path:
+        """Create ``session_id``'s tracks directory, 0700; it must not exist (like :meth:`create`).
+
+        Raises:
+            SpoolError: it exists (or is a link).
+        """
+        self.ensure()
+        path = self.tracks_dir_for(session_id)
+        try:
+            os.mkdir(path, DIR_MODE)
+        except FileExistsError:
+            raise SpoolError(f"tracks of session {session_id} already exist at {path}; they are never written over") from None
+        return path
 
     def legacy_path_for(self, session_id: str) -> Path:
         """Where nodes before the per-node layout wrote it."""

@@ -89,6 +89,8 @@ __all__ = [
     "MAX_DISPLAY_NAME_LENGTH",
     "MAX_ID_LENGTH",
     "MAX_IDENTIFIER_LENGTH",
+    "OUTPUT_KINDS",
+    "OutputKind",
     "MAX_MESSAGE_BYTES",
     "MAX_METADATA_BYTES",
     "MAX_NESTING_DEPTH",
@@ -841,6 +843,12 @@ def _rtp_problem(exc: RtpParametersError) -> str:
 # ---------------------------------------------------------------- typed params
 
 
+#: What ``recording.start`` ``outputs`` may ask for: the composite, and every stream's own track.
+OutputKind: TypeAlias = Literal["composite", "tracks"]
+OUTPUT_KINDS: Final[tuple[OutputKind, ...]] = ("composite", "tracks")
+_OUTPUT_KINDS: Final[dict[str, OutputKind]] = {kind: kind for kind in OUTPUT_KINDS}
+
+
 @dataclass(frozen=True, slots=True)
 class OutputParams:
     """``recording.start`` ``output``: overrides of the node's output settings.
@@ -912,6 +920,8 @@ class StartParams:
         layout: ``"pip"`` or ``"grid"``; None keeps RECORDING_LAYOUT.
         output: output overrides, or None.
         metadata: a JSON object kept with the recording (≤ 16 KiB), or None.
+        outputs: what to write, from :data:`OUTPUT_KINDS`; None: the
+            composite only. ``"composite"`` must be among them.
     """
 
     room_id: str
@@ -920,6 +930,7 @@ class StartParams:
     layout: LayoutName | None = None
     output: OutputParams | None = None
     metadata: dict[str, Any] | None = None
+    outputs: tuple[OutputKind, ...] | None = None
 
     @classmethod
     def from_params(cls, params: object) -> StartParams:
@@ -960,7 +971,7 @@ class StartParams:
                     "metadata", f"is {size} bytes as JSON, more than the limit of {MAX_METADATA_BYTES}"
                 )
             metadata = metadata_value
-        return cls(room_id, session_id, host_peer_id, layout, output, metadata)
+        return cls(room_id, session_id, host_peer_id, layout, output, metadata, _outputs(obj.get("outputs")))
 
     def to_params(self) -> dict[str, Any]:
         """Render as wire params; None fields are omitted."""
@@ -975,7 +986,28 @@ class StartParams:
             out["output"] = self.output.to_params()
         if self.metadata is not None:
             out["metadata"] = self.metadata
+        if self.outputs is not None:
+            out["outputs"] = list(self.outputs)
         return out
+
+
+def _outputs(value: object) -> tuple[OutputKind, ...] | None:
+    """``recording.start`` ``outputs``: a list of distinct :data:`OUTPUT_KINDS` with the composite among them."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise _invalid("outputs", f"must be a non-empty array, got {_json_type(value)}")
+    kinds: list[OutputKind] = []
+    for item in value:
+        kind = _OUTPUT_KINDS.get(item) if isinstance(item, str) else None
+        if kind is None:
+            raise _invalid("outputs", "may hold only " + ", ".join(f'"{k}"' for k in OUTPUT_KINDS))
+        if kind in kinds:
+            raise _invalid("outputs", f'names "{kind}" twice')
+        kinds.append(kind)
+    if "composite" not in kinds:
+        raise _invalid("outputs", 'must include "composite" (tracks are kept beside a composite)')
+    return tuple(kinds)
 
 
 @dataclass(frozen=True, slots=True)

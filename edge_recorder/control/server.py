@@ -30,6 +30,7 @@ The listener, with its admission rules, is :mod:`edge_recorder.control.listener`
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import itertools
 import logging
@@ -327,7 +328,7 @@ class ControlHub:
                 params.room_id,
                 session_id=params.session_id,
                 layout=params.layout,
-                output=self._output(params.output),
+                output=self._output(params.output, params.outputs),
                 controller=connection_id,
                 metadata=params.metadata,
                 host_peer_id=params.host_peer_id,
@@ -407,10 +408,13 @@ class ControlHub:
         url = await self._store.presign(asset["key"], self.settings.s3.presign_expiry_s)
         return {**record, "asset": {**asset, "url": url}}
 
-    def _output(self, output: rpc.OutputParams | None) -> OutputOptions | None:
-        if output is None:
+    def _output(self, output: rpc.OutputParams | None, outputs: tuple[rpc.OutputKind, ...] | None) -> OutputOptions | None:
+        tracks = outputs is not None and "tracks" in outputs
+        if output is None and not tracks:
             return None
         base = OutputOptions.from_settings(self.settings)
+        if output is None:
+            return dataclasses.replace(base, tracks=tracks)
         return OutputOptions(
             width=output.width or base.width,
             height=output.height or base.height,
@@ -420,6 +424,7 @@ class ControlHub:
             x264_preset=base.x264_preset,
             keyframe_interval_s=base.keyframe_interval_s,
             x264_threads=base.x264_threads,
+            tracks=tracks,
         )
 
 

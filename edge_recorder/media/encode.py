@@ -46,6 +46,7 @@ from edge_recorder.media.mp4 import Mp4BoxScanner, TrackInfo, fragment_media_end
 
 __all__ = [
     "AAC_FRAME_SAMPLES",
+    "FileSink",
     "EncoderSettings",
     "FragmentedMp4Writer",
 ]
@@ -106,7 +107,7 @@ class EncoderSettings:
         return max(1, round(self.fps * self.keyframe_interval_s))
 
 
-class _FileSink:
+class FileSink:
     """File-like object handed to ``av.open``: write-only, not seekable.
 
     ``seekable()`` returning False makes PyAV install no seek callback, which
@@ -237,7 +238,7 @@ class FragmentedMp4Writer:
     # -- setup ---------------------------------------------------------------
 
     def _open(self, settings: EncoderSettings) -> tuple[av.container.OutputContainer, VideoStream, AudioStream]:
-        sink = self._sink = _FileSink(self._fd, self._on_written)
+        sink = self._sink = FileSink(self._fd, self._on_written)
         try:
             container = av.open(sink, mode="w", format="mp4", options={"movflags": MOVFLAGS})
         except av.FFmpegError as exc:

@@ -232,6 +232,19 @@ class OutputTimeline:
                 return True
         return False
 
+    def output_s(self, media_s: float) -> float | None:
+        """Where media ``media_s`` sits on the output timeline (pauses before it cut out); None inside a pause.
+
+        What a participant's own track is stamped with, so it lines up with
+        the composite by timestamp alone.
+        """
+        if self.in_pause(media_s):
+            return None
+        cut_s = sum(
+            (cut.ticks or 0) / self.fps for cut in self._cuts if (cut.media_tick + (cut.ticks or 0)) / self.fps <= media_s + _EPS
+        )
+        return media_s - cut_s
+
     def cut_between(self, earlier_s: float, later_s: float) -> bool:
         """Whether a closed pause's resume instant lies in ``(earlier_s, later_s]`` (media seconds)."""
         return any(

@@ -35,6 +35,7 @@ The events:
 ``first_frame``     :class:`FirstFrame`: the first output frame showing video
 ``keyframe_needed`` :class:`KeyframeNeeded`: a stream needs a keyframe, and why
 ``fragment``        :class:`Fragment`: the file is playable up to this byte
+``track``           :class:`Track`: a stream's own track, complete up to this byte
 ``visibility``      :class:`Visibility`: the video streams the layout decodes
 ``levels``          :class:`Levels`: decoded audio levels (streams without RFC 6464)
 ``stats``           :class:`Stats`: counters, once a second
@@ -133,6 +134,8 @@ class Configure(ControlMessage):
         playout_delay_s: how far behind real time the output runs, seconds.
         max_lag_s: lag past which whole ticks are skipped, seconds.
         threads: the worker's blocking-call limiter.
+        tracks_dir: the directory (created by the parent) for each stream's
+            own track, copied without transcoding; empty: no tracks.
     """
 
     op: ClassVar[str] = "configure"
@@ -143,6 +146,8 @@ class Configure(ControlMessage):
     playout_delay_s: float = 0.3
     max_lag_s: float = 1.0
     threads: int = 4
+    # Where every stream's own track is written (issue #14); empty: no tracks.
+    tracks_dir: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,6 +443,46 @@ class Fragment(WorkerEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class TrackGap:
+    """A stretch of a track's timeline with no media: ``reason`` ``"excluded"`` or ``"no-media"`` (mute, loss)."""
+
+    start_s: float
+    end_s: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Track(WorkerEvent):
+    """A stream's own track (``Configure.tracks_dir``): its file and how much of it is complete.
+
+    Sent when the track opens, after each of its flushes (about once a
+    second) and once closed (``closed``, with its ``gaps``). Times are on the
+    output timeline (pauses cut out), the composite's.
+
+    Attributes:
+        key: the stream's key (its producer id).
+        file: the file's name in ``tracks_dir``.
+        complete_bytes: the file's first bytes that are readable on their own.
+        first_s, last_s: the first and last frame written; None before one.
+        frames, skipped: frames written; frames skipped (before a keyframe,
+            out of order, unreadable).
+    """
+
+    event: ClassVar[str] = "track"
+    key: str
+    file: str
+    codec: str
+    kind: MediaKind
+    complete_bytes: int = field(metadata={"wire": "bytes"})
+    first_s: float | None = None
+    last_s: float | None = None
+    frames: int = 0
+    skipped: int = 0
+    closed: bool = False
+    gaps: tuple[TrackGap, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Visibility(WorkerEvent):
     """The indices of the video streams the layout shows, so worth forwarding and decoding."""
 
@@ -521,7 +566,17 @@ class WorkerError(WorkerEvent):
 
 
 Event: TypeAlias = (
-    Ready | FirstFrame | KeyframeNeeded | Fragment | Visibility | Levels | Stats | Finished | WorkerWarning | WorkerError
+    Ready
+    | FirstFrame
+    | KeyframeNeeded
+    | Fragment
+    | Track
+    | Visibility
+    | Levels
+    | Stats
+    | Finished
+    | WorkerWarning
+    | WorkerError
 )
 EVENT_TYPES: dict[str, type[Event]] = {cls.event: cls for cls in typing.get_args(Event)}
 

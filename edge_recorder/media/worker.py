@@ -47,6 +47,11 @@ audio ramps down and up over ``CUT_FADE_S`` on each side, and input media
 inside a pause is dropped. Excluded peers (``exclude_peer``) are neither laid
 out, named on the slate nor mixed.
 
+With ``Configure.tracks_dir`` every stream's encoded frames are also copied,
+as they arrive and without decoding, into a track of its own
+(:mod:`edge_recorder.media.tracks`), stamped on the same output timeline;
+pauses and exclusions apply to them as to the composite (``track`` events).
+
 Stop is end-of-stream: the ``stop`` message gives the media instant to stop at;
 both clocks run to it, the encoders are flushed and the file closed. If the
 parent vanishes (stdin EOF without ``stop``), the worker stops at "now" and
@@ -95,6 +100,10 @@ STATS_INTERVAL_S = 1.0
 # Audio ramps down before a pause's cut and up after it, so the jump between
 # two media instants does not click.
 CUT_FADE_S = 0.005
+# Tracks (issue #14): queued frames are muxed this often, and flushed (made
+# durable, reported to the parent for upload) this often.
+TRACK_WRITE_INTERVAL_S = 0.25
+TRACK_FLUSH_INTERVAL_S = 1.0
 # Decoded-energy levels (for streams without RFC 6464) go to the parent this often.
 LEVELS_INTERVAL_S = 0.2
 
@@ -209,6 +218,12 @@ class MediaWorker:
         # An unknown op is a warning each time, not counted.
         self.pipe_drops: dict[str, int] = {"oversize": 0, "malformed": 0, "bad_control": 0, "unknown_stream": 0}
         self._decoders: trio.Nursery | None = None
+        # Every stream's own track (issue #14), when asked for.
+        self.tracks: Any = None
+        if config.tracks_dir:
+            from edge_recorder.media.tracks import TrackArchive
+
+            self.tracks = TrackArchive(config.tracks_dir, warn=lambda message: self._event(wire.WorkerWarning(message)))
         self._wanted: frozenset[int] = frozenset()
         self._wanted_signature: Any = None
 
@@ -357,6 +372,9 @@ class MediaWorker:
         slots = [slot for slot in self.streams.values() if slot.peer_id == peer_id]
         if excluded:
             self.excluded.add(peer_id)
+            if self.tracks is not None:
+                at = self.timeline.output_s(self._now_media_s())
+                self.tracks.excluded([slot.key for slot in slots], at if at is not None else 0.0)
             for slot in slots:
                 self._drain(slot)
                 if slot.kind == "video":
@@ -402,6 +420,8 @@ class MediaWorker:
             report_levels=msg.report_levels,
         )
         self.streams[index] = slot
+        if self.tracks is not None:
+            self.tracks.open(slot.key, slot.kind, slot.codec)
         if slot.kind == "audio":
             self.mixer.add_input(slot.key)
         assert self._decoders is not None
@@ -415,6 +435,8 @@ class MediaWorker:
         if slot is None:
             return
         slot.send.close()
+        if self.tracks is not None and not any(other.key == slot.key for other in self.streams.values()):
+            self.tracks.close_stream(slot.key)
         if slot.kind == "audio":
             self.mixer.remove_input(slot.key)
         else:
@@ -425,6 +447,8 @@ class MediaWorker:
         if slot is None:
             self._count_drop("unknown_stream", f"media for stream index {msg.stream_index}")
             return
+        if self.tracks is not None:
+            self._keep_in_track(slot, msg)
         try:
             slot.send.send_nowait(msg)
         except trio.WouldBlock:
@@ -436,6 +460,28 @@ class MediaWorker:
                 self._event(wire.KeyframeNeeded(slot.index, why="queue-full"))
         except trio.ClosedResourceError:
             pass
+
+    def _keep_in_track(self, slot: _StreamSlot, msg: wire.MediaMessage) -> None:
+        """Queue a frame for its stream's own track: not when excluded, paused or past the stop."""
+        if slot.peer_id in self.excluded:
+            return
+        if self.stop_at_s is not None and msg.media_time_s >= self.stop_at_s:
+            return
+        output_s = self.timeline.output_s(msg.media_time_s)
+        if output_s is not None:
+            self.tracks.offer(slot.key, msg.data, output_s, msg.keyframe)
+
+    async def tracks_loop(self) -> None:
+        """Mux the tracks' queued frames a few times a second; flush and report them once a second."""
+        flushed = time.monotonic()
+        while True:
+            await trio.sleep(TRACK_WRITE_INTERVAL_S)
+            if time.monotonic() - flushed >= TRACK_FLUSH_INTERVAL_S:
+                flushed = time.monotonic()
+                for event in await self._blocking(self.tracks.flush):
+                    self._event(event)
+            else:
+                await self._blocking(self.tracks.write_pending)
 
     def _dispatch(self, messages: list[wire.PipeItem]) -> None:
         for msg in messages:
@@ -870,6 +916,8 @@ class MediaWorker:
                 await self.started.wait()
                 outer.start_soon(self.stats_loop)
                 outer.start_soon(self.levels_loop)
+                if self.tracks is not None:
+                    outer.start_soon(self.tracks_loop)
                 async with trio.open_nursery() as pipeline:
                     pipeline.start_soon(self.video_clock)
                     pipeline.start_soon(self.audio_clock)
@@ -881,6 +929,11 @@ class MediaWorker:
             # encoder must not keep a dead session's process alive forever.
             with trio.move_on_after(30, shield=True):
                 await self._blocking(self.writer.close)
+            if self.tracks is not None:
+                # The tracks too, each up to what arrived before the stop.
+                with trio.move_on_after(30, shield=True):
+                    for event in await self._blocking(self.tracks.close):
+                        self._event(event)
         self._event(self.finished())
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime as dt
+import json
 import logging
 import os
 import signal
@@ -59,11 +60,13 @@ from edge_recorder.media.layout import LayoutName
 from edge_recorder.rtp.assembler import AssembledFrame
 from edge_recorder.rtp.sync import ClockDomain
 from edge_recorder.session.controls import ControlEvent, Decision, LayoutState, RecordingControls
-from edge_recorder.session.destination import Asset, Destination, LocalDestination
+from edge_recorder.session.destination import Asset, Destination, DestinationFactory, LocalDestination
+from edge_recorder.session.manifest import MANIFEST_NAME, MAX_SPEAKER_SWITCHES, TrackSource, build_manifest
 from edge_recorder.session.ports import PortAllocator
 from edge_recorder.session.speaker import ActiveSpeakerDetector
 from edge_recorder.session.state import AssetEntry, Phase, SessionRecord, SessionStatus, StreamEntry, advance
 from edge_recorder.state.store import utc_now_iso
+from edge_recorder.sink.plan import COMPOSITE_ASSET as COMPOSITE_NAME
 from edge_recorder.spool import NodeSpool
 from edge_recorder.session.reading import ReadScheduler
 from edge_recorder.session.stream import AUDIO_LEVEL_URI, StreamReceiver, StreamSpec
@@ -91,6 +94,8 @@ class OutputOptions:
     x264_preset: str
     keyframe_interval_s: float
     x264_threads: int
+    # Every stream's own track beside the composite (``outputs: ["composite", "tracks"]``).
+    tracks: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "OutputOptions":
@@ -146,7 +151,7 @@ class RecordingSession:
         on_keyframe_request: Callable[["RecordingSession", StreamSpec], None] | None = None,
         drain_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
-        destination: Callable[[str, Path], Destination] | None = None,
+        destination: DestinationFactory | None = None,
         spool: NodeSpool | None = None,
         defer_spool_removal: bool = False,
     ) -> None:
@@ -164,6 +169,19 @@ class RecordingSession:
             destination(self.session_id, self.path) if destination is not None else LocalDestination(self.path)
         )
         self.asset: Asset | None = None
+        # Every stream's own track (issue #14): where they go, the worker's
+        # last word on each (by file name), the streams behind them (kept
+        # after a removal), and what was delivered at the end.
+        self._destination_factory = destination
+        self.tracks_dir: Path | None = self.spool.tracks_dir_for(self.session_id) if self.output.tracks else None
+        self._tracks: dict[str, wire.Track] = {}
+        self._track_sources: dict[str, TrackSource] = {}
+        self.track_assets: list[dict[str, Any]] = []
+        self.manifest_asset: dict[str, Any] | None = None
+        # (session media time, peer) of every active-speaker switch, for the manifest.
+        self._speaker_switches: collections.deque[tuple[float, str | None]] = collections.deque(
+            maxlen=MAX_SPEAKER_SWITCHES
+        )
         self._ports = ports
         self._on_change = on_change
         self._on_keyframe_request = on_keyframe_request
@@ -303,7 +321,23 @@ class RecordingSession:
             stopped_at=self.stopped_at,
             asset=None if asset is None else AssetEntry(asset.bucket, asset.key, asset.size_bytes, asset.url),
             controls=self.controls.to_wire(),
+            tracks=None if self.tracks_dir is None else self._tracks_wire(),
         )
+
+    def _tracks_wire(self) -> dict[str, Any]:
+        """The state record's ``outputs``, ``tracks`` and ``manifest``: delivered assets, or progress while recording."""
+        tracks: list[dict[str, Any]] = self.track_assets or [
+            {
+                "name": f"tracks/{event.file}",
+                "producerId": event.key,
+                "kind": event.kind,
+                "codec": event.codec,
+                "url": None,
+                "sizeBytes": event.complete_bytes,
+            }
+            for event in self._tracks.values()
+        ]
+        return {"outputs": ["composite", "tracks"], "tracks": tracks, "manifest": self.manifest_asset}
 
     @property
     def stopping(self) -> bool:
@@ -347,6 +381,8 @@ class RecordingSession:
             # The manager normally created it (exclusively) before the start
             # was accepted; a session run on its own creates it here.
             await trio.to_thread.run_sync(self._ensure_spool)
+            if self.tracks_dir is not None:
+                await trio.to_thread.run_sync(self.spool.create_tracks_dir, self.session_id)
             process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "edge_recorder.media.worker"],
                 stdin=subprocess.PIPE,
@@ -450,6 +486,7 @@ class RecordingSession:
                 "overlay_corner": s.overlay.corner,
                 "overlay_margin_px": s.overlay.margin_px,
             },
+            tracks_dir=str(self.tracks_dir) if self.tracks_dir is not None else "",
         )
 
     async def _run_destination(self, scope: trio.CancelScope) -> None:
@@ -486,6 +523,12 @@ class RecordingSession:
         self.asset = asset
         self.size_bytes = asset.size_bytes
         self.location = asset.url
+        if self.tracks_dir is not None:
+            failure = await self._deliver_tracks()
+            if failure is not None:
+                self.reason = "upload-failed"
+                await self._fail(failure)
+                return
         # COMPLETED first, the spool removed after: with a bookkeeper the
         # file goes only once the row and its asset are written.
         self._enter(Phase.COMPLETED)
@@ -494,6 +537,101 @@ class RecordingSession:
                 await trio.to_thread.run_sync(self.path.unlink)
             except OSError as exc:
                 log.warning("could not remove the uploaded spool %s: %s", self.path, exc)
+
+    def manifest(self) -> dict[str, Any]:
+        """The tracks manifest (session/manifest.py) as it stands."""
+        for handle in self._streams.values():
+            source = self._track_sources.get(handle.spec.producer_id)
+            if source is not None:
+                self._track_sources[handle.spec.producer_id] = dataclasses.replace(
+                    source, ssrc_changes=handle.receiver.stats.ssrc_changes
+                )
+        return build_manifest(
+            session_id=self.session_id,
+            room_id=self.room_id,
+            started_at=self.started_at,
+            stopped_at=self.stopped_at,
+            composite=COMPOSITE_NAME,
+            tracks=[(event, self._track_sources.get(event.key)) for event in self._tracks.values()],
+            controls=self.controls.to_wire(),
+            speaker_switches=list(self._speaker_switches),
+        )
+
+    async def _deliver_tracks(self) -> str | None:
+        """Write the manifest and deliver every track and it; None, or why they could not be (kept on disk)."""
+        assert self.tracks_dir is not None
+        tracks_dir = self.tracks_dir
+        manifest_path = tracks_dir / MANIFEST_NAME
+        body = json.dumps(self.manifest(), indent=1, ensure_ascii=False).encode()
+
+        def write_manifest() -> None:
+            fd = os.open(manifest_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(body)
+                out.flush()
+                os.fsync(out.fileno())
+
+        try:
+            await trio.to_thread.run_sync(write_manifest)
+        except OSError as exc:
+            return f"cannot write the tracks manifest {manifest_path}: {exc}; the tracks are kept in {tracks_dir}"
+        files: list[tuple[str, Path, int, wire.Track | None]] = [
+            (f"tracks/{event.file}", tracks_dir / event.file, event.complete_bytes, event)
+            for event in self._tracks.values()
+            if event.complete_bytes > 0  # a track that never got a frame has no file worth a name
+        ]
+        files.append((MANIFEST_NAME, manifest_path, len(body), None))
+        delivered: list[tuple[str, Asset, wire.Track | None]] = []
+        for name, path, size, event in files:
+            if self._destination_factory is None:
+                asset = await LocalDestination(path).finish(size)
+            else:
+                try:
+                    asset = await self._destination_factory(self.session_id, path, asset=name).finish(size)
+                except EdgeRecorderError as exc:
+                    return (
+                        f"upload of {name} failed: {exc}; the tracks are kept in {tracks_dir} on node "
+                        f"{self.settings.server_id}"
+                    )
+            delivered.append((name, asset, event))
+        self.track_assets = [
+            {
+                "name": name,
+                "producerId": event.key,
+                "kind": event.kind,
+                "codec": event.codec,
+                "url": asset.url,
+                "sizeBytes": asset.size_bytes,
+                "bucket": asset.bucket,
+                "key": asset.key,
+                "sha256": asset.sha256,
+                "startS": event.first_s,
+                "endS": event.last_s,
+            }
+            for name, asset, event in delivered
+            if event is not None
+        ]
+        manifest = next(asset for name, asset, event in delivered if event is None)
+        self.manifest_asset = {
+            "name": MANIFEST_NAME,
+            "url": manifest.url,
+            "sizeBytes": manifest.size_bytes,
+            "bucket": manifest.bucket,
+            "key": manifest.key,
+            "sha256": manifest.sha256,
+        }
+        if self._destination_factory is not None:
+            # All of it is in the store, verified: the local copies go.
+            def remove() -> None:
+                for _, path, _, _ in files:
+                    path.unlink(missing_ok=True)
+                tracks_dir.rmdir()
+
+            try:
+                await trio.to_thread.run_sync(remove)
+            except OSError as exc:
+                log.warning("could not remove the uploaded tracks in %s: %s", tracks_dir, exc)
+        return None
 
     async def _fail_worker(self, returncode: int, asked: bool) -> None:
         if returncode == 0 and not asked:
@@ -601,7 +739,10 @@ class RecordingSession:
             case wire.Visibility(visible=visible):
                 shown = set(visible)
                 for handle in self._streams.values():
-                    handle.receiver.set_visible(handle.receiver.index in shown)
+                    # With tracks, hidden cameras are kept too: every stream is forwarded.
+                    handle.receiver.set_visible(self.tracks_dir is not None or handle.receiver.index in shown)
+            case wire.Track():
+                self._tracks[event.file] = event
             case wire.Levels(levels=levels):
                 # Decoded energy of audio streams without RFC 6464 levels.
                 now = self._now_s()
@@ -743,6 +884,11 @@ class RecordingSession:
         handle = _StreamHandle(spec, receiver, trio.CancelScope(), (rtp_port,) if rtcp_socket is None else (rtp_port, rtcp_port))
         if self._withheld(spec):
             receiver.set_withheld(True)
+        if self.tracks_dir is not None:
+            receiver.set_visible(True)  # its track wants every frame, shown or not
+            self._track_sources[spec.producer_id] = TrackSource(
+                spec.producer_id, spec.peer_id, spec.display_name, spec.kind, spec.source
+            )
         self._streams[spec.producer_id] = handle
         await self._pipe_send.send(
             wire.encode_control(
@@ -890,6 +1036,8 @@ class RecordingSession:
         await self._reading.run_batches(lambda: self.stopping)
 
     async def _send_active_speaker(self, peer_id: str | None) -> None:
+        if peer_id != self.active_speaker and self.t0 is not None:
+            self._speaker_switches.append((round(self._clock() - self.t0, 3), peer_id))
         self.active_speaker = peer_id
         if self._phase is Phase.RECORDING:
             try:
@@ -907,6 +1055,9 @@ class RecordingSession:
         if handle is None:
             return
         self._retired_stats.append(handle.receiver.stats)
+        source = self._track_sources.get(producer_id)
+        if source is not None:
+            self._track_sources[producer_id] = dataclasses.replace(source, ssrc_changes=handle.receiver.stats.ssrc_changes)
         handle.scope.cancel()
         self._release_stream(handle)
         if (

@@ -269,6 +269,9 @@ class SessionRecord:
     # The keys of session/controls.py's RecordingControls.to_wire(): paused,
     # pauses, layoutState, excludedPeers, events. None: a record from before them.
     controls: Mapping[str, Any] | None = None
+    # Issue #14's keys when the session keeps tracks: outputs, tracks,
+    # manifest (RecordingSession._tracks_wire). None: the composite only.
+    tracks: Mapping[str, Any] | None = None
 
     @property
     def public_error(self) -> str | None:
@@ -316,6 +319,8 @@ class SessionRecord:
             record["asset"] = self.asset.to_wire()
         if self.controls is not None:
             record.update(self.controls)
+        if self.tracks is not None:
+            record.update(self.tracks)
         return record
 
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -45,8 +46,8 @@ async def _client(url: str, nursery: trio.Nursery) -> SfuClient:
     return await open_client(nursery, url)
 
 
-async def _record(sfu: SfuClient, sid: str, nursery: trio.Nursery, seconds: float) -> None:
-    await sfu.call("recording.start", {"roomId": f"room-{sid}", "sessionId": sid})
+async def _record(sfu: SfuClient, sid: str, nursery: trio.Nursery, seconds: float, **start: Any) -> None:
+    await sfu.call("recording.start", {"roomId": f"room-{sid}", "sessionId": sid, **start})
     async with trio.open_nursery() as senders:
         for key in ("alice-cam", "alice-mic"):
             producer = demo_producers()[key]
@@ -66,7 +67,7 @@ async def test_recording_lands_in_the_bucket_with_rows_and_state_completed(
     shutdown = trio.Event()
     addresses = await nursery.start(partial(serve, svc_settings, shutdown=shutdown))
     sfu = await _client(Service(addresses, shutdown, svc_settings).url, nursery)
-    await _record(sfu, "s3-e2e", nursery, 3.0)
+    await _record(sfu, "s3-e2e", nursery, 3.0, outputs=["composite", "tracks"])
     stopped = await sfu.call("recording.stop", {"sessionId": "s3-e2e"})
     assert stopped["status"] in ("UPLOADING", "COMPLETED")
     await sfu.wait_for_state("s3-e2e", "COMPLETED")
@@ -94,6 +95,26 @@ async def test_recording_lands_in_the_bucket_with_rows_and_state_completed(
     path.write_bytes(downloaded)
     with av.open(str(path)) as container:
         assert sum(1 for _ in container.decode(video=0)) >= 2.5 * 30
+    # Each stream's own track and the manifest (issue #14): beside the
+    # composite in the bucket, a RecordingAsset row each, no copy left on the node.
+    prefix = f"{svc_settings.s3.prefix}s3-e2e/"
+    assert sorted(t["name"] for t in record["tracks"]) == ["tracks/alice-cam.webm", "tracks/alice-mic.webm"]
+    assert record["manifest"]["key"] == prefix + "manifest.json"
+    manifest = json.loads(await trio.to_thread.run_sync(store.get_bytes, prefix + "manifest.json"))
+    assert {t["file"] for t in manifest["tracks"]} == {"tracks/alice-cam.webm", "tracks/alice-mic.webm"}
+    track = Path(svc_settings.tmp_dir) / "alice-cam.webm"
+    track.write_bytes(await trio.to_thread.run_sync(store.get_bytes, prefix + "tracks/alice-cam.webm"))
+    with av.open(str(track)) as container:
+        assert container.streams.video[0].codec_context.name == "vp8"
+        assert sum(1 for _ in container.decode(video=0)) >= 2.5 * 30
+    assets = MetadataRepository(default_database_url(svc_settings)).assets("s3-e2e")
+    assert [(a["kind"], a["name"]) for a in assets] == [
+        ("composite", "composite.mp4"),
+        ("manifest", "manifest.json"),
+        ("track", "tracks/alice-cam.webm"),
+        ("track", "tracks/alice-mic.webm"),
+    ], assets
+    assert not (Path(svc_settings.tmp_dir) / svc_settings.server_id / "s3-e2e.tracks").exists()
     await sfu.aclose()
     shutdown.set()
 

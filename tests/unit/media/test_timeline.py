@@ -92,3 +92,31 @@ def test_input_media_inside_a_pause() -> None:
     timeline.resume(2.0)
     assert timeline.in_pause(1.5) and not timeline.in_pause(2.0) and not timeline.in_pause(0.5)
     assert timeline.cut_between(0.9, 2.0) and not timeline.cut_between(2.0, 2.5) and not timeline.cut_between(0.1, 0.9)
+
+
+def test_output_seconds_of_media_drop_the_cuts_before_it() -> None:
+    timeline = OutputTimeline(FPS, RATE)
+    assert timeline.output_s(1.25) == pytest.approx(1.25)
+    timeline.pause(1.01)  # cut starts at tick 31
+    assert timeline.output_s(1.0) == pytest.approx(1.0)
+    assert timeline.output_s(1.5) is None  # inside the open pause
+    timeline.resume(2.02)  # 30 ticks (1 s) cut: media 31/30..61/30
+    assert timeline.output_s(1.5) is None and timeline.output_s(2.0) is None
+    assert timeline.output_s(61 / FPS) == pytest.approx(31 / FPS)
+    assert timeline.output_s(3.0) == pytest.approx(2.0)
+
+
+@given(st.lists(st.floats(0.0, 60.0), min_size=2, max_size=8, unique=True), st.floats(0.0, 70.0), st.floats(0.0, 70.0))
+def test_output_seconds_are_monotonic_and_agree_with_the_video_ticks(bounds: list[float], a: float, b: float) -> None:
+    timeline = OutputTimeline(FPS, RATE)
+    for i, at in enumerate(sorted(bounds)):
+        (timeline.pause if i % 2 == 0 else timeline.resume)(at)
+    lo, hi = sorted((a, b))
+    out_lo, out_hi = timeline.output_s(lo), timeline.output_s(hi)
+    if out_lo is not None and out_hi is not None:
+        assert out_lo <= out_hi + 1e-9
+    if out_hi is not None:
+        # The output tick showing it maps back to (about) this media instant.
+        tick = round(out_hi * FPS)
+        media = timeline.media_tick(tick)
+        assert media is None or abs(media / FPS - hi) <= 1 / FPS + 1e-6

@@ -73,7 +73,7 @@ def _all_subclasses(cls: type) -> set[type]:
 def test_every_op_and_every_event_is_a_registered_frozen_dataclass() -> None:
     assert set(CONTROLS) == _all_subclasses(wire.ControlMessage) == set(typing.get_args(wire.Control))
     assert set(EVENTS) == _all_subclasses(wire.WorkerEvent) == set(typing.get_args(wire.Event))
-    assert len(wire.CONTROL_TYPES) == 11 and len(wire.EVENT_TYPES) == 10  # names are unique
+    assert len(wire.CONTROL_TYPES) == 11 and len(wire.EVENT_TYPES) == 11  # names are unique
     for cls in CONTROLS + EVENTS:
         assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
 

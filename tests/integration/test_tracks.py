@@ -1,0 +1,143 @@
+"""Every stream's own track beside the composite (issue #14), from real GStreamer senders.
+
+One participant sends the flash-and-beep source through ``rtpbin`` (Sender
+Reports flow); a second sends a red camera only, which the pip layout does
+not show. With ``outputs: ["composite", "tracks"]`` the recording keeps four
+things more than the composite: each stream's track, copied without
+transcoding, and a manifest. The tracks are decoded with PyAV: each plays,
+the hidden camera was kept although never decoded for the picture, and the
+flashes and beeps of the tracks sit where the composite has them (the tracks
+are stamped on the composite's timeline).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+import trio
+
+from edge_recorder.session.manager import SessionManager
+from edge_recorder.session.session import OutputOptions
+from edge_recorder.session.state import SessionStatus
+from edge_recorder.session.stream import StreamSpec
+from tests.integration.peers import Producer, gst_video, stop_processes
+from tests.integration.sync_media import GST, find_beeps, find_flashes, gst_rtpbin_sender_argv, render_sync_source
+
+pytestmark = pytest.mark.integration
+
+SOURCE_S = 7.0
+
+
+def _nearest_offsets(reference: list[float], other: list[float]) -> list[float]:
+    """For each event of ``reference``, the signed distance to the nearest event of ``other`` (within 0.5 s)."""
+    offsets = []
+    for t in reference:
+        if not other:
+            break
+        nearest = min(other, key=lambda o: abs(o - t))
+        if abs(nearest - t) < 0.5:
+            offsets.append(nearest - t)
+    return offsets
+
+
+def _decoded(path: Path) -> tuple[int, float | None, float | None, str]:
+    """Frames decoded, first and last frame time, codec: the whole file, every frame."""
+    frames, first, last = 0, None, None
+    with av.open(str(path)) as container:
+        stream = container.streams[0]
+        codec = stream.codec_context.name
+        for frame in container.decode(stream):
+            frames += 1
+            t = float(frame.time) if frame.time is not None else None
+            first = t if first is None else first
+            last = t
+    return frames, first, last, codec
+
+
+@pytest.mark.skipif(GST is None, reason="GStreamer is installed by scripts/dev")
+async def test_tracks_of_a_room_play_and_line_up_with_the_composite(
+    manager: SessionManager, settings: Any, tmp_path: Path
+) -> None:
+    source = render_sync_source(tmp_path / "sync.mkv", SOURCE_S, phase_s=1.37)
+    cam = Producer("pat-cam", "pat", "video", "camera", "video/VP8", 96, 0x7A0001, display_name="Pat")
+    mic = Producer("pat-mic", "pat", "audio", "microphone", "audio/opus", 111, 0x7A0002, display_name="Pat")
+    red = Producer("rosa-cam", "rosa", "video", "camera", "video/VP8", 96, 0x7A0003, display_name="Rosa")
+    output = dataclasses.replace(OutputOptions.from_settings(settings), tracks=True)
+    session = await manager.start("room-tracks", layout="pip", output=output)
+    ports = {}
+    for producer in (cam, mic, red):
+        ports[producer.producer_id] = await session.add_stream(
+            StreamSpec.from_params(producer.add_stream_params(session.session_id))
+        )
+    argvs = [
+        gst_rtpbin_sender_argv(
+            source.path,
+            "127.0.0.1",
+            video_port=ports["pat-cam"]["port"],
+            audio_port=ports["pat-mic"]["port"],
+            video_ssrc=cam.ssrc,
+            audio_ssrc=mic.ssrc,
+            cname="pat@test",
+        ),
+        gst_video(red, "127.0.0.1", ports["rosa-cam"]["port"], ports["rosa-cam"]["rtcpPort"], rgb=(200, 40, 40), width=320, height=180, fps=15),
+    ]
+    procs = [
+        await trio.lowlevel.open_process(a, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for a in argvs
+    ]
+    try:
+        with trio.move_on_after(SOURCE_S + 2):
+            await procs[0].wait()
+    finally:
+        await stop_processes(procs)
+    await session.stop("host")
+    assert session.status is SessionStatus.COMPLETED, session.error
+
+    record = session.state_record().to_wire()
+    assert record["outputs"] == ["composite", "tracks"]
+    names = sorted(t["name"] for t in record["tracks"])
+    assert names == ["tracks/pat-cam.webm", "tracks/pat-mic.webm", "tracks/rosa-cam.webm"], record["tracks"]
+    assert record["manifest"]["url"].startswith("file://")
+    tracks_dir = session.tracks_dir
+    assert tracks_dir is not None
+    manifest = json.loads((tracks_dir / "manifest.json").read_text())
+    assert manifest["version"] == 1 and manifest["sessionId"] == session.session_id
+    by_file = {t["file"]: t for t in manifest["tracks"]}
+    assert set(by_file) == set(names)
+    assert by_file["tracks/pat-mic.webm"]["peerId"] == "pat" and by_file["tracks/pat-mic.webm"]["kind"] == "audio"
+    assert by_file["tracks/rosa-cam.webm"]["source"] == "camera"
+
+    decoded = {name: _decoded(tracks_dir / name.removeprefix("tracks/")) for name in names}
+    # Kept as sent: VP8 stays VP8 and Opus stays Opus (no transcoding).
+    assert decoded["tracks/pat-cam.webm"][3] == "vp8" and decoded["tracks/pat-mic.webm"][3] == "opus"
+    # The hidden camera: never in the picture, fully in its track (15 fps for about 5 s at least).
+    frames, first, last, _ = decoded["tracks/rosa-cam.webm"]
+    assert frames >= 15 * 4, decoded
+    assert first is not None and last is not None and last - first >= 4.0
+    # The manifest's span is the file's.
+    for name, (frames, first, last, _) in decoded.items():
+        entry = by_file[name]
+        assert entry["frames"] >= frames * 0.95, (name, entry, frames)
+        # Audio decodes 6.5 ms later: Opus's pre-skip drops the first 312 samples.
+        slack = 0.008 if entry["kind"] == "audio" else 0.002
+        assert first is not None and abs(entry["startS"] - first) <= slack, (name, entry, first)
+
+    # On one timeline: the flashes and beeps of the tracks are where the composite shows them.
+    composite_flashes = find_flashes(session.path)
+    track_flashes = find_flashes(tracks_dir / "pat-cam.webm")
+    flash_offsets = _nearest_offsets(composite_flashes, track_flashes)
+    assert len(flash_offsets) >= len(source.instants) - 2, (composite_flashes, track_flashes)
+    composite_beeps = find_beeps(session.path)
+    track_beeps = find_beeps(tracks_dir / "pat-mic.webm")
+    beep_offsets = _nearest_offsets(composite_beeps, track_beeps)
+    assert len(beep_offsets) >= len(source.instants) - 2, (composite_beeps, track_beeps)
+    print(f"\ntracks vs composite: flashes {[round(o * 1000) for o in flash_offsets]} ms, beeps {[round(o * 1000) for o in beep_offsets]} ms")
+    # The composite shows each tick the frame nearest it (±half a frame, 17 ms at 30 fps).
+    assert max(abs(o) for o in flash_offsets) <= 0.020 + 1 / 60, flash_offsets
+    assert max(abs(o) for o in beep_offsets) <= 0.020, beep_offsets
