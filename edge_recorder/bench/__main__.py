@@ -31,6 +31,7 @@ import datetime as dt
 import logging
 import shutil
 import sys
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -129,6 +130,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     placement.add_argument("--placement", action="store_true", help="run only the placement latency (start and get through a forwarding node vs local; 2 serve processes, 1 redis-server)")
     placement.add_argument("--no-placement", action="store_true", help="skip the placement-latency benchmark in a full run")
     parser.add_argument("--placement-rounds", type=int, default=placement_bench.ROUNDS, help=f"rounds of each scenario of the placement benchmark, alternating A B B A ... (default {placement_bench.ROUNDS})")
+    parser.add_argument("--tracks", action="store_true", help="run only the cost of every stream's own track: the 20-person room without and with tracks, alternating rounds")
     parser.add_argument("--against", metavar="REV", help="run only whole recordings on this tree and on REV (a git revision), alternating rounds")
     parser.add_argument("--against-rounds", type=int, default=3, help="with --against: rounds of each tree (default 3)")
     parser.add_argument(
@@ -307,6 +309,49 @@ def _run_placement(args: argparse.Namespace, machine: MachineInfo) -> None:
     _write_marked_section(args, section, placement_bench.PLACEMENT_BEGIN, placement_bench.PLACEMENT_END, "placement")
 
 
+TRACKS_BEGIN = "<!-- tracks:begin -->"
+TRACKS_END = "<!-- tracks:end -->"
+
+
+def _run_tracks(args: argparse.Namespace, machine: MachineInfo, settings: Settings) -> None:
+    """What keeping every stream's own track costs a 20-person room: rounds without (A) and with (B), A B B A ..."""
+    room = make_room(LARGE_PEOPLE)
+    order = round_order(args.room_rounds, "composite", "composite+tracks")
+    _say(f"tracks: {room.name} ({len(room.streams)} streams), {len(order)} rounds of {args.room_seconds:g} s: {' '.join(order)}")
+    inputs = prepare_inputs(args.room_seconds, streams=ROOM_INPUTS)
+    steady: dict[str, list[float]] = {"composite": [], "composite+tracks": []}
+    parent: dict[str, list[float]] = {"composite": [], "composite+tracks": []}
+    realtime = {"composite": True, "composite+tracks": True}
+
+    async def run_rounds() -> None:
+        for name in order:
+            point = await run_point(settings, inputs, 1, args.room_seconds, say=_say, room=room, tracks=name != "composite")
+            r = RoomRound(room.name, point)
+            steady[name].append(r.steady)
+            parent[name].append(r.parent_steady)
+            realtime[name] = realtime[name] and point.realtime and point.frames_dropped == 0
+            _say(f"  {name}: steady {r.steady:.3f} CPU-s/s (worker {r.worker_steady:.3f}, parent {r.parent_steady:.3f})")
+
+    trio.run(run_rounds)
+    a, b = statistics.median(steady["composite"]), statistics.median(steady["composite+tracks"])
+    pa, pb = statistics.median(parent["composite"]), statistics.median(parent["composite+tracks"])
+    rows = [
+        "| outputs | CPU-s per media-s (median) | receiving process | real time, 0 frames dropped |",
+        "|---|---|---|---|",
+        f"| composite | {a:.3f} | {pa:.3f} | {'yes' if realtime['composite'] else 'no'} |",
+        f"| composite + tracks | {b:.3f} | {pb:.3f} | {'yes' if realtime['composite+tracks'] else 'no'} |",
+        f"| ratio | {b / a:.3f} | {pb / pa:.3f} | |",
+    ]
+    section = (
+        f"{TRACKS_BEGIN}\nMeasured {_utc_minute()} on {_machine_line(machine)}: {len(order)} rounds of "
+        f"{args.room_seconds:g} media-s of the {room.name} room ({len(room.streams)} streams), alternating "
+        f"{' '.join(order)}, medians of the rounds.\n\n" + "\n".join(rows) + f"\n{TRACKS_END}"
+    )
+    _say("")
+    _say("\n".join(rows))
+    _write_marked_section(args, section, TRACKS_BEGIN, TRACKS_END, "tracks")
+
+
 def _utc_minute() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -344,6 +389,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="edge-recorder-bench-"))
     try:
         settings = load_settings(environ={**BENCH_ENV, "RECORDING_TMP_DIR": str(work / "recordings")}, config_file=None)
+        if args.tracks:
+            _run_tracks(args, machine, settings)
+            _say(f"\n(total {time.monotonic() - started:.0f} s)")
+            return 0
         if args.rooms:
             _run_rooms(args, machine, settings)
             _say(f"\n(total {time.monotonic() - started:.0f} s)")

@@ -17,6 +17,7 @@ of a :class:`~edge_recorder.bench.rooms.Room`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from edge_recorder.bench.rooms import Room
 from edge_recorder.config import Settings
 from edge_recorder.media.layout import LayoutName
 from edge_recorder.session.manager import SessionManager
-from edge_recorder.session.session import RecordingSession
+from edge_recorder.session.session import OutputOptions, RecordingSession
 from edge_recorder.session.stream import StreamSpec
 
 __all__ = ["run_point"]
@@ -97,7 +98,14 @@ def _cpu_or(process: psutil.Process, default: float) -> float:
 
 
 async def run_point(
-    settings: Settings, inputs: Inputs, n: int, seconds: float, *, say: Callable[[str], None], room: Room | None = None
+    settings: Settings,
+    inputs: Inputs,
+    n: int,
+    seconds: float,
+    *,
+    say: Callable[[str], None],
+    room: Room | None = None,
+    tracks: bool = False,
 ) -> PointResult:
     """Record N sessions of the replayed room and measure them.
 
@@ -109,6 +117,7 @@ async def run_point(
         say: progress lines.
         room: record this room's streams and speaker instead of the sweep's
             four streams with Alice speaking.
+        tracks: keep every stream's own track too (``outputs: ["composite", "tracks"]``).
 
     Raises:
         RuntimeError: the sender or a session could not start.
@@ -136,7 +145,8 @@ async def run_point(
             targets: list[dict[str, tuple[str, int]]] = [{} for _ in range(n)]
 
             async def start_one(i: int) -> None:
-                session = await manager.start(f"bench-room-{i}", layout=layout)
+                output = dataclasses.replace(OutputOptions.from_settings(settings), tracks=True) if tracks else None
+                session = await manager.start(f"bench-room-{i}", layout=layout, output=output)
                 sessions[i] = session
                 if session.status.terminal:
                     raise RuntimeError(f"session {i} failed to start: {session.error}")
