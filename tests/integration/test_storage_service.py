@@ -79,12 +79,20 @@ async def test_recording_lands_in_the_bucket_with_rows_and_state_completed(
     info = await trio.to_thread.run_sync(store.stat, key)
     assert info.headers.get("x-amz-server-side-encryption") == "AES256"
     body = await trio.to_thread.run_sync(store.get_bytes, key)
-    # The spool is gone after a verified upload; the row keeps its digest.
-    assert not (Path(svc_settings.tmp_dir) / svc_settings.server_id / "s3-e2e.mp4").exists()
+    # The spool is gone after a verified upload, once the bookkeeper has the
+    # rows (the composite's, the tracks', the manifest's); the row keeps its digest.
+    spool = Path(svc_settings.tmp_dir) / svc_settings.server_id / "s3-e2e.mp4"
+    with trio.move_on_after(10):
+        while spool.exists():
+            await trio.sleep(0.05)
+    assert not spool.exists()
     row = MetadataRepository(default_database_url(svc_settings)).get_session("s3-e2e")
     assert row is not None and row["status"] == "COMPLETED"
     assert row["asset"]["sha256"] == hashlib.sha256(body).hexdigest() and row["asset"]["sizeBytes"] == len(body)
-    # Any node answers from Redis.
+    # Any node answers from Redis (written by the state pump, just after the notification).
+    with trio.move_on_after(10):
+        while '"COMPLETED"' not in (redis_server.client().hget("edge:session:s3-e2e", "record") or ""):
+            await trio.sleep(0.05)
     assert '"COMPLETED"' in redis_server.client().hget("edge:session:s3-e2e", "record")
     # The presigned URL downloads the same bytes, and they play.
     url = await trio.to_thread.run_sync(store.presign, key, 60)
