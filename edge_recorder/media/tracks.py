@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from edge_recorder.media import wire
 from edge_recorder.media.stems import TrackWriter, track_format
 
-__all__ = ["GAP_S", "MAX_GAPS", "MAX_PENDING_BYTES", "MAX_PENDING_FRAMES", "VIDEO_GAP_S", "TrackArchive", "track_file_name"]
+__all__ = ["GAP_S", "MAX_GAPS", "MAX_PENDING_BYTES", "MAX_PENDING_FRAMES", "MAX_TRACKS", "VIDEO_GAP_S", "TrackArchive", "track_file_name"]
 
 #: Audio silence longer than this is a gap (Opus DTX sends a packet every 400 ms at most).
 GAP_S = 0.5
@@ -48,6 +48,9 @@ MAX_GAPS = 1000
 MAX_PENDING_FRAMES = 600
 #: Bytes waiting for the muxing thread, all tracks together.
 MAX_PENDING_BYTES = 64 * 1024 * 1024
+#: Track files one recording may open: an SFU re-adding streams without end
+#: must not fill the disk's directory (or the manifest) with them.
+MAX_TRACKS = 1000
 _NAME_MAX = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -133,6 +136,9 @@ class TrackArchive:
             return
         if current is not None:
             self.close_stream(key)
+        if len(self._all) >= MAX_TRACKS:
+            self._warn(f"no track for stream {key!r}: this recording has {MAX_TRACKS} tracks already"[:300])
+            return
         try:
             fmt = track_format(codec, kind)
         except Exception as exc:  # noqa: BLE001 - a codec we cannot keep costs its track, not the recording

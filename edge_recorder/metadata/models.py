@@ -49,6 +49,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
 from edge_recorder.session.state import SessionStatus
+from edge_recorder.sink.plan import COMPOSITE_ASSET
 
 __all__ = [
     "ASSET_KINDS",
@@ -91,7 +92,7 @@ ASSET_KINDS: tuple[str, ...] = (ASSET_KIND_COMPOSITE, "track", "manifest", "audi
 
 # The composite's name under the session's prefix (recordings/<sessionId>/):
 # the asset get_session() reports, and what rows from before revision 0003 became.
-ASSET_NAME_COMPOSITE = "composite.mp4"
+ASSET_NAME_COMPOSITE = COMPOSITE_ASSET  # the sink names the assets (sink/plan.py)
 
 # JSON on SQLite, JSONB (indexable, compact) on PostgreSQL.
 JsonDocument = JSON().with_variant(JSONB(), "postgresql")

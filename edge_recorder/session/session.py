@@ -66,7 +66,7 @@ from edge_recorder.session.ports import PortAllocator
 from edge_recorder.session.speaker import ActiveSpeakerDetector
 from edge_recorder.session.state import AssetEntry, Phase, SessionRecord, SessionStatus, StreamEntry, advance
 from edge_recorder.state.store import utc_now_iso
-from edge_recorder.sink.plan import COMPOSITE_ASSET as COMPOSITE_NAME
+from edge_recorder.sink.plan import COMPOSITE_ASSET
 from edge_recorder.spool import NodeSpool
 from edge_recorder.session.reading import ReadScheduler
 from edge_recorder.session.stream import AUDIO_LEVEL_URI, StreamReceiver, StreamSpec
@@ -551,7 +551,7 @@ class RecordingSession:
             room_id=self.room_id,
             started_at=self.started_at,
             stopped_at=self.stopped_at,
-            composite=COMPOSITE_NAME,
+            composite=COMPOSITE_ASSET,
             tracks=[(event, self._track_sources.get(event.key)) for event in self._tracks.values()],
             controls=self.controls.to_wire(),
             speaker_switches=list(self._speaker_switches),

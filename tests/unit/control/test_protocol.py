@@ -1022,3 +1022,23 @@ def test_the_documented_rtp_capabilities_are_the_real_ones() -> None:
     marker = text.index("<!-- rtp-capabilities:")
     block = _json_blocks(text[marker:])[0]
     assert json.loads(block) == recorder_rtp_capabilities()
+
+
+def test_start_outputs_are_known_distinct_and_include_the_composite() -> None:
+    assert StartParams.from_params({"roomId": "r"}).outputs is None
+    both = StartParams.from_params({"roomId": "r", "outputs": ["composite", "tracks"]})
+    assert both.outputs == ("composite", "tracks") and both.to_params()["outputs"] == ["composite", "tracks"]
+    for bad in ([], ["tracks"], ["composite", "composite"], ["composite", "stems"], "composite", [1], [None], {"tracks": True}):
+        with pytest.raises(JsonRpcError) as err:
+            StartParams.from_params({"roomId": "r", "outputs": bad})
+        assert err.value.code == -32602 and err.value.data == {"field": "outputs"}, (bad, err.value.data)
+
+
+@given(st.lists(st.one_of(st.text(max_size=12), st.integers(), st.none(), st.booleans()), max_size=6))
+def test_any_outputs_value_is_refused_or_a_valid_choice(value: list[Any]) -> None:
+    try:
+        params = StartParams.from_params({"roomId": "r", "outputs": value})
+    except JsonRpcError as err:
+        assert err.code == -32602
+    else:
+        assert params.outputs is not None and "composite" in params.outputs and len(set(params.outputs)) == len(params.outputs)

@@ -50,3 +50,16 @@ def test_an_archive_writes_reports_gaps_and_bounds_its_queue(tmp_path: Path, mon
     assert closed["mic2.webm"].frames == 2 and closed["mic2.webm"].skipped == 3  # beyond the queue: dropped, counted
     with av.open(str(tmp_path / "mic.webm")) as container:
         assert sum(1 for _ in container.demux(container.streams.audio[0])) >= 60
+
+
+def test_an_archive_opens_at_most_max_tracks(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(tracks_module, "MAX_TRACKS", 3)
+    warnings: list[str] = []
+    archive = TrackArchive(str(tmp_path), warn=warnings.append)
+    for i in range(5):  # an SFU removing and re-adding one producer without end
+        archive.open("mic", "audio", "opus")
+        archive.close_stream("mic")
+    assert len(warnings) == 2 and "3 tracks already" in warnings[-1]
+    archive.open("other", "audio", "opus")
+    archive.offer("other", _opus_packets(1)[0], 1.0, False)  # refused: nothing queued, nothing raised
+    assert archive.close() == []
