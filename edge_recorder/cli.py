@@ -10,6 +10,7 @@ Subcommands (``edge-recorder <command> --help`` shows each one's examples)::
     retry-upload  finish a failed upload from the recording kept on disk
     cleanup       remove old local recordings (only safely uploaded ones unless forced)
     presign       print a presigned GET URL of a recording
+    render        re-compose a recording from its tracks: another layout, a part of it
 
 The global options (``--config FILE``, ``-v``) go before or after the
 subcommand. Output: ``list`` and ``get`` print a table on a terminal and JSON
@@ -23,7 +24,7 @@ unknown session). Exit codes (:class:`ExitCode`)::
 
     0    success
     1    failed: check found a failing probe; the demo did not complete; retry-upload,
-         cleanup or presign failed (including a setting that command needs being unset)
+         cleanup, presign or render failed (including a setting that command needs being unset)
     2    usage or configuration: bad arguments, an invalid setting, serve refusing a setting
     3    not found: no session with that id
     4    a port is busy: serve's RECORDING_CONTROL_PORT or RECORDING_METRICS_PORT
@@ -43,6 +44,7 @@ import sys
 import textwrap
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn, Protocol, TypeVar
 
 import trio
@@ -170,6 +172,19 @@ _HELP: Final[dict[str, tuple[str, str, str]]] = {
   edge-recorder presign 7f1c2a
   edge-recorder presign 7f1c2a --expiry 600""",
     ),
+    "render": (
+        "re-compose a recording from its tracks (another layout, a part of it)",
+        'Re-compose a recording kept with outputs ["composite", "tracks"] from its tracks and manifest, '
+        "with the live recorder's compositor and mixer: the recorded layout changes and active-speaker "
+        "switches replay unless --layout or --speaker overrides them. The tracks come from --tracks-dir, "
+        "else this node's RECORDING_TMP_DIR, else the bucket (downloaded first). Writes a new MP4 "
+        "(never over a file; default <sessionId>.<layout>.mp4 here) and prints its path; a progress bar "
+        "on a terminal. Exits 3 when no tracks of the session are found.",
+        """\
+  edge-recorder render 7f1c2a --layout grid
+  edge-recorder render 7f1c2a --layout speaker --from 60 --to 180 --output /tmp/part.mp4
+  edge-recorder render 7f1c2a --tracks-dir ./7f1c2a.tracks --size 1920x1080""",
+    ),
 }
 
 # Newest recordings --status/--room look through (both stores list newest first).
@@ -237,6 +252,37 @@ def _age(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 86_400:
+        raise argparse.ArgumentTypeError(f"{value} is not within 0..86400 seconds")
+    return value
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, _, height = text.lower().partition("x")
+    try:
+        size = (int(width), int(height))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 1280x720") from None
+    if not all(16 <= v <= 7680 and v % 2 == 0 for v in size) or size[1] > 4320:
+        raise argparse.ArgumentTypeError(f"{text!r}: width and height must be even, 16..7680 x 16..4320")
+    return size
+
+
+def _fps(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 120:
+        raise argparse.ArgumentTypeError(f"{value} is not within 1..120")
+    return value
+
+
 def _status(text: str) -> str:
     word = text.strip().upper()
     if word not in _STATUSES:
@@ -268,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
             parents=[common],
         )
 
+    from edge_recorder.media.layout import LAYOUTS  # pure and light: no PyAV
+
     command("serve")
     check = command("check")
     check.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
@@ -283,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--json", action="store_true", help="JSON even on a terminal")
     demo = command("demo")
     demo.add_argument("--duration", type=float, default=15.0, help="seconds to record (default 15)")
-    demo.add_argument("--layout", choices=("pip", "grid"), help="override RECORDING_LAYOUT")
+    demo.add_argument("--layout", choices=LAYOUTS, help="override RECORDING_LAYOUT")
     retry = command("retry-upload")
     retry.add_argument("session_id", metavar="sessionId")
     clean = command("cleanup")
@@ -292,6 +340,17 @@ def build_parser() -> argparse.ArgumentParser:
     sign = command("presign")
     sign.add_argument("session_id", metavar="sessionId")
     sign.add_argument("--expiry", type=_expiry, metavar="S", help="seconds (default RECORDING_S3_PRESIGN_EXPIRY_S)")
+    again = command("render")
+    again.add_argument("session_id", metavar="sessionId")
+    again.add_argument("--layout", choices=LAYOUTS, help="this layout throughout (default: replay the recorded ones)")
+    again.add_argument("--speaker", metavar="PEER", help="this peer as the active speaker throughout (default: replay)")
+    again.add_argument("--from", dest="from_s", type=_seconds, metavar="T", help="start at T seconds of the recording")
+    again.add_argument("--to", dest="to_s", type=_seconds, metavar="T", help="end at T seconds of the recording")
+    again.add_argument("--output", type=Path, metavar="PATH", help="the MP4 to write (must not exist)")
+    again.add_argument("--tracks-dir", type=Path, metavar="DIR", help="a directory with manifest.json and the tracks")
+    again.add_argument("--size", type=_size, metavar="WxH", help="output size (default: the recording's)")
+    again.add_argument("--fps", type=_fps, metavar="N", help="output frame rate (default: the recording's)")
+    again.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     return parser
 
 
@@ -794,6 +853,41 @@ def _presign_command(args: argparse.Namespace, settings: Settings) -> int:
     return ExitCode.OK
 
 
+def _render_command(args: argparse.Namespace, settings: Settings) -> int:
+    from edge_recorder.render.command import default_output, options_from_settings, progress_line, render_session
+    from edge_recorder.render.renderer import RenderProgress
+
+    if args.from_s is not None and args.to_s is not None and args.to_s <= args.from_s:
+        print(f"edge-recorder: render: --to {args.to_s:g} is not after --from {args.from_s:g}", file=sys.stderr)
+        return ExitCode.USAGE
+    output = args.output or default_output(args.session_id, args.layout)
+    options = options_from_settings(
+        settings, layout=args.layout, speaker=args.speaker, from_s=args.from_s, to_s=args.to_s, size=args.size, fps=args.fps
+    )
+    bar = sys.stderr.isatty() and not args.no_progress
+
+    def show(progress: RenderProgress) -> None:
+        print("\r" + progress_line(progress), end="", file=sys.stderr, flush=True)
+
+    def say(line: str) -> None:
+        if bar:
+            print(line, file=sys.stderr)
+
+    try:
+        result = trio.run(
+            lambda: render_session(
+                settings, args.session_id, output, options, tracks_dir=args.tracks_dir, progress=show if bar else None, said=say
+            )
+        )
+    finally:
+        if bar:
+            print(file=sys.stderr)
+    for name, why in result.skipped.items():
+        print(f"edge-recorder: render: left out {printable(name)}: {printable(why, 200)}", file=sys.stderr)
+    print(result.path)
+    return ExitCode.OK
+
+
 def _cleanup_command(args: argparse.Namespace, settings: Settings) -> int:
     from edge_recorder import housekeeping
 
@@ -826,6 +920,7 @@ _COMMANDS: Final[dict[str, Callable[[argparse.Namespace, Settings], int]]] = {
     "retry-upload": _retry_upload,
     "cleanup": _cleanup_command,
     "presign": _presign_command,
+    "render": _render_command,
 }
 assert set(_COMMANDS) == set(_HELP), "every command has its help, and every help a command"
 

@@ -1040,7 +1040,7 @@ class Settings:
     )
     layout: LayoutName = setting(
         "RECORDING_LAYOUT", Choice[LayoutName](LAYOUTS), "pip",
-        "Composite layout: pip (screen share full frame, active speaker as an overlay) or grid.",
+        "Composite layout: pip (screen share full frame, active speaker as an overlay), grid, or speaker (the active speaker large, the others in a strip).",
     )
     bind_ip: str = setting(
         "RECORDING_BIND_IP", _ip_kind(), "127.0.0.1",

@@ -11,7 +11,8 @@ catch our names only::
     │   ├── RtpParseError           an RTP packet (RFC 3550 / RFC 8285)
     │   ├── RtcpParseError          an RTCP compound packet (RFC 3550 / 4585 / 5104)
     │   ├── DepacketizeError        a codec payload (RFC 7741 / 6184 / 7587)
-    │   └── RtpParametersError      mediasoup ``rtpParameters`` (names the field)
+    │   ├── RtpParametersError      mediasoup ``rtpParameters`` (names the field)
+    │   └── ManifestError           a recording's manifest.json (render reads it back)
     ├── PortsExhaustedError         no free UDP port left in the configured range
     ├── UnsupportedCodecError       a stream's codec is not one we decode
     ├── MediaError                  decode, composite, encode or mux failed
@@ -90,6 +91,10 @@ class RtpParametersError(ParseError):
 
 class PortsExhaustedError(EdgeRecorderError):
     """Every UDP port of ``[RECORDING_PORT_MIN, RECORDING_PORT_MAX]`` is in use."""
+
+
+class ManifestError(ParseError):
+    """A recording's ``manifest.json`` cannot be read: too big, not JSON, a version or field we do not know."""
 
 
 class UnsupportedCodecError(EdgeRecorderError):

@@ -9,7 +9,7 @@ Every coordinate and size is even because the canvas is yuv420p: chroma is
 subsampled 2x2, so an odd luma edge would split a chroma sample between two
 pictures and smear a coloured fringe along it.
 
-Two layouts:
+Three layouts:
 
 ``pip``
     The newest screen share fills the canvas (letterboxed); the active
@@ -19,6 +19,12 @@ Two layouts:
     Cameras tiled in a near-square grid (``cols = ceil(sqrt(n))``). With a
     share, the share takes the top of the canvas and the cameras sit in a strip
     along the bottom.
+``speaker``
+    The active speaker's camera (or the spotlighted one) takes the top of the
+    canvas; everyone else's camera, after the newest screen share if any,
+    sits in a strip along the bottom. People first: for interviews and
+    panels, where the share is a side matter. With one camera and no share
+    it fills the canvas; with no camera the share does.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ __all__ = [
 ]
 
 #: The layouts :func:`compute_scene` draws (the worker pipe's ``layout`` fields take these).
-LayoutName: TypeAlias = Literal["pip", "grid"]
+LayoutName: TypeAlias = Literal["pip", "grid", "speaker"]
 LAYOUTS: tuple[LayoutName, ...] = get_args(LayoutName)
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 SOURCES = ("camera", "screen")
@@ -402,6 +408,13 @@ def _strip(cameras: Sequence[VideoInput], area: Rect) -> list[Placement]:
     return placements
 
 
+def _top_and_strip(settings: LayoutSettings) -> tuple[Rect, Rect]:
+    """The canvas split into a main area and a strip along the bottom (``strip_height_pct``)."""
+    top_h = _even_round(settings.height * (100 - settings.strip_height_pct) / 100)
+    top_h = min(settings.height - 2, max(2, top_h))
+    return Rect(0, 0, settings.width, top_h), Rect(0, top_h, settings.width, settings.height - top_h)
+
+
 def _grid(shown: Sequence[VideoInput], spotlight: str | None, settings: LayoutSettings) -> list[Placement]:
     canvas = settings.canvas
     share = _pick_share(shown)
@@ -411,14 +424,38 @@ def _grid(shown: Sequence[VideoInput], spotlight: str | None, settings: LayoutSe
     share_label = _label(f"{share.display_name} (screen)" if share.display_name else "")
     if not cameras:
         return [Placement(share.key, fit_rect(share.width, share.height, canvas), canvas, share_label, 0, False)]
-    top_h = _even_round(settings.height * (100 - settings.strip_height_pct) / 100)
-    top_h = min(settings.height - 2, max(2, top_h))
-    top = Rect(0, 0, settings.width, top_h)
-    strip = Rect(0, top_h, settings.width, settings.height - top_h)
+    top, strip = _top_and_strip(settings)
     # More cameras than 2 px columns cannot be drawn; the surplus is dropped.
     visible = cameras[: max(1, strip.w // 2)]
     return [
         Placement(share.key, fit_rect(share.width, share.height, top), top, share_label, 0, False),
+        *_strip(visible, strip),
+    ]
+
+
+def _speaker(
+    shown: Sequence[VideoInput], active_speaker: str | None, spotlight: str | None, settings: LayoutSettings
+) -> list[Placement]:
+    canvas = settings.canvas
+    share = _pick_share(shown)
+    cameras = [i for i in shown if i.source == "camera"]
+    main = _pick_speaker_camera(cameras, active_speaker, spotlight)
+    if main is None:
+        if share is None:
+            return []
+        return [Placement(share.key, fit_rect(share.width, share.height, canvas), canvas, None, 0, False)]
+    others = [cam for cam in cameras if cam.key != main.key]
+    if share is not None:
+        # In the strip the share is a tile like the others: say whose it is.
+        label = f"{share.display_name} (screen)" if share.display_name else ""
+        others.insert(0, replace(share, display_name=label))
+    main_label = _label(main.display_name)
+    if not others:
+        return [Placement(main.key, fit_rect(main.width, main.height, canvas), canvas, main_label, 0, False)]
+    top, strip = _top_and_strip(settings)
+    visible = others[: max(1, strip.w // 2)]
+    return [
+        Placement(main.key, fit_rect(main.width, main.height, top), top, main_label, 0, False),
         *_strip(visible, strip),
     ]
 
@@ -441,7 +478,7 @@ def compute_scene(
     spotlighted peer without a camera shown changes nothing.
 
     Args:
-        layout: ``"pip"`` or ``"grid"``.
+        layout: one of :data:`LAYOUTS`.
         inputs: every video input in arrival order (later = newer); inputs
             without a decoded size are ignored.
         active_speaker: peer id of the active speaker, or None.
@@ -464,6 +501,8 @@ def compute_scene(
         placements = _pip(shown, active_speaker, spotlight, settings)
     elif layout == "grid":
         placements = _grid(shown, spotlight, settings)
+    elif layout == "speaker":
+        placements = _speaker(shown, active_speaker, spotlight, settings)
     else:
         raise ValueError(f"unknown layout {layout!r}, expected one of {LAYOUTS}")
     placements.sort(key=lambda p: p.z)
@@ -496,7 +535,7 @@ def inputs_to_decode(
     frame of someone who stopped talking while another one is being fetched).
 
     Args:
-        layout: ``"pip"`` or ``"grid"``.
+        layout: one of :data:`LAYOUTS`.
         live: video inputs currently receiving media, in arrival order.
         shown: video inputs that have a picture (decoded now, or held from
             before they paused), in arrival order.

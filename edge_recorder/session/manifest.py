@@ -79,6 +79,8 @@ def build_manifest(
     controls: Mapping[str, Any],
     speaker_switches: Sequence[tuple[float, str | None]],
     track_prefix: str = "tracks/",
+    layout: Mapping[str, Any] | None = None,
+    video: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest's JSON object.
 
@@ -88,6 +90,9 @@ def build_manifest(
         controls: the state record's control keys (``pauses``, ``events``...).
         speaker_switches: (session media time, peer id or None), oldest first.
         track_prefix: where the track files are, relative to the manifest.
+        layout: the layout the recording started with (``layoutState``'s
+            form); the ``updateLayout`` events change it from there.
+        video: the composite's ``{width, height, fps}``.
     """
     pauses = list(controls.get("pauses") or [])
     entries = []
@@ -121,6 +126,8 @@ def build_manifest(
         "stoppedAt": stopped_at,
         "timeline": "seconds on the recording's timeline (the composite's, pauses cut out)",
         "composite": composite,
+        "layout": dict(layout) if layout is not None else None,
+        "video": dict(video) if video is not None else None,
         "tracks": entries,
         "pauses": [
             {

@@ -211,6 +211,8 @@ class RecordingSession:
                 layout=layout or settings.layout, overlay_corner=settings.overlay.corner, overlay_width_pct=settings.overlay.width_pct
             )
         )
+        # What the manifest says the recording started with (events change it from there).
+        self._start_layout = self.controls.layout.to_wire()
         self.location: str | None = None
         self.size_bytes: int | None = None
         # Free-form metadata from recording.start, kept with the session.
@@ -555,6 +557,8 @@ class RecordingSession:
             tracks=[(event, self._track_sources.get(event.key)) for event in self._tracks.values()],
             controls=self.controls.to_wire(),
             speaker_switches=list(self._speaker_switches),
+            layout=self._start_layout,
+            video={"width": self.output.width, "height": self.output.height, "fps": self.output.fps},
         )
 
     async def _deliver_tracks(self) -> str | None:

@@ -128,6 +128,8 @@ _ABORT_ROUNDS_MAX = 100
 _LIST_PARTS_PAGES_MAX = 11
 # Worker threads one store may occupy at once (house style §5: its own limiter).
 STORE_THREADS = 4
+# A download's pieces: what one read of the response hands to its writer.
+DOWNLOAD_PIECE_BYTES = 1 << 20
 
 # S3 error codes that mean the user's destination refused us: retrying does
 # not help until someone fixes the bucket, the credentials or the key.
@@ -839,6 +841,33 @@ class ObjectStore:
             response.release_conn()
         return data
 
+    @_translated("downloading an object")
+    def download(self, key: str, write: Callable[[bytes], None], *, max_bytes: int) -> int:
+        """Stream the object into ``write`` in 1 MiB pieces; its size (see :meth:`RecordingStore.download`).
+
+        ``write`` must raise our errors, not OSError: an OSError here is
+        taken for the connection's.
+        """
+        info = self.stat(key)
+        if info.size > max_bytes:
+            raise StorageError(
+                f"downloading {key}: {info.size} bytes, more than the {max_bytes} expected", destination=False, code="EntityTooLarge"
+            )
+        response = self._client.get_object(self.bucket, key, ssec=self._ssec)
+        size = 0
+        try:
+            for piece in response.stream(DOWNLOAD_PIECE_BYTES):
+                size += len(piece)
+                if size > max_bytes:  # grew since the HEAD: still bounded
+                    raise StorageError(
+                        f"downloading {key}: more than the {max_bytes} bytes expected", destination=False, code="EntityTooLarge"
+                    )
+                write(piece)
+        finally:
+            response.close()
+            response.release_conn()
+        return size
+
     @_translated("presigning a URL")
     def presign(self, key: str, expiry_s: int) -> str:
         """A presigned GET URL served as the key's content type (``video/mp4`` for ``.mp4``).
@@ -960,6 +989,10 @@ class AsyncObjectStore:
     async def get_bytes(self, key: str) -> bytes:
         """See :meth:`ObjectStore.get_bytes`."""
         return await self._run(self.store.get_bytes, key)
+
+    async def download(self, key: str, write: Callable[[bytes], None], *, max_bytes: int) -> int:
+        """See :meth:`ObjectStore.download` (``write`` runs in the worker thread)."""
+        return await self._run(functools.partial(self.store.download, key, write, max_bytes=max_bytes))
 
     async def presign(self, key: str, expiry_s: int) -> str:
         """See :meth:`ObjectStore.presign`."""

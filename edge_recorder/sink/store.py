@@ -15,7 +15,7 @@ No I/O and no ``trio`` here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -154,6 +154,14 @@ class RecordingStore(Protocol):
 
     async def get_bytes(self, key: str) -> bytes:
         """The whole object (tests and verification)."""
+
+    async def download(self, key: str, write: Callable[[bytes], None], *, max_bytes: int) -> int:
+        """Stream the object into ``write`` in pieces; its size.
+
+        An object bigger than ``max_bytes`` is refused before a byte is
+        written (``code="EntityTooLarge"``, not the destination's fault: the
+        caller's bound). What ``write`` raises passes through as it is.
+        """
 
     async def presign(self, key: str, expiry_s: int) -> str:
         """A GET URL valid for ``expiry_s`` seconds."""

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from edge_recorder.media.layout import (
     CORNERS,
+    LAYOUTS,
     LayoutSettings,
     Placement,
     Rect,
@@ -102,7 +103,7 @@ def test_fit_rect_rejects_empty_source() -> None:
 # -- invariants over both layouts ---------------------------------------------------
 
 
-@given(st.sampled_from(["pip", "grid"]), inputs_st(), st.none() | st.sampled_from(["p0", "p1", "p9"]), settings_st())
+@given(st.sampled_from(LAYOUTS), inputs_st(), st.none() | st.sampled_from(["p0", "p1", "p9"]), settings_st())
 def test_scene_invariants(layout: str, inputs: list[VideoInput], speaker: str | None, settings: LayoutSettings) -> None:
     scene = compute_scene(layout, inputs, speaker, ["Alice", "Bob"], settings)
     canvas = settings.canvas
@@ -131,6 +132,50 @@ def test_grid_cells_do_not_overlap(inputs: list[VideoInput], settings: LayoutSet
     for i, a in enumerate(cells):
         for b in cells[i + 1 :]:
             assert not a.overlaps(b)
+
+
+@given(inputs_st(), st.none() | st.sampled_from(["p0", "p1", "p2"]), st.none() | st.sampled_from(["p0", "p3"]), settings_st())
+def test_speaker_rules(
+    inputs: list[VideoInput], speaker: str | None, spotlight: str | None, settings: LayoutSettings
+) -> None:
+    scene = compute_scene("speaker", inputs, speaker, [], settings, spotlight=spotlight)
+    shown = [i for i in inputs if i.width and i.height]
+    screens = [i for i in shown if i.source == "screen"]
+    cameras = [i for i in shown if i.source == "camera"]
+    wanted = [c for peer in (spotlight, speaker) for c in cameras if peer is not None and c.peer_id == peer]
+    expected = (wanted or cameras)[0] if cameras else None
+    placements = scene.placements
+    cells = [p.cell for p in placements]
+    for i, a in enumerate(cells):
+        for b in cells[i + 1 :]:
+            assert not a.overlaps(b), "a strip never covers the speaker"
+    if expected is None:
+        assert [p.key for p in placements] == ([screens[-1].key] if screens else [])
+        return
+    main = placements[0]
+    assert main.key == expected.key and main.label == (expected.display_name or None)
+    others = len(cameras) - 1 + (1 if screens else 0)
+    if others == 0:
+        assert len(placements) == 1 and main.cell == settings.canvas
+        return
+    # The speaker's area is the biggest; the share, if any, leads the strip.
+    assert main.cell.w * main.cell.h >= max(p.cell.w * p.cell.h for p in placements)
+    strip = placements[1:]
+    assert 1 <= len(strip) <= others
+    assert all(p.cell.y == main.cell.bottom for p in strip)
+    if screens:
+        assert strip[0].key == screens[-1].key
+        assert strip[0].label == (f"{screens[-1].display_name} (screen)" if screens[-1].display_name else None)
+
+
+def test_speaker_layout_puts_the_speaker_on_top_and_the_rest_below() -> None:
+    cams = [VideoInput(f"c{i}", f"p{i}", "camera", f"P{i}", 640, 360) for i in range(3)]
+    share = VideoInput("s", "p0", "screen", "P0", 1920, 1080)
+    scene = compute_scene("speaker", [*cams, share], "p2", [], LayoutSettings(1280, 720))
+    assert [p.key for p in scene.placements] == ["c2", "s", "c0", "c1"]
+    top = scene.placements[0]
+    assert top.cell == Rect(0, 0, 1280, 576) and top.label == "P2"
+    assert [p.label for p in scene.placements[1:]] == ["P0 (screen)", "P0", "P1"]
 
 
 @given(inputs_st(), st.none() | st.sampled_from(["p0", "p1", "p2"]), settings_st())

@@ -71,6 +71,20 @@ async def test_chunks_are_put_listed_in_byte_order_tagged_and_read_back(store: R
     assert await store.sha256(key) == hashlib.sha256(B).hexdigest()
 
 
+async def test_download_streams_the_object_and_refuses_one_bigger_than_asked(store: RecordingStore) -> None:
+    key = store.chunk_key(sid(), (0, len(B)))
+    await store.put_chunk(key, B)
+    pieces: list[bytes] = []
+    assert await store.download(key, pieces.append, max_bytes=len(B)) == len(B)
+    assert b"".join(pieces) == B
+    refused_pieces: list[bytes] = []
+    error = await refused(store.download(key, refused_pieces.append, max_bytes=len(B) - 1))
+    assert error.code == "EntityTooLarge" and not error.destination
+    assert refused_pieces == [], "nothing is written before the size is known to fit"
+    missing = await refused(store.download(key + "-gone", pieces.append, max_bytes=1 << 20))
+    assert missing.code == "NoSuchKey"
+
+
 async def test_a_missing_object_is_none_for_head_and_no_such_key_for_reads(store: RecordingStore) -> None:
     key = store.composite_key(sid())
     assert await store.head(key) is None
