@@ -44,6 +44,7 @@ from edge_recorder.bench.inputs import Inputs, prepare_inputs
 from edge_recorder.bench import against as against_bench
 from edge_recorder.bench import hostile as hostile_bench
 from edge_recorder.bench import placement as placement_bench
+from edge_recorder.bench import render as render_bench
 from edge_recorder.bench import upload as upload_bench
 from edge_recorder.bench.measure import MachineInfo, machine_info
 from edge_recorder.bench.report import (
@@ -131,6 +132,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     placement.add_argument("--no-placement", action="store_true", help="skip the placement-latency benchmark in a full run")
     parser.add_argument("--placement-rounds", type=int, default=placement_bench.ROUNDS, help=f"rounds of each scenario of the placement benchmark, alternating A B B A ... (default {placement_bench.ROUNDS})")
     parser.add_argument("--tracks", action="store_true", help="run only the cost of every stream's own track: the 20-person room without and with tracks, alternating rounds")
+    parser.add_argument("--render", action="store_true", help="run only the re-render speed: a 10-minute recording's tracks rendered as pip and grid (edge-recorder render)")
+    parser.add_argument("--render-seconds", type=float, default=render_bench.RENDER_SECONDS, help=f"with --render: the recording's length (default {render_bench.RENDER_SECONDS:g} s)")
     parser.add_argument("--against", metavar="REV", help="run only whole recordings on this tree and on REV (a git revision), alternating rounds")
     parser.add_argument("--against-rounds", type=int, default=3, help="with --against: rounds of each tree (default 3)")
     parser.add_argument(
@@ -343,13 +346,20 @@ def _run_tracks(args: argparse.Namespace, machine: MachineInfo, settings: Settin
         f"| ratio | {b / a:.3f} | {pb / pa:.3f} | |",
     ]
     section = (
-        f"{TRACKS_BEGIN}\nMeasured {_utc_minute()} on {_machine_line(machine)}: {len(order)} rounds of "
+        f"Measured {_utc_minute()} on {_machine_line(machine)}: {len(order)} rounds of "
         f"{args.room_seconds:g} media-s of the {room.name} room ({len(room.streams)} streams), alternating "
-        f"{' '.join(order)}, medians of the rounds.\n\n" + "\n".join(rows) + f"\n{TRACKS_END}"
+        f"{' '.join(order)}, medians of the rounds.\n\n" + "\n".join(rows)
     )
     _say("")
     _say("\n".join(rows))
     _write_marked_section(args, section, TRACKS_BEGIN, TRACKS_END, "tracks")
+
+
+def _run_render(args: argparse.Namespace, machine: MachineInfo) -> None:
+    """How fast a recording's tracks re-render (issue #14's target: 3x real time for 720p pip)."""
+    results = render_bench.run_render_bench(seconds=args.render_seconds, say=_say)
+    section = render_bench.render_markdown(results, date=_utc_minute(), machine=_machine_line(machine))
+    _write_marked_section(args, section, render_bench.RENDER_BEGIN, render_bench.RENDER_END, "render")
 
 
 def _utc_minute() -> str:
@@ -376,6 +386,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.hostile:
         _run_hostile(args, machine)
+        _say(f"\n(total {time.monotonic() - started:.0f} s)")
+        return 0
+    if args.render:
+        _run_render(args, machine)
         _say(f"\n(total {time.monotonic() - started:.0f} s)")
         return 0
     if args.placement:

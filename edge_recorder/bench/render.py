@@ -172,9 +172,9 @@ def render_markdown(results: Sequence[RenderRound], *, date: str, machine: str) 
             rows.append(f"| {layout} | {r.media_s:.0f} s 1280x720 30 fps | {r.wall_s:.1f} s | {r.speed:.2f} | {r.cpu_per_media_s:.3f} |")
     media = results[0].media_s if results else 0.0
     return (
-        f"{RENDER_BEGIN}\nMeasured {date} on {machine}: `edge-recorder render` of a {media / 60:.0f}-minute recording's "
+        f"Measured {date} on {machine}: `edge-recorder render` of a {media / 60:.0f}-minute recording's "
         "tracks (a 1280x720 VP8 screen share at 15 fps, a 640x360 VP8 camera at 30 fps, two Opus microphones; "
         f"the active speaker switching every {SPEAKER_SWITCH_S:g} s), x264 veryfast with a thread per core, "
-        "layouts alternating.\n\n" + "\n".join(rows) + f"\n{RENDER_END}"
+        "layouts alternating.\n\n" + "\n".join(rows)
     )
 

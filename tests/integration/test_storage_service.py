@@ -24,6 +24,8 @@ from edge_recorder.config import Secret
 from edge_recorder.demo.sfu import demo_producers, run_producer
 from edge_recorder.housekeeping import retry_upload, run_with_parts
 from edge_recorder.metadata import MetadataRepository, default_database_url
+from edge_recorder.render.command import render_session
+from edge_recorder.render.renderer import RenderOptions
 from edge_recorder.service import serve
 from edge_recorder.sink.s3 import ObjectStore
 from tests.integration.redis_support import RedisServer, redis_server  # noqa: F401 - fixture
@@ -123,6 +125,13 @@ async def test_recording_lands_in_the_bucket_with_rows_and_state_completed(
         ("track", "tracks/alice-mic.webm"),
     ], assets
     assert not (Path(svc_settings.tmp_dir) / svc_settings.server_id / "s3-e2e.tracks").exists()
+    # Re-rendered from the bucket (the node kept no copy): the manifest and
+    # tracks downloaded, bounded, and composed again (edge-recorder render).
+    out = Path(svc_settings.tmp_dir) / "regrid.mp4"
+    rendered = await render_session(svc_settings, "s3-e2e", out, RenderOptions(layout="grid"))
+    assert rendered.video_tracks_decoded == ("tracks/alice-cam.webm",) and rendered.audio_tracks == ("tracks/alice-mic.webm",)
+    with av.open(str(out)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == rendered.frames >= 2.5 * 30
     await sfu.aclose()
     shutdown.set()
 

@@ -7,7 +7,8 @@ things more than the composite: each stream's track, copied without
 transcoding, and a manifest. The tracks are decoded with PyAV: each plays,
 the hidden camera was kept although never decoded for the picture, and the
 flashes and beeps of the tracks sit where the composite has them (the tracks
-are stamped on the composite's timeline).
+are stamped on the composite's timeline). Then the recording is re-rendered from its tracks:
+as recorded, in sync with the composite; as grid, showing the hidden camera.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import av
 import pytest
 import trio
 
+from edge_recorder.render.renderer import RenderOptions, render
+from edge_recorder.render.source import read_manifest
 from edge_recorder.session.manager import SessionManager
 from edge_recorder.session.session import OutputOptions
 from edge_recorder.session.state import SessionStatus
@@ -141,3 +144,42 @@ async def test_tracks_of_a_room_play_and_line_up_with_the_composite(
     # The composite shows each tick the frame nearest it (±half a frame, 17 ms at 30 fps).
     assert max(abs(o) for o in flash_offsets) <= 0.020 + 1 / 60, flash_offsets
     assert max(abs(o) for o in beep_offsets) <= 0.020, beep_offsets
+
+    # Re-rendered from the tracks (edge-recorder render, issue #14). As
+    # recorded (pip replayed): the flashes and beeps where the live composite
+    # has them. As grid: the camera the live pip never showed is in the
+    # picture, in a cell of its own beside Pat's.
+    plan = read_manifest(tracks_dir)
+    replayed = tmp_path / "replayed.mp4"
+    await trio.to_thread.run_sync(render, plan, tracks_dir, replayed, RenderOptions())
+    rerender_flashes = _nearest_offsets(composite_flashes, find_flashes(replayed))
+    rerender_beeps = _nearest_offsets(composite_beeps, find_beeps(replayed))
+    print(f"re-render vs composite: flashes {[round(o * 1000) for o in rerender_flashes]} ms, beeps {[round(o * 1000) for o in rerender_beeps]} ms")
+    assert len(rerender_flashes) >= len(source.instants) - 2 and len(rerender_beeps) >= len(source.instants) - 2
+    assert max(abs(o) for o in rerender_flashes) <= 0.020 + 1 / 60, rerender_flashes
+    assert max(abs(o) for o in rerender_beeps) <= 0.020, rerender_beeps
+    grid = tmp_path / "grid.mp4"
+    result = await trio.to_thread.run_sync(render, plan, tracks_dir, grid, RenderOptions(layout="grid", from_s=3.0, to_s=4.0))
+    assert set(result.video_tracks_decoded) == {"tracks/pat-cam.webm", "tracks/rosa-cam.webm"}
+    live, again = _picture_at(session.path, 3.5), _picture_at(grid, 0.5)
+    h, w = again.shape[:2]
+    cells = {"left": (w // 4, h // 2), "right": (3 * w // 4, h // 2)}
+    red_in = [name for name, (x, y) in cells.items() if _is_red(again, x, y)]
+    assert len(red_in) == 1, "Rosa in one of the grid's two cells"
+    other_x, other_y = cells["right" if red_in == ["left"] else "left"]
+    assert not _is_red(again, other_x, other_y), "Pat in the other"
+    assert not any(_is_red(live, x, y) for x in range(8, w - 8, 16) for y in range(8, h - 8, 16)), "the live pip never showed Rosa"
+
+
+def _picture_at(path: Path, t: float) -> Any:
+    """The RGB picture of the first frame at or after ``t``."""
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            if frame.time is not None and frame.time >= t:
+                return frame.to_ndarray(format="rgb24")
+    raise AssertionError(f"no frame at {t} s in {path}")
+
+
+def _is_red(picture: Any, x: int, y: int) -> bool:
+    r, g, b = picture[y - 4 : y + 4, x - 4 : x + 4].reshape(-1, 3).mean(axis=0)
+    return bool(r > 150 and g < 100 and b < 100)
