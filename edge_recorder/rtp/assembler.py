@@ -367,6 +367,19 @@ class FrameAssembler:
             self._highest = seq
         return out + self._advance(arrival)
 
+    def numbered_behind(self, sequence_number: int) -> bool:
+        """Whether ``sequence_number`` is behind what this buffer waits for (16-bit, RFC 1982 order).
+
+        Pure query: the receiver asks it of the first packet of a source that
+        moved. A sender restarted on the same SSRC numbers afresh, and every
+        packet up to 3000 behind would otherwise be dropped as late
+        (:data:`_MAX_DROPOUT`), for up to a minute of audio.
+        """
+        if self._next is None:
+            return False
+        delta = (sequence_number - self._next) & 0xFFFF
+        return delta >= 0x8000
+
     def poll(self, now: float) -> list[AssembledFrame]:
         """Give up on gaps open longer than ``max_wait_s`` and return what that frees.
 

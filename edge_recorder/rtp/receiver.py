@@ -647,6 +647,14 @@ class ReceiverCore:
                 # the same host: the SFU restarted on another port (or a NAT rebound).
                 log.info("Stream source moved", extra={"producerId": self._name, "source": f"{address[0]}:{address[1]}"})
                 stats.source_moves += 1
+                if self.assembler.numbered_behind(packet.sequence_number):
+                    # A restarted sender numbering afresh (RFC 3550 §A.1's
+                    # restart, told by the move rather than by two packets):
+                    # its packets are not late ones of the old sender.
+                    self._restart_jitter_buffer()
+                    self.reception = ReceptionStatistics(self._codec.clock_rate)
+                    if self.forwarding is Forwarding.HIDDEN_HOLDING:
+                        self._drop_held()
             if first:
                 log.info(
                     "Stream latched onto source", extra={"producerId": self._name, "source": f"{address[0]}:{address[1]}"}

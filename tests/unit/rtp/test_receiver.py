@@ -160,6 +160,23 @@ def test_the_first_valid_packet_latches_and_a_restarted_sender_is_adopted_after_
     assert core.expected_ssrc == 0xBBBB
 
 
+def test_a_sender_restarted_elsewhere_numbering_afresh_is_not_dropped_as_late() -> None:
+    core = _core()
+    before = drive(core, [(i * FRAME_S, _vp8(1000 + i, key=i == 0)) for i in range(126)])
+    assert _frames(before)
+    # Silent, then the same SSRC from another port of the SFU's host with its
+    # sequence numbers 225 behind (a new sender process; 100..3000 behind used
+    # to be "late" for up to 3000 packets).
+    moved_to = (SFU[0], SFU[1] + 2)
+    restart = 10.0
+    after = drive(
+        core, [(restart + i * FRAME_S, _vp8(900 + i, key=i == 0, ts=(2_000_000 + i * 3000))) for i in range(60)], address=moved_to
+    )
+    assert core.stats.source_moves == 1 and core.source_address == moved_to
+    assert len(_frames(after)) >= 55, "the restarted sender's frames are forwarded"
+    assert core.assembler.stats.late == 0
+
+
 def test_idle_and_live_again_are_one_action_each() -> None:
     core = _core(idle_s=2.0)
     actions = drive(core, [(i * FRAME_S, _vp8(i, key=i == 0)) for i in range(30)], until=5.0)
