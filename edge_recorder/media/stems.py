@@ -92,6 +92,8 @@ _WEBM_TB = Fraction(1, 1000)
 _MP4_TB = Fraction(1, 90000)
 # A timestamp beyond this (about 11.6 days) is not a recording's.
 _MAX_S = 1_000_000.0
+#: How far behind the last frame a frame may come and still be kept (one tick after it).
+RETIME_MAX_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,8 +216,10 @@ class TrackWriter:
         """Mux one encoded frame at ``output_s`` on the recording's timeline.
 
         Skipped (and counted) rather than raised: empty data, a time that is
-        not finite, negative or beyond ~11 days, a time not after the last
-        written one (on the time base: 1 ms in WebM), video before the first
+        not finite, negative or beyond ~11 days, a time more than
+        :data:`RETIME_MAX_S` before the last written one (one up to that far
+        back, or standing still on the time base, 1 ms in WebM, is written one
+        tick after the last), video before the first
         keyframe, a first keyframe whose size cannot be read, a frame libav
         refuses, anything after :meth:`close`.
 
@@ -230,7 +234,15 @@ class TrackWriter:
             return self._skip()
         ticks = round(output_s / self._time_base)
         if self._last_ticks is not None and ticks <= self._last_ticks:
-            return self._skip()  # a muxer refuses time going back (or standing still)
+            # A muxer refuses time going back (or standing still). A little
+            # back is the timeline's mapping settling (a stream's first Sender
+            # Report moves it by a frame or so): the frame is kept one tick
+            # after the last, because a dropped video frame breaks every frame
+            # predicted from it until the next keyframe, and a dropped Opus
+            # packet is a 20 ms hole. Further back is a bogus time: skipped.
+            if (self._last_ticks - ticks) * self._time_base > RETIME_MAX_S:
+                return self._skip()
+            ticks = self._last_ticks + 1
         if self._container is None:
             if self.kind == "video" and not keyframe:
                 return self._skip()  # nothing decodes before the first keyframe
