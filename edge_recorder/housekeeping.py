@@ -127,7 +127,10 @@ async def retry_upload(settings: Settings, parts: ServiceParts, bookkeeper: Book
     """Re-run a session's upload from its kept spool and mark it COMPLETED.
 
     The spool is this node's (or in the layout before it); when it is gone,
-    the session completes only if the store holds its recording.
+    the session completes only if the store holds its recording. A kept
+    tracks directory (``<sessionId>.tracks/``) is delivered too: every track
+    and the manifest (the one written at stop, else one built as a recovery
+    builds it); an asset row each.
 
     Raises:
         UnknownSessionError: no such session in the metadata database.
@@ -151,8 +154,17 @@ async def retry_upload(settings: Settings, parts: ServiceParts, bookkeeper: Book
     if status is not SessionStatus.UPLOADING:
         status = transition(status, SessionStatus.UPLOADING, by=Mover.OPERATOR_RETRY)
     row = {**row, "status": status.value}
+    # Kept tracks (issue #14) go with the composite: the manifest the stop
+    # wrote, or one built from the files and what shared state still knows of
+    # the session's streams.
+    last_record = await parts.state.get(session_id)
     final = await recover_session(
-        row, settings, bookkeeper=bookkeeper, uploader_for=parts.uploader_for, by=Mover.OPERATOR_RETRY
+        row,
+        settings,
+        bookkeeper=bookkeeper,
+        uploader_for=parts.uploader_for,
+        by=Mover.OPERATOR_RETRY,
+        last_record=last_record,
     )
     if final["status"] != SessionStatus.COMPLETED.value:
         raise EdgeRecorderError(final.get("error") or "upload failed")

@@ -13,12 +13,25 @@ mid-upload). For each:
    from what the store holds (nothing is uploaded twice, an object that is not
    this recording is never overwritten); without one, the file stays as the
    artifact;
-3. the session moves to ``COMPLETED`` with reason ``recovered``, or to
+3. a session that kept its tracks (``outputs: ["composite", "tracks"]``)
+   has them recovered too, after the composite (:func:`recover_tracks`):
+   ``<sessionId>.tracks/`` is listed, each track cut after its last complete
+   unit (WebM: the last complete cluster,
+   :func:`~edge_recorder.media.webm.last_complete_cluster_end`; MP4:
+   :func:`last_complete_fragment_end`) and probed with PyAV; a manifest
+   written at a stop is delivered as it is, else one is built from the files
+   (``"recovered": true``, :func:`recovered_manifest`) and written
+   exclusively; every track and the manifest are delivered as the composite
+   is (:func:`~edge_recorder.session.track_delivery.deliver_tracks`: uploaded,
+   or left as the files), an asset row each. A track without a complete
+   unit stays in the directory, left out; one that cannot be delivered fails
+   the recovery, naming the kept directory;
+4. the session moves to ``COMPLETED`` with reason ``recovered``, or to
    ``FAILED`` with reason ``recovery-failed`` and the kept file's path; every
    move is the row's :class:`~edge_recorder.session.state.SessionRecord` moved
    by :func:`~edge_recorder.session.state.transition` as
    :attr:`~edge_recorder.session.state.Mover.RECOVERY`;
-4. every change is written through the bookkeeper (SQL, shared state,
+5. every change is written through the bookkeeper (SQL, shared state,
    webhooks), so the row tells the truth again; an uploaded spool is removed
    only once its ``COMPLETED`` row is written.
 
@@ -26,8 +39,9 @@ mid-upload). For each:
 said ``COMPLETED``): with a bucket, the store is asked for the recording's
 object. If it is there, of the size the row knew (when it knew one) and
 written after the session started, the session is ``COMPLETED``
-(``recovered``) with that object as its asset; otherwise ``FAILED`` with what
-was looked for and where.
+(``recovered``) with that object as its asset (and its tracks directory, if
+one is left, delivered as above); otherwise ``FAILED`` with what was looked
+for and where.
 
 What an upload that cannot be completed already stored is left for a later
 ``retry-upload``: it is the progress. With the default multipart mode
@@ -42,20 +56,33 @@ bucket's AbortIncompleteMultipartUpload rule is the backstop).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 import logging
 import os
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
+import av
 import trio
 
 from edge_recorder.config import Settings
 from edge_recorder.errors import EdgeRecorderError, StorageError
+from edge_recorder.media import wire
 from edge_recorder.media.mp4 import Mp4BoxScanner
+from edge_recorder.media.tracks import GAP_S, MAX_GAPS, MAX_TRACKS, VIDEO_GAP_S
+from edge_recorder.media.webm import webm_complete_end
+from edge_recorder.render.plan import MAX_MANIFEST_BYTES
 from edge_recorder.session.destination import Asset, LocalDestination
-from edge_recorder.session.state import AssetEntry, Mover, SessionRecord, SessionStatus, record_time
+from edge_recorder.session.manifest import MANIFEST_NAME, TrackSource, build_manifest
+from edge_recorder.session.track_delivery import AssetSender, TrackDelivery, deliver_tracks, write_manifest
+from edge_recorder.session.state import AssetEntry, Mover, SessionRecord, SessionStatus, controls_after_capture, record_time
+from edge_recorder.sink.plan import COMPOSITE_ASSET
 from edge_recorder.sink.s3 import ObjectInfo
 from edge_recorder.sink.streamer import UploadResult
 from edge_recorder.spool import NodeSpool
@@ -84,7 +111,10 @@ class RecoverableUpload(Protocol):
         """The recording's object in the store, or None."""
 
 
-UploaderFor = Callable[[str, Path], RecoverableUpload]
+# Called as ``(session_id, spool)`` for the composite and, for a track or the
+# manifest, ``(session_id, file, asset="tracks/<file>")`` (the service's
+# uploader takes both; see edge_recorder/wiring.py).
+UploaderFor = Callable[..., RecoverableUpload]
 
 
 class RecordSink(Protocol):
@@ -127,6 +157,382 @@ def _cut(path: Path) -> tuple[int, int]:
     if 0 < end < size:
         os.truncate(path, end)
     return size, end
+
+
+# -- tracks (issue #14) ---------------------------------------------------------
+
+# The one bound on a manifest (render/plan.py's: bigger is not one we wrote).
+_MAX_MANIFEST_BYTES = MAX_MANIFEST_BYTES
+_TRACK_EXTENSIONS = (".webm", ".mp4")
+
+
+def track_complete_end(path: Path) -> int:
+    """The end of the last complete unit of a track file: WebM clusters, MP4 fragments (0: none; blocking)."""
+    if path.suffix == ".webm":
+        return webm_complete_end(path)
+    return last_complete_fragment_end(path)
+
+
+@dataclass(frozen=True, slots=True)
+class _Probe:
+    """What a track file says of itself, once cut (PyAV, no decoding)."""
+
+    kind: Literal["audio", "video"]
+    codec: str
+    first_s: float
+    last_s: float
+    frames: int
+    gaps: tuple[wire.TrackGap, ...]
+
+
+def _probe(path: Path, size: int) -> _Probe | str:
+    """Demux the track's first ``size`` bytes (the whole file, cut): its kind, codec, span, frames and gaps; or why not."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams:
+                return "it has no stream"
+            stream = container.streams[0]
+            kind = stream.type
+            if kind not in ("audio", "video") or stream.time_base is None:
+                return f"its stream is {kind}, not audio or video"
+            time_base = stream.time_base
+            gap_s = VIDEO_GAP_S if kind == "video" else GAP_S
+            frames = 0
+            first: float | None = None
+            last: float | None = None
+            gaps: list[wire.TrackGap] = []
+            for packet in container.demux(stream):
+                if packet.pts is None or not packet.size:
+                    continue  # the demuxer's flush packet
+                t = float(packet.pts * time_base)
+                if last is not None and t - last > gap_s and len(gaps) < MAX_GAPS:
+                    gaps.append(wire.TrackGap(round(last, 4), round(t, 4), "no-media"))
+                first = t if first is None else first
+                last = t
+                frames += 1
+            codec = stream.codec_context.name
+    except (av.FFmpegError, ValueError, OSError) as exc:
+        return f"it does not open: {exc}"
+    if first is None or last is None:
+        return "it has no frame"
+    return _Probe(kind, codec, round(first, 4), round(last, 4), frames, tuple(gaps))
+
+
+def _composite_video(spool: Path) -> dict[str, Any] | None:
+    """The composite's ``{width, height, fps}`` for the manifest, or None if it does not say."""
+    try:
+        with av.open(str(spool)) as container:
+            video = container.streams.video
+            if not video:
+                return None
+            ctx = video[0].codec_context
+            rate = video[0].average_rate or video[0].guessed_rate
+            fps = round(Fraction(rate)) if rate else 0
+            return {"width": ctx.width, "height": ctx.height, "fps": fps} if ctx.width and ctx.height and fps else None
+    except (av.FFmpegError, ValueError, OSError):
+        return None
+
+
+def _producer_of(file: str, names: set[str], known: Mapping[str, str]) -> str:
+    """The producer id behind track ``file``: as the state record had it, else from the name.
+
+    Names are the producer ids made safe (``media/tracks.py``); a stream
+    added again under its key has ``<key>.2.webm``, so ``.N`` is dropped when
+    ``<key>.webm`` is there too.
+    """
+    if file in known:
+        return known[file]
+    stem, _, extension = file.rpartition(".")
+    base, dot, n = stem.rpartition(".")
+    if dot and n.isdigit() and int(n) >= 2 and f"{base}.{extension}" in names:
+        return base
+    return stem
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredTracks:
+    """A crashed session's tracks directory, cut and described (:func:`prepare_tracks`).
+
+    Attributes:
+        tracks: one event per deliverable track, with its complete bytes.
+        sources: the stream behind each (by file), when the state record knew it.
+        manifest: the manifest already in the directory (its bytes), or None.
+        left: the files not delivered, and why (kept in the directory).
+        cut: the files whose crash's partial write was cut: (file, size, kept).
+    """
+
+    tracks: tuple[wire.Track, ...]
+    sources: Mapping[str, TrackSource]
+    manifest: bytes | None
+    left: Mapping[str, str]
+    cut: tuple[tuple[str, int, int], ...]
+
+
+def _state_streams(last_record: Mapping[str, Any] | None) -> tuple[dict[str, str], dict[str, Mapping[str, Any]]]:
+    """From the session's last state record: producer id by track file, stream by producer id."""
+    by_file: dict[str, str] = {}
+    streams: dict[str, Mapping[str, Any]] = {}
+    if last_record is None:
+        return by_file, streams
+    for entry in last_record.get("tracks") or []:
+        if isinstance(entry, Mapping) and isinstance(entry.get("name"), str) and isinstance(entry.get("producerId"), str):
+            by_file[str(entry["name"]).removeprefix("tracks/")] = str(entry["producerId"])
+    for entry in last_record.get("streams") or []:
+        if isinstance(entry, Mapping) and isinstance(entry.get("producerId"), str):
+            streams[str(entry["producerId"])] = entry
+    return by_file, streams
+
+
+def prepare_tracks(tracks_dir: Path, last_record: Mapping[str, Any] | None = None) -> RecoveredTracks:
+    """Cut each track of a crashed session to its complete prefix and describe it (blocking).
+
+    A track without a complete unit (a header, part of its first cluster),
+    or one that does not open once cut, is left in the directory and named in
+    ``left``; the rest are delivered. Never cuts more than a partial write:
+    the end is the last complete cluster (WebM,
+    :func:`~edge_recorder.media.webm.last_complete_cluster_end`) or fragment
+    (MP4, :func:`last_complete_fragment_end`).
+
+    Args:
+        last_record: the session's last state record (shared state), for the
+            streams behind the tracks; None when it is gone.
+
+    Raises:
+        OSError: the directory cannot be listed, or a file read or cut.
+    """
+    names = sorted(
+        entry.name
+        for entry in os.scandir(tracks_dir)
+        if entry.is_file(follow_symlinks=False)
+        and entry.name.endswith(_TRACK_EXTENSIONS)
+        and not entry.name.startswith(".")
+    )
+    manifest: bytes | None = None
+    try:
+        fd = os.open(tracks_dir / MANIFEST_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        pass
+    else:
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise OSError(f"{tracks_dir / MANIFEST_NAME} is not a file")
+            manifest = f.read(_MAX_MANIFEST_BYTES + 1)
+    by_file, streams = _state_streams(last_record)
+    tracks: list[wire.Track] = []
+    sources: dict[str, TrackSource] = {}
+    left: dict[str, str] = {}
+    cut: list[tuple[str, int, int]] = []
+    for name in names:
+        if len(tracks) >= MAX_TRACKS:
+            left[name] = f"a recording has at most {MAX_TRACKS} tracks"
+            continue
+        path = tracks_dir / name
+        end = track_complete_end(path)
+        size = path.stat().st_size
+        if end == 0:
+            left[name] = "no complete cluster or fragment" if size else "no frame was written"
+            continue
+        if end < size:
+            os.truncate(path, end)
+            cut.append((name, size, end))
+        probe = _probe(path, end)
+        if isinstance(probe, str):
+            left[name] = probe
+            continue
+        producer = _producer_of(name, set(names), by_file)
+        tracks.append(
+            wire.Track(
+                key=producer,
+                file=name,
+                codec=probe.codec,
+                kind=probe.kind,
+                complete_bytes=end,
+                first_s=probe.first_s,
+                last_s=probe.last_s,
+                frames=probe.frames,
+                closed=True,
+                gaps=probe.gaps,
+            )
+        )
+        stream = streams.get(producer)
+        if stream is not None:
+            sources[name] = TrackSource(
+                producer_id=producer,
+                peer_id=str(stream.get("peerId") or ""),
+                display_name="",  # no record keeps it: the manifest says null
+                kind=str(stream.get("kind") or probe.kind),
+                source=str(stream.get("source") or ""),
+            )
+    return RecoveredTracks(tuple(tracks), sources, manifest, left, tuple(cut))
+
+
+def recovered_manifest(
+    record: SessionRecord,
+    tracks: RecoveredTracks,
+    *,
+    last_record: Mapping[str, Any] | None = None,
+    video: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The manifest of a recording recovered after a crash (pure): ``"recovered": true``.
+
+    What the files say (kind, codec, first and last frame, frames, gaps, all
+    ``"no-media"``: whether a peer was excluded is not in the file) and what
+    the records kept (the stream's peer and source, the pauses, the last
+    control events). Not known after a crash: display names (null), skipped
+    frames (0), the active speaker (empty), the start layout (null).
+    """
+    controls: dict[str, Any] = dict(record.controls or {})
+    if last_record is not None and isinstance(last_record.get("events"), list) and not controls.get("events"):
+        controls["events"] = list(last_record["events"])
+    manifest = build_manifest(
+        session_id=record.session_id,
+        room_id=record.room_id,
+        started_at=record.started_at,
+        stopped_at=record.stopped_at,
+        composite=COMPOSITE_ASSET,
+        tracks=[(event, tracks.sources.get(event.file)) for event in tracks.tracks],
+        controls=controls,
+        speaker_switches=[],
+        layout=None,
+        video=video,
+    )
+    for entry in manifest["tracks"]:
+        entry["displayName"] = None
+        entry["skippedFrames"] = None
+        if not entry.get("peerId"):
+            entry["peerId"] = None
+        if not entry.get("source"):
+            entry["source"] = None
+    manifest["recovered"] = True
+    return manifest
+
+
+def _tracks_from_manifest(body: bytes, tracks: RecoveredTracks) -> tuple[wire.Track, ...] | str:
+    """The tracks as a manifest already written (at a stop) describes them, or why it cannot be read.
+
+    The files are delivered as they are on disk (cut); the manifest's entry
+    gives each its producer, times and frames. A file it does not list keeps
+    what its probe found.
+    """
+    if len(body) > _MAX_MANIFEST_BYTES:
+        return f"it is bigger than {_MAX_MANIFEST_BYTES} bytes"
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        return f"it is not JSON ({str(exc)[:80]})"
+    entries = doc.get("tracks") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        return "it has no list of tracks"
+    by_file = {
+        str(e["file"]).removeprefix("tracks/"): e for e in entries if isinstance(e, dict) and isinstance(e.get("file"), str)
+    }
+    out = []
+    for event in tracks.tracks:
+        entry = by_file.get(event.file)
+        if entry is None:
+            out.append(event)
+            continue
+
+        def number(key: str, default: float | None) -> float | None:
+            value = entry.get(key)
+            return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+        producer = entry.get("producerId")
+        frames = entry.get("frames")
+        out.append(
+            wire.Track(
+                key=producer if isinstance(producer, str) and producer else event.key,
+                file=event.file,
+                codec=event.codec,
+                kind=event.kind,
+                complete_bytes=event.complete_bytes,
+                first_s=number("startS", event.first_s),
+                last_s=number("endS", event.last_s),
+                frames=frames if isinstance(frames, int) and not isinstance(frames, bool) else event.frames,
+                closed=True,
+                gaps=event.gaps,
+            )
+        )
+    return tuple(out)
+
+
+def _tracks_record(delivery: TrackDelivery) -> dict[str, Any]:
+    """The state record's issue #14 keys of a delivered tracks directory."""
+    return {"outputs": ["composite", "tracks"], "tracks": list(delivery.tracks), "manifest": delivery.manifest}
+
+
+async def recover_tracks(
+    record: SessionRecord,
+    tracks_dir: Path,
+    settings: Settings,
+    *,
+    send: AssetSender | None,
+    composite: Path | None,
+    last_record: Mapping[str, Any] | None = None,
+) -> TrackDelivery:
+    """Cut, describe and deliver a crashed (or failed) session's tracks directory with its manifest.
+
+    The manifest a stop wrote is delivered as it is; without one, one is
+    built (:func:`recovered_manifest`) and written exclusively. A failure is
+    the delivery's ``error``, naming the kept directory.
+
+    Args:
+        record: the session as it is moved (its ``stoppedAt``, its controls).
+        send: the bucket's sender; None: the files stay as the artifacts.
+        composite: the recovered composite, for the manifest's ``video``.
+    """
+    sid = record.session_id
+    where = f"the tracks are kept in {tracks_dir} on node {settings.server_id}"
+    try:
+        found = await trio.to_thread.run_sync(prepare_tracks, tracks_dir, last_record)
+    except OSError as exc:
+        return TrackDelivery(error=f"cannot read or cut the tracks in {tracks_dir}: {exc}; {where}")
+    for name, size, kept in found.cut:
+        log.warning(
+            "Cut the partial write a crash left at the end of a track",
+            extra={"sessionId": sid, "path": str(tracks_dir / name), "bytes": size, "kept": kept},
+        )
+    for name, why in found.left.items():
+        log.warning("A track is not recovered: %s; it stays in %s", why, tracks_dir, extra={"sessionId": sid, "file": name})
+    tracks = found.tracks
+    if found.manifest is not None:
+        described = _tracks_from_manifest(found.manifest, found)
+        if isinstance(described, str):
+            return TrackDelivery(
+                error=f"the tracks manifest {tracks_dir / MANIFEST_NAME} cannot be read: {described}; {where}; "
+                "it is never written over: remove it to have a new one built"
+            )
+        tracks = described
+        size = len(found.manifest)
+    else:
+        video = await trio.to_thread.run_sync(_composite_video, composite) if composite is not None else None
+        body = json.dumps(recovered_manifest(record, found, last_record=last_record, video=video), indent=1, ensure_ascii=False).encode()
+        try:
+            await trio.to_thread.run_sync(write_manifest, tracks_dir / MANIFEST_NAME, body)
+        except OSError as exc:
+            return TrackDelivery(error=f"cannot write the tracks manifest {tracks_dir / MANIFEST_NAME}: {exc}; {where}")
+        size = len(body)
+    return await deliver_tracks(tracks_dir, tracks, size, send=send, node=settings.server_id)
+
+
+def _tracks_dir(node_spool: NodeSpool, session_id: str) -> Path | None:
+    """The session's tracks directory if it is one (not a link), else None (blocking)."""
+    path = node_spool.tracks_dir_for(session_id)
+    try:
+        return path if stat.S_ISDIR(path.lstat().st_mode) else None
+    except FileNotFoundError:
+        return None
+
+
+def _asset_of(result: UploadResult, sse_mode: str) -> Asset:
+    return Asset(
+        url=f"s3://{result.bucket}/{result.key}",
+        size_bytes=result.size,
+        sha256=result.sha256_hex,
+        bucket=result.bucket,
+        key=result.key,
+        sse_mode=sse_mode,
+    )
 
 
 def record_from_row(row: dict[str, Any], *, with_asset: bool = False) -> dict[str, Any]:
@@ -190,15 +596,21 @@ async def recover_session(
     bookkeeper: RecordSink,
     uploader_for: UploaderFor | None,
     by: Mover = Mover.RECOVERY,
+    last_record: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Finalise one session left behind; returns its final record (operator's view: ``error`` names paths).
 
     Never deletes or cuts more of a spool than the crash's partial write; a
     spool is removed only after its upload is verified and its ``COMPLETED``
-    row written (by the bookkeeper).
+    row written (by the bookkeeper). A session that kept tracks has them and
+    their manifest delivered too (:func:`recover_tracks`), after the
+    composite; a track that cannot be delivered fails the recovery.
 
     Args:
         by: who moves its status (an operator's ``retry-upload`` may reopen FAILED).
+        last_record: the session's last record in shared state, if it is
+            still there: the streams behind the tracks (peer, source) and the
+            last control events, for a manifest built here.
     """
     record = SessionRecord.from_row(row)
     sid = record.session_id
@@ -216,6 +628,37 @@ async def recover_session(
         bookkeeper.submit(final)
         log.error("Recording not recovered: %s", error, extra={"sessionId": sid})
         return final
+
+    async def send(name: str, path: Path, size: int) -> Asset:
+        assert uploader_for is not None
+        return _asset_of(await uploader_for(sid, path, asset=name).resume_and_finish(size), settings.s3.sse)
+
+    async def tracks_of(composite: Path | None) -> dict[str, Any] | str:
+        """The final record's tracks keys (``{}`` without a tracks directory), or why they failed."""
+        tracks_dir = await trio.to_thread.run_sync(_tracks_dir, node_spool, sid)
+        if tracks_dir is None:
+            return {}
+        now = utc_now_iso()
+        # The manifest's view of the session: stopped, its open pause closed (as the move will).
+        ended = dataclasses.replace(
+            record, stopped_at=record.stopped_at or now, controls=controls_after_capture(record.controls, now)
+        )
+        delivery = await recover_tracks(
+            ended,
+            tracks_dir,
+            settings,
+            send=None if uploader_for is None else send,
+            composite=composite,
+            last_record=last_record,
+        )
+        if delivery.error is not None:
+            retry = "" if uploader_for is None else f"; run `edge-recorder retry-upload {sid}`"
+            return delivery.error + retry
+        log.info(
+            "Tracks recovered",
+            extra={"sessionId": sid, "tracks": len(delivery.tracks), "path": str(tracks_dir)},
+        )
+        return {"tracks": _tracks_record(delivery)}
 
     found = await trio.to_thread.run_sync(node_spool.find, sid)
     if found is None:
@@ -247,7 +690,10 @@ async def recover_session(
             key=info.key,
             sse_mode=settings.s3.sse,
         )
-        final = move(SessionStatus.COMPLETED, reason="recovered", error=None, asset=_asset_entry(asset))
+        tracks = await tracks_of(None)
+        if isinstance(tracks, str):
+            return failed(tracks)
+        final = move(SessionStatus.COMPLETED, reason="recovered", error=None, asset=_asset_entry(asset), **tracks)
         bookkeeper.submit(final, _asset_row(asset, local_path=None))
         log.warning(
             "Recording recovered from the store: the spool was gone, the object is there",
@@ -281,19 +727,15 @@ async def recover_session(
         except EdgeRecorderError as exc:
             kept = "" if str(spool) in str(exc) else f"; the recording is kept at {spool}"
             return failed(f"upload failed: {exc}{kept}; run `edge-recorder retry-upload {sid}`")
-        asset = Asset(
-            url=f"s3://{result.bucket}/{result.key}",
-            size_bytes=result.size,
-            sha256=result.sha256_hex,
-            bucket=result.bucket,
-            key=result.key,
-            sse_mode=settings.s3.sse,
-        )
+        asset = _asset_of(result, settings.s3.sse)
         # Removed by the bookkeeper once the COMPLETED row is written: a crash
         # before that finds the spool (and the object) again.
         remove_after = spool
         local_path = None
-    final = move(SessionStatus.COMPLETED, reason="recovered", error=None, asset=_asset_entry(asset))
+    tracks = await tracks_of(spool)
+    if isinstance(tracks, str):
+        return failed(tracks)
+    final = move(SessionStatus.COMPLETED, reason="recovered", error=None, asset=_asset_entry(asset), **tracks)
     bookkeeper.submit(final, _asset_row(asset, local_path=local_path), remove_after=remove_after)
     log.info("Recording recovered", extra={"sessionId": sid, "bytes": end, "url": asset.url})
     return final

@@ -438,7 +438,9 @@ async def _recover_then_clean(
         sid = str(row["sessionId"])
         log.warning("Recovering a recording left by a previous run", extra={"sessionId": sid, "status": row.get("status")})
         try:
-            await recover_session(row, settings, bookkeeper=bookkeeper, uploader_for=parts.uploader_for)
+            # What shared state still knows of its streams names the tracks' peers in a rebuilt manifest.
+            last = await parts.state.get(sid)
+            await recover_session(row, settings, bookkeeper=bookkeeper, uploader_for=parts.uploader_for, last_record=last)
         except Exception:
             log.exception("recovery failed; the session stays as the database says", extra={"sessionId": sid})
         finally:

@@ -64,6 +64,7 @@ from edge_recorder.session.destination import Asset, Destination, DestinationFac
 from edge_recorder.session.manifest import MANIFEST_NAME, MAX_SPEAKER_SWITCHES, TrackSource, build_manifest
 from edge_recorder.session.ports import PortAllocator
 from edge_recorder.session.speaker import ActiveSpeakerDetector
+from edge_recorder.session.track_delivery import AssetSender, deliver_tracks, write_manifest
 from edge_recorder.session.state import AssetEntry, Phase, SessionRecord, SessionStatus, StreamEntry, advance
 from edge_recorder.state.store import utc_now_iso
 from edge_recorder.sink.plan import COMPOSITE_ASSET
@@ -567,74 +568,24 @@ class RecordingSession:
         tracks_dir = self.tracks_dir
         manifest_path = tracks_dir / MANIFEST_NAME
         body = json.dumps(self.manifest(), indent=1, ensure_ascii=False).encode()
-
-        def write_manifest() -> None:
-            fd = os.open(manifest_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(body)
-                out.flush()
-                os.fsync(out.fileno())
-
         try:
-            await trio.to_thread.run_sync(write_manifest)
+            await trio.to_thread.run_sync(write_manifest, manifest_path, body)
         except OSError as exc:
             return f"cannot write the tracks manifest {manifest_path}: {exc}; the tracks are kept in {tracks_dir}"
-        files: list[tuple[str, Path, int, wire.Track | None]] = [
-            (f"tracks/{event.file}", tracks_dir / event.file, event.complete_bytes, event)
-            for event in self._tracks.values()
-            if event.complete_bytes > 0  # a track that never got a frame has no file worth a name
-        ]
-        files.append((MANIFEST_NAME, manifest_path, len(body), None))
-        delivered: list[tuple[str, Asset, wire.Track | None]] = []
-        for name, path, size, event in files:
-            if self._destination_factory is None:
-                asset = await LocalDestination(path).finish(size)
-            else:
-                try:
-                    asset = await self._destination_factory(self.session_id, path, asset=name).finish(size)
-                except EdgeRecorderError as exc:
-                    return (
-                        f"upload of {name} failed: {exc}; the tracks are kept in {tracks_dir} on node "
-                        f"{self.settings.server_id}"
-                    )
-            delivered.append((name, asset, event))
-        self.track_assets = [
-            {
-                "name": name,
-                "producerId": event.key,
-                "kind": event.kind,
-                "codec": event.codec,
-                "url": asset.url,
-                "sizeBytes": asset.size_bytes,
-                "bucket": asset.bucket,
-                "key": asset.key,
-                "sha256": asset.sha256,
-                "startS": event.first_s,
-                "endS": event.last_s,
-            }
-            for name, asset, event in delivered
-            if event is not None
-        ]
-        manifest = next(asset for name, asset, event in delivered if event is None)
-        self.manifest_asset = {
-            "name": MANIFEST_NAME,
-            "url": manifest.url,
-            "sizeBytes": manifest.size_bytes,
-            "bucket": manifest.bucket,
-            "key": manifest.key,
-            "sha256": manifest.sha256,
-        }
-        if self._destination_factory is not None:
-            # All of it is in the store, verified: the local copies go.
-            def remove() -> None:
-                for _, path, _, _ in files:
-                    path.unlink(missing_ok=True)
-                tracks_dir.rmdir()
+        factory = self._destination_factory
+        send: AssetSender | None = None
+        if factory is not None:
 
-            try:
-                await trio.to_thread.run_sync(remove)
-            except OSError as exc:
-                log.warning("could not remove the uploaded tracks in %s: %s", tracks_dir, exc)
+            async def send(name: str, path: Path, size: int) -> Asset:
+                return await factory(self.session_id, path, asset=name).finish(size)
+
+        delivery = await deliver_tracks(
+            tracks_dir, list(self._tracks.values()), len(body), send=send, node=self.settings.server_id
+        )
+        if delivery.error is not None:
+            return delivery.error
+        self.track_assets = list(delivery.tracks)
+        self.manifest_asset = delivery.manifest
         return None
 
     async def _fail_worker(self, returncode: int, asked: bool) -> None:
