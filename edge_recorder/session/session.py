@@ -64,7 +64,7 @@ from edge_recorder.session.destination import Asset, Destination, DestinationFac
 from edge_recorder.session.manifest import MANIFEST_NAME, MAX_SPEAKER_SWITCHES, TrackSource, build_manifest
 from edge_recorder.session.ports import PortAllocator
 from edge_recorder.session.speaker import ActiveSpeakerDetector
-from edge_recorder.session.track_delivery import AssetSender, deliver_tracks, write_manifest
+from edge_recorder.session.track_delivery import AssetSender, deliver_tracks, track_asset_name, write_manifest
 from edge_recorder.session.state import AssetEntry, Phase, SessionRecord, SessionStatus, StreamEntry, advance
 from edge_recorder.state.store import utc_now_iso
 from edge_recorder.sink.plan import COMPOSITE_ASSET
@@ -176,6 +176,11 @@ class RecordingSession:
         self._destination_factory = destination
         self.tracks_dir: Path | None = self.spool.tracks_dir_for(self.session_id) if self.output.tracks else None
         self._tracks: dict[str, wire.Track] = {}
+        # With a bucket, each track is uploaded while it is recorded, like the
+        # composite: its destination by file, and the scopes of their run()
+        # (cancelled with the composite's at the stop, then finished).
+        self._track_destinations: dict[str, Destination] = {}
+        self._track_uploads: list[trio.CancelScope] = []
         self._track_sources: dict[str, TrackSource] = {}
         self.track_assets: list[dict[str, Any]] = []
         self.manifest_asset: dict[str, Any] | None = None
@@ -437,6 +442,8 @@ class RecordingSession:
                 asked = self._phase is Phase.DRAINING
                 self._enter(Phase.FINALISING)
                 uploading.cancel()
+                for scope in self._track_uploads:
+                    scope.cancel()
                 if self._media_final(returncode, asked):
                     await self._deliver_artifact()
                 else:
@@ -495,6 +502,46 @@ class RecordingSession:
     async def _run_destination(self, scope: trio.CancelScope) -> None:
         with scope:
             await self.destination.run()
+
+    async def _run_track_upload(self, scope: trio.CancelScope, file: str, destination: Destination) -> None:
+        """A track's upload while recording: its failure never ends the recording (the stop finishes or reports it)."""
+        with scope:
+            try:
+                await destination.run()
+            except EdgeRecorderError as exc:
+                log.warning(
+                    "track %s stopped uploading while recording: %s; it is delivered at the stop",
+                    file,
+                    exc,
+                    extra={"sessionId": self.session_id},
+                )
+
+    def _stream_track(self, event: wire.Track) -> None:
+        """With a bucket, a track uploads while it is recorded: its destination opens with it and hears each flush.
+
+        What was uploaded is the progress a crash leaves for recovery (the
+        multipart sidecar next to the track); at the stop each one finishes
+        from there (:meth:`_deliver_tracks`).
+        """
+        if self._destination_factory is None or self.tracks_dir is None:
+            return
+        destination = self._track_destinations.get(event.file)
+        if destination is None:
+            if self._phase is not Phase.RECORDING or self._nursery is None:
+                return  # a track seen first at the stop is delivered then
+            try:
+                destination = self._destination_factory(
+                    self.session_id, self.tracks_dir / event.file, asset=track_asset_name(event.file)
+                )
+            except (ValueError, EdgeRecorderError) as exc:
+                log.warning("cannot upload track %s while recording: %s", event.file, exc, extra={"sessionId": self.session_id})
+                return
+            self._track_destinations[event.file] = destination
+            scope = trio.CancelScope()
+            self._track_uploads.append(scope)
+            self._nursery.start_soon(self._run_track_upload, scope, event.file, destination)
+        if event.complete_bytes > 0:
+            destination.fragment_written(event.complete_bytes)
 
     def _media_final(self, returncode: int, asked: bool) -> bool:
         """The worker exited: True when it finalised the file because we ``asked``."""
@@ -577,7 +624,10 @@ class RecordingSession:
         if factory is not None:
 
             async def send(name: str, path: Path, size: int) -> Asset:
-                return await factory(self.session_id, path, asset=name).finish(size)
+                # A track streamed while recording finishes its own upload;
+                # the manifest (and a track first seen at the stop) gets one now.
+                streamed = self._track_destinations.get(path.name) if name != MANIFEST_NAME else None
+                return await (streamed or factory(self.session_id, path, asset=name)).finish(size)
 
         delivery = await deliver_tracks(
             tracks_dir, list(self._tracks.values()), len(body), send=send, node=self.settings.server_id
@@ -698,6 +748,7 @@ class RecordingSession:
                     handle.receiver.set_visible(self.tracks_dir is not None or handle.receiver.index in shown)
             case wire.Track():
                 self._tracks[event.file] = event
+                self._stream_track(event)
             case wire.Levels(levels=levels):
                 # Decoded energy of audio streams without RFC 6464 levels.
                 now = self._now_s()

@@ -156,6 +156,9 @@ async def deliver_tracks(
         def remove() -> None:
             for _, path, _, _ in files:
                 path.unlink(missing_ok=True)
+            for event in tracks:
+                if event.complete_bytes == 0:  # never a frame: nothing of it was worth delivering
+                    (tracks_dir / event.file).unlink(missing_ok=True)
             tracks_dir.rmdir()
 
         try:

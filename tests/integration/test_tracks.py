@@ -29,7 +29,10 @@ from edge_recorder.session.manager import SessionManager
 from edge_recorder.session.session import OutputOptions
 from edge_recorder.session.state import SessionStatus
 from edge_recorder.session.stream import StreamSpec
-from tests.integration.peers import Producer, gst_video, stop_processes
+from edge_recorder.sink.memory import MemoryObjectStore
+from edge_recorder.sink.multipart import multipart_uploader
+from edge_recorder.sink.plan import COMPOSITE_ASSET
+from tests.integration.peers import Producer, gst_opus, gst_video, stop_processes
 from tests.integration.sync_media import GST, find_beeps, find_flashes, gst_rtpbin_sender_argv, render_sync_source
 
 pytestmark = pytest.mark.integration
@@ -183,3 +186,58 @@ def _picture_at(path: Path, t: float) -> Any:
 def _is_red(picture: Any, x: int, y: int) -> bool:
     r, g, b = picture[y - 4 : y + 4, x - 4 : x + 4].reshape(-1, 3).mean(axis=0)
     return bool(r > 150 and g < 100 and b < 100)
+
+
+@pytest.mark.skipif(GST is None, reason="GStreamer is installed by scripts/dev")
+async def test_with_a_bucket_tracks_upload_while_recording_and_finish_at_the_stop(
+    settings: Any, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Each track is a multipart upload of its own while recording (parts of 16 KiB here), completed at the stop."""
+    part = 16 << 10
+    store = MemoryObjectStore(min_part_bytes=part)
+
+    def destination(session_id: str, path: Path, /, *, asset: str = COMPOSITE_ASSET) -> Any:
+        return multipart_uploader(store, path, session_id, part, retry_s=5.0, asset=asset, min_part_bytes=part)
+
+    manager = SessionManager(settings, destination=destination)
+    await nursery.start(manager.run)
+    cam = Producer("sam-cam", "sam", "video", "camera", "video/VP8", 96, 0x7B0001, display_name="Sam")
+    mic = Producer("sam-mic", "sam", "audio", "microphone", "audio/opus", 111, 0x7B0002, display_name="Sam")
+    session = await manager.start("room-tracks-bucket", layout="pip", output=dataclasses.replace(OutputOptions.from_settings(settings), tracks=True))
+    ports = {p.producer_id: await session.add_stream(StreamSpec.from_params(p.add_stream_params(session.session_id))) for p in (cam, mic)}
+    procs = [
+        await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for argv in (
+            gst_video(cam, "127.0.0.1", ports["sam-cam"]["port"], ports["sam-cam"]["rtcpPort"], rgb=(30, 160, 200), width=640, height=360, fps=30),
+            gst_opus(mic, "127.0.0.1", ports["sam-mic"]["port"], frequency_hz=500),
+        )
+    ]
+    track_key = store.asset_key(session.session_id, "tracks/sam-cam.webm")
+    streamed_while_recording = False
+    try:
+        with trio.move_on_after(12):
+            while not streamed_while_recording:
+                await trio.sleep(0.2)
+                uploads = [upload_id for key, upload_id in store.in_progress() if key == track_key]
+                streamed_while_recording = bool(uploads) and bool(await store.list_parts(track_key, uploads[0]))
+    finally:
+        await stop_processes(procs)
+    assert streamed_while_recording, "the camera's track had parts in the bucket before the stop"
+    await session.stop("host")
+    with trio.fail_after(30):
+        await session.wait_finished()  # the uploads finish after the media does
+    assert session.status is SessionStatus.COMPLETED, session.error
+    record = session.state_record().to_wire()
+    prefix = store.asset_key(session.session_id, "x").removesuffix("x")
+    assert sorted(t["key"] for t in record["tracks"]) == [prefix + "tracks/sam-cam.webm", prefix + "tracks/sam-mic.webm"]
+    assert store.in_progress() == [], "every upload completed"
+    tracks_dir = session.tracks_dir
+    assert tracks_dir is not None and not tracks_dir.exists(), "the node keeps no copy of what the bucket holds"
+    manifest = json.loads(await store.get_bytes(prefix + "manifest.json"))
+    for entry in manifest["tracks"]:
+        body = await store.get_bytes(prefix + entry["file"])
+        assert len(body) == entry["sizeBytes"]
+        local = tmp_path / entry["file"].removeprefix("tracks/")
+        local.write_bytes(body)
+        frames, first, last, codec = _decoded(local)
+        assert codec == entry["codec"] and frames >= entry["frames"] * 0.95 and first is not None
