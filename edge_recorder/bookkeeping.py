@@ -246,16 +246,17 @@ class Bookkeeper:
         return False
 
     async def _save_tracks(self, record: dict[str, Any]) -> None:
-        """One ``RecordingAsset`` row per delivered track and the manifest (issue #14), once they have a URL.
+        """One ``RecordingAsset`` row per delivered track, the manifest and the audio mix (issue #14), once they have a URL.
 
         Saving the same name again updates its row, so a record written twice adds nothing.
         """
         assert self.metadata is not None
         sid = str(record["sessionId"])
         entries = [(e, "track") for e in record.get("tracks") or [] if isinstance(e, dict)]
-        manifest = record.get("manifest")
-        if isinstance(manifest, dict):
-            entries.append((manifest, "manifest"))
+        for key in ("manifest", "audio"):  # the asset kind is the record's key
+            entry = record.get(key)
+            if isinstance(entry, dict):
+                entries.append((entry, key))
         for entry, kind in entries:
             if not entry.get("url"):
                 continue  # still recording: not delivered yet

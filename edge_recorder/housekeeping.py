@@ -27,7 +27,7 @@ from edge_recorder.recovery import recover_session
 from edge_recorder.session.state import Mover, SessionRecord, SessionStatus, transition
 from edge_recorder.sink.multipart import sidecar_path
 from edge_recorder.sink.streamer import sha256_file
-from edge_recorder.spool import NodeSpool
+from edge_recorder.spool import SESSION_SIDECAR_SUFFIX, NodeSpool
 from edge_recorder.wiring import ServiceParts, build_parts
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,8 @@ def _unsafe_reason(row: dict[str, Any] | None, size: int) -> str | None:
 def _remove(path: Path, session_id: str) -> None:
     path.unlink(missing_ok=True)
     sidecar_path(path, session_id).unlink(missing_ok=True)  # a multipart upload's, useless without the spool
+    # The session's (spool.py): what a recovery of this spool would have needed.
+    path.with_name(f"{session_id}{SESSION_SIDECAR_SUFFIX}").unlink(missing_ok=True)
 
 
 class SessionRows(Protocol):

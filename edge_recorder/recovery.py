@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -80,7 +81,7 @@ from edge_recorder.media.webm import webm_complete_end
 from edge_recorder.render.plan import MAX_MANIFEST_BYTES
 from edge_recorder.session.destination import Asset, LocalDestination
 from edge_recorder.session.manifest import MANIFEST_NAME, TrackSource, build_manifest
-from edge_recorder.session.track_delivery import AssetSender, TrackDelivery, deliver_tracks, write_manifest
+from edge_recorder.session.track_delivery import AssetSender, TrackDelivery, deliver_audio_mix, deliver_tracks, write_manifest
 from edge_recorder.session.state import AssetEntry, Mover, SessionRecord, SessionStatus, controls_after_capture, record_time
 from edge_recorder.sink.plan import COMPOSITE_ASSET
 from edge_recorder.sink.s3 import ObjectInfo
@@ -359,7 +360,7 @@ def prepare_tracks(tracks_dir: Path, last_record: Mapping[str, Any] | None = Non
             sources[name] = TrackSource(
                 producer_id=producer,
                 peer_id=str(stream.get("peerId") or ""),
-                display_name="",  # no record keeps it: the manifest says null
+                display_name=str(stream.get("displayName") or ""),  # the session sidecar keeps it
                 kind=str(stream.get("kind") or probe.kind),
                 source=str(stream.get("source") or ""),
             )
@@ -378,8 +379,8 @@ def recovered_manifest(
     What the files say (kind, codec, first and last frame, frames, gaps, all
     ``"no-media"``: whether a peer was excluded is not in the file) and what
     the records kept (the stream's peer and source, the pauses, the last
-    control events). Not known after a crash: display names (null), skipped
-    frames (0), the active speaker (empty), the start layout (null).
+    control events; the session sidecar's display names). Not known after a
+    crash: skipped frames (null), the active speaker (empty), the start layout (null).
     """
     controls: dict[str, Any] = dict(record.controls or {})
     if last_record is not None and isinstance(last_record.get("events"), list) and not controls.get("events"):
@@ -397,7 +398,8 @@ def recovered_manifest(
         video=video,
     )
     for entry in manifest["tracks"]:
-        entry["displayName"] = None
+        if not entry.get("displayName"):
+            entry["displayName"] = None
         entry["skippedFrames"] = None
         if not entry.get("peerId"):
             entry["peerId"] = None
@@ -454,6 +456,51 @@ def _tracks_from_manifest(body: bytes, tracks: RecoveredTracks) -> tuple[wire.Tr
             )
         )
     return tuple(out)
+
+
+# A session sidecar bigger than this is not one we wrote (2000 streams fit in ~1 MiB).
+_MAX_SIDECAR_BYTES = 4 << 20
+
+
+def read_session_sidecar(node_spool: NodeSpool, session_id: str) -> dict[str, Any] | None:
+    """``<sessionId>.session.json`` (session.py writes it): the outputs and streams, or None if absent or unreadable (blocking)."""
+    path = node_spool.session_sidecar_for(session_id)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            doc = json.loads(f.read(_MAX_SIDECAR_BYTES + 1)[:_MAX_SIDECAR_BYTES])
+    except (OSError, ValueError, RecursionError):
+        log.warning("ignoring the unreadable session sidecar %s", path, extra={"sessionId": session_id})
+        return None
+    if not isinstance(doc, dict) or doc.get("version") != 1 or doc.get("sessionId") != session_id:
+        return None
+    outputs = doc.get("outputs")
+    streams = doc.get("streams")
+    return {
+        "outputs": [o for o in outputs if isinstance(o, str)] if isinstance(outputs, list) else None,
+        "streams": [e for e in streams if isinstance(e, dict)] if isinstance(streams, list) else [],
+    }
+
+
+def _known_of(last_record: Mapping[str, Any] | None, sidecar: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """What is known of a crashed session: shared state's last record, its streams and outputs from the sidecar when it has them."""
+    if sidecar is None:
+        return last_record
+    known = dict(last_record or {})
+    if sidecar.get("streams"):
+        known["streams"] = sidecar["streams"]  # the sidecar names every stream the session had, removed ones too
+    if sidecar.get("outputs") is not None:
+        known["outputs"] = sidecar["outputs"]
+    return known
+
+
+def wants_audio_mix(last_record: Mapping[str, Any] | None) -> bool:
+    """Whether the session asked for ``audio.m4a`` (its last state record's ``outputs``; unknown without it)."""
+    outputs = last_record.get("outputs") if last_record is not None else None
+    return isinstance(outputs, list) and "audio" in outputs
 
 
 def _tracks_record(delivery: TrackDelivery) -> dict[str, Any]:
@@ -615,6 +662,7 @@ async def recover_session(
     record = SessionRecord.from_row(row)
     sid = record.session_id
     node_spool = NodeSpool(Path(settings.tmp_dir), settings.server_id)
+    last_record = _known_of(last_record, await trio.to_thread.run_sync(read_session_sidecar, node_spool, sid))
 
     def move(status: SessionStatus, **fields: Any) -> dict[str, Any]:
         """Move the record (through ``transition``) and return its JSON object, as submitted."""
@@ -735,7 +783,19 @@ async def recover_session(
     tracks = await tracks_of(spool)
     if isinstance(tracks, str):
         return failed(tracks)
+    if wants_audio_mix(last_record):
+        entry, error = await deliver_audio_mix(
+            spool, sid, send=None if uploader_for is None else send, node=settings.server_id
+        )
+        if error is not None:
+            return failed(error)
+        outputs = dict(tracks.get("tracks") or {"outputs": ["composite"]})
+        outputs["outputs"] = [*outputs["outputs"], "audio"]
+        outputs["audio"] = entry
+        tracks = {"tracks": outputs}
     final = move(SessionStatus.COMPLETED, reason="recovered", error=None, asset=_asset_entry(asset), **tracks)
     bookkeeper.submit(final, _asset_row(asset, local_path=local_path), remove_after=remove_after)
+    # Recovered: nothing more to learn from the sidecar (a crash before the row is written recovers again, without names).
+    await trio.to_thread.run_sync(functools.partial(node_spool.session_sidecar_for(sid).unlink, missing_ok=True))
     log.info("Recording recovered", extra={"sessionId": sid, "bytes": end, "url": asset.url})
     return final

@@ -6,6 +6,8 @@ Layout (``RECORDING_TMP_DIR`` may be shared storage, so each node keeps to its o
       <serverId>/                            0700, this node's spool
         .lock                                flock held while the node runs (pid inside)
         <sessionId>.mp4                      0600, created exclusively, never written over
+        <sessionId>.session.json             0600: what a recovery must know that no record keeps
+                                             (the outputs asked for, each stream's peer and name)
         <sessionId>.tracks/                  0700, created exclusively: each stream's own track
           <producerId>.webm | .mp4           (``outputs: ["composite", "tracks"]``) and manifest.json
 
@@ -42,13 +44,30 @@ from pathlib import Path
 
 from edge_recorder.errors import SpoolError
 
-__all__ = ["NodeSpool", "SPOOL_SUFFIX", "TRACKS_SUFFIX"]
+__all__ = ["NodeSpool", "SESSION_SIDECAR_SUFFIX", "SPOOL_SUFFIX", "TRACKS_SUFFIX", "write_atomically"]
 
 SPOOL_SUFFIX = ".mp4"
 TRACKS_SUFFIX = ".tracks"
+SESSION_SIDECAR_SUFFIX = ".session.json"
 LOCK_NAME = ".lock"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``path`` via a temporary file, fsync, rename, fsync the directory (0600; a planted link is refused)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class NodeSpool:
@@ -69,6 +88,10 @@ class NodeSpool:
     def path_for(self, session_id: str) -> Path:
         """Where this node writes ``session_id``'s recording."""
         return self.directory / f"{session_id}{SPOOL_SUFFIX}"
+
+    def session_sidecar_for(self, session_id: str) -> Path:
+        """Where this node keeps what a recovery of ``session_id`` must know that no record keeps."""
+        return self.directory / f"{session_id}{SESSION_SIDECAR_SUFFIX}"
 
     def tracks_dir_for(self, session_id: str) -> Path:
         """Where this node writes ``session_id``'s tracks and their manifest."""

@@ -843,9 +843,9 @@ def _rtp_problem(exc: RtpParametersError) -> str:
 # ---------------------------------------------------------------- typed params
 
 
-#: What ``recording.start`` ``outputs`` may ask for: the composite, and every stream's own track.
-OutputKind: TypeAlias = Literal["composite", "tracks"]
-OUTPUT_KINDS: Final[tuple[OutputKind, ...]] = ("composite", "tracks")
+#: What ``recording.start`` ``outputs`` may ask for: the composite, every stream's own track, the audio-only mix.
+OutputKind: TypeAlias = Literal["composite", "tracks", "audio"]
+OUTPUT_KINDS: Final[tuple[OutputKind, ...]] = ("composite", "tracks", "audio")
 _OUTPUT_KINDS: Final[dict[str, OutputKind]] = {kind: kind for kind in OUTPUT_KINDS}
 
 
@@ -1006,7 +1006,7 @@ def _outputs(value: object) -> tuple[OutputKind, ...] | None:
             raise _invalid("outputs", f'names "{kind}" twice')
         kinds.append(kind)
     if "composite" not in kinds:
-        raise _invalid("outputs", 'must include "composite" (tracks are kept beside a composite)')
+        raise _invalid("outputs", 'must include "composite" (tracks and the audio mix are kept beside a composite)')
     return tuple(kinds)
 
 

@@ -410,11 +410,12 @@ class ControlHub:
 
     def _output(self, output: rpc.OutputParams | None, outputs: tuple[rpc.OutputKind, ...] | None) -> OutputOptions | None:
         tracks = outputs is not None and "tracks" in outputs
-        if output is None and not tracks:
+        audio = outputs is not None and "audio" in outputs
+        if output is None and not tracks and not audio:
             return None
         base = OutputOptions.from_settings(self.settings)
         if output is None:
-            return dataclasses.replace(base, tracks=tracks)
+            return dataclasses.replace(base, tracks=tracks, audio=audio)
         return OutputOptions(
             width=output.width or base.width,
             height=output.height or base.height,
@@ -425,6 +426,7 @@ class ControlHub:
             keyframe_interval_s=base.keyframe_interval_s,
             x264_threads=base.x264_threads,
             tracks=tracks,
+            audio=audio,
         )
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -64,17 +65,19 @@ from edge_recorder.session.destination import Asset, Destination, DestinationFac
 from edge_recorder.session.manifest import MANIFEST_NAME, MAX_SPEAKER_SWITCHES, TrackSource, build_manifest
 from edge_recorder.session.ports import PortAllocator
 from edge_recorder.session.speaker import ActiveSpeakerDetector
-from edge_recorder.session.track_delivery import AssetSender, deliver_tracks, track_asset_name, write_manifest
+from edge_recorder.session.track_delivery import AssetSender, deliver_audio_mix, deliver_tracks, track_asset_name, write_manifest
 from edge_recorder.session.state import AssetEntry, Phase, SessionRecord, SessionStatus, StreamEntry, advance
 from edge_recorder.state.store import utc_now_iso
 from edge_recorder.sink.plan import COMPOSITE_ASSET
-from edge_recorder.spool import NodeSpool
+from edge_recorder.spool import NodeSpool, write_atomically
 from edge_recorder.session.reading import ReadScheduler
 from edge_recorder.session.stream import AUDIO_LEVEL_URI, StreamReceiver, StreamSpec
 
 log = logging.getLogger(__name__)
 
 WORKER_READY_TIMEOUT_S = 30.0
+# Streams the session sidecar remembers (an SFU re-adding streams without end stops there).
+MAX_SIDECAR_STREAMS = 2000
 STDERR_LINES_KEPT = 20
 SPEAKER_CHECK_INTERVAL_S = 0.1
 PIPE_BATCH_BYTES = 256 * 1024
@@ -97,6 +100,13 @@ class OutputOptions:
     x264_threads: int
     # Every stream's own track beside the composite (``outputs: ["composite", "tracks"]``).
     tracks: bool = False
+    # The audio-only mix beside the composite, ``audio.m4a`` (``outputs: [..., "audio"]``).
+    audio: bool = False
+
+    @property
+    def outputs(self) -> list[str]:
+        """``recording.start`` ``outputs`` as the state record says them."""
+        return ["composite", *(["tracks"] if self.tracks else []), *(["audio"] if self.audio else [])]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "OutputOptions":
@@ -184,6 +194,10 @@ class RecordingSession:
         self._track_sources: dict[str, TrackSource] = {}
         self.track_assets: list[dict[str, Any]] = []
         self.manifest_asset: dict[str, Any] | None = None
+        # Every stream the session had (by producer id), for the session sidecar.
+        self._sidecar_streams: dict[str, dict[str, Any]] = {}
+        # The audio-only mix's state record entry once delivered (``outputs: [..., "audio"]``).
+        self.audio_asset: dict[str, Any] | None = None
         # (session media time, peer) of every active-speaker switch, for the manifest.
         self._speaker_switches: collections.deque[tuple[float, str | None]] = collections.deque(
             maxlen=MAX_SPEAKER_SWITCHES
@@ -329,23 +343,30 @@ class RecordingSession:
             stopped_at=self.stopped_at,
             asset=None if asset is None else AssetEntry(asset.bucket, asset.key, asset.size_bytes, asset.url),
             controls=self.controls.to_wire(),
-            tracks=None if self.tracks_dir is None else self._tracks_wire(),
+            tracks=self._outputs_wire(),
         )
 
-    def _tracks_wire(self) -> dict[str, Any]:
-        """The state record's ``outputs``, ``tracks`` and ``manifest``: delivered assets, or progress while recording."""
-        tracks: list[dict[str, Any]] = self.track_assets or [
-            {
-                "name": f"tracks/{event.file}",
-                "producerId": event.key,
-                "kind": event.kind,
-                "codec": event.codec,
-                "url": None,
-                "sizeBytes": event.complete_bytes,
-            }
-            for event in self._tracks.values()
-        ]
-        return {"outputs": ["composite", "tracks"], "tracks": tracks, "manifest": self.manifest_asset}
+    def _outputs_wire(self) -> dict[str, Any] | None:
+        """The state record's ``outputs`` and, as asked, ``tracks`` and ``manifest``, ``audio``: delivered assets, or progress."""
+        if self.tracks_dir is None and not self.output.audio:
+            return None
+        wire_keys: dict[str, Any] = {"outputs": self.output.outputs}
+        if self.tracks_dir is not None:
+            wire_keys["tracks"] = self.track_assets or [
+                {
+                    "name": f"tracks/{event.file}",
+                    "producerId": event.key,
+                    "kind": event.kind,
+                    "codec": event.codec,
+                    "url": None,
+                    "sizeBytes": event.complete_bytes,
+                }
+                for event in self._tracks.values()
+            ]
+            wire_keys["manifest"] = self.manifest_asset
+        if self.output.audio:
+            wire_keys["audio"] = self.audio_asset
+        return wire_keys
 
     @property
     def stopping(self) -> bool:
@@ -391,6 +412,7 @@ class RecordingSession:
             await trio.to_thread.run_sync(self._ensure_spool)
             if self.tracks_dir is not None:
                 await trio.to_thread.run_sync(self.spool.create_tracks_dir, self.session_id)
+            await self._save_sidecar()
             process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "edge_recorder.media.worker"],
                 stdin=subprocess.PIPE,
@@ -499,6 +521,24 @@ class RecordingSession:
             tracks_dir=str(self.tracks_dir) if self.tracks_dir is not None else "",
         )
 
+    async def _save_sidecar(self) -> None:
+        """Keep what a recovery must know that no record keeps: the outputs asked for, each stream's peer and name.
+
+        ``<sessionId>.session.json`` beside the spool (spool.py), rewritten
+        atomically when a stream joins; a failure to write it costs only a
+        recovery's detail (names in a rebuilt manifest), never the recording.
+        """
+        if self.tracks_dir is None and not self.output.audio:
+            return  # the composite alone: its row says all a recovery needs
+        body = json.dumps(
+            {"version": 1, "sessionId": self.session_id, "outputs": self.output.outputs, "streams": list(self._sidecar_streams.values())},
+            ensure_ascii=False,
+        )
+        try:
+            await trio.to_thread.run_sync(write_atomically, self.spool.session_sidecar_for(self.session_id), body)
+        except OSError as exc:
+            log.warning("could not write the session sidecar: %s", exc, extra={"sessionId": self.session_id})
+
     async def _run_destination(self, scope: trio.CancelScope) -> None:
         with scope:
             await self.destination.run()
@@ -573,8 +613,8 @@ class RecordingSession:
         self.asset = asset
         self.size_bytes = asset.size_bytes
         self.location = asset.url
-        if self.tracks_dir is not None:
-            failure = await self._deliver_tracks()
+        for wanted, deliver in ((self.tracks_dir is not None, self._deliver_tracks), (self.output.audio, self._deliver_audio)):
+            failure = await deliver() if wanted else None
             if failure is not None:
                 self.reason = "upload-failed"
                 await self._fail(failure)
@@ -582,6 +622,7 @@ class RecordingSession:
         # COMPLETED first, the spool removed after: with a bookkeeper the
         # file goes only once the row and its asset are written.
         self._enter(Phase.COMPLETED)
+        await trio.to_thread.run_sync(functools.partial(self.spool.session_sidecar_for(self.session_id).unlink, missing_ok=True))
         if self.destination.removes_spool and not self.defer_spool_removal:
             try:
                 await trio.to_thread.run_sync(self.path.unlink)
@@ -636,6 +677,21 @@ class RecordingSession:
             return delivery.error
         self.track_assets = list(delivery.tracks)
         self.manifest_asset = delivery.manifest
+        return None
+
+    async def _deliver_audio(self) -> str | None:
+        """The audio-only mix (``audio.m4a``, the composite's AAC copied) delivered beside it; None, or why not."""
+        factory = self._destination_factory
+        send: AssetSender | None = None
+        if factory is not None:
+
+            async def send(name: str, path: Path, size: int) -> Asset:
+                return await factory(self.session_id, path, asset=name).finish(size)
+
+        entry, error = await deliver_audio_mix(self.path, self.session_id, send=send, node=self.settings.server_id)
+        if error is not None:
+            return f"{error}; the composite is delivered at {self.location}"
+        self.audio_asset = entry
         return None
 
     async def _fail_worker(self, returncode: int, asked: bool) -> None:
@@ -896,6 +952,15 @@ class RecordingSession:
                 spec.producer_id, spec.peer_id, spec.display_name, spec.kind, spec.source
             )
         self._streams[spec.producer_id] = handle
+        if self.tracks_dir is not None and len(self._sidecar_streams) < MAX_SIDECAR_STREAMS:
+            self._sidecar_streams[spec.producer_id] = {
+                "producerId": spec.producer_id,
+                "peerId": spec.peer_id,
+                "displayName": spec.display_name,
+                "kind": spec.kind,
+                "source": spec.source,
+            }
+            await self._save_sidecar()
         await self._pipe_send.send(
             wire.encode_control(
                 wire.AddStream(

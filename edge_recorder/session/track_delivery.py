@@ -34,12 +34,13 @@ from typing import Any
 
 import trio
 
-from edge_recorder.errors import EdgeRecorderError
+from edge_recorder.errors import EdgeRecorderError, MediaError
 from edge_recorder.media import wire
 from edge_recorder.session.destination import Asset, LocalDestination
 from edge_recorder.session.manifest import MANIFEST_NAME
+from edge_recorder.sink.plan import AUDIO_ASSET
 
-__all__ = ["AssetSender", "TrackDelivery", "deliver_tracks", "track_asset_name", "write_manifest"]
+__all__ = ["AssetSender", "TrackDelivery", "audio_mix_path", "deliver_audio_mix", "deliver_tracks", "track_asset_name", "write_manifest"]
 
 log = logging.getLogger(__name__)
 
@@ -166,3 +167,52 @@ async def deliver_tracks(
         except OSError as exc:
             log.warning("could not remove the uploaded tracks in %s: %s", tracks_dir, exc)
     return result
+
+
+def audio_mix_path(composite: Path, session_id: str) -> Path:
+    """Where the audio-only mix is made: ``<sessionId>.audio.m4a`` beside the composite's spool."""
+    return composite.with_name(f"{session_id}.audio.m4a")
+
+
+async def deliver_audio_mix(
+    composite: Path, session_id: str, *, send: AssetSender | None, node: str
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Make ``audio.m4a`` from the finished composite (media/remux.py) and deliver it, as at a stop or a recovery.
+
+    Returns:
+        The state record's ``audio`` entry, or None and why not (the file is
+        kept on the node and named). One already there (a crash while it was
+        made or sent) is made again: it is derived, never the original.
+    """
+    # PyAV in the parent process only here (the media worker does the media).
+    from edge_recorder.media.remux import extract_audio
+
+    path = audio_mix_path(composite, session_id)
+    try:
+        size = await trio.to_thread.run_sync(_extract_again, extract_audio, composite, path)
+    except MediaError as exc:
+        return None, f"the audio-only mix could not be made: {exc}"
+    try:
+        asset = await (LocalDestination(path).finish(size) if send is None else send(AUDIO_ASSET, path, size))
+    except (EdgeRecorderError, OSError) as exc:
+        return None, f"upload of {AUDIO_ASSET} failed: {exc}; it is kept at {path} on node {node}"
+    if send is not None:
+        try:
+            await trio.to_thread.run_sync(path.unlink)  # in the bucket, verified
+        except OSError as exc:
+            log.warning("could not remove the uploaded %s: %s", path, exc)
+    return {
+        "name": AUDIO_ASSET,
+        "url": asset.url,
+        "sizeBytes": asset.size_bytes,
+        "bucket": asset.bucket,
+        "key": asset.key,
+        "sha256": asset.sha256,
+    }, None
+
+
+def _extract_again(extract: Callable[[Path, Path], int], composite: Path, path: Path) -> int:
+    # One left by a crash may be partial; it is only ever derived from the
+    # composite, so it is made again from it rather than trusted.
+    path.unlink(missing_ok=True)
+    return extract(composite, path)

@@ -48,6 +48,7 @@ from edge_recorder.errors import StorageError
 from edge_recorder.sink.plan import COMPOSITE_ASSET, S3_MIN_PART_BYTES, Chunk, ChunkPlan, asset_content_type
 from edge_recorder.sink.store import ObjectInfo, RecordingStore, StoredPart
 from edge_recorder.sink.streamer import BucketTarget, Retry, RetryPolicy, SpoolStreamer, StreamerOptions, spool_error, md5_range
+from edge_recorder.spool import write_atomically
 
 __all__ = ["MAX_PARTS", "MultipartTarget", "Sidecar", "multipart_uploader", "sidecar_path"]
 
@@ -114,23 +115,6 @@ class Sidecar:
         if token is not None and not (isinstance(token, str) and token):
             raise ValueError("sidecar with a bad upload token")
         return cls(upload_id, bucket, key, part_size, token)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``path`` via a temporary file, fsync, rename, fsync the directory."""
-    tmp = path.with_name(path.name + ".tmp")
-    # 0600 like the spool it describes; O_NOFOLLOW: a planted link is refused.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_sidecar(path: Path) -> Sidecar | None:
@@ -241,7 +225,7 @@ class MultipartTarget(BucketTarget):
         )
         sidecar = Sidecar(upload_id, self._store.bucket, self.key, self._part_size, token)
         try:
-            await trio.to_thread.run_sync(_write_atomically, self.sidecar_path, sidecar.dumps())
+            await trio.to_thread.run_sync(write_atomically, self.sidecar_path, sidecar.dumps())
         except OSError as exc:
             raise spool_error(
                 f"cannot write the upload sidecar {self.sidecar_path}: {exc}", self._spool_path

@@ -63,6 +63,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 __all__ = [
+    "AUDIO_ASSET",
     "COMPOSITE_ASSET",
     "MAX_COMPOSE_SOURCES",
     "MAX_OFFSET",
@@ -98,6 +99,8 @@ _SESSION_ID_RE = re.compile(r"[A-Za-z0-9._~-]{1,200}")
 
 # The asset every caller means unless it names another: the composed recording.
 COMPOSITE_ASSET = "composite.mp4"
+# The audio-only mix beside it (``outputs: [..., "audio"]``).
+AUDIO_ASSET = "audio.m4a"
 # The one folder an asset may be in (a participant's own track).
 _ASSET_FOLDERS = frozenset({"tracks"})
 # One-segment names that are folders of the session's keys, never an asset.

@@ -69,7 +69,7 @@ async def test_recording_lands_in_the_bucket_with_rows_and_state_completed(
     shutdown = trio.Event()
     addresses = await nursery.start(partial(serve, svc_settings, shutdown=shutdown))
     sfu = await _client(Service(addresses, shutdown, svc_settings).url, nursery)
-    await _record(sfu, "s3-e2e", nursery, 3.0, outputs=["composite", "tracks"])
+    await _record(sfu, "s3-e2e", nursery, 3.0, outputs=["composite", "tracks", "audio"])
     stopped = await sfu.call("recording.stop", {"sessionId": "s3-e2e"})
     assert stopped["status"] in ("UPLOADING", "COMPLETED")
     await sfu.wait_for_state("s3-e2e", "COMPLETED")
@@ -119,12 +119,21 @@ async def test_recording_lands_in_the_bucket_with_rows_and_state_completed(
         assert sum(1 for _ in container.decode(video=0)) >= 2.5 * 30
     assets = MetadataRepository(default_database_url(svc_settings)).assets("s3-e2e")
     assert [(a["kind"], a["name"]) for a in assets] == [
+        ("audio", "audio.m4a"),
         ("composite", "composite.mp4"),
         ("manifest", "manifest.json"),
         ("track", "tracks/alice-cam.webm"),
         ("track", "tracks/alice-mic.webm"),
     ], assets
     assert not (Path(svc_settings.tmp_dir) / svc_settings.server_id / "s3-e2e.tracks").exists()
+    # The audio-only mix: in the bucket, an M4A of the composite's audio, no copy on the node.
+    assert record["audio"]["key"] == prefix + "audio.m4a"
+    mix = Path(svc_settings.tmp_dir) / "mix.m4a"
+    mix.write_bytes(await trio.to_thread.run_sync(store.get_bytes, prefix + "audio.m4a"))
+    with av.open(str(mix)) as container:
+        assert [s.type for s in container.streams] == ["audio"]
+        assert sum(f.samples for f in container.decode(audio=0)) >= 2.5 * 48000
+    assert not list((Path(svc_settings.tmp_dir) / svc_settings.server_id).glob("*.m4a"))
     # Re-rendered from the bucket (the node kept no copy): the manifest and
     # tracks downloaded, bounded, and composed again (edge-recorder render).
     out = Path(svc_settings.tmp_dir) / "regrid.mp4"

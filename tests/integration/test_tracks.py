@@ -74,7 +74,7 @@ async def test_tracks_of_a_room_play_and_line_up_with_the_composite(
     cam = Producer("pat-cam", "pat", "video", "camera", "video/VP8", 96, 0x7A0001, display_name="Pat")
     mic = Producer("pat-mic", "pat", "audio", "microphone", "audio/opus", 111, 0x7A0002, display_name="Pat")
     red = Producer("rosa-cam", "rosa", "video", "camera", "video/VP8", 96, 0x7A0003, display_name="Rosa")
-    output = dataclasses.replace(OutputOptions.from_settings(settings), tracks=True)
+    output = dataclasses.replace(OutputOptions.from_settings(settings), tracks=True, audio=True)
     session = await manager.start("room-tracks", layout="pip", output=output)
     ports = {}
     for producer in (cam, mic, red):
@@ -106,7 +106,7 @@ async def test_tracks_of_a_room_play_and_line_up_with_the_composite(
     assert session.status is SessionStatus.COMPLETED, session.error
 
     record = session.state_record().to_wire()
-    assert record["outputs"] == ["composite", "tracks"]
+    assert record["outputs"] == ["composite", "tracks", "audio"]
     names = sorted(t["name"] for t in record["tracks"])
     assert names == ["tracks/pat-cam.webm", "tracks/pat-mic.webm", "tracks/rosa-cam.webm"], record["tracks"]
     assert record["manifest"]["url"].startswith("file://")
@@ -147,6 +147,14 @@ async def test_tracks_of_a_room_play_and_line_up_with_the_composite(
     # The composite shows each tick the frame nearest it (±half a frame, 17 ms at 30 fps).
     assert max(abs(o) for o in flash_offsets) <= 0.020 + 1 / 60, flash_offsets
     assert max(abs(o) for o in beep_offsets) <= 0.020, beep_offsets
+
+    # The audio-only mix: the composite's AAC, copied: the same beeps at the same times, no video.
+    assert record["audio"]["name"] == "audio.m4a" and record["audio"]["url"].startswith("file://")
+    mix = Path(record["audio"]["url"].removeprefix("file://"))
+    assert mix.stat().st_size == record["audio"]["sizeBytes"]
+    with av.open(str(mix)) as container:
+        assert [s.type for s in container.streams] == ["audio"] and container.streams.audio[0].codec_context.name == "aac"
+    assert find_beeps(mix) == composite_beeps
 
     # Re-rendered from the tracks (edge-recorder render, issue #14). As
     # recorded (pip replayed): the flashes and beeps where the live composite

@@ -38,6 +38,7 @@ from edge_recorder.session.destination import bucket_destination
 from edge_recorder.session.state import Mover
 from edge_recorder.sink.s3 import AsyncObjectStore, ObjectStore
 from edge_recorder.spool import NodeSpool
+from tests.integration.redis_support import RedisServer, redis_server  # noqa: F401 - fixture
 from tests.integration.s3_support import S3Target, moto, s3_settings  # noqa: F401 - fixture
 from tests.integration.sfu_client import SfuClient, open_client
 from tests.unit.media.test_stems import FPS, _opus_packets, _video_packets
@@ -60,9 +61,13 @@ def _process_tree(pid: int) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
-async def test_sigkill_mid_recording_recovers_every_track_and_the_manifest(settings: Settings, tmp_path: Path, nursery: trio.Nursery) -> None:
+async def test_sigkill_mid_recording_recovers_every_track_and_the_manifest(
+    settings: Settings, tmp_path: Path, nursery: trio.Nursery, redis_server: RedisServer  # noqa: F811
+) -> None:
     env = dict(os.environ)
     env.update(
+        # Shared state outlives the recorder: the restart learns the streams and outputs from it.
+        RECORDING_REDIS_URL=redis_server.url,
         RECORDING_ENABLED="true",
         RECORDING_TMP_DIR=str(tmp_path / "svc"),
         RECORDING_PORT_MIN=str(settings.port_min),
@@ -94,7 +99,7 @@ async def test_sigkill_mid_recording_recovers_every_track_and_the_manifest(setti
     proc = await start()
     try:
         sfu = await connect()
-        await sfu.call("recording.start", {"roomId": "room-crash", "sessionId": sid, "outputs": ["composite", "tracks"]})
+        await sfu.call("recording.start", {"roomId": "room-crash", "sessionId": sid, "outputs": ["composite", "tracks", "audio"]})
         async with trio.open_nursery() as senders:
             for key in ("alice-cam", "alice-mic"):
                 producer = demo_producers()[key]
@@ -112,6 +117,7 @@ async def test_sigkill_mid_recording_recovers_every_track_and_the_manifest(setti
             proc.kill()
     sizes = {p.name: p.stat().st_size for p in tracks_dir.iterdir()}
     assert set(sizes) == {"alice-cam.webm", "alice-mic.webm"}, sizes  # no manifest: the stop never came
+    assert (tracks_dir.parent / f"{sid}.session.json").exists(), "what the recovery needs to name the tracks"
     proc = await start()
     try:
         sfu = await connect()
@@ -144,18 +150,31 @@ async def test_sigkill_mid_recording_recovers_every_track_and_the_manifest(setti
         assert by_file["tracks/alice-cam.webm"]["frames"] >= (4.0 - 2.0) * 30, by_file
         assert by_file["tracks/alice-mic.webm"]["frames"] >= (4.0 - 2.0) * 50, by_file
         assert manifest["video"] == {"width": 640, "height": 360, "fps": 30}, manifest["video"]
+        # The session sidecar kept the streams: each track names its peer, name and source.
+        assert {(t["peerId"], t["displayName"], t["source"]) for t in manifest["tracks"]} == {
+            ("alice", "Alice", "camera"),
+            ("alice", "Alice", "microphone"),
+        }
+        assert not (tracks_dir.parent / f"{sid}.session.json").exists()
+        # The audio-only mix, made again from the recovered composite.
+        assert record["outputs"] == ["composite", "tracks", "audio"] and record["audio"]["name"] == "audio.m4a"
+        with av.open(record["audio"]["url"].removeprefix("file://")) as container:
+            assert [s.type for s in container.streams] == ["audio"]
+            assert sum(f.samples for f in container.decode(audio=0)) >= (4.0 - 2.0) * 48000
         # A RecordingAsset row each, local paths.
         repository = MetadataRepository(default_database_url(load_settings(environ=env)))
         with trio.fail_after(10):
-            while len(assets := repository.assets(sid)) < 4:
+            while len(assets := repository.assets(sid)) < 5:
                 await trio.sleep(0.1)
         assert [(a["kind"], a["name"]) for a in assets] == [
+            ("audio", "audio.m4a"),
             ("composite", "composite.mp4"),
             ("manifest", "manifest.json"),
             ("track", "tracks/alice-cam.webm"),
             ("track", "tracks/alice-mic.webm"),
         ], assets
         assert {a["name"]: a["localPath"] for a in assets if a["kind"] != "composite"} == {
+            "audio.m4a": str(tracks_dir.parent / f"{sid}.audio.m4a"),
             "manifest.json": str(tracks_dir / "manifest.json"),
             "tracks/alice-cam.webm": str(tracks_dir / "alice-cam.webm"),
             "tracks/alice-mic.webm": str(tracks_dir / "alice-mic.webm"),

@@ -1028,7 +1028,9 @@ def test_start_outputs_are_known_distinct_and_include_the_composite() -> None:
     assert StartParams.from_params({"roomId": "r"}).outputs is None
     both = StartParams.from_params({"roomId": "r", "outputs": ["composite", "tracks"]})
     assert both.outputs == ("composite", "tracks") and both.to_params()["outputs"] == ["composite", "tracks"]
-    for bad in ([], ["tracks"], ["composite", "composite"], ["composite", "stems"], "composite", [1], [None], {"tracks": True}):
+    every = StartParams.from_params({"roomId": "r", "outputs": ["audio", "composite", "tracks"]})
+    assert every.outputs == ("audio", "composite", "tracks")
+    for bad in ([], ["tracks"], ["audio"], ["audio", "tracks"], ["composite", "composite"], ["composite", "stems"], "composite", [1], [None], {"tracks": True}):
         with pytest.raises(JsonRpcError) as err:
             StartParams.from_params({"roomId": "r", "outputs": bad})
         assert err.value.code == -32602 and err.value.data == {"field": "outputs"}, (bad, err.value.data)
