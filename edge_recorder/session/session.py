@@ -192,6 +192,10 @@ class RecordingSession:
         self._track_destinations: dict[str, Destination] = {}
         self._track_uploads: list[trio.CancelScope] = []
         self._track_sources: dict[str, TrackSource] = {}
+        # The stream behind each track file, bound when the file opens: a
+        # replaced producer's first file keeps the stream it was written from.
+        self._file_sources: dict[str, TrackSource] = {}
+        self._latest_file: dict[str, str] = {}  # producer id -> its current file
         self.track_assets: list[dict[str, Any]] = []
         self.manifest_asset: dict[str, Any] | None = None
         # Every stream the session had (by producer id), for the session sidecar.
@@ -632,23 +636,32 @@ class RecordingSession:
     def manifest(self) -> dict[str, Any]:
         """The tracks manifest (session/manifest.py) as it stands."""
         for handle in self._streams.values():
-            source = self._track_sources.get(handle.spec.producer_id)
-            if source is not None:
-                self._track_sources[handle.spec.producer_id] = dataclasses.replace(
-                    source, ssrc_changes=handle.receiver.stats.ssrc_changes
-                )
+            self._note_ssrc_changes(handle.spec.producer_id, handle.receiver.stats.ssrc_changes)
         return build_manifest(
             session_id=self.session_id,
             room_id=self.room_id,
             started_at=self.started_at,
             stopped_at=self.stopped_at,
             composite=COMPOSITE_ASSET,
-            tracks=[(event, self._track_sources.get(event.key)) for event in self._tracks.values()],
+            tracks=[
+                (event, self._file_sources.get(event.file) or self._track_sources.get(event.key))
+                for event in self._tracks.values()
+            ],
             controls=self.controls.to_wire(),
             speaker_switches=list(self._speaker_switches),
             layout=self._start_layout,
             video={"width": self.output.width, "height": self.output.height, "fps": self.output.fps},
         )
+
+    def _note_ssrc_changes(self, producer_id: str, changes: int) -> None:
+        """A stream's SSRC changes so far, on its source and on its current file's."""
+        source = self._track_sources.get(producer_id)
+        if source is not None:
+            self._track_sources[producer_id] = dataclasses.replace(source, ssrc_changes=changes)
+        file = self._latest_file.get(producer_id)
+        bound = self._file_sources.get(file) if file is not None else None
+        if file is not None and bound is not None:
+            self._file_sources[file] = dataclasses.replace(bound, ssrc_changes=changes)
 
     async def _deliver_tracks(self) -> str | None:
         """Write the manifest and deliver every track and it; None, or why they could not be (kept on disk)."""
@@ -803,6 +816,11 @@ class RecordingSession:
                     # With tracks, hidden cameras are kept too: every stream is forwarded.
                     handle.receiver.set_visible(self.tracks_dir is not None or handle.receiver.index in shown)
             case wire.Track():
+                if event.file not in self._tracks:
+                    source = self._track_sources.get(event.key)
+                    if source is not None:
+                        self._file_sources[event.file] = source
+                    self._latest_file[event.key] = event.file
                 self._tracks[event.file] = event
                 self._stream_track(event)
             case wire.Levels(levels=levels):
@@ -1126,9 +1144,7 @@ class RecordingSession:
         if handle is None:
             return
         self._retired_stats.append(handle.receiver.stats)
-        source = self._track_sources.get(producer_id)
-        if source is not None:
-            self._track_sources[producer_id] = dataclasses.replace(source, ssrc_changes=handle.receiver.stats.ssrc_changes)
+        self._note_ssrc_changes(producer_id, handle.receiver.stats.ssrc_changes)
         handle.scope.cancel()
         self._release_stream(handle)
         if (

@@ -120,7 +120,8 @@ async def test_tracks_of_a_room_with_a_mute_and_a_replaced_producer(
     bo_cam = Producer("bo-cam", "bo", "video", "camera", "video/H264", 102, 0x7B0001, display_name="Bo", parameters=H264)
     bo_mic = Producer("bo-mic", "bo", "audio", "microphone", "audio/opus", 100, 0x7B0002, display_name="Bo")
     cleo_cam = Producer("cleo-cam", "cleo", "video", "camera", "video/VP8", 96, 0x7C0001, display_name="Cleo")
-    cleo_new = dataclasses.replace(cleo_cam, ssrc=0x7C0002)
+    # The replacement is Cleo's phone: another name, so each file must keep its own stream's.
+    cleo_new = dataclasses.replace(cleo_cam, ssrc=0x7C0002, display_name="Cleo (phone)")
 
     output = dataclasses.replace(OutputOptions.from_settings(settings), tracks=True)
     session = await manager.start("room-stems", layout="pip", output=output)
@@ -259,6 +260,7 @@ async def test_tracks_of_a_room_with_a_mute_and_a_replaced_producer(
         # A replaced producer is not an SSRC change of one stream.
         assert entry["ssrcChanges"] == 0, entry
     assert first["endS"] <= replaced_s < second["startS"], (first, second, replaced_s)
+    assert (first["displayName"], second["displayName"]) == ("Cleo", "Cleo (phone)"), "each file names its own stream"
     assert second["startS"] - replaced_s <= 2.0, (second, replaced_s)
     assert first["startS"] <= 1.5 and first["endS"] - first["startS"] >= REPLACE_AT_S - 1.5, first
     assert second["endS"] - second["startS"] >= 3.0, second
