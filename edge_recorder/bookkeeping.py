@@ -122,6 +122,8 @@ class Bookkeeper:
                 "local_path": None if session.destination.removes_spool else str(session.path),
                 "uploaded_bytes": a.size_bytes,
             }
+            if not session.output.composite:  # the recording is its audio mix
+                asset.update(kind="audio", name=session.output.main_asset)
         record = session.state_record().to_wire()
         record["hostPeerId"] = session.host_peer_id
         record["durationS"] = session.duration_s

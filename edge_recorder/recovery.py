@@ -69,7 +69,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import av
 import trio
 
 from edge_recorder.config import Settings
@@ -81,9 +80,9 @@ from edge_recorder.media.webm import webm_complete_end
 from edge_recorder.render.plan import MAX_MANIFEST_BYTES
 from edge_recorder.session.destination import Asset, LocalDestination
 from edge_recorder.session.manifest import MANIFEST_NAME, TrackSource, build_manifest
-from edge_recorder.session.track_delivery import AssetSender, TrackDelivery, deliver_audio_mix, deliver_tracks, write_manifest
+from edge_recorder.session.track_delivery import AssetSender, TrackDelivery, asset_entry, deliver_audio_mix, deliver_tracks, write_manifest
 from edge_recorder.session.state import AssetEntry, Mover, SessionRecord, SessionStatus, controls_after_capture, record_time
-from edge_recorder.sink.plan import COMPOSITE_ASSET
+from edge_recorder.sink.plan import AUDIO_ASSET, COMPOSITE_ASSET
 from edge_recorder.sink.s3 import ObjectInfo
 from edge_recorder.sink.streamer import UploadResult
 from edge_recorder.spool import NodeSpool
@@ -188,6 +187,8 @@ class _Probe:
 
 def _probe(path: Path, size: int) -> _Probe | str:
     """Demux the track's first ``size`` bytes (the whole file, cut): its kind, codec, span, frames and gaps; or why not."""
+    import av  # only with tracks to recover: recovery of a composite needs no libav
+
     try:
         with av.open(str(path)) as container:
             if not container.streams:
@@ -221,6 +222,8 @@ def _probe(path: Path, size: int) -> _Probe | str:
 
 def _composite_video(spool: Path) -> dict[str, Any] | None:
     """The composite's ``{width, height, fps}`` for the manifest, or None if it does not say."""
+    import av  # as in _probe
+
     try:
         with av.open(str(spool)) as container:
             video = container.streams.video
@@ -618,8 +621,10 @@ def _not_this_recording(info: ObjectInfo, row: dict[str, Any]) -> str | None:
     return None
 
 
-def _asset_row(asset: Asset, *, local_path: str | None) -> dict[str, Any]:
+def _asset_row(asset: Asset, *, local_path: str | None, main: str = COMPOSITE_ASSET) -> dict[str, Any]:
+    kind = {"kind": "audio", "name": main} if main != COMPOSITE_ASSET else {}
     return {
+        **kind,
         "bucket": asset.bucket,
         "key": asset.key,
         "url": asset.url,
@@ -630,6 +635,14 @@ def _asset_row(asset: Asset, *, local_path: str | None) -> dict[str, Any]:
         "local_path": local_path,
         "uploaded_bytes": asset.size_bytes,
     }
+
+
+def main_asset_of(known: Mapping[str, Any] | None) -> str:
+    """The asset a crashed session's spool is: the composite, or the audio mix when ``outputs`` had no composite."""
+    outputs = known.get("outputs") if known is not None else None
+    if isinstance(outputs, list) and "composite" not in outputs and "audio" in outputs:
+        return AUDIO_ASSET
+    return COMPOSITE_ASSET
 
 
 def _asset_entry(asset: Asset) -> AssetEntry:
@@ -663,6 +676,7 @@ async def recover_session(
     sid = record.session_id
     node_spool = NodeSpool(Path(settings.tmp_dir), settings.server_id)
     last_record = _known_of(last_record, await trio.to_thread.run_sync(read_session_sidecar, node_spool, sid))
+    main = main_asset_of(last_record)
 
     def move(status: SessionStatus, **fields: Any) -> dict[str, Any]:
         """Move the record (through ``transition``) and return its JSON object, as submitted."""
@@ -713,7 +727,7 @@ async def recover_session(
         looked = f"{node_spool.path_for(sid)} or {node_spool.legacy_path_for(sid)}"
         if uploader_for is None:
             return failed(f"the spool file is gone (no {looked}) and no bucket is configured; nothing to recover")
-        upload = uploader_for(sid, node_spool.path_for(sid))
+        upload = uploader_for(sid, node_spool.path_for(sid), asset=main)
         try:
             info = await upload.stored_object()
         except StorageError as exc:
@@ -742,7 +756,7 @@ async def recover_session(
         if isinstance(tracks, str):
             return failed(tracks)
         final = move(SessionStatus.COMPLETED, reason="recovered", error=None, asset=_asset_entry(asset), **tracks)
-        bookkeeper.submit(final, _asset_row(asset, local_path=None))
+        bookkeeper.submit(final, _asset_row(asset, local_path=None, main=main))
         log.warning(
             "Recording recovered from the store: the spool was gone, the object is there",
             extra={"sessionId": sid, "bytes": info.size, "url": info.url},
@@ -771,7 +785,7 @@ async def recover_session(
         local_path: str | None = str(spool)
     else:
         try:
-            result = await uploader_for(sid, spool).resume_and_finish(end)
+            result = await uploader_for(sid, spool, asset=main).resume_and_finish(end)
         except EdgeRecorderError as exc:
             kept = "" if str(spool) in str(exc) else f"; the recording is kept at {spool}"
             return failed(f"upload failed: {exc}{kept}; run `edge-recorder retry-upload {sid}`")
@@ -784,17 +798,20 @@ async def recover_session(
     if isinstance(tracks, str):
         return failed(tracks)
     if wants_audio_mix(last_record):
-        entry, error = await deliver_audio_mix(
-            spool, sid, send=None if uploader_for is None else send, node=settings.server_id
-        )
-        if error is not None:
-            return failed(error)
-        outputs = dict(tracks.get("tracks") or {"outputs": ["composite"]})
-        outputs["outputs"] = [*outputs["outputs"], "audio"]
+        if main == AUDIO_ASSET:
+            entry: dict[str, Any] | None = asset_entry(AUDIO_ASSET, asset)  # the spool is the mix
+        else:
+            entry, error = await deliver_audio_mix(
+                spool, sid, send=None if uploader_for is None else send, node=settings.server_id
+            )
+            if error is not None:
+                return failed(error)
+        outputs = dict(tracks.get("tracks") or {})
+        outputs["outputs"] = list(last_record["outputs"]) if last_record is not None else ["composite", "audio"]
         outputs["audio"] = entry
         tracks = {"tracks": outputs}
     final = move(SessionStatus.COMPLETED, reason="recovered", error=None, asset=_asset_entry(asset), **tracks)
-    bookkeeper.submit(final, _asset_row(asset, local_path=local_path), remove_after=remove_after)
+    bookkeeper.submit(final, _asset_row(asset, local_path=local_path, main=main), remove_after=remove_after)
     # Recovered: nothing more to learn from the sidecar (a crash before the row is written recovers again, without names).
     await trio.to_thread.run_sync(functools.partial(node_spool.session_sidecar_for(sid).unlink, missing_ok=True))
     log.info("Recording recovered", extra={"sessionId": sid, "bytes": end, "url": asset.url})

@@ -992,7 +992,7 @@ class StartParams:
 
 
 def _outputs(value: object) -> tuple[OutputKind, ...] | None:
-    """``recording.start`` ``outputs``: a list of distinct :data:`OUTPUT_KINDS` with the composite among them."""
+    """``recording.start`` ``outputs``: a list of distinct :data:`OUTPUT_KINDS` with the composite or the audio mix among them."""
     if value is None:
         return None
     if not isinstance(value, list) or not value:
@@ -1005,8 +1005,9 @@ def _outputs(value: object) -> tuple[OutputKind, ...] | None:
         if kind in kinds:
             raise _invalid("outputs", f'names "{kind}" twice')
         kinds.append(kind)
-    if "composite" not in kinds:
-        raise _invalid("outputs", 'must include "composite" (tracks and the audio mix are kept beside a composite)')
+    if "composite" not in kinds and "audio" not in kinds:
+        # The mix is the recording's timeline: tracks are kept beside a composite or an audio mix.
+        raise _invalid("outputs", 'must include "composite" or "audio" (tracks are kept beside one)')
     return tuple(kinds)
 
 
@@ -1182,7 +1183,7 @@ class UpdateLayoutParams:
     """``recording.updateLayout``: every field but ``sessionId`` is optional; absent keeps it.
 
     Attributes:
-        layout: ``"pip"`` or ``"grid"``, or None to keep it.
+        layout: one of :data:`~edge_recorder.media.layout.LAYOUTS`, or None to keep it.
         spotlight: the peer pinned as the main picture; None releases the pin
             (only when ``set_spotlight``: ``"spotlight": null`` was sent).
         overlay_corner: one of :data:`~edge_recorder.media.layout.CORNERS`, or None.

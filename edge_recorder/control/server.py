@@ -411,11 +411,12 @@ class ControlHub:
     def _output(self, output: rpc.OutputParams | None, outputs: tuple[rpc.OutputKind, ...] | None) -> OutputOptions | None:
         tracks = outputs is not None and "tracks" in outputs
         audio = outputs is not None and "audio" in outputs
+        composite = outputs is None or "composite" in outputs
         if output is None and not tracks and not audio:
             return None
         base = OutputOptions.from_settings(self.settings)
         if output is None:
-            return dataclasses.replace(base, tracks=tracks, audio=audio)
+            return dataclasses.replace(base, tracks=tracks, audio=audio, composite=composite)
         return OutputOptions(
             width=output.width or base.width,
             height=output.height or base.height,
@@ -427,6 +428,7 @@ class ControlHub:
             x264_threads=base.x264_threads,
             tracks=tracks,
             audio=audio,
+            composite=composite,
         )
 
 

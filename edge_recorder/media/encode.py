@@ -54,6 +54,10 @@ __all__ = [
 F32 = npt.NDArray[np.float32]
 
 MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
+# Audio alone: every AAC packet is a keyframe, so frag_keyframe would cut a
+# fragment per 21 ms packet; a fragment per second of audio instead.
+AUDIO_ONLY_MOVFLAGS = "empty_moov+default_base_moof"
+AUDIO_ONLY_FRAGMENT_US = 1_000_000
 AAC_FRAME_SAMPLES = 1024
 # FFmpeg's AAC encoder emits one priming packet first, stamped pts -1024
 # (its initial padding): decoding it yields 1024 samples of encoder delay, and
@@ -170,6 +174,8 @@ class FragmentedMp4Writer:
     Args:
         path: output file; created or truncated.
         settings: encoder settings.
+        audio_only: no video track (an audio-only mix, ``audio.m4a``): a
+            fragment per second of audio; :meth:`encode_video` refuses.
         on_fragment: called as ``on_fragment(complete_bytes, media_end_s)``
             from the muxing thread each time a ``moof`` + ``mdat`` fragment
             has been written to the file: the file's first ``complete_bytes``
@@ -194,8 +200,10 @@ class FragmentedMp4Writer:
         settings: EncoderSettings,
         *,
         on_fragment: Callable[[int, float], None] | None = None,
+        audio_only: bool = False,
     ) -> None:
         self.settings = settings
+        self.audio_only = audio_only
         self.bytes_written = 0
         self.fragments = 0
         self.video_frames = 0
@@ -237,15 +245,20 @@ class FragmentedMp4Writer:
 
     # -- setup ---------------------------------------------------------------
 
-    def _open(self, settings: EncoderSettings) -> tuple[av.container.OutputContainer, VideoStream, AudioStream]:
+    def _open(self, settings: EncoderSettings) -> tuple[av.container.OutputContainer, VideoStream | None, AudioStream]:
         sink = self._sink = FileSink(self._fd, self._on_written)
+        options = (
+            {"movflags": AUDIO_ONLY_MOVFLAGS, "frag_duration": str(AUDIO_ONLY_FRAGMENT_US)}
+            if self.audio_only
+            else {"movflags": MOVFLAGS}
+        )
         try:
-            container = av.open(sink, mode="w", format="mp4", options={"movflags": MOVFLAGS})
+            container = av.open(sink, mode="w", format="mp4", options=options)
         except av.FFmpegError as exc:
             raise MediaError(f"cannot open the mp4 muxer: {exc}") from exc
         try:
             keyint = settings.keyint
-            video = container.add_stream(
+            video = None if self.audio_only else container.add_stream(
                 "libx264",
                 rate=settings.fps,
                 options={
@@ -260,13 +273,14 @@ class FragmentedMp4Writer:
                     "forced-idr": "1",
                 },
             )
-            video.width = settings.width
-            video.height = settings.height
-            video.pix_fmt = "yuv420p"
-            video.bit_rate = settings.video_bitrate_kbps * 1000
-            video.time_base = self._video_tb
-            video.codec_context.time_base = self._video_tb
-            video.codec_context.thread_count = settings.x264_threads
+            if video is not None:
+                video.width = settings.width
+                video.height = settings.height
+                video.pix_fmt = "yuv420p"
+                video.bit_rate = settings.video_bitrate_kbps * 1000
+                video.time_base = self._video_tb
+                video.codec_context.time_base = self._video_tb
+                video.codec_context.thread_count = settings.x264_threads
             audio = container.add_stream("aac", rate=settings.sample_rate)
             audio.codec_context.layout = "stereo"
             audio.bit_rate = settings.audio_bitrate_kbps * 1000
@@ -283,7 +297,7 @@ class FragmentedMp4Writer:
         except BaseException:
             self._abandon(container)
             raise
-        assert isinstance(video, VideoStream) and isinstance(audio, AudioStream)
+        assert (video is None or isinstance(video, VideoStream)) and isinstance(audio, AudioStream)
         return container, video, audio
 
     @staticmethod
@@ -313,6 +327,8 @@ class FragmentedMp4Writer:
         """
         with self._video_lock:
             self._check_open()
+            if self._video is None:
+                raise MediaError("this writer writes audio only")
             if index <= self._last_index:
                 raise MediaError(f"video frame index {index} not after {self._last_index}")
             s = self.settings
@@ -381,7 +397,8 @@ class FragmentedMp4Writer:
                         # AAC accepts a short last frame: no padding silence.
                         self._encode_aac(self._take_audio(self._audio_pending_n))
                     self._mux(self._audio.encode(None))
-                    self._mux(self._video.encode(None))
+                    if self._video is not None:
+                        self._mux(self._video.encode(None))
                     with self._mux_lock:
                         self._container.close()
                 except (av.FFmpegError, ValueError) as exc:

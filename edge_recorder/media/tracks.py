@@ -34,8 +34,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 from edge_recorder.media import wire
-from edge_recorder.media.stems import TrackWriter, track_format
+
+if TYPE_CHECKING:
+    from edge_recorder.media.stems import TrackWriter
 
 __all__ = ["GAP_S", "MAX_GAPS", "MAX_PENDING_BYTES", "MAX_PENDING_FRAMES", "MAX_TRACKS", "VIDEO_GAP_S", "TrackArchive", "track_file_name"]
 
@@ -139,6 +143,10 @@ class TrackArchive:
         if len(self._all) >= MAX_TRACKS:
             self._warn(f"no track for stream {key!r}: this recording has {MAX_TRACKS} tracks already"[:300])
             return
+        # Imported here, not at the top: stems needs PyAV (the worker's), and
+        # recovery imports this module for its limits only.
+        from edge_recorder.media.stems import track_format
+
         try:
             fmt = track_format(codec, kind)
         except Exception as exc:  # noqa: BLE001 - a codec we cannot keep costs its track, not the recording
@@ -217,6 +225,8 @@ class TrackArchive:
             return
         if track.writer is None:
             try:
+                from edge_recorder.media.stems import TrackWriter
+
                 track.writer = TrackWriter(os.path.join(self.directory, track.file), track.codec, track.kind)
             except Exception as exc:  # noqa: BLE001 - one track's file, never the recording
                 self._fail(track, exc)

@@ -136,6 +136,9 @@ class Configure(ControlMessage):
         threads: the worker's blocking-call limiter.
         tracks_dir: the directory (created by the parent) for each stream's
             own track, copied without transcoding; empty: no tracks.
+        composite: False for a recording without a composite (``outputs``
+            without ``"composite"``): the file is the audio mix alone, no
+            video is decoded or encoded.
     """
 
     op: ClassVar[str] = "configure"
@@ -148,6 +151,7 @@ class Configure(ControlMessage):
     threads: int = 4
     # Where every stream's own track is written (issue #14); empty: no tracks.
     tracks_dir: str = ""
+    composite: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -166,6 +166,8 @@ class MediaWorker:
         self.t0: float = 0.0
         self.started = trio.Event()
         self.layout: LayoutName = config.layout
+        # False: the audio mix alone (no composite asked for): no video decoded or encoded.
+        self.composite = config.composite
         self.delay_s: float = config.playout_delay_s
         self.max_lag_s: float = config.max_lag_s
         # The settings' own constructors check these (a key they lack is a TypeError).
@@ -426,7 +428,8 @@ class MediaWorker:
             self.mixer.add_input(slot.key)
         assert self._decoders is not None
         if slot.kind == "video":
-            self._decoders.start_soon(self._video_decoder, slot)
+            if self.composite:  # without one, video is only ever a track's
+                self._decoders.start_soon(self._video_decoder, slot)
         else:
             self._decoders.start_soon(self._audio_decoder, slot)
 
@@ -449,6 +452,8 @@ class MediaWorker:
             return
         if self.tracks is not None:
             self._keep_in_track(slot, msg)
+        if slot.kind == "video" and not self.composite:
+            return  # no picture to draw: nothing decodes it
         try:
             slot.send.send_nowait(msg)
         except trio.WouldBlock:
@@ -906,7 +911,9 @@ class MediaWorker:
         from edge_recorder.media.encode import FragmentedMp4Writer
 
         self.writer = await self._blocking(
-            lambda: FragmentedMp4Writer(self.path, self.encoder_settings, on_fragment=self._on_fragment)
+            lambda: FragmentedMp4Writer(
+                self.path, self.encoder_settings, on_fragment=self._on_fragment, audio_only=not self.composite
+            )
         )
         self._event(wire.Ready(pid=os.getpid()))
         try:
@@ -919,7 +926,8 @@ class MediaWorker:
                 if self.tracks is not None:
                     outer.start_soon(self.tracks_loop)
                 async with trio.open_nursery() as pipeline:
-                    pipeline.start_soon(self.video_clock)
+                    if self.composite:
+                        pipeline.start_soon(self.video_clock)
                     pipeline.start_soon(self.audio_clock)
                 # Both clocks reached the stop instant: nothing more to read.
                 outer.cancel_scope.cancel()

@@ -65,10 +65,10 @@ from edge_recorder.session.destination import Asset, Destination, DestinationFac
 from edge_recorder.session.manifest import MANIFEST_NAME, MAX_SPEAKER_SWITCHES, TrackSource, build_manifest
 from edge_recorder.session.ports import PortAllocator
 from edge_recorder.session.speaker import ActiveSpeakerDetector
-from edge_recorder.session.track_delivery import AssetSender, deliver_audio_mix, deliver_tracks, track_asset_name, write_manifest
+from edge_recorder.session.track_delivery import AssetSender, asset_entry, deliver_audio_mix, deliver_tracks, track_asset_name, write_manifest
 from edge_recorder.session.state import AssetEntry, Phase, SessionRecord, SessionStatus, StreamEntry, advance
 from edge_recorder.state.store import utc_now_iso
-from edge_recorder.sink.plan import COMPOSITE_ASSET
+from edge_recorder.sink.plan import AUDIO_ASSET, COMPOSITE_ASSET
 from edge_recorder.spool import NodeSpool, write_atomically
 from edge_recorder.session.reading import ReadScheduler
 from edge_recorder.session.stream import AUDIO_LEVEL_URI, StreamReceiver, StreamSpec
@@ -100,13 +100,24 @@ class OutputOptions:
     x264_threads: int
     # Every stream's own track beside the composite (``outputs: ["composite", "tracks"]``).
     tracks: bool = False
-    # The audio-only mix beside the composite, ``audio.m4a`` (``outputs: [..., "audio"]``).
+    # The audio-only mix, ``audio.m4a`` (``outputs: [..., "audio"]``): beside the composite, or instead of it.
     audio: bool = False
+    # False: no composite (``outputs`` without ``"composite"``, ``audio`` then true): the recording is the mix.
+    composite: bool = True
 
     @property
     def outputs(self) -> list[str]:
         """``recording.start`` ``outputs`` as the state record says them."""
-        return ["composite", *(["tracks"] if self.tracks else []), *(["audio"] if self.audio else [])]
+        return [
+            *(["composite"] if self.composite else []),
+            *(["tracks"] if self.tracks else []),
+            *(["audio"] if self.audio else []),
+        ]
+
+    @property
+    def main_asset(self) -> str:
+        """The asset the spool becomes: the composite, or without one the audio mix."""
+        return COMPOSITE_ASSET if self.composite else AUDIO_ASSET
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "OutputOptions":
@@ -177,7 +188,9 @@ class RecordingSession:
         # the two then leaves the file, never a COMPLETED-less void.
         self.defer_spool_removal = defer_spool_removal
         self.destination: Destination = (
-            destination(self.session_id, self.path) if destination is not None else LocalDestination(self.path)
+            destination(self.session_id, self.path, asset=self.output.main_asset)
+            if destination is not None
+            else LocalDestination(self.path)
         )
         self.asset: Asset | None = None
         # Every stream's own track (issue #14): where they go, the worker's
@@ -523,6 +536,7 @@ class RecordingSession:
                 "overlay_margin_px": s.overlay.margin_px,
             },
             tracks_dir=str(self.tracks_dir) if self.tracks_dir is not None else "",
+            composite=self.output.composite,
         )
 
     async def _save_sidecar(self) -> None:
@@ -617,7 +631,14 @@ class RecordingSession:
         self.asset = asset
         self.size_bytes = asset.size_bytes
         self.location = asset.url
-        for wanted, deliver in ((self.tracks_dir is not None, self._deliver_tracks), (self.output.audio, self._deliver_audio)):
+        if not self.output.composite:
+            # The spool is the mix: its asset is audio.m4a, and it is the record's ``audio`` too.
+            self.audio_asset = asset_entry(AUDIO_ASSET, asset)
+        extras = (
+            (self.tracks_dir is not None, self._deliver_tracks),
+            (self.output.audio and self.output.composite, self._deliver_audio),
+        )
+        for wanted, deliver in extras:
             failure = await deliver() if wanted else None
             if failure is not None:
                 self.reason = "upload-failed"
@@ -642,7 +663,7 @@ class RecordingSession:
             room_id=self.room_id,
             started_at=self.started_at,
             stopped_at=self.stopped_at,
-            composite=COMPOSITE_ASSET,
+            composite=COMPOSITE_ASSET if self.output.composite else None,
             tracks=[
                 (event, self._file_sources.get(event.file) or self._track_sources.get(event.key))
                 for event in self._tracks.values()

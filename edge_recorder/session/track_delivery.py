@@ -40,7 +40,7 @@ from edge_recorder.session.destination import Asset, LocalDestination
 from edge_recorder.session.manifest import MANIFEST_NAME
 from edge_recorder.sink.plan import AUDIO_ASSET
 
-__all__ = ["AssetSender", "TrackDelivery", "audio_mix_path", "deliver_audio_mix", "deliver_tracks", "track_asset_name", "write_manifest"]
+__all__ = ["AssetSender", "TrackDelivery", "asset_entry", "audio_mix_path", "deliver_audio_mix", "deliver_tracks", "track_asset_name", "write_manifest"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,18 @@ def write_manifest(path: Path, body: bytes) -> None:
         out.write(body)
         out.flush()
         os.fsync(out.fileno())
+
+
+def asset_entry(name: str, asset: Asset) -> dict[str, Any]:
+    """The state record's entry of a delivered file other than a track (``manifest``, ``audio``)."""
+    return {
+        "name": name,
+        "url": asset.url,
+        "sizeBytes": asset.size_bytes,
+        "bucket": asset.bucket,
+        "key": asset.key,
+        "sha256": asset.sha256,
+    }
 
 
 def _track_entry(name: str, asset: Asset, event: wire.Track) -> dict[str, Any]:
@@ -143,14 +155,7 @@ async def deliver_tracks(
     manifest = next(asset for _, asset, event in delivered if event is None)
     result = TrackDelivery(
         tracks=tuple(_track_entry(name, asset, event) for name, asset, event in delivered if event is not None),
-        manifest={
-            "name": MANIFEST_NAME,
-            "url": manifest.url,
-            "sizeBytes": manifest.size_bytes,
-            "bucket": manifest.bucket,
-            "key": manifest.key,
-            "sha256": manifest.sha256,
-        },
+        manifest=asset_entry(MANIFEST_NAME, manifest),
     )
     if send is not None:
         # All of it is in the store, verified: the local copies go.
@@ -201,14 +206,7 @@ async def deliver_audio_mix(
             await trio.to_thread.run_sync(path.unlink)  # in the bucket, verified
         except OSError as exc:
             log.warning("could not remove the uploaded %s: %s", path, exc)
-    return {
-        "name": AUDIO_ASSET,
-        "url": asset.url,
-        "sizeBytes": asset.size_bytes,
-        "bucket": asset.bucket,
-        "key": asset.key,
-        "sha256": asset.sha256,
-    }, None
+    return asset_entry(AUDIO_ASSET, asset), None
 
 
 def _extract_again(extract: Callable[[Path, Path], int], composite: Path, path: Path) -> int:

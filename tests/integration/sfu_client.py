@@ -115,3 +115,23 @@ async def open_client(
     client.stream = stream
     nursery.start_soon(client.run)
     return client
+
+
+async def start_serve(env: dict[str, str]) -> trio.Process:
+    """``edge-recorder serve`` as its own process (a recorder a test can SIGKILL), output discarded."""
+    import subprocess
+    import sys
+
+    return await trio.lowlevel.open_process(
+        [sys.executable, "-m", "edge_recorder", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+async def connect_when_listening(nursery: trio.Nursery, url: str, *, timeout_s: float = 20.0) -> SfuClient:
+    """:func:`open_client`, retried until the recorder listens (it may be starting or recovering)."""
+    with trio.fail_after(timeout_s):
+        while True:
+            try:
+                return await open_client(nursery, url)
+            except OSError:
+                await trio.sleep(0.2)

@@ -562,6 +562,24 @@ def pair_skews(
     return out
 
 
+def assert_on_one_timeline(
+    reference: Path | str, video: Path | str, audio: Path | str, *, events: int, label: str, fps: int = 30
+) -> None:
+    """The flashes of ``video`` and the beeps of ``audio`` sit where ``reference`` has them.
+
+    Within 20 ms (the issue's bound for tracks against the composite) plus,
+    for the flashes, half a frame: a composite shows each tick the frame
+    nearest it. At least ``events - 2`` of each are paired (the first and
+    last may fall outside a file). Prints the offsets, ``label`` first.
+    """
+    flashes = pair_skews(find_flashes(reference), find_flashes(video), max_distance_s=0.5)
+    beeps = pair_skews(find_beeps(reference), find_beeps(audio), max_distance_s=0.5)
+    print(f"\n{label}: flashes {[round(o * 1000) for o in flashes]} ms, beeps {[round(o * 1000) for o in beeps]} ms")
+    assert len(flashes) >= events - 2 and len(beeps) >= events - 2, (label, flashes, beeps)
+    assert max(abs(o) for o in flashes) <= 0.020 + 0.5 / fps, (label, flashes)
+    assert max(abs(o) for o in beeps) <= 0.020, (label, beeps)
+
+
 # -------------------------------------------------------------- GStreamer sender
 
 

@@ -9,8 +9,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from edge_recorder.service import serve
 from edge_recorder.sink.s3 import ObjectStore
 from tests.integration.redis_support import RedisServer, redis_server  # noqa: F401 - fixture
 from tests.integration.s3_support import S3Target, StoreOutage, moto, s3_settings  # noqa: F401 - fixture
-from tests.integration.sfu_client import SfuClient, open_client
+from tests.integration.sfu_client import SfuClient, connect_when_listening, open_client, start_serve
 from tests.integration.test_control import Service, service_settings
 
 pytestmark = pytest.mark.integration
@@ -95,7 +93,7 @@ async def test_recording_lands_in_the_bucket_with_rows_and_state_completed(
     with trio.move_on_after(10):
         while '"COMPLETED"' not in (redis_server.client().hget("edge:session:s3-e2e", "record") or ""):
             await trio.sleep(0.05)
-    assert '"COMPLETED"' in redis_server.client().hget("edge:session:s3-e2e", "record")
+    assert '"COMPLETED"' in str(redis_server.client().hget("edge:session:s3-e2e", "record"))
     # The presigned URL downloads the same bytes, and they play.
     url = await trio.to_thread.run_sync(store.presign, key, 60)
     async with httpx.AsyncClient() as client:
@@ -202,17 +200,10 @@ async def test_sigkill_while_paused_is_recovered_at_restart(
     )
 
     async def start() -> trio.Process:
-        return await trio.lowlevel.open_process(
-            [sys.executable, "-m", "edge_recorder", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        return await start_serve(env)
 
     async def connect() -> SfuClient:
-        with trio.fail_after(20):
-            while True:
-                try:
-                    return await _client(f"ws://127.0.0.1:{settings.port_min}/control", nursery)
-                except OSError:
-                    await trio.sleep(0.2)
+        return await connect_when_listening(nursery, f"ws://127.0.0.1:{settings.port_min}/control")
 
     proc = await start()
     try:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +38,7 @@ from edge_recorder.sink.s3 import AsyncObjectStore, ObjectStore
 from edge_recorder.spool import NodeSpool
 from tests.integration.redis_support import RedisServer, redis_server  # noqa: F401 - fixture
 from tests.integration.s3_support import S3Target, moto, s3_settings  # noqa: F401 - fixture
-from tests.integration.sfu_client import SfuClient, open_client
+from tests.integration.sfu_client import SfuClient, connect_when_listening, open_client, start_serve
 from tests.unit.media.test_stems import FPS, _opus_packets, _video_packets
 
 pytestmark = pytest.mark.integration
@@ -82,17 +80,10 @@ async def test_sigkill_mid_recording_recovers_every_track_and_the_manifest(
     )
 
     async def start() -> trio.Process:
-        return await trio.lowlevel.open_process(
-            [sys.executable, "-m", "edge_recorder", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        return await start_serve(env)
 
     async def connect() -> SfuClient:
-        with trio.fail_after(20):
-            while True:
-                try:
-                    return await open_client(nursery, f"ws://127.0.0.1:{settings.port_min}/control")
-                except OSError:
-                    await trio.sleep(0.2)
+        return await connect_when_listening(nursery, f"ws://127.0.0.1:{settings.port_min}/control")
 
     sid = "crashed-tracks"
     tracks_dir = Path(env["RECORDING_TMP_DIR"]) / "crash-node" / f"{sid}.tracks"

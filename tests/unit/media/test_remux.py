@@ -30,7 +30,7 @@ def _composite(path: Path, seconds: float = 1.0) -> None:
 def _audio_packets(path: Path) -> list[tuple[bytes, float]]:
     with av.open(str(path)) as container:
         stream = container.streams.audio[0]
-        return [(bytes(p), float(p.pts * p.time_base)) for p in container.demux(stream) if p.size]
+        return [(bytes(p), float(p.pts * p.time_base)) for p in container.demux(stream) if p.size and p.pts is not None and p.time_base is not None]
 
 
 def test_the_mix_is_the_composites_audio_packet_for_packet(tmp_path: Path) -> None:

@@ -210,7 +210,7 @@ def test_hostile_frames_are_skipped_and_counted_never_raised(tmp_path: Path) -> 
     assert not writer.write(packets[2][0], 2.0, False)  # closed
     assert writer.flush() == size
     with av.open(str(tmp_path / "x.webm")) as container:
-        demuxed = [(bytes(p), float(p.pts * p.time_base)) for p in container.demux(video=0) if p.size]
+        demuxed = [(bytes(p), float(p.pts * p.time_base)) for p in container.demux(video=0) if p.size and p.pts is not None and p.time_base is not None]
     assert demuxed[:5] == [(packets[i][0], t) for i, t in enumerate((1.0, 1.001, 1.002, 1.003, 1.04))]
 
 
