@@ -1315,7 +1315,7 @@ class RecordingSession:
         return self._commit(decision)
 
     async def set_layout(self, layout: LayoutName) -> None:
-        """Switch between pip and grid (the demo's and the bench's door; the SFU's is :meth:`update_layout`)."""
+        """Switch the layout (the demo's and the bench's door; the SFU's is :meth:`update_layout`)."""
         await self.update_layout(layout=layout)
 
     async def set_peer_excluded(
