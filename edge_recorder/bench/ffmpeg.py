@@ -53,8 +53,9 @@ class BaselineSettings:
         # The same output options a session takes from these settings, so the
         # two contenders cannot drift apart.
         output = dataclasses.asdict(OutputOptions.from_settings(settings))
+        ours = {f.name for f in dataclasses.fields(cls)}
         return cls(
-            **output,
+            **{name: value for name, value in output.items() if name in ours},  # the encoder's, not which outputs
             overlay_width_pct=settings.overlay.width_pct,
             overlay_margin_px=settings.overlay.margin_px,
             overlay_corner=settings.overlay.corner,

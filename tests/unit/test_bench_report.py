@@ -120,3 +120,12 @@ def test_replace_marked_section_keeps_the_prose_around_it() -> None:
 def test_replace_marked_section_appends_markers_when_missing() -> None:
     assert replace_marked_section("# B\n", "x") == f"# B\n\n{BEGIN_MARKER}\nx\n{END_MARKER}\n"
     assert replace_marked_section("", "x") == f"{BEGIN_MARKER}\nx\n{END_MARKER}\n"
+
+
+def test_the_ffmpeg_baseline_takes_the_sessions_encoder_settings_whatever_else_outputs_hold() -> None:
+    from edge_recorder.bench.ffmpeg import BaselineSettings
+    from edge_recorder.config import load_settings
+
+    settings = load_settings(environ={"RECORDING_OUTPUT_WIDTH": "640", "RECORDING_OUTPUT_HEIGHT": "360"}, config_file=None)
+    baseline = BaselineSettings.from_settings(settings)
+    assert (baseline.width, baseline.height, baseline.x264_preset) == (640, 360, settings.output.x264_preset)
