@@ -44,6 +44,7 @@ from edge_recorder.bench.inputs import Inputs, prepare_inputs
 from edge_recorder.bench import against as against_bench
 from edge_recorder.bench import hostile as hostile_bench
 from edge_recorder.bench import placement as placement_bench
+from edge_recorder.bench import profile as profile_bench
 from edge_recorder.bench import render as render_bench
 from edge_recorder.bench import upload as upload_bench
 from edge_recorder.bench.measure import MachineInfo, machine_info
@@ -132,6 +133,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     placement.add_argument("--no-placement", action="store_true", help="skip the placement-latency benchmark in a full run")
     parser.add_argument("--placement-rounds", type=int, default=placement_bench.ROUNDS, help=f"rounds of each scenario of the placement benchmark, alternating A B B A ... (default {placement_bench.ROUNDS})")
     parser.add_argument("--tracks", action="store_true", help="run only the cost of every stream's own track: the 20-person room without and with tracks, alternating rounds")
+    parser.add_argument("--profile", action="store_true", help="run only the CPU profile of one session by library (perf on the media worker and the receiving process)")
     parser.add_argument("--render", action="store_true", help="run only the re-render speed: a 10-minute recording's tracks rendered as pip and grid (edge-recorder render)")
     parser.add_argument("--render-seconds", type=float, default=render_bench.RENDER_SECONDS, help=f"with --render: the recording's length (default {render_bench.RENDER_SECONDS:g} s)")
     parser.add_argument("--against", metavar="REV", help="run only whole recordings on this tree and on REV (a git revision), alternating rounds")
@@ -403,6 +405,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="edge-recorder-bench-"))
     try:
         settings = load_settings(environ={**BENCH_ENV, "RECORDING_TMP_DIR": str(work / "recordings")}, config_file=None)
+        if args.profile:
+            profiles = profile_bench.profile_session(settings, say=_say)
+            section = profile_bench.render_markdown(profiles, date=_utc_minute(), machine=_machine_line(machine))
+            _write_marked_section(args, section, profile_bench.PROFILE_BEGIN, profile_bench.PROFILE_END, "profile")
+            _say(f"\n(total {time.monotonic() - started:.0f} s)")
+            return 0
         if args.tracks:
             _run_tracks(args, machine, settings)
             _say(f"\n(total {time.monotonic() - started:.0f} s)")

@@ -129,3 +129,26 @@ def test_the_ffmpeg_baseline_takes_the_sessions_encoder_settings_whatever_else_o
     settings = load_settings(environ={"RECORDING_OUTPUT_WIDTH": "640", "RECORDING_OUTPUT_HEIGHT": "360"}, config_file=None)
     baseline = BaselineSettings.from_settings(settings)
     assert (baseline.width, baseline.height, baseline.x264_preset) == (640, 360, settings.output.x264_preset)
+
+
+def test_a_perf_report_is_added_up_by_library() -> None:
+    from edge_recorder.bench.profile import Profile, dso_shares, grouped, render_markdown, sample_count
+
+    report = """# Samples: 3K of event 'cpu-clock'
+#
+    55.38%  libx264-d6533a8d.so.165
+    17.03%  libavcodec-5e6b81c2.so.62.28.102
+    13.18%  libpython3.11.so.1.0
+     5.10%  libc.so.6
+     4.21%  [kernel.kallsyms]
+     1.46%  _multiarray_umath.cpython-311-x86_64-linux-gnu.so
+     0.60%  libavutil-5809ad29.so.60.26.102
+"""
+    assert sample_count(report) == 3000 and sample_count("# Samples: 245  of event") == 245
+    shares = dso_shares(report)
+    assert shares[0] == ("libx264-d6533a8d.so.165", 55.38) and len(shares) == 7
+    groups = dict(grouped(shares))
+    assert groups["x264 (H.264 encode)"] == 55.4 and groups["Python interpreter"] == 13.2
+    assert groups["kernel (syscalls, wake-ups)"] == 4.2 and groups["other"] == 0.6
+    markdown = render_markdown([Profile("-m edge_recorder.media.worker", 3000, grouped(shares))], date="d", machine="m")
+    assert "| x264 (H.264 encode) | 55.4 % |" in markdown and "| samples | 3000 |" in markdown
