@@ -619,6 +619,11 @@ class OutputSettings:
         "RECORDING_X264_THREADS", Int(0, 64), 1,
         "x264 worker threads per session; 0 lets x264 choose (one per core).",
     )
+    skip_unchanged_frames: bool = setting(
+        "RECORDING_SKIP_UNCHANGED_FRAMES", Bool(), True,
+        "An output frame that would be the one before it again is not encoded: the one before lasts longer (variable frame rate). false: every tick is encoded.",
+        notes="A still slide or a slate costs no x264 work; keyframes still come every RECORDING_KEYFRAME_INTERVAL_S.",
+    )
 
 
 @dataclass(frozen=True)

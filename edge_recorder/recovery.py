@@ -230,7 +230,8 @@ def _composite_video(spool: Path) -> dict[str, Any] | None:
             if not video:
                 return None
             ctx = video[0].codec_context
-            rate = video[0].average_rate or video[0].guessed_rate
+            # The nominal rate: with unchanged pictures not encoded again the average is lower.
+            rate = video[0].codec_context.framerate or video[0].guessed_rate or video[0].average_rate
             fps = round(Fraction(rate)) if rate else 0
             return {"width": ctx.width, "height": ctx.height, "fps": fps} if ctx.width and ctx.height and fps else None
     except (av.FFmpegError, ValueError, OSError):
@@ -727,7 +728,7 @@ async def recover_session(
         looked = f"{node_spool.path_for(sid)} or {node_spool.legacy_path_for(sid)}"
         if uploader_for is None:
             return failed(f"the spool file is gone (no {looked}) and no bucket is configured; nothing to recover")
-        upload = uploader_for(sid, node_spool.path_for(sid), asset=main)
+        upload = uploader_for(sid, node_spool.path_for(sid)) if main == COMPOSITE_ASSET else uploader_for(sid, node_spool.path_for(sid), asset=main)
         try:
             info = await upload.stored_object()
         except StorageError as exc:
@@ -785,7 +786,8 @@ async def recover_session(
         local_path: str | None = str(spool)
     else:
         try:
-            result = await uploader_for(sid, spool, asset=main).resume_and_finish(end)
+            upload_of = uploader_for(sid, spool) if main == COMPOSITE_ASSET else uploader_for(sid, spool, asset=main)
+            result = await upload_of.resume_and_finish(end)
         except EdgeRecorderError as exc:
             kept = "" if str(spool) in str(exc) else f"; the recording is kept at {spool}"
             return failed(f"upload failed: {exc}{kept}; run `edge-recorder retry-upload {sid}`")

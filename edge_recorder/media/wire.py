@@ -139,6 +139,9 @@ class Configure(ControlMessage):
         composite: False for a recording without a composite (``outputs``
             without ``"composite"``): the file is the audio mix alone, no
             video is decoded or encoded.
+        skip_unchanged: a tick whose picture would be the one before it
+            (the same scene, the same decoded frames) is not composited or
+            encoded: the frame before lasts longer (variable frame rate).
     """
 
     op: ClassVar[str] = "configure"
@@ -152,6 +155,7 @@ class Configure(ControlMessage):
     # Where every stream's own track is written (issue #14); empty: no tracks.
     tracks_dir: str = ""
     composite: bool = True
+    skip_unchanged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -542,6 +546,10 @@ class Stats(WorkerEvent):
     pipe_drops: dict[str, int]
     label_failures: int
     cut_s: float | None = field(default=None, kw_only=True)
+    # Of frames_encoded, the ticks not given to x264: the picture had not
+    # changed, so the frame before lasts longer (Configure.skip_unchanged;
+    # None, left off the wire, when every tick is encoded).
+    frames_repeated: int | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)

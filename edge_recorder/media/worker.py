@@ -134,6 +134,8 @@ class _StreamSlot:
     level_dbov: float = SILENCE_DBOV
     placer: Any = None
     awaiting_keyframe: bool = True
+    # Video: counts the pictures ``shown`` has held: what makes a tick's picture new.
+    shown_number: int = 0
     # Video: media time of the last frame decoded (a resume between it and
     # the next one breaks the reference chain).
     last_media_s: float | None = None
@@ -168,6 +170,12 @@ class MediaWorker:
         self.layout: LayoutName = config.layout
         # False: the audio mix alone (no composite asked for): no video decoded or encoded.
         self.composite = config.composite
+        # An unchanged picture is not encoded again (wire.Configure.skip_unchanged).
+        self.skip_unchanged = config.skip_unchanged
+        self.frames_repeated = 0
+        # What the last encoded tick drew: its scene and each picture's number.
+        self._last_drawn: Any = None
+        self._last_key_tick = 0
         self.delay_s: float = config.playout_delay_s
         self.max_lag_s: float = config.max_lag_s
         # The settings' own constructors check these (a key they lack is a TypeError).
@@ -688,6 +696,12 @@ class MediaWorker:
                 slot.shown = None
                 slot.awaiting_keyframe = True
                 self.compositor.forget(slot.key)
+            if now_wanted and not slot.wanted and slot.awaiting_keyframe and self.tracks is not None:
+                # With tracks the parent forwards every frame, shown or not,
+                # and replays no GOP when one is shown: a keyframe that came
+                # before the layout wanted the stream was not decoded, and
+                # WebRTC senders send the next one only when asked.
+                self._event(wire.KeyframeNeeded(slot.index, why="shown"))
             slot.wanted = now_wanted
         self._wanted = wanted
         self._event(wire.Visibility(visible=tuple(sorted(wanted))))
@@ -713,8 +727,9 @@ class MediaWorker:
             due = tick_s + self._half_frame_s
             while len(q) > 1 and q[1][0] <= due:
                 q.popleft()
-            if q and q[0][0] <= due:
+            if q and q[0][0] <= due and q[0][1] is not slot.shown:
                 slot.shown = q[0][1]
+                slot.shown_number += 1  # a new picture (an id() could be reused, a count cannot)
             if slot.shown is None:
                 continue
             frames[slot.key] = slot.shown
@@ -781,7 +796,22 @@ class MediaWorker:
             )
             cuts = self.timeline.cuts_before_tick(n)
             keyframe = cuts > self._keyed_cuts
+            drawn = (scene, tuple((slot.key, slot.shown_number) for slot in self.streams.values() if slot.key in frames))
+            if self.skip_unchanged:
+                if n - self._last_key_tick >= self.encoder_settings.keyint:
+                    # By time, not by encoded frames: a fragment (what a crash
+                    # can lose) stays keyframe_interval_s long however still the picture.
+                    keyframe = True
+                last = self.stop_at_s is not None and n + 1 >= self.timeline.output_ticks_until(self.stop_at_s)
+                if drawn == self._last_drawn and not keyframe and not last:
+                    self.frames_repeated += 1
+                    self.frames_encoded += 1
+                    n += 1
+                    continue
             await self._blocking(self._render_and_encode, scene, frames, n, keyframe)
+            if keyframe:
+                self._last_key_tick = n
+            self._last_drawn = drawn
             self._keyed_cuts = cuts
             self.frames_encoded += 1
             if scene.placements and not self.first_frame_sent:
@@ -887,6 +917,7 @@ class MediaWorker:
             pipe_drops=dict(self.pipe_drops),
             label_failures=self.compositor.label_failures,
             cut_s=round(self.timeline.cut_s, 3) if self.timeline.cuts else None,
+            frames_repeated=self.frames_repeated if self.skip_unchanged else None,
         )
 
     def finished(self) -> wire.Finished:

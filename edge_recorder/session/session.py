@@ -537,6 +537,7 @@ class RecordingSession:
             },
             tracks_dir=str(self.tracks_dir) if self.tracks_dir is not None else "",
             composite=self.output.composite,
+            skip_unchanged=s.output.skip_unchanged_frames,
         )
 
     async def _save_sidecar(self) -> None:
