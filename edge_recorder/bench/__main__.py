@@ -46,6 +46,7 @@ from edge_recorder.bench import hostile as hostile_bench
 from edge_recorder.bench import placement as placement_bench
 from edge_recorder.bench import profile as profile_bench
 from edge_recorder.bench import render as render_bench
+from edge_recorder.bench import still as still_bench
 from edge_recorder.bench import upload as upload_bench
 from edge_recorder.bench.measure import MachineInfo, machine_info
 from edge_recorder.bench.report import (
@@ -133,6 +134,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     placement.add_argument("--no-placement", action="store_true", help="skip the placement-latency benchmark in a full run")
     parser.add_argument("--placement-rounds", type=int, default=placement_bench.ROUNDS, help=f"rounds of each scenario of the placement benchmark, alternating A B B A ... (default {placement_bench.ROUNDS})")
     parser.add_argument("--tracks", action="store_true", help="run only the cost of every stream's own track: the 20-person room without and with tracks, alternating rounds")
+    parser.add_argument("--still", action="store_true", help="run only what an unchanged picture costs: slides at 2 fps without a camera, RECORDING_SKIP_UNCHANGED_FRAMES off and on, alternating")
     parser.add_argument("--profile", action="store_true", help="run only the CPU profile of one session by library (perf on the media worker and the receiving process)")
     parser.add_argument("--render", action="store_true", help="run only the re-render speed: a 10-minute recording's tracks rendered as pip and grid (edge-recorder render)")
     parser.add_argument("--render-seconds", type=float, default=render_bench.RENDER_SECONDS, help=f"with --render: the recording's length (default {render_bench.RENDER_SECONDS:g} s)")
@@ -392,6 +394,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.render:
         _run_render(args, machine)
+        _say(f"\n(total {time.monotonic() - started:.0f} s)")
+        return 0
+    if args.still:
+        still = still_bench.run_still_bench(say=_say)
+        _say(f"still slides: skip off {still.off:.3f}, on {still.on:.3f} CPU-s per media-s, ratio {still.ratio:.2f}")
+        section = still_bench.render_markdown(still, date=_utc_minute(), machine=_machine_line(machine))
+        _write_marked_section(args, section, still_bench.STILL_BEGIN, still_bench.STILL_END, "still")
         _say(f"\n(total {time.monotonic() - started:.0f} s)")
         return 0
     if args.placement:

@@ -152,3 +152,12 @@ def test_a_perf_report_is_added_up_by_library() -> None:
     assert groups["kernel (syscalls, wake-ups)"] == 4.2 and groups["other"] == 0.6
     markdown = render_markdown([Profile("-m edge_recorder.media.worker", 3000, grouped(shares))], date="d", machine="m")
     assert "| x264 (H.264 encode) | 55.4 % |" in markdown and "| samples | 3000 |" in markdown
+
+
+def test_the_still_benchmark_reports_both_sides_and_their_ratio() -> None:
+    from edge_recorder.bench.still import StillResult, render_markdown
+
+    result = StillResult(off=0.166, on=0.060, repeated=0.93, rounds=2)
+    assert round(result.ratio, 2) == 0.36
+    markdown = render_markdown(result, date="d", machine="m")
+    assert "| false | 0.166 | 0 % |" in markdown and "| true | 0.060 | 93 % |" in markdown and "| ratio | 0.36 | |" in markdown
