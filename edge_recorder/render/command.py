@@ -60,6 +60,7 @@ def options_from_settings(
         audio_bitrate_kbps=o.audio_bitrate_kbps,
         keyframe_interval_s=o.keyframe_interval_s,
         overlay_margin_px=settings.overlay.margin_px,
+        skip_unchanged=o.skip_unchanged_frames,
     )
 
 

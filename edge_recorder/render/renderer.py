@@ -71,6 +71,7 @@ class RenderOptions:
         x264_preset, video_bitrate_kbps, audio_bitrate_kbps, keyframe_interval_s: the encoder's.
         threads: x264 threads (0: one per core).
         overlay_margin_px: the pip overlay's margin.
+        skip_unchanged: a tick drawing the picture before it again is not encoded (variable frame rate).
     """
 
     layout: LayoutName | None = None
@@ -86,6 +87,7 @@ class RenderOptions:
     keyframe_interval_s: float = 2.0
     threads: int = 0
     overlay_margin_px: int = 24
+    skip_unchanged: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,7 @@ class RenderResult:
     video_tracks_decoded: tuple[str, ...]
     audio_tracks: tuple[str, ...]
     skipped: dict[str, str] = field(default_factory=dict)
+    frames_repeated: int = 0
 
     @property
     def speed(self) -> float:
@@ -149,6 +152,7 @@ class _VideoReader:
         self._stop = stop
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=DECODE_AHEAD)
         self.current: av.VideoFrame | None = None
+        self.current_number = 0
         self._pending: tuple[float, av.VideoFrame] | None = None
         self._ended = False
         self.error: str | None = None
@@ -207,6 +211,7 @@ class _VideoReader:
             self._pending = self._next()
         while self._pending is not None and self._pending[0] <= due_s:
             self.current = self._pending[1]
+            self.current_number += 1  # a new picture: what makes a tick worth encoding
             self._pending = self._next()
         return self.current
 
@@ -427,6 +432,9 @@ def render(
         compositor = Compositor(width, height, on_warning=log.warning)
         writer = FragmentedMp4Writer(part, encoder)
         mixed = 0
+        last_drawn: Any = None
+        last_key = 0
+        repeated = 0
         for n in range(ticks):
             if stop.is_set():
                 raise MediaError("the render was cancelled")
@@ -459,7 +467,17 @@ def render(
                 _settings_for(layout_settings, state.overlay_corner, state.overlay_width_pct),
                 spotlight=state.spotlight,
             )
-            writer.encode_video(compositor.render(scene, frames), n)
+            # As the live worker does (RECORDING_SKIP_UNCHANGED_FRAMES): a tick
+            # that would draw the picture before it again is not encoded, the
+            # frame before lasts longer; a keyframe still every interval.
+            drawn = (scene, tuple((key, videos[key].current_number) for key in frames))
+            keyframe = options.skip_unchanged and n - last_key >= encoder.keyint
+            if options.skip_unchanged and drawn == last_drawn and not keyframe and n + 1 < ticks:
+                repeated += 1
+            else:
+                writer.encode_video(compositor.render(scene, frames), n, force_keyframe=keyframe)
+                last_drawn = drawn
+                last_key = n if keyframe else last_key
             # Audio up to the end of this tick, decoded a little ahead.
             until = round((n + 1) * rate / fps)
             for reader_a in audios:
@@ -506,4 +524,5 @@ def render(
         video_tracks_decoded=tuple(videos),
         audio_tracks=tuple(r.track.key for r in audios),
         skipped=skipped,
+        frames_repeated=repeated,
     )
