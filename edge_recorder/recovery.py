@@ -692,6 +692,11 @@ async def recover_session(
         log.error("Recording not recovered: %s", error, extra={"sessionId": sid})
         return final
 
+    def spool_upload(path: Path) -> RecoverableUpload:
+        """The spool's uploader, under its asset's name (the composite's the default every uploader knows)."""
+        assert uploader_for is not None
+        return uploader_for(sid, path) if main == COMPOSITE_ASSET else uploader_for(sid, path, asset=main)
+
     async def send(name: str, path: Path, size: int) -> Asset:
         assert uploader_for is not None
         return _asset_of(await uploader_for(sid, path, asset=name).resume_and_finish(size), settings.s3.sse)
@@ -728,7 +733,7 @@ async def recover_session(
         looked = f"{node_spool.path_for(sid)} or {node_spool.legacy_path_for(sid)}"
         if uploader_for is None:
             return failed(f"the spool file is gone (no {looked}) and no bucket is configured; nothing to recover")
-        upload = uploader_for(sid, node_spool.path_for(sid)) if main == COMPOSITE_ASSET else uploader_for(sid, node_spool.path_for(sid), asset=main)
+        upload = spool_upload(node_spool.path_for(sid))
         try:
             info = await upload.stored_object()
         except StorageError as exc:
@@ -786,8 +791,7 @@ async def recover_session(
         local_path: str | None = str(spool)
     else:
         try:
-            upload_of = uploader_for(sid, spool) if main == COMPOSITE_ASSET else uploader_for(sid, spool, asset=main)
-            result = await upload_of.resume_and_finish(end)
+            result = await spool_upload(spool).resume_and_finish(end)
         except EdgeRecorderError as exc:
             kept = "" if str(spool) in str(exc) else f"; the recording is kept at {spool}"
             return failed(f"upload failed: {exc}{kept}; run `edge-recorder retry-upload {sid}`")

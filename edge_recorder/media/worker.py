@@ -796,8 +796,9 @@ class MediaWorker:
             )
             cuts = self.timeline.cuts_before_tick(n)
             keyframe = cuts > self._keyed_cuts
-            drawn = (scene, tuple((slot.key, slot.shown_number) for slot in self.streams.values() if slot.key in frames))
+            drawn: Any = None
             if self.skip_unchanged:
+                drawn = (scene, tuple((slot.key, slot.shown_number) for slot in self.streams.values() if slot.key in frames))
                 if n - self._last_key_tick >= self.encoder_settings.keyint:
                     # By time, not by encoded frames: a fragment (what a crash
                     # can lose) stays keyframe_interval_s long however still the picture.

@@ -685,6 +685,22 @@ class RecordingSession:
         if file is not None and bound is not None:
             self._file_sources[file] = dataclasses.replace(bound, ssrc_changes=changes)
 
+    def _asset_sender(self) -> AssetSender | None:
+        """How an asset other than the spool reaches the bucket (None: no bucket, the files stay as they are).
+
+        A track streamed while recording finishes its own upload; the
+        manifest, the audio mix and a track first seen at the stop get one now.
+        """
+        factory = self._destination_factory
+        if factory is None:
+            return None
+
+        async def send(name: str, path: Path, size: int) -> Asset:
+            streamed = self._track_destinations.get(path.name) if name.startswith("tracks/") else None
+            return await (streamed or factory(self.session_id, path, asset=name)).finish(size)
+
+        return send
+
     async def _deliver_tracks(self) -> str | None:
         """Write the manifest and deliver every track and it; None, or why they could not be (kept on disk)."""
         assert self.tracks_dir is not None
@@ -695,18 +711,8 @@ class RecordingSession:
             await trio.to_thread.run_sync(write_manifest, manifest_path, body)
         except OSError as exc:
             return f"cannot write the tracks manifest {manifest_path}: {exc}; the tracks are kept in {tracks_dir}"
-        factory = self._destination_factory
-        send: AssetSender | None = None
-        if factory is not None:
-
-            async def send(name: str, path: Path, size: int) -> Asset:
-                # A track streamed while recording finishes its own upload;
-                # the manifest (and a track first seen at the stop) gets one now.
-                streamed = self._track_destinations.get(path.name) if name != MANIFEST_NAME else None
-                return await (streamed or factory(self.session_id, path, asset=name)).finish(size)
-
         delivery = await deliver_tracks(
-            tracks_dir, list(self._tracks.values()), len(body), send=send, node=self.settings.server_id
+            tracks_dir, list(self._tracks.values()), len(body), send=self._asset_sender(), node=self.settings.server_id
         )
         if delivery.error is not None:
             return delivery.error
@@ -716,14 +722,9 @@ class RecordingSession:
 
     async def _deliver_audio(self) -> str | None:
         """The audio-only mix (``audio.m4a``, the composite's AAC copied) delivered beside it; None, or why not."""
-        factory = self._destination_factory
-        send: AssetSender | None = None
-        if factory is not None:
-
-            async def send(name: str, path: Path, size: int) -> Asset:
-                return await factory(self.session_id, path, asset=name).finish(size)
-
-        entry, error = await deliver_audio_mix(self.path, self.session_id, send=send, node=self.settings.server_id)
+        entry, error = await deliver_audio_mix(
+            self.path, self.session_id, send=self._asset_sender(), node=self.settings.server_id
+        )
         if error is not None:
             return f"{error}; the composite is delivered at {self.location}"
         self.audio_asset = entry

@@ -8,6 +8,8 @@ code that is not ours.
 
 from __future__ import annotations
 
+import subprocess
+
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -150,6 +152,14 @@ def ffmpeg_opus(producer: Producer, host: str, port: int, *, frequency_hz: float
         "-payload_type", str(producer.payload_type), "-ssrc", str(producer.ssrc),
         "-f", "rtp", f"rtp://{host}:{port}",
     ]  # fmt: skip
+
+
+async def start_processes(argvs: Iterable[list[str]]) -> list[trio.Process]:
+    """Start sender processes, their output discarded (stop them with :func:`stop_processes`)."""
+    return [
+        await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for argv in argvs
+    ]
 
 
 async def stop_processes(procs: Iterable[trio.Process], *, grace_s: float = 3.0) -> None:

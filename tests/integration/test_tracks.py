@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from edge_recorder.session.stream import StreamSpec
 from edge_recorder.sink.memory import MemoryObjectStore
 from edge_recorder.sink.multipart import multipart_uploader
 from edge_recorder.sink.plan import COMPOSITE_ASSET
-from tests.integration.peers import Producer, gst_opus, gst_video, stop_processes
+from tests.integration.peers import Producer, gst_opus, gst_video, start_processes, stop_processes
 from tests.integration.sync_media import GST, assert_on_one_timeline, find_beeps, gst_rtpbin_sender_argv, render_sync_source
 
 pytestmark = pytest.mark.integration
@@ -82,10 +81,7 @@ async def test_tracks_of_a_room_play_and_line_up_with_the_composite(
         ),
         gst_video(red, "127.0.0.1", ports["rosa-cam"]["port"], ports["rosa-cam"]["rtcpPort"], rgb=(200, 40, 40), width=320, height=180, fps=15),
     ]
-    procs = [
-        await trio.lowlevel.open_process(a, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for a in argvs
-    ]
+    procs = await start_processes(argvs)
     try:
         with trio.move_on_after(SOURCE_S + 2):
             await procs[0].wait()
@@ -190,13 +186,12 @@ async def test_with_a_bucket_tracks_upload_while_recording_and_finish_at_the_sto
     mic = Producer("sam-mic", "sam", "audio", "microphone", "audio/opus", 111, 0x7B0002, display_name="Sam")
     session = await manager.start("room-tracks-bucket", layout="pip", output=dataclasses.replace(OutputOptions.from_settings(settings), tracks=True))
     ports = {p.producer_id: await session.add_stream(StreamSpec.from_params(p.add_stream_params(session.session_id))) for p in (cam, mic)}
-    procs = [
-        await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for argv in (
+    procs = await start_processes(
+        (
             gst_video(cam, "127.0.0.1", ports["sam-cam"]["port"], ports["sam-cam"]["rtcpPort"], rgb=(30, 160, 200), width=640, height=360, fps=30),
             gst_opus(mic, "127.0.0.1", ports["sam-mic"]["port"], frequency_hz=500),
         )
-    ]
+    )
     track_key = store.asset_key(session.session_id, "tracks/sam-cam.webm")
     streamed_while_recording = False
     try:
@@ -238,13 +233,12 @@ async def test_without_a_composite_the_recording_is_the_audio_mix_and_the_tracks
     output = dataclasses.replace(OutputOptions.from_settings(settings), tracks=True, audio=True, composite=False)
     session = await manager.start("room-no-composite", layout="pip", output=output)
     ports = {p.producer_id: await session.add_stream(StreamSpec.from_params(p.add_stream_params(session.session_id))) for p in (cam, mic)}
-    procs = [
-        await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for argv in (
+    procs = await start_processes(
+        (
             gst_video(cam, "127.0.0.1", ports["una-cam"]["port"], ports["una-cam"]["rtcpPort"], rgb=(200, 40, 40), width=320, height=180, fps=15),
             gst_opus(mic, "127.0.0.1", ports["una-mic"]["port"], frequency_hz=500),
         )
-    ]
+    )
     try:
         await trio.sleep(4.0)
     finally:

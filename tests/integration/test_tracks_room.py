@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from edge_recorder.session.manager import SessionManager
 from edge_recorder.session.session import OutputOptions, RecordingSession
 from edge_recorder.session.state import SessionStatus
 from edge_recorder.session.stream import StreamSpec
-from tests.integration.peers import FFMPEG, Producer, ffmpeg_opus, ffmpeg_video, gst_video, stop_processes
+from tests.integration.peers import FFMPEG, Producer, ffmpeg_opus, ffmpeg_video, gst_video, start_processes, stop_processes
 from tests.integration.sync_media import GST, assert_on_one_timeline, gst_rtpbin_sender_argv, render_sync_source
 
 pytestmark = pytest.mark.integration
@@ -87,7 +86,8 @@ def _with_ffmpeg_seq(argv: list[str], seq: int) -> list[str]:
 
 
 async def _spawn(argv: list[str]) -> trio.Process:
-    return await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    [proc] = await start_processes([argv])
+    return proc
 
 
 async def _sleep_until(monotonic_s: float) -> None:

@@ -10,7 +10,6 @@ a crash can lose) still comes every keyframe interval however still the picture.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from edge_recorder.media.mp4 import Mp4BoxScanner, fragment_media_end_s, parse_m
 from edge_recorder.session.manager import SessionManager
 from edge_recorder.session.state import SessionStatus
 from edge_recorder.session.stream import StreamSpec
-from tests.integration.peers import Producer, gst_opus, gst_video, stop_processes
+from tests.integration.peers import Producer, gst_opus, gst_video, start_processes, stop_processes
 from tests.integration.sync_media import GST
 
 pytestmark = pytest.mark.integration
@@ -52,13 +51,12 @@ async def test_a_still_picture_is_encoded_once_and_the_file_still_plays_seeks_an
     mic = Producer("vic-mic", "vic", "audio", "microphone", "audio/opus", 111, 0x7E0002, display_name="Vic")
     session = await manager.start("room-still", layout="pip")
     ports = {p.producer_id: await session.add_stream(StreamSpec.from_params(p.add_stream_params(session.session_id))) for p in (cam, mic)}
-    procs = [
-        await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for argv in (
+    procs = await start_processes(
+        (
             gst_video(cam, "127.0.0.1", ports["vic-cam"]["port"], ports["vic-cam"]["rtcpPort"], rgb=(40, 90, 200), width=320, height=180, fps=5),
             gst_opus(mic, "127.0.0.1", ports["vic-mic"]["port"], frequency_hz=500),
         )
-    ]
+    )
     try:
         await trio.sleep(SEND_S)
     finally:
@@ -75,8 +73,10 @@ async def test_a_still_picture_is_encoded_once_and_the_file_still_plays_seeks_an
         video_times = [float(f.time) for f in container.decode(video=0) if f.time is not None]
     with av.open(str(session.path)) as container:
         audio = [f for f in container.decode(audio=0)]
+        assert audio[-1].time is not None
         audio_end = float(audio[-1].time) + audio[-1].samples / 48000
         video = container.streams.video[0]
+        assert video.time_base is not None
         video_end = float((video.start_time or 0) * video.time_base) + float((video.duration or 0) * video.time_base)
     assert len(video_times) <= ticks - stats["frames_repeated"] + 1, (len(video_times), stats)
     assert all(abs(t * fps - round(t * fps)) < 0.01 for t in video_times), "every frame on the 1/fps grid"
@@ -84,6 +84,7 @@ async def test_a_still_picture_is_encoded_once_and_the_file_still_plays_seeks_an
     # A seek lands on a keyframe before the instant, and the picture is there.
     with av.open(str(session.path)) as container:
         stream = container.streams.video[0]
+        assert stream.time_base is not None
         container.seek(int(2.5 / stream.time_base), stream=stream, backward=True)
         first = next(iter(container.decode(stream)))
         assert first.time is not None and 0.0 <= 2.5 - float(first.time) <= settings.output.keyframe_interval_s + 0.1
