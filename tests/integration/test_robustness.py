@@ -40,6 +40,18 @@ def _decoded_video_frames(path: Any) -> int:
         return sum(1 for _ in container.decode(video=0))
 
 
+def _decoded_video_end_s(path: Any) -> float:
+    """Where the decoded video ends: its last frame's time plus its duration (the frame rate is variable)."""
+    end = 0.0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        for packet in container.demux(stream):
+            for _frame in packet.decode():
+                if packet.pts is not None and packet.time_base is not None:
+                    end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
+    return end
+
+
 async def test_garbage_strangers_and_wrong_streams_are_dropped_and_counted(manager: SessionManager) -> None:
     producers = demo_producers()
     cam, mic = producers["alice-cam"], producers["alice-mic"]
@@ -83,7 +95,8 @@ async def test_garbage_strangers_and_wrong_streams_are_dropped_and_counted(manag
     assert receiver.source_address is not None and receiver.source_address[1] != stranger_port
     # The recording carried on: video decoded through the whole session.
     frames = _decoded_video_frames(session.path)
-    assert frames >= 0.9 * session.worker_stats["frames_encoded"]
+    # Ticks that repeated the picture before are output but not encoded again.
+    assert frames >= 0.9 * (session.worker_stats["frames_encoded"] - (session.worker_stats.get("frames_repeated") or 0))
 
 
 async def test_hostile_bitstream_requests_keyframes_and_recording_continues(manager: SessionManager) -> None:
@@ -151,7 +164,7 @@ async def test_a_crashed_worker_fails_its_session_alone_and_keeps_the_file(manag
     assert victim_ports.isdisjoint(manager.ports.in_use)
     # The kept file is cut at its last complete fragment and plays cleanly.
     assert victim.path.stat().st_size == victim.complete_bytes
-    assert _decoded_video_frames(victim.path) >= int(victim.complete_media_s * 30 * 0.9)
+    assert _decoded_video_end_s(victim.path) >= victim.complete_media_s * 0.9
     # The other session never noticed.
     assert survivor.status is SessionStatus.COMPLETED, survivor.error
     assert _decoded_video_frames(survivor.path) > 0
