@@ -20,7 +20,11 @@ includes it (without a baseline), written between the ``hostile`` markers.
 ``recording.start`` and ``recording.get`` answered through a forwarding node
 vs on the node that records, two ``serve`` processes and one ``redis-server``;
 a full run includes it unless ``--no-placement``, written between the
-``placement`` markers.
+``placement`` markers. After the sweep (unless ``--no-meeting``; ``--meeting``
+runs only it) the realistic meeting (:mod:`edge_recorder.bench.meeting`):
+slides, cameras off part of the time, one talker at a time, the recorder
+against the ffmpeg CLI on the same files, written between the ``meeting``
+markers; the sweep's targets table includes its ratio.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from edge_recorder.bench.ffmpeg import BaselineSettings, run_baseline
 from edge_recorder.bench.inputs import Inputs, prepare_inputs
 from edge_recorder.bench import against as against_bench
 from edge_recorder.bench import hostile as hostile_bench
+from edge_recorder.bench import meeting as meeting_bench
 from edge_recorder.bench import placement as placement_bench
 from edge_recorder.bench import profile as profile_bench
 from edge_recorder.bench import render as render_bench
@@ -54,6 +59,7 @@ from edge_recorder.bench.report import (
     PointResult,
     Report,
     format_table,
+    format_targets,
     render_markdown,
     replace_marked_section,
 )
@@ -79,6 +85,7 @@ QUICK_UPLOAD_SECONDS = 60.0
 ROOM_SECONDS = 30.0
 ROOM_ROUNDS = 3
 QUICK_PLACEMENT_ROUNDS = 3
+QUICK_MEETING_SECONDS = 60.0
 PORT_MIN, PORT_MAX = 41000, 41999
 # The settings of every run (the session sweep adds its RECORDING_TMP_DIR).
 BENCH_ENV = {
@@ -138,6 +145,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="run only the CPU profile of one session by library (perf on the media worker and the receiving process)")
     parser.add_argument("--render", action="store_true", help="run only the re-render speed: a 10-minute recording's tracks rendered as pip and grid (edge-recorder render)")
     parser.add_argument("--render-seconds", type=float, default=render_bench.RENDER_SECONDS, help=f"with --render: the recording's length (default {render_bench.RENDER_SECONDS:g} s)")
+    meeting = parser.add_mutually_exclusive_group()
+    meeting.add_argument("--meeting", action="store_true", help="run only the realistic meeting: slides, cameras off part of the time, one talker at a time; the recorder vs the ffmpeg CLI on the same files")
+    meeting.add_argument("--no-meeting", action="store_true", help="skip the realistic meeting after the session sweep")
+    parser.add_argument("--meeting-seconds", type=float, default=meeting_bench.MEETING_SECONDS, help=f"media seconds of the meeting (default {meeting_bench.MEETING_SECONDS:g})")
     parser.add_argument("--against", metavar="REV", help="run only whole recordings on this tree and on REV (a git revision), alternating rounds")
     parser.add_argument("--against-rounds", type=int, default=3, help="with --against: rounds of each tree (default 3)")
     parser.add_argument(
@@ -162,6 +173,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         # The placement benchmark only when asked for, with a few rounds.
         args.no_placement = not args.placement
         args.placement_rounds = QUICK_PLACEMENT_ROUNDS
+        # The meeting only when asked for, one minute of it.
+        args.no_meeting = not args.meeting
+        args.meeting_seconds = min(args.meeting_seconds, QUICK_MEETING_SECONDS)
     if args.seconds < 2:
         parser.error("--seconds must be at least 2")
     if args.room_seconds < 4:
@@ -170,6 +184,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--room-rounds must be at least 1")
     if args.placement_rounds < 1:
         parser.error("--placement-rounds must be at least 1")
+    if args.meeting_seconds < 20:
+        parser.error("--meeting-seconds must be at least 20")
     return args
 
 
@@ -280,6 +296,42 @@ def _run_rooms(args: argparse.Namespace, machine: MachineInfo, settings: Setting
         args.doc.parent.mkdir(parents=True, exist_ok=True)
         args.doc.write_text(replace_rooms_section(document, render_rooms_markdown(report)), encoding="utf-8")
         _say(f"wrote {args.doc} (rooms section)")
+
+
+def _run_meeting(args: argparse.Namespace, machine: MachineInfo, settings: Settings, work: Path) -> meeting_bench.MeetingResult | None:
+    """The realistic meeting: the ffmpeg CLI, one real-time session, the CLI again; writes its section unless told not to."""
+    script = meeting_bench.make_script(args.meeting_seconds)
+    _say(f"realistic meeting: {script.seconds:g} media-s, {len(script.slides)} slides, {len(script.turns)} turns; the ffmpeg CLI, the recorder, the CLI again")
+    t = time.monotonic()
+    inputs = meeting_bench.prepare_meeting_inputs(script)
+    _say(_inputs_line(inputs, t))
+    baseline_settings = BaselineSettings.from_settings(settings)
+    baselines = []
+
+    def baseline() -> bool:
+        result = meeting_bench.run_meeting_baseline(baseline_settings, script, inputs, work / "meeting-ffmpeg.mp4", ffmpeg=args.ffmpeg)
+        if result.returncode != 0 or result.frames == 0:
+            _say(f"  ffmpeg failed (exit {result.returncode}): {result.stderr}")
+            return False
+        baselines.append(result)
+        _say(f"  ffmpeg CLI: {result.cpu_per_media_s:.3f} CPU-s/media-s ({result.speed:.1f}x real time)")
+        return True
+
+    if not baseline():
+        return None
+    point = trio.run(lambda: run_point(settings, inputs, 1, script.seconds, say=_say, room=meeting_bench.meeting_room()))
+    for s in point.sessions:
+        if s.status.lower() != "completed":
+            _say(f"  meeting: {s.status}: {s.error}")
+    _say(f"  edge-recorder: {point.cpu_per_media_s:.3f} CPU-s/media-s, {point.frames_dropped} of {point.frames} frames dropped, {'real time' if point.realtime else 'NOT real time'}")
+    if not baseline():
+        return None
+    result = meeting_bench.MeetingResult(script, tuple(baselines), point)
+    _say("")
+    _say(meeting_bench.format_meeting_table(result))
+    section = meeting_bench.render_meeting_markdown(result, date=_utc_minute(), machine=_machine_line(machine))
+    _write_marked_section(args, section, meeting_bench.MEETING_BEGIN, meeting_bench.MEETING_END, "meeting")
+    return result
 
 
 def _run_hostile(args: argparse.Namespace, machine: MachineInfo) -> None:
@@ -420,6 +472,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _write_marked_section(args, section, profile_bench.PROFILE_BEGIN, profile_bench.PROFILE_END, "profile")
             _say(f"\n(total {time.monotonic() - started:.0f} s)")
             return 0
+        if args.meeting:
+            _run_meeting(args, machine, settings, work)
+            _say(f"\n(total {time.monotonic() - started:.0f} s)")
+            return 0
         if args.tracks:
             _run_tracks(args, machine, settings)
             _say(f"\n(total {time.monotonic() - started:.0f} s)")
@@ -465,6 +521,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     break
 
         trio.run(sweep)
+        meeting = None
+        if not args.no_meeting:
+            _say("")
+            meeting = _run_meeting(args, machine, settings, work)
 
         report = Report(
             date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -475,9 +535,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             baseline=baseline,
             points=tuple(points),
             sweep=args.sessions,
+            meeting_ratio=None if meeting is None else meeting.ratio,
+            meeting_clean=meeting is not None and meeting.point.realtime and meeting.point.frames_dropped == 0,
         )
         _say("")
         _say(format_table(report))
+        _say("")
+        _say("targets (issues #4 and #15):")
+        _say(format_targets(report))
         _say(f"\n(total {time.monotonic() - started:.0f} s)")
         if not args.no_doc:
             document = args.doc.read_text(encoding="utf-8") if args.doc.exists() else ""

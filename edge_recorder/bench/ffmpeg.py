@@ -25,10 +25,10 @@ from edge_recorder.bench.inputs import Inputs
 from edge_recorder.config import Settings
 from edge_recorder.session.session import OutputOptions
 
-__all__ = ["BaselineResult", "BaselineSettings", "ffmpeg_command", "run_baseline"]
+__all__ = ["BaselineResult", "BaselineSettings", "even_round", "ffmpeg_command", "overlay_geometry", "run_baseline", "run_ffmpeg"]
 
 
-def _even_round(value: float) -> int:
+def even_round(value: float) -> int:
     return max(2, int(round(value / 2)) * 2)
 
 
@@ -66,6 +66,17 @@ class BaselineSettings:
         return max(1, round(self.fps * self.keyframe_interval_s))
 
 
+def overlay_geometry(settings: BaselineSettings, camera_size: tuple[int, int]) -> tuple[int, int, str, str]:
+    """The pip overlay's width, height and ``overlay`` filter x, y expressions, as the recorder places it (pure)."""
+    s = settings
+    ow = even_round(s.width * s.overlay_width_pct / 100)
+    oh = even_round(ow * camera_size[1] / camera_size[0])
+    m = s.overlay_margin_px
+    x = str(m) if s.overlay_corner.endswith("left") else f"W-w-{m}"
+    y = str(m) if s.overlay_corner.startswith("top") else f"H-h-{m}"
+    return ow, oh, x, y
+
+
 def ffmpeg_command(
     settings: BaselineSettings,
     *,
@@ -85,11 +96,7 @@ def ffmpeg_command(
     thread, as the recorder's worker uses.
     """
     s = settings
-    ow = _even_round(s.width * s.overlay_width_pct / 100)
-    oh = _even_round(ow * camera_size[1] / camera_size[0])
-    m = s.overlay_margin_px
-    x = str(m) if s.overlay_corner.endswith("left") else f"W-w-{m}"
-    y = str(m) if s.overlay_corner.startswith("top") else f"H-h-{m}"
+    ow, oh, x, y = overlay_geometry(s, camera_size)
     graph = ";".join(
         [
             f"[0:v]scale={s.width}:{s.height}:force_original_aspect_ratio=decrease:flags=bilinear,"
@@ -164,6 +171,15 @@ def run_baseline(inputs: Inputs, settings: BaselineSettings, output: Path, *, ff
         output=output,
         ffmpeg=ffmpeg,
     )
+    return run_ffmpeg(command, output, fps=settings.fps)
+
+
+def run_ffmpeg(command: list[str], output: Path, *, fps: int) -> BaselineResult:
+    """Run an ffmpeg CLI command to completion (blocking) and measure it; media seconds = video frames in ``output`` / ``fps``.
+
+    Raises:
+        OSError: ffmpeg cannot be started.
+    """
     started = time.monotonic()
     with subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as process:
         assert process.stderr is not None
@@ -178,7 +194,7 @@ def run_baseline(inputs: Inputs, settings: BaselineSettings, output: Path, *, ff
         command=command,
         cpu_s=usage.ru_utime + usage.ru_stime,
         wall_s=wall,
-        media_s=frames / settings.fps,
+        media_s=frames / fps,
         frames=frames,
         peak_rss_bytes=usage.ru_maxrss * 1024,  # Linux reports KiB
         returncode=process.returncode,

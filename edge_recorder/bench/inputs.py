@@ -31,10 +31,11 @@ import tempfile
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
 
 import av
 import numpy as np
+from av.video.frame import PictureType
 
 from edge_recorder.demo.sfu import SyntheticProducer, audio_level_byte
 from edge_recorder.demo.sources import CameraSource, ScreenSource, ToneSource
@@ -150,9 +151,16 @@ class Inputs:
         return next(s for s in self.streams if s.definition.key == key)
 
 
-def _cache_key(seconds: float, streams: tuple[StreamDef, ...]) -> str:
+def _cache_key(seconds: float, streams: tuple[StreamDef, ...], extra: object = None) -> str:
     material = json.dumps(
-        {"v": INPUTS_VERSION, "av": av.__version__, "seconds": seconds, "kf": KEYFRAME_INTERVAL_S, "streams": [asdict(s) for s in streams]},
+        {
+            "v": INPUTS_VERSION,
+            "av": av.__version__,
+            "seconds": seconds,
+            "kf": KEYFRAME_INTERVAL_S,
+            "streams": [asdict(s) for s in streams],
+            "extra": extra,
+        },
         sort_keys=True,
     )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
@@ -162,29 +170,45 @@ def default_cache_dir() -> Path:
     return Path(tempfile.gettempdir()) / "edge-recorder-bench"
 
 
-def prepare_inputs(seconds: float, cache_dir: Path | None = None, *, streams: tuple[StreamDef, ...] = BENCH_STREAMS) -> Inputs:
+# How one stream is encoded: (definition, seconds, file to mux into) -> its frames.
+Encode = Callable[[StreamDef, float, Path], list[tuple[bytes, bool, int, int | None]]]
+
+
+def _encode_default(definition: StreamDef, seconds: float, out: Path) -> list[tuple[bytes, bool, int, int | None]]:
+    if definition.codec == "vp8":
+        return _encode_vp8(definition, seconds, out)
+    return encode_opus(definition, seconds, out)
+
+
+def prepare_inputs(
+    seconds: float,
+    cache_dir: Path | None = None,
+    *,
+    streams: tuple[StreamDef, ...] = BENCH_STREAMS,
+    encode: Encode = _encode_default,
+    cache_material: object = None,
+) -> Inputs:
     """Encode the benchmark streams, or load them from the cache.
 
     Args:
         seconds: media duration of every stream.
         cache_dir: where cached inputs live (a temp directory by default).
         streams: what to encode.
+        encode: how a stream is encoded (the sweep's continuous streams by
+            default; the meeting benchmark passes its script's).
+        cache_material: JSON-able; whatever else decides the bitstreams (keys the cache).
 
     Returns:
         The inputs; ``cached`` says whether they came from the cache.
     """
-    root = (cache_dir or default_cache_dir()) / f"inputs-{_cache_key(seconds, streams)}"
+    root = (cache_dir or default_cache_dir()) / f"inputs-{_cache_key(seconds, streams, cache_material)}"
     if (root / "frames.pkl").exists():
         return load_inputs(root, streams=streams, cached=True)
     work = root.with_name(root.name + ".partial")
     work.mkdir(parents=True, exist_ok=True)
     frames: dict[str, list[tuple[bytes, bool, int, int | None]]] = {}
     for definition in streams:
-        out = work / definition.file_name
-        if definition.codec == "vp8":
-            frames[definition.key] = _encode_vp8(definition, seconds, out)
-        else:
-            frames[definition.key] = _encode_opus(definition, seconds, out)
+        frames[definition.key] = encode(definition, seconds, work / definition.file_name)
     with (work / "frames.pkl").open("wb") as f:
         pickle.dump({"seconds": seconds, "frames": frames}, f, protocol=pickle.HIGHEST_PROTOCOL)
     if not root.exists():  # a concurrent run may have finished first: keep its copy
@@ -209,7 +233,7 @@ def load_inputs(root: Path, *, streams: tuple[StreamDef, ...] = BENCH_STREAMS, c
 # --------------------------------------------------------------------------- encoding
 
 
-class _ScrollingPage:
+class ScrollingPage:
     """A tall page of text-like glyph rows, scrolled like a document being read."""
 
     def __init__(self, width: int, height: int, seed: int = 1) -> None:
@@ -234,7 +258,7 @@ class _ScrollingPage:
         luma[y : y + h, x : x + w] = self.page[offset : offset + h]
 
 
-def _add_sensor_noise(frame: av.VideoFrame, rng: np.random.Generator, amplitude: int = 6) -> None:
+def add_sensor_noise(frame: av.VideoFrame, rng: np.random.Generator, amplitude: int = 6) -> None:
     """Grain like a real sensor's, so the camera costs a camera's bitrate (a flat
     synthetic picture compresses to ~50 kbps, a webcam at 360p sends ~600)."""
     plane = frame.planes[0]
@@ -247,8 +271,37 @@ def _encode_vp8(d: StreamDef, seconds: float, path: Path) -> list[tuple[bytes, b
     """Encode like a WebRTC sender (demo ``VideoEncoder`` options) and mux the packets."""
     screen = ScreenSource(d.width, d.height) if d.source == "screen" else None
     camera = CameraSource(d.display_name, (220, 60, 50), d.width, d.height) if d.source == "camera" else None
-    page = _ScrollingPage(width=d.width * 55 // 100, height=4000) if screen is not None else None
+    page = ScrollingPage(width=d.width * 55 // 100, height=4000) if screen is not None else None
     noise = np.random.default_rng(7)
+
+    def pictures() -> Iterator[tuple[int, av.VideoFrame, bool]]:
+        for i in range(int(round(seconds * d.fps))):
+            t = i / d.fps
+            if screen is not None:
+                assert page is not None
+                frame = screen.frame(t)
+                page.paint(frame, t, x=40, y=d.height // 12, h=d.height * 10 // 12)
+            else:
+                assert camera is not None
+                frame = camera.frame(t)
+                add_sensor_noise(frame, noise)
+            yield i, frame, False
+
+    return encode_vp8_pictures(d, path, pictures(), gop_frames=max(1, int(d.fps * KEYFRAME_INTERVAL_S)))
+
+
+def encode_vp8_pictures(
+    d: StreamDef,
+    path: Path,
+    pictures: Iterable[tuple[int, av.VideoFrame, bool]],
+    *,
+    gop_frames: int,
+) -> list[tuple[bytes, bool, int, int | None]]:
+    """Encode ``(frame index at d.fps, picture, force a keyframe)`` like a WebRTC sender and mux the packets.
+
+    Indices may skip (a camera turned off, a share that sends only on change):
+    the file and the RTP timestamps then have the same gaps a sender's would.
+    """
     out: list[tuple[bytes, bool, int, int | None]] = []
     ticks = VIDEO_CLOCK_HZ // d.fps
     with av.open(str(path), "w", format="webm") as container:
@@ -261,21 +314,13 @@ def _encode_vp8(d: StreamDef, seconds: float, path: Path) -> list[tuple[bytes, b
         stream.height = d.height
         stream.pix_fmt = "yuv420p"
         stream.bit_rate = d.bitrate_kbps * 1000
-        stream.codec_context.gop_size = max(1, int(d.fps * KEYFRAME_INTERVAL_S))
+        stream.codec_context.gop_size = gop_frames
         stream.codec_context.thread_count = 1
-        count = int(round(seconds * d.fps))
-        for i in range(count):
-            t = i / d.fps
-            if screen is not None:
-                assert page is not None
-                frame = screen.frame(t)
-                page.paint(frame, t, x=40, y=d.height // 12, h=d.height * 10 // 12)
-            else:
-                assert camera is not None
-                frame = camera.frame(t)
-                _add_sensor_noise(frame, noise)
-            frame.pts = i
+        for index, frame, keyframe in pictures:
+            frame.pts = index
             frame.time_base = Fraction(1, d.fps)
+            if keyframe:
+                frame.pict_type = PictureType.I  # libvpx: VPX_EFLAG_FORCE_KF
             for packet in stream.encode(frame):
                 out.append((bytes(packet), bool(packet.is_keyframe), int(packet.pts or 0) * ticks, None))
                 container.mux(packet)
@@ -285,7 +330,7 @@ def _encode_vp8(d: StreamDef, seconds: float, path: Path) -> list[tuple[bytes, b
     return out
 
 
-class _NoiseSource:
+class NoiseSource:
     """An unmuted microphone in a quiet room: white noise at ``level_dbov`` RMS, the
     same in both channels (a mono microphone sent as stereo, as ToneSource does)."""
 
@@ -299,18 +344,22 @@ class _NoiseSource:
         return np.stack([mono, mono], axis=1)
 
 
-def _encode_opus(d: StreamDef, seconds: float, path: Path) -> list[tuple[bytes, bool, int, int | None]]:
+def encode_opus(
+    d: StreamDef, seconds: float, path: Path, block: Callable[[int, int], np.ndarray] | None = None
+) -> list[tuple[bytes, bool, int, int | None]]:
     """Opus in 20 ms packets; RTP timestamps count 960 per packet from 0.
 
     Each packet keeps the RFC 6464 level byte of the 20 ms block it was encoded
     from (the encoder's 6.5 ms look-ahead is ignored: a level is a loudness, not
     a sample-accurate measure).
     """
-    source: ToneSource | _NoiseSource
-    if d.noise_dbov is not None:
-        source = _NoiseSource(d.noise_dbov)
-    else:
-        source = ToneSource(d.tone_hz, beep_period_s=1.0 if d.key == "mic-a" else None)
+    if block is None:
+        source: ToneSource | NoiseSource
+        if d.noise_dbov is not None:
+            source = NoiseSource(d.noise_dbov)
+        else:
+            source = ToneSource(d.tone_hz, beep_period_s=1.0 if d.key == "mic-a" else None)
+        block = source.block
     out: list[tuple[bytes, bool, int, int | None]] = []
     levels: list[int] = []
     with av.open(str(path), "w", format="ogg") as container:
@@ -328,7 +377,7 @@ def _encode_opus(d: StreamDef, seconds: float, path: Path) -> list[tuple[bytes, 
                 container.mux(packet)
 
         for k in range(count):
-            pcm = source.block(k * OPUS_PACKET_SAMPLES, OPUS_PACKET_SAMPLES)
+            pcm = block(k * OPUS_PACKET_SAMPLES, OPUS_PACKET_SAMPLES)
             levels.append(audio_level_byte(pcm)[0])
             frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm).reshape(1, -1), format="s16", layout="stereo")
             frame.sample_rate = 48_000

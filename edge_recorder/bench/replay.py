@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from edge_recorder.bench.inputs import EncodedFrame, InputStream, Inputs, load_inputs
+from edge_recorder.bench.meeting import MEETING_ROOM, MEETING_STREAMS, meeting_room
 from edge_recorder.bench.rooms import ROOM_INPUTS, Room, room_by_name
 from edge_recorder.demo.sfu import AUDIO_LEVEL_ID, PAYLOAD_TYPES, SENDER_REPORT_INTERVAL_S
 from edge_recorder.rtp.packet import serialize_rtp
@@ -258,10 +259,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("inputs", type=Path, help="a directory written by edge_recorder.bench.inputs")
     parser.add_argument("--sessions", type=int, required=True)
     parser.add_argument("--seconds", type=float, required=True)
-    parser.add_argument("--room", help="replay this room (e.g. 20-person) from ROOM_INPUTS instead of the sweep's streams")
+    parser.add_argument("--room", help=f"replay this room (e.g. 20-person) from ROOM_INPUTS, or {MEETING_ROOM!r} from its inputs, instead of the sweep's streams")
     args = parser.parse_args(argv)
 
-    if args.room:
+    if args.room == MEETING_ROOM:
+        inputs = load_inputs(args.inputs, streams=MEETING_STREAMS)
+        schedule = build_room_schedule(meeting_room(), inputs, args.sessions, args.seconds)
+    elif args.room:
         inputs = load_inputs(args.inputs, streams=ROOM_INPUTS)
         schedule = build_room_schedule(room_by_name(args.room), inputs, args.sessions, args.seconds)
     else:

@@ -264,4 +264,5 @@ def _session_result(w: _Watch, peak_rss: int, fps: int) -> SessionResult:
         packets_not_shown=sum(int(getattr(r, "packets_not_shown", 0)) for r in receiver),
         speaker_switches=w.speaker_switches,
         active_speaker=w.speaker,
+        frames_repeated=None if stats.get("frames_repeated") is None else int(stats["frames_repeated"]),
     )

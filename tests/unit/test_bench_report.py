@@ -161,3 +161,25 @@ def test_the_still_benchmark_reports_both_sides_and_their_ratio() -> None:
     assert round(result.ratio, 2) == 0.36
     markdown = render_markdown(result, date="d", machine="m")
     assert "| false | 0.166 | 0 % |" in markdown and "| true | 0.060 | 93 % |" in markdown and "| ratio | 0.36 | |" in markdown
+
+
+def test_the_targets_judge_the_largest_real_time_n_the_parent_per_datagram_and_the_meeting() -> None:
+    import dataclasses
+
+    def sessions(n: int, packets: int) -> tuple[SessionResult, ...]:
+        return tuple(dataclasses.replace(_session(), packets_received=packets) for _ in range(n))
+
+    # parent window CPU 1.0 s over 20 000 datagrams = 50 µs; N=2 is the largest real time.
+    points = (_point(1, *sessions(1, 20_000)), _point(2, *sessions(2, 20_000)), _point(3, _session(), _session(), _session(lag=2.0)))
+    report = dataclasses.replace(_report(*points), sweep=(1, 2, 3), meeting_ratio=0.42, meeting_clean=True)
+    rows = {what: (reached, met) for what, _, reached, met in targets_rows(report)}
+    assert rows["CPU ratio vs ffmpeg at the largest real-time N (2)"] == ("1.75", "**no**")  # (6 + 2/2) / 20 over 0.2
+    assert rows["… of them with 0 frames dropped"] == ("2", "**no**")
+    parent = next(v for k, v in rows.items() if k.startswith("parent CPU per received datagram"))
+    assert parent == ("50 µs", "yes")
+    assert rows["realistic meeting: CPU ratio vs ffmpeg (real time, 0 dropped)"] == ("0.42", "yes")
+    # A meeting that dropped frames is not met, however cheap.
+    dirty = {w: m for w, _, _, m in targets_rows(dataclasses.replace(report, meeting_clean=False))}
+    assert dirty["realistic meeting: CPU ratio vs ffmpeg (real time, 0 dropped)"] == "**no**"
+    # Without a meeting there is no meeting row.
+    assert not any("meeting" in w for w, *_ in targets_rows(_report(_point(1))))
