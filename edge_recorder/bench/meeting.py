@@ -21,8 +21,8 @@ while what the codecs see keeps its real pace:
 Both contenders compose the same files: the recorder gets them as RTP from
 the replay process in real time (``--room meeting``), the ffmpeg CLI reads
 them as files as fast as it can, with a filter graph that shows what the
-recorder's pip shows (the share; the speaker's camera when it is on, else the
-first camera that is on; all three microphones mixed) and the same x264
+recorder's pip shows (the share; the talker's camera when it is on, else their
+name card; all three microphones mixed) and the same x264
 settings. Every keyframe comes with the periodic ones (every
 :data:`~edge_recorder.bench.inputs.KEYFRAME_INTERVAL_S`) because the replay
 cannot answer a PLI. The script is seeded: the same seconds give the same
@@ -56,6 +56,7 @@ from edge_recorder.bench.inputs import (
 from edge_recorder.bench.report import PointResult
 from edge_recorder.bench.rooms import Room, RoomStream
 from edge_recorder.demo.sources import CameraSource, ToneSource, rgb_to_yuv, text_mask
+from edge_recorder.media.composite import CARD_RGB, DEFAULT_FONT_PATH
 
 __all__ = [
     "MEETING_BEGIN",
@@ -67,14 +68,15 @@ __all__ = [
     "MeetingResult",
     "MeetingScript",
     "camera_intervals_shown",
+    "card_intervals_shown",
     "format_meeting_table",
     "make_script",
     "meeting_command",
     "meeting_room",
     "prepare_meeting_inputs",
     "render_meeting_markdown",
+    "overlay_runs",
     "run_meeting_baseline",
-    "shown_cameras",
 ]
 
 MEETING_BEGIN = "<!-- meeting:begin -->"
@@ -89,6 +91,7 @@ SHARE_IDLE_PERIOD_S = 1.0  # then one repeat per period
 SLIDE_GAP_S = (10.0, 20.0)
 CAMERA_FPS = 30
 QUIET_DBOV = -60.0
+_CARD_HEX = "".join(f"{c:02X}" for c in CARD_RGB)
 
 # (peer, name, camera colour, tone Hz, share of the talking, camera on/off segment lengths in s)
 _PEOPLE: tuple[tuple[str, str, tuple[int, int, int], float, float], ...] = (
@@ -230,29 +233,33 @@ def _on(intervals: Sequence[Interval], t: float) -> bool:
     return any(a <= t < b for a, b in intervals)
 
 
-def shown_cameras(script: MeetingScript, step_s: float = 0.01) -> list[tuple[float, float, str | None]]:
-    """Whose camera the pip overlay shows when: the talker's if it is on, else the first (``PEERS`` order) that is on.
+def overlay_runs(script: MeetingScript, step_s: float = 0.01) -> list[tuple[float, float, str, bool]]:
+    """What the pip overlay shows when: ``(start, end, talker, camera)``, the talker's camera if it is on, else their name card.
 
-    This is the recorder's pip rule (:func:`edge_recorder.media.layout.compute_scene`);
-    the ffmpeg CLI's filter graph is built from it. Sampled every ``step_s``
-    and merged into ``(start, end, peer or None)`` runs.
+    This is the recorder's pip rule (:func:`edge_recorder.media.layout.compute_scene`
+    with ``speaker_name``); the ffmpeg CLI's filter graph is built from it.
+    Sampled every ``step_s`` and merged into runs.
     """
-    runs: list[tuple[float, float, str | None]] = []
-    steps = int(round(script.seconds / step_s))
-    for k in range(steps):
+    runs: list[tuple[float, float, str, bool]] = []
+    for k in range(int(round(script.seconds / step_s))):
         t = k * step_s
         talker = script.talker(t)
-        live = [p for p in PEERS if _on(script.camera(p), t)]
-        peer = talker if talker in live else (live[0] if live else None)
-        if runs and runs[-1][2] == peer:
-            runs[-1] = (runs[-1][0], round(t + step_s, 6), peer)
+        state = (talker, _on(script.camera(talker), t))
+        if runs and runs[-1][2:] == state:
+            runs[-1] = (runs[-1][0], round(t + step_s, 6), *state)
         else:
-            runs.append((round(t, 6), round(t + step_s, 6), peer))
+            runs.append((round(t, 6), round(t + step_s, 6), *state))
     return runs
 
 
 def camera_intervals_shown(script: MeetingScript, peer: str) -> list[Interval]:
-    return [(a, b) for a, b, p in shown_cameras(script) if p == peer]
+    """When ``peer``'s camera is in the overlay."""
+    return [(a, b) for a, b, p, camera in overlay_runs(script) if p == peer and camera]
+
+
+def card_intervals_shown(script: MeetingScript, peer: str) -> list[Interval]:
+    """When ``peer``'s name card is in the overlay (talking, camera off)."""
+    return [(a, b) for a, b, p, camera in overlay_runs(script) if p == peer and not camera]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -375,8 +382,9 @@ def meeting_command(
 
     Each camera file starts when that camera first comes on; ``-itsoffset``
     puts it back at that time (the CLI starts every input at 0 otherwise).
-    Each camera is scaled and laid over the share where :func:`shown_cameras`
-    says it is shown (``enable``); all three microphones are mixed.
+    Each camera is scaled and laid over the share where :func:`overlay_runs`
+    says it is shown (``enable``), and each person's name card (a filled box
+    and the name) drawn where their card is; all three microphones are mixed.
     """
     s = settings
     screen = inputs.stream(MEETING_STREAMS[0].key)
@@ -398,7 +406,18 @@ def meeting_command(
         shown = camera_intervals_shown(script, cam.definition.peer_id)
         graph.append(f"[{i}:v]scale={ow}:{oh}:flags=bilinear[c{i}]")
         graph.append(f"[v{i - 1}][c{i}]overlay=x={x}:y={y}:eof_action=pass:enable='{_enable(shown)}'[v{i}]")
-    graph.append(f"[v{len(cameras)}]format=yuv420p[v]")
+    bx = s.overlay_margin_px if s.overlay_corner.endswith("left") else s.width - s.overlay_margin_px - ow
+    by = s.overlay_margin_px if s.overlay_corner.startswith("top") else s.height - s.overlay_margin_px - oh
+    cards = []
+    for cam in cameras:
+        d = cam.definition
+        when = _enable(card_intervals_shown(script, d.peer_id))
+        cards.append(f"drawbox=x={bx}:y={by}:w={ow}:h={oh}:color=0x{_CARD_HEX}:t=fill:enable='{when}'")
+        cards.append(
+            f"drawtext=fontfile={DEFAULT_FONT_PATH}:text={d.display_name}:fontsize={oh // 5}:fontcolor=white:"
+            f"x={bx}+({ow}-text_w)/2:y={by}+({oh}-text_h)/2:enable='{when}'"
+        )
+    graph.append(f"[v{len(cameras)}]" + ",".join(cards) + ",format=yuv420p[v]")
     first_mic = 1 + len(cameras)
     graph.append("".join(f"[{first_mic + k}:a]" for k in range(len(mics))) + f"amix=inputs={len(mics)}:duration=longest[a]")
     return [
@@ -458,8 +477,8 @@ class MeetingResult:
         return s.frames_repeated / s.frames_encoded
 
     def shown_fraction(self) -> float:
-        """Share of the meeting a camera is in the picture."""
-        return sum(b - a for a, b, p in shown_cameras(self.script) if p is not None) / self.script.seconds
+        """Share of the meeting a camera is in the picture (the rest of it, the talker's name card)."""
+        return sum(b - a for a, b, _, camera in overlay_runs(self.script) if camera) / self.script.seconds
 
 
 def format_meeting_table(result: MeetingResult) -> str:
@@ -488,7 +507,7 @@ def render_meeting_markdown(result: MeetingResult, *, date: str, machine: str) -
         f"Measured {date} on {machine}: {sc.seconds:g} media-s of a meeting (seed {SCRIPT_SEED}): "
         f"{len(sc.slides)} slides, {len(sc.turns)} speaker turns; cameras on "
         + ", ".join(f"{p} {v * 100:.0f} %" for p, v in on.items())
-        + f" of the time, a camera in the picture {result.shown_fraction() * 100:.0f} % of it. "
+        + f" of the time; the talker's camera in the picture {result.shown_fraction() * 100:.0f} % of it, their name card the rest. "
         "The ffmpeg CLI ran before and after the session; its figure is the mean.\n\n"
         + format_meeting_table(result)
     )

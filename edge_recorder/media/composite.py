@@ -35,9 +35,9 @@ from av.video.reformatter import ColorRange, Interpolation, VideoReformatter
 from PIL import Image, ImageDraw, ImageFont
 
 from edge_recorder.errors import MediaError
-from edge_recorder.media.layout import Rect, Scene, clean_display_name
+from edge_recorder.media.layout import Card, Rect, Scene, clean_display_name
 
-__all__ = ["Compositor", "DEFAULT_FONT_PATH", "rgb_to_yuv"]
+__all__ = ["CARD_RGB", "Compositor", "DEFAULT_FONT_PATH", "rgb_to_yuv"]
 
 U8 = npt.NDArray[np.uint8]
 U16 = npt.NDArray[np.uint16]
@@ -47,6 +47,7 @@ Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 DEFAULT_FONT_PATH = "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"
 
 _BORDER_RGB = (230, 230, 230)
+CARD_RGB = (58, 64, 78)  # a name card: lighter than the canvas, so it reads as a tile
 _BORDER_PX = 2  # even, so the chroma border is exactly one sample wide
 _LABEL_BOX_RGBA = (0, 0, 0, 170)
 _TEXT_RGBA = (255, 255, 255, 255)
@@ -208,6 +209,7 @@ class Compositor:
         self.height = height
         self._bg_yuv = rgb_to_yuv(background)
         self._border_yuv = rgb_to_yuv(_BORDER_RGB)
+        self._card_yuv = rgb_to_yuv(CARD_RGB)
         self._font_path = font_path if font_path is not None else DEFAULT_FONT_PATH
         self._fonts: dict[int, Font] = {}
         self._scalers: dict[str, _Scaler] = {}
@@ -244,7 +246,7 @@ class Compositor:
         """
         out = av.VideoFrame(self.width, self.height, "yuv420p")
         planes = (_plane_view(out, 0), _plane_view(out, 1), _plane_view(out, 2))
-        if not scene.placements:
+        if not scene.placements and not scene.cards:
             source = self._slate(scene.slate_names, planes)
             for dst, src in zip(planes, source, strict=True):
                 np.copyto(dst, src)
@@ -260,6 +262,8 @@ class Compositor:
                 self._border(planes, placement.dst)
             if placement.label:
                 self._draw_label(planes, placement.label, placement.dst)
+        for card in scene.cards:
+            self._draw_card(planes, card)
         return out
 
     def forget(self, key: str) -> None:
@@ -325,6 +329,26 @@ class Compositor:
             region[h - t :, :] = value
             region[:, :t] = value
             region[:, w - t :] = value
+
+    def _draw_card(self, planes: tuple[U8, U8, U8], card: Card) -> None:
+        """A participant's name card: a flat tile, the name centred on it, the overlay's border."""
+        d = card.dst
+        for index, plane in enumerate(planes):
+            shift = 0 if index == 0 else 1
+            plane[d.y >> shift : (d.y + d.h) >> shift, d.x >> shift : (d.x + d.w) >> shift] = self._card_yuv[index]
+        size = max(10, min(_even(self.height / 12), _even(d.h / 5)))
+        max_w = d.w - 2 * _even(size / 2)
+        sprite = self._label_sprite(card.name, size, max_w) if max_w >= size else None
+        if sprite is not None and sprite.h <= d.h:
+            x = d.x + _even((d.w - sprite.w) / 2)
+            y = d.y + _even((d.h - sprite.h) / 2)
+            try:
+                _blend(planes, sprite, x, y)
+            except Exception as exc:  # noqa: BLE001 - a name never ends a recording
+                self._labels[(card.name, size, max_w)] = None
+                self._undrawable(card.name, exc)
+        if card.border:
+            self._border(planes, d)
 
     # -- text ----------------------------------------------------------------
 

@@ -14,7 +14,10 @@ Three layouts:
 ``pip``
     The newest screen share fills the canvas (letterboxed); the active
     speaker's camera floats in a corner. Without a share the speaker's camera
-    fills the canvas. Without any video: a slate.
+    fills the canvas. A speaker whose camera is off is shown by a name card
+    in the camera's place (``speaker_name``), never by someone else's
+    camera: the overlay says who is talking. Without any video: a slate
+    (naming everyone, card or not).
 ``grid``
     Cameras tiled in a near-square grid (``cols = ceil(sqrt(n))``). With a
     share, the share takes the top of the canvas and the cameras sit in a strip
@@ -36,7 +39,9 @@ from dataclasses import dataclass, replace
 from typing import Literal, TypeAlias, get_args
 
 __all__ = [
+    "CARD_ASPECT",
     "CORNERS",
+    "Card",
     "LAYOUTS",
     "LayoutName",
     "LayoutSettings",
@@ -239,6 +244,27 @@ class Placement:
     border: bool
 
 
+#: A name card has a camera's usual shape (16:9), so the overlay keeps its size when a camera goes off.
+CARD_ASPECT = (640, 360)
+
+
+@dataclass(frozen=True, slots=True)
+class Card:
+    """A participant shown by name where their camera would be (pip: the speaker with the camera off).
+
+    Attributes:
+        name: the display name written on it (cleaned, non-empty).
+        dst: the card's rectangle.
+        z: stacking order, as :attr:`Placement.z`.
+        border: draw the overlay's thin border around it.
+    """
+
+    name: str
+    dst: Rect
+    z: int
+    border: bool
+
+
 @dataclass(frozen=True, slots=True)
 class Scene:
     """What to draw for one output frame.
@@ -246,11 +272,13 @@ class Scene:
     Attributes:
         placements: pictures to draw, sorted by ``z`` (stable).
         slate_names: participant names for the slate; non-empty only when
-            ``placements`` is empty.
+            ``placements`` and ``cards`` are empty.
+        cards: name cards, drawn after the placements.
     """
 
     placements: tuple[Placement, ...]
     slate_names: tuple[str, ...]
+    cards: tuple[Card, ...] = ()
 
 
 def fit_rect(src_w: int, src_h: int, cell: Rect) -> Rect:
@@ -313,29 +341,56 @@ def _spotlight_first(cameras: Sequence[VideoInput], spotlight: str | None) -> li
     return sorted(cameras, key=lambda cam: cam.peer_id != spotlight)
 
 
-def _overlay_cell(cam: VideoInput, settings: LayoutSettings) -> Rect:
-    """The pip overlay rectangle: camera aspect, configured width and corner."""
+def _overlay_cell(width: int, height: int, settings: LayoutSettings) -> Rect:
+    """The pip overlay rectangle: the picture's aspect, configured width and corner."""
     margin = _even_floor(settings.overlay_margin_px)
     max_w = settings.width - 2 * margin
     max_h = settings.height - 2 * margin
     w = max(2, min(max_w, _even_round(settings.width * settings.overlay_width_pct / 100)))
-    h = max(2, _even_round(w * cam.height / cam.width))
+    h = max(2, _even_round(w * height / width))
     if h > max_h:
         # A portrait camera at the configured width would not fit: keep the
         # aspect and shrink to the canvas height instead.
         h = max_h
-        w = max(2, min(max_w, _even_round(h * cam.width / cam.height)))
+        w = max(2, min(max_w, _even_round(h * width / height)))
     x = margin if settings.overlay_corner.endswith("left") else settings.width - margin - w
     y = margin if settings.overlay_corner.startswith("top") else settings.height - margin - h
     return Rect(x, y, w, h)
 
 
+def _overlay_dst(width: int, height: int, settings: LayoutSettings) -> tuple[Rect, Rect]:
+    """The pip overlay's (dst, cell) for a picture of this size."""
+    cell = _overlay_cell(width, height, settings)
+    fitted = fit_rect(width, height, cell)
+    # The cell already has the picture's aspect; when even rounding still
+    # leaves a sliver, hug the corner rather than centre, so the margin to
+    # the edges stays exactly as configured.
+    x = cell.x if settings.overlay_corner.endswith("left") else cell.right - fitted.w
+    y = cell.y if settings.overlay_corner.startswith("top") else cell.bottom - fitted.h
+    return Rect(x, y, fitted.w, fitted.h), cell
+
+
 def _pip(
-    shown: Sequence[VideoInput], active_speaker: str | None, spotlight: str | None, settings: LayoutSettings
-) -> list[Placement]:
+    shown: Sequence[VideoInput],
+    active_speaker: str | None,
+    spotlight: str | None,
+    settings: LayoutSettings,
+    speaker_name: str | None = None,
+) -> tuple[list[Placement], list[Card]]:
     canvas = settings.canvas
     share = _pick_share(shown)
-    camera = _pick_speaker_camera([i for i in shown if i.source == "camera"], active_speaker, spotlight)
+    cameras = [i for i in shown if i.source == "camera"]
+    card_name = clean_display_name(speaker_name) if speaker_name is not None and active_speaker is not None else ""
+    if card_name and shown and not any(spotlight is not None and c.peer_id == spotlight for c in cameras):
+        # The speaker's camera is off: their card, not someone else's camera
+        # (nor their own last picture) in the speaker's place. A spotlit
+        # camera still wins, as it does over a speaker's camera; with no
+        # video at all the slate names everyone instead.
+        if share is None:
+            return [], [Card(card_name, canvas, 0, False)]
+        dst, _ = _overlay_dst(*CARD_ASPECT, settings)
+        return [Placement(share.key, fit_rect(share.width, share.height, canvas), canvas, None, 0, False)], [Card(card_name, dst, 1, True)]
+    camera = _pick_speaker_camera(cameras, active_speaker, spotlight)
     placements: list[Placement] = []
     if share is not None:
         # The share is what people read: full canvas, no label covering it.
@@ -343,17 +398,11 @@ def _pip(
             Placement(share.key, fit_rect(share.width, share.height, canvas), canvas, None, 0, False)
         )
         if camera is not None:
-            cell = _overlay_cell(camera, settings)
-            fitted = fit_rect(camera.width, camera.height, cell)
-            # The cell already has the camera's aspect; when even rounding
-            # still leaves a sliver, hug the corner rather than centre, so the
-            # margin to the edges stays exactly as configured.
-            x = cell.x if settings.overlay_corner.endswith("left") else cell.right - fitted.w
-            y = cell.y if settings.overlay_corner.startswith("top") else cell.bottom - fitted.h
+            dst, cell = _overlay_dst(camera.width, camera.height, settings)
             placements.append(
                 Placement(
                     camera.key,
-                    Rect(x, y, fitted.w, fitted.h),
+                    dst,
                     cell,
                     _label(camera.display_name),
                     1,
@@ -371,7 +420,7 @@ def _pip(
                 False,
             )
         )
-    return placements
+    return placements, []
 
 
 def _tile(cameras: Sequence[VideoInput], area: Rect) -> list[Placement]:
@@ -468,6 +517,7 @@ def compute_scene(
     settings: LayoutSettings,
     *,
     spotlight: str | None = None,
+    speaker_name: str | None = None,
 ) -> Scene:
     """Decide what goes where on the canvas.
 
@@ -485,10 +535,15 @@ def compute_scene(
         participants: display names of everyone in the room, for the slate.
         settings: canvas size and layout knobs.
         spotlight: the peer id pinned as the main picture, or None.
+        speaker_name: the active speaker's display name when the speaker has
+            no camera on (none, or one that stopped sending); None otherwise.
+            In pip the speaker is then a name card in the camera's place (a
+            spotlit camera still wins; with no video at all, the slate). An
+            empty name changes nothing.
 
     Returns:
         The scene; ``placements`` sorted by ``z``, and ``slate_names`` set to
-        ``participants`` only when no video is shown.
+        ``participants`` only when neither a picture nor a card is shown.
 
     Raises:
         ValueError: unknown layout or input source.
@@ -497,8 +552,9 @@ def compute_scene(
         if video.source not in SOURCES:
             raise ValueError(f"input {video.key!r}: unknown source {video.source!r}")
     shown = [i for i in inputs if i.has_picture]
+    cards: list[Card] = []
     if layout == "pip":
-        placements = _pip(shown, active_speaker, spotlight, settings)
+        placements, cards = _pip(shown, active_speaker, spotlight, settings, speaker_name)
     elif layout == "grid":
         placements = _grid(shown, spotlight, settings)
     elif layout == "speaker":
@@ -506,8 +562,8 @@ def compute_scene(
     else:
         raise ValueError(f"unknown layout {layout!r}, expected one of {LAYOUTS}")
     placements.sort(key=lambda p: p.z)
-    slate = () if placements else tuple(participants)
-    return Scene(tuple(placements), slate)
+    slate = () if placements or cards else tuple(participants)
+    return Scene(tuple(placements), slate, tuple(cards))
 
 
 def inputs_to_decode(
@@ -518,6 +574,7 @@ def inputs_to_decode(
     settings: LayoutSettings,
     *,
     spotlight: str | None = None,
+    speaker_name: str | None = None,
 ) -> frozenset[str]:
     """Which video inputs must be decoded now: what the layout shows or is about to.
 
@@ -542,6 +599,8 @@ def inputs_to_decode(
         active_speaker: the active speaker's peer id.
         settings: canvas and layout knobs.
         spotlight: the pinned peer id (see :func:`compute_scene`).
+        speaker_name: as :func:`compute_scene`'s: a speaker shown by a card
+            needs no camera decoded.
 
     Returns:
         Keys of the inputs to decode.
@@ -550,6 +609,8 @@ def inputs_to_decode(
         i if i.has_picture else replace(i, width=1280 if i.source == "screen" else 640, height=720 if i.source == "screen" else 360)
         for i in live
     ]
-    desired = compute_scene(layout, nominal, active_speaker, (), settings, spotlight=spotlight)
-    actual = compute_scene(layout, [i for i in shown if i.has_picture], active_speaker, (), settings, spotlight=spotlight)
+    desired = compute_scene(layout, nominal, active_speaker, (), settings, spotlight=spotlight, speaker_name=speaker_name)
+    actual = compute_scene(
+        layout, [i for i in shown if i.has_picture], active_speaker, (), settings, spotlight=spotlight, speaker_name=speaker_name
+    )
     return frozenset(p.key for p in desired.placements) | frozenset(p.key for p in actual.placements)

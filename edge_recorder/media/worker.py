@@ -643,9 +643,11 @@ class MediaWorker:
 
         # Laying out forty inputs twice per tick costs more than the check:
         # recompute only when something the layout reads changed.
+        speaker_name = self._speaker_card_name()
         signature = (
             self.layout,
             self.active_speaker,
+            speaker_name,
             self.spotlight,
             self.layout_settings,
             tuple(
@@ -679,6 +681,7 @@ class MediaWorker:
             self.active_speaker,
             self.layout_settings,
             spotlight=self.spotlight,
+            speaker_name=speaker_name,
         )
         wanted = frozenset(
             slot.index
@@ -705,6 +708,26 @@ class MediaWorker:
             slot.wanted = now_wanted
         self._wanted = wanted
         self._event(wire.Visibility(visible=tuple(sorted(wanted))))
+
+    def _speaker_card_name(self) -> str | None:
+        """The active speaker's display name when none of their cameras is live, else None.
+
+        pip then shows the speaker's name card where the camera would be
+        (:func:`~edge_recorder.media.layout.compute_scene`), not a listener's
+        camera: a stream that stopped sending (a camera turned off) is not
+        live. A speaker we have no stream of, or an excluded one, gets no card.
+        """
+        speaker = self.active_speaker
+        if speaker is None or speaker in self.excluded:
+            return None
+        name: str | None = None
+        for slot in self.streams.values():
+            if slot.peer_id != speaker:
+                continue
+            if slot.kind == "video" and slot.source == "camera" and slot.live:
+                return None
+            name = name or slot.display_name or None
+        return name
 
     def _scene_inputs(self, tick_s: float) -> tuple[list[Any], dict[str, Any], list[str]]:
         from edge_recorder.media.layout import VideoInput
@@ -792,7 +815,13 @@ class MediaWorker:
             self._update_wanted()
             inputs, frames, names = self._scene_inputs(tick_s)
             scene = compute_scene(
-                self.layout, inputs, self.active_speaker, names, self.layout_settings, spotlight=self.spotlight
+                self.layout,
+                inputs,
+                self.active_speaker,
+                names,
+                self.layout_settings,
+                spotlight=self.spotlight,
+                speaker_name=self._speaker_card_name(),
             )
             cuts = self.timeline.cuts_before_tick(n)
             keyframe = cuts > self._keyed_cuts

@@ -77,6 +77,8 @@ class ManifestTrack:
     start_s: float
     end_s: float
     excluded: tuple[tuple[float, float], ...] = ()
+    # Stretches with no media (the manifest's "no-media" gaps: a camera off, a mute, loss).
+    silent: tuple[tuple[float, float], ...] = ()
 
     @property
     def name(self) -> str:
@@ -141,6 +143,29 @@ class RecordingPlan:
         if self.excluded_at(track.peer_id, t):
             return False
         return not any(start <= t < end for start, end in track.excluded)
+
+    def speaker_card_name(self, speaker: str | None, t: float) -> str | None:
+        """The speaker's display name when none of their cameras has media at ``t`` (pip shows their card), else None.
+
+        As the live worker decides: a speaker without a camera, or whose camera
+        is in a ``no-media`` gap (turned off), is shown by name; an excluded
+        speaker, or one the manifest has no track of, is not.
+        """
+        if speaker is None or self.excluded_at(speaker, t):
+            return None
+        name: str | None = None
+        for track in self.tracks:
+            if track.peer_id != speaker:
+                continue
+            if (
+                track.kind == "video"
+                and track.picture_source == "camera"
+                and self.showable(track, t)
+                and not any(start <= t < end for start, end in track.silent)
+            ):
+                return None
+            name = name or track.display_name or None
+        return name
 
     def participants_at(self, t: float) -> list[str]:
         """Names for the slate: whoever has a track at ``t`` and is not excluded."""
@@ -280,12 +305,12 @@ def _track(entry: Any, index: int) -> ManifestTrack:
     gaps = entry.get("gaps") or []
     if not isinstance(gaps, list):
         raise ManifestError(f"{where}.gaps must be a list")
-    excluded = []
+    excluded: list[tuple[float, float]] = []
+    silent: list[tuple[float, float]] = []
     for gap in gaps[:MAX_GAPS]:
-        if isinstance(gap, Mapping) and gap.get("reason") == "excluded":
-            excluded.append(
-                (_seconds(gap.get("startS"), where=f"{where}.gaps"), _seconds(gap.get("endS"), where=f"{where}.gaps"))
-            )
+        if isinstance(gap, Mapping) and gap.get("reason") in ("excluded", "no-media"):
+            span = (_seconds(gap.get("startS"), where=f"{where}.gaps"), _seconds(gap.get("endS"), where=f"{where}.gaps"))
+            (excluded if gap.get("reason") == "excluded" else silent).append(span)
     return ManifestTrack(
         file=file,
         producer_id=_text(entry, "producerId", where=where),
@@ -297,6 +322,7 @@ def _track(entry: Any, index: int) -> ManifestTrack:
         start_s=start,
         end_s=end,
         excluded=tuple(excluded),
+        silent=tuple(silent),
     )
 
 

@@ -296,16 +296,19 @@ def _shown_spans(
         t = start_s + n / fps
         state = replay.layout_at(t)
         inputs = _inputs_at(plan, sizes, t, half)
-        signature = (state, replay.speaker_at(t), tuple(i.key for i in inputs))
+        speaker = replay.speaker_at(t)
+        card = plan.speaker_card_name(speaker, t)
+        signature = (state, speaker, card, tuple(i.key for i in inputs))
         keys = cache.get(signature)
         if keys is None:
             scene = compute_scene(
                 state.layout,
                 inputs,
-                replay.speaker_at(t),
+                speaker,
                 (),
                 _settings_for(settings, state.overlay_corner, state.overlay_width_pct),
                 spotlight=state.spotlight,
+                speaker_name=card,
             )
             keys = cache[signature] = frozenset(p.key for p in scene.placements)
         for key in keys:
@@ -459,13 +462,15 @@ def render(
                 )
                 for key, frame in frames.items()
             ]
+            speaker = replay.speaker_at(t)
             scene: Scene = compute_scene(
                 state.layout,
                 inputs,
-                replay.speaker_at(t),
+                speaker,
                 plan.participants_at(t) if not inputs else (),
                 _settings_for(layout_settings, state.overlay_corner, state.overlay_width_pct),
                 spotlight=state.spotlight,
+                speaker_name=plan.speaker_card_name(speaker, t),
             )
             # As the live worker does (RECORDING_SKIP_UNCHANGED_FRAMES): a tick
             # that would draw the picture before it again is not encoded, the

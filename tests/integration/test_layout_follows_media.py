@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from edge_recorder.demo.sfu import SyntheticProducer, run_producer
+from edge_recorder.media.composite import CARD_RGB
 from edge_recorder.demo.sources import CameraSource, ScreenSource, ToneSource
 from edge_recorder.session.manager import SessionManager
 from edge_recorder.session.session import RecordingSession
@@ -193,8 +194,15 @@ async def test_share_stops_and_restarts_and_a_muted_camera_returns_with_a_new_ss
         band = overlay(a).shape[0] // 8
         return float(np.abs(overlay(a)[:band] - overlay(b)[:band]).mean())
 
-    held = [f for t, f in frames if muted_at + 1.0 < t < muted_at + 9.0]
+    # Once the camera has been silent for the receiver's idle time (2 s) it
+    # is off: the speaker is their name card in the overlay, a still picture
+    # (so not encoded again), never a frozen camera nor someone else's.
+    ow = settings.output.width_px * settings.overlay.width_pct // 100
+    oh = ow * 9 // 16
+    card_corner = (point[0] - oh // 2 + 8, point[1] - ow // 2 + 8)
+    held = [f for t, f in frames if muted_at + 4.0 < t < muted_at + 9.0]
     assert held and max(moved(held[0], f) for f in held) < 1.0, "a held picture, not a moving one"
+    assert all(_near(f[card_corner], CARD_RGB, tol=16) for f in held), "P0's name card in the overlay"
     # ... and after the return it moves again, in P0's colour.
     after = [f for t, f in frames if t > muted_at + 12.0]
     assert _near(after[-1][point], COLOURS[0])

@@ -17,10 +17,11 @@ from edge_recorder.bench.meeting import (
     SHARE_FPS,
     MeetingScript,
     camera_intervals_shown,
+    card_intervals_shown,
     make_script,
     meeting_command,
     meeting_room,
-    shown_cameras,
+    overlay_runs,
 )
 
 
@@ -54,16 +55,24 @@ def test_the_share_sends_a_burst_after_each_change_then_a_frame_a_second() -> No
     assert script.slide_at(11.9) == 0 and script.slide_at(12.0) == 1
 
 
-def test_the_overlay_shows_the_talkers_camera_else_the_first_that_is_on() -> None:
+def test_the_overlay_shows_the_talkers_camera_else_their_name_card() -> None:
     script = MeetingScript(
         seconds=40.0,
         slides=(0.0,),
         turns=((0.0, 10.0, "alice"), (10.0, 20.0, "bob"), (20.0, 40.0, "carol")),
         cameras=(((0.0, 5.0),), ((15.0, 30.0),), ((25.0, 40.0),)),
     )
-    runs = [(round(a, 2), round(b, 2), p) for a, b, p in shown_cameras(script)]
-    assert runs == [(0.0, 5.0, "alice"), (5.0, 15.0, None), (15.0, 25.0, "bob"), (25.0, 40.0, "carol")]
-    assert camera_intervals_shown(script, "bob") == [pytest.approx((15.0, 25.0))]
+    runs = [(round(a, 2), round(b, 2), p, camera) for a, b, p, camera in overlay_runs(script)]
+    assert runs == [
+        (0.0, 5.0, "alice", True),
+        (5.0, 10.0, "alice", False),
+        (10.0, 15.0, "bob", False),  # Alice's camera is on, but Bob talks
+        (15.0, 20.0, "bob", True),
+        (20.0, 25.0, "carol", False),
+        (25.0, 40.0, "carol", True),
+    ]
+    assert camera_intervals_shown(script, "bob") == [pytest.approx((15.0, 20.0))]
+    assert card_intervals_shown(script, "alice") == [pytest.approx((5.0, 10.0))]
 
 
 def _inputs(root: Path) -> Inputs:
@@ -82,8 +91,12 @@ def test_the_ffmpeg_cli_overlays_each_camera_where_the_recorder_shows_it() -> No
     # Each camera file starts when the camera first comes on.
     assert command[command.index("/in/bob-cam.webm") - 5 : command.index("/in/bob-cam.webm")] == ["-itsoffset", "15.000", "-threads", "1", "-i"]
     graph = command[command.index("-filter_complex") + 1]
-    enables = re.findall(r"enable='([^']*)'", graph)
-    assert enables == ["between(t,0.000,4.999)", "between(t,15.000,29.999)", "0"]
+    enables = re.findall(r"overlay=[^;]*enable='([^']*)'", graph)
+    assert enables == ["between(t,0.000,4.999)", "between(t,15.000,19.999)", "0"]
+    # Each name card: a box where the overlay goes and the name, while that person talks with the camera off.
+    boxes = re.findall(r"drawbox=x=936:y=516:w=320:h=180:color=0x3A404E:t=fill:enable='([^']*)'", graph)
+    assert boxes == ["between(t,5.000,9.999)", "between(t,10.000,14.999)", "between(t,20.000,39.999)"]
+    assert graph.count("drawtext=") == 3 and "text=Carol:" in graph
     assert "amix=inputs=3" in graph and "overlay=x=W-w-24:y=H-h-24" in graph
     assert command[command.index("-t") + 1] == "40.000" and command[-1] == "/out.mp4"
 

@@ -239,3 +239,25 @@ def test_numpy_failure_in_a_label_draws_none(monkeypatch: pytest.MonkeyPatch) ->
     assert close_to(to_rgb(out)[90, 160], (24, 26, 33)), "a bare slate"
     # Reported once per name, counted per failure.
     assert len(warnings) == 1 and compositor.label_failures == 2
+
+
+def test_a_name_card_is_a_tile_with_the_name_and_the_overlays_border() -> None:
+    settings = LayoutSettings()
+    share = VideoInput("share", "bob", "screen", "Bob", 1280, 720)
+    scene = compute_scene("pip", [share], "carol", ["Bob", "Carol"], settings, speaker_name="Carol")
+    (card,) = scene.cards
+    compositor = Compositor(1280, 720, background=BG)
+    rgb = to_rgb(compositor.render(scene, {"share": solid(1280, 720, BLUE)}))
+    d = card.dst
+    assert (d.w, d.h) == (320, 180)  # where a 640x360 camera's overlay goes
+    assert close_to(rgb[d.y + 10, d.x + 10], composite.CARD_RGB)  # the tile
+    assert rgb[d.y, d.x + d.w // 2].min() > 180  # the border
+    middle = rgb[d.y + d.h // 2 - 12 : d.y + d.h // 2 + 12, d.x + 40 : d.x + d.w - 40]
+    assert middle.max() > 200, "white text in the middle"
+    assert close_to(rgb[100, 640], BLUE), "the share around it"
+    # Without a share the card fills the canvas, in place of Bob's camera.
+    bob = VideoInput("bcam", "bob", "camera", "Bob", 640, 360)
+    alone = compute_scene("pip", [bob], "carol", ["Bob", "Carol"], settings, speaker_name="Carol")
+    rgb = to_rgb(compositor.render(alone, {"bcam": solid(640, 360, RED)}))
+    assert close_to(rgb[20, 20], composite.CARD_RGB) and close_to(rgb[700, 1260], composite.CARD_RGB)
+    assert rgb[340:380, 500:780].max() > 200

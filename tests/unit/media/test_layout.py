@@ -369,3 +369,52 @@ def test_a_spotlight_wins_over_the_active_speaker() -> None:
     grid = compute_scene("grid", cams, None, [], settings, spotlight="pc")
     assert grid.placements[0].key == "c" and grid.placements[0].cell.x == 0
     assert inputs_to_decode("pip", cams, cams, "pb", settings, spotlight="pa") == {"a"}
+
+
+# -- a speaker whose camera is off: their name card ---------------------------------
+
+
+@given(
+    inputs_st(),
+    st.sampled_from(["p0", "p1", "p2"]),
+    st.none() | st.sampled_from(["p0", "p3"]),
+    st.sampled_from(["Ann", " \n", "Zoë\u200b Ñandú", ""]),
+    settings_st(),
+)
+def test_pip_shows_a_speaker_without_a_camera_by_name_never_by_someone_elses_camera(
+    inputs: list[VideoInput], speaker: str, spotlight: str | None, name: str, settings: LayoutSettings
+) -> None:
+    scene = compute_scene("pip", inputs, speaker, ["Everyone"], settings, spotlight=spotlight, speaker_name=name)
+    shown = [i for i in inputs if i.width and i.height]
+    screens = [i for i in shown if i.source == "screen"]
+    spotlit = [c for c in shown if c.source == "camera" and c.peer_id == spotlight]
+    if spotlit or not clean_display_name(name) or not shown:
+        # As without a name: a spotlit camera wins, an empty name changes
+        # nothing, and with no video at all the slate names everyone.
+        assert scene == compute_scene("pip", inputs, speaker, ["Everyone"], settings, spotlight=spotlight)
+        return
+    (card,) = scene.cards
+    assert card.name == clean_display_name(name)
+    assert scene.slate_names == ()
+    assert is_even(card.dst) and settings.canvas.contains(card.dst)
+    assert all(p.key in {s.key for s in screens} for p in scene.placements), "no camera in the speaker's place"
+    if screens:
+        assert [p.key for p in scene.placements] == [screens[-1].key]
+        assert card.border and card.z > scene.placements[0].z
+        # Where the overlay goes, with a camera's 16:9 shape.
+        camera = compute_scene("pip", [screens[-1], cam("c", speaker)], speaker, [], settings).placements[1]
+        assert card.dst == camera.dst
+    else:
+        assert scene.placements == () and card.dst == settings.canvas and not card.border
+
+
+def test_a_speaker_shown_by_name_needs_no_camera_decoded() -> None:
+    settings = LayoutSettings()
+    inputs = [cam("a", "pa", "Alice"), cam("b", "pb", "Bob"), screen("s", "pc", "Carol")]
+    # Carol talks with her camera off: before, Alice's camera took her place.
+    assert inputs_to_decode("pip", inputs, inputs, "pc", settings) == {"s", "a"}
+    assert inputs_to_decode("pip", inputs, inputs, "pc", settings, speaker_name="Carol") == {"s"}
+    scene = compute_scene("pip", inputs, "pc", [], settings, speaker_name="Carol")
+    assert [p.key for p in scene.placements] == ["s"] and [c.name for c in scene.cards] == ["Carol"]
+    # A spotlit camera still wins over the card.
+    assert inputs_to_decode("pip", inputs, inputs, "pc", settings, spotlight="pb", speaker_name="Carol") == {"s", "b"}

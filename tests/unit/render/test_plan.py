@@ -172,3 +172,28 @@ def test_any_json_is_a_plan_or_a_manifest_error(doc: dict[str, Any], tracks: lis
             replay.layout_at(t)
             replay.speaker_at(t)
             plan.participants_at(t)
+
+
+def test_a_speaker_whose_camera_has_no_media_is_shown_by_name_as_live() -> None:
+    cam = wire.Track("cam", "cam.webm", "vp8", "video", 1000, 0.5, 9.5, 270, closed=True, gaps=(wire.TrackGap(4.0, 7.0, "no-media"),))
+    mic = wire.Track("mic", "mic.webm", "opus", "audio", 500, 0.0, 10.0, 500, closed=True)
+    bob = wire.Track("bob-mic", "bob-mic.webm", "opus", "audio", 500, 0.0, 10.0, 500, closed=True)
+    doc = _manifest()
+    doc["tracks"] = build_manifest(
+        session_id="s-1", room_id="r", started_at="x", stopped_at=None, composite=None,
+        tracks=[
+            (cam, TrackSource("cam", "ann", "Ann", "video", "camera")),
+            (mic, TrackSource("mic", "ann", "Ann", "audio", "microphone")),
+            (bob, TrackSource("bob-mic", "bob", "Bob", "audio", "microphone")),
+        ],
+        controls={"pauses": [], "events": []},
+        speaker_switches=[], layout=None, video=None,
+    )["tracks"]  # fmt: skip
+    plan = _parse(doc)
+    assert plan.tracks[0].silent == ((4.0, 7.0),)
+    assert plan.speaker_card_name("ann", 2.0) is None  # her camera is on
+    assert plan.speaker_card_name("ann", 0.2) == "Ann"  # before its first frame
+    assert plan.speaker_card_name("ann", 5.0) == "Ann"  # turned off
+    assert plan.speaker_card_name("bob", 5.0) == "Bob"  # no camera at all
+    assert plan.speaker_card_name("bob", 7.5) is None  # excluded from 7 to 8: nobody is shown
+    assert plan.speaker_card_name("nobody", 5.0) is None and plan.speaker_card_name(None, 5.0) is None
