@@ -25,7 +25,7 @@ from edge_recorder.bench.inputs import Inputs
 from edge_recorder.config import Settings
 from edge_recorder.session.session import OutputOptions
 
-__all__ = ["BaselineResult", "BaselineSettings", "even_round", "ffmpeg_command", "overlay_geometry", "run_baseline", "run_ffmpeg"]
+__all__ = ["BaselineResult", "BaselineSettings", "even_round", "ffmpeg_command", "output_args", "overlay_geometry", "run_baseline", "run_ffmpeg"]
 
 
 def even_round(value: float) -> int:
@@ -115,6 +115,14 @@ def ffmpeg_command(
         "-i", str(mics[1]),
         "-filter_complex", graph,
         "-map", "[v]", "-map", "[a]",
+        *output_args(s, output),
+    ]  # fmt: skip
+
+
+def output_args(settings: BaselineSettings, output: Path) -> list[str]:
+    """The encoders' and muxer's arguments both ffmpeg baselines end with: the recorder's settings (pure)."""
+    s = settings
+    return [
         "-c:v", "libx264", "-preset", s.x264_preset, "-tune", "zerolatency", "-threads", str(s.x264_threads),
         "-b:v", f"{s.video_bitrate_kbps}k", "-g", str(s.keyint), "-keyint_min", str(s.keyint), "-sc_threshold", "0",
         "-r", str(s.fps),

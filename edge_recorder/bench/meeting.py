@@ -40,7 +40,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from edge_recorder.bench.ffmpeg import BaselineResult, BaselineSettings, overlay_geometry, run_ffmpeg
+from edge_recorder.bench.ffmpeg import BaselineResult, BaselineSettings, output_args, overlay_geometry, run_ffmpeg
 from edge_recorder.bench.inputs import (
     KEYFRAME_INTERVAL_S,
     OPUS_PACKET_SAMPLES,
@@ -426,12 +426,7 @@ def meeting_command(
         *args,
         "-filter_complex", ";".join(graph),
         "-map", "[v]", "-map", "[a]", "-t", f"{script.seconds:.3f}",
-        "-c:v", "libx264", "-preset", s.x264_preset, "-tune", "zerolatency", "-threads", str(s.x264_threads),
-        "-b:v", f"{s.video_bitrate_kbps}k", "-g", str(s.keyint), "-keyint_min", str(s.keyint), "-sc_threshold", "0",
-        "-r", str(s.fps),
-        "-c:a", "aac", "-b:a", f"{s.audio_bitrate_kbps}k", "-ar", "48000", "-ac", "2",
-        "-movflags", "frag_keyframe+empty_moov+default_base_moof",
-        "-f", "mp4", str(output),
+        *output_args(s, output),
     ]  # fmt: skip
 
 
