@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import random
 import statistics
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -93,7 +94,7 @@ CAMERA_FPS = 30
 QUIET_DBOV = -60.0
 _CARD_HEX = "".join(f"{c:02X}" for c in CARD_RGB)
 
-# (peer, name, camera colour, tone Hz, share of the talking, camera on/off segment lengths in s)
+# (peer, name, camera colour, tone Hz, share of the talking)
 _PEOPLE: tuple[tuple[str, str, tuple[int, int, int], float, float], ...] = (
     ("alice", "Alice", (220, 60, 50), 440.0, 0.55),
     ("bob", "Bob", (60, 160, 220), 550.0, 0.27),
@@ -320,7 +321,7 @@ def _share_pictures(script: MeetingScript, d: StreamDef) -> Iterator[tuple[int, 
 
 def _camera_pictures(script: MeetingScript, d: StreamDef, color: tuple[int, int, int]) -> Iterator[tuple[int, av.VideoFrame, bool]]:
     source = CameraSource(d.display_name, color, d.width, d.height)
-    noise = np.random.default_rng(hash(d.key) & 0xFFFF)
+    noise = np.random.default_rng(zlib.crc32(d.key.encode()))
     for start, end in script.camera(d.peer_id):
         last_key: float | None = None  # the camera (re)starts: its first frame is a keyframe
         for index in range(int(round(start * d.fps)), int(round(end * d.fps))):
@@ -335,7 +336,7 @@ def _camera_pictures(script: MeetingScript, d: StreamDef, color: tuple[int, int,
 
 def _mic_block(script: MeetingScript, d: StreamDef) -> Callable[[int, int], np.ndarray]:
     tone = ToneSource(d.tone_hz)
-    quiet = NoiseSource(QUIET_DBOV, seed=sum(map(ord, d.key)))
+    quiet = NoiseSource(QUIET_DBOV, seed=zlib.crc32(d.key.encode()))
 
     def block(start_sample: int, count: int) -> np.ndarray:
         talking = script.talker(start_sample / 48_000) == d.peer_id
@@ -361,7 +362,7 @@ def prepare_meeting_inputs(script: MeetingScript, cache_dir: Path | None = None)
         cache_dir,
         streams=MEETING_STREAMS,
         encode=encode,
-        cache_material={"meeting": asdict(script), "opus_block": OPUS_PACKET_SAMPLES},
+        cache_material={"meeting": asdict(script), "opus_block": OPUS_PACKET_SAMPLES, "noise": "crc32"},
     )
 
 

@@ -379,6 +379,8 @@ def _pip(
 ) -> tuple[list[Placement], list[Card]]:
     canvas = settings.canvas
     share = _pick_share(shown)
+    # The share is what people read: full canvas, no label covering it.
+    placements = [] if share is None else [Placement(share.key, fit_rect(share.width, share.height, canvas), canvas, None, 0, False)]
     cameras = [i for i in shown if i.source == "camera"]
     card_name = clean_display_name(speaker_name) if speaker_name is not None and active_speaker is not None else ""
     if card_name and shown and not any(spotlight is not None and c.peer_id == spotlight for c in cameras):
@@ -389,14 +391,9 @@ def _pip(
         if share is None:
             return [], [Card(card_name, canvas, 0, False)]
         dst, _ = _overlay_dst(*CARD_ASPECT, settings)
-        return [Placement(share.key, fit_rect(share.width, share.height, canvas), canvas, None, 0, False)], [Card(card_name, dst, 1, True)]
+        return placements, [Card(card_name, dst, 1, True)]
     camera = _pick_speaker_camera(cameras, active_speaker, spotlight)
-    placements: list[Placement] = []
     if share is not None:
-        # The share is what people read: full canvas, no label covering it.
-        placements.append(
-            Placement(share.key, fit_rect(share.width, share.height, canvas), canvas, None, 0, False)
-        )
         if camera is not None:
             dst, cell = _overlay_dst(camera.width, camera.height, settings)
             placements.append(

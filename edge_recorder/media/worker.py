@@ -630,8 +630,10 @@ class MediaWorker:
 
     # -- output clocks -----------------------------------------------------------
 
-    def _update_wanted(self) -> None:
+    def _update_wanted(self, speaker_name: str | None) -> None:
         """Decide which video streams to decode; tell the parent when that changes.
+
+        ``speaker_name`` is this tick's :meth:`_speaker_card_name`.
 
         The parent forwards frames only of wanted streams (it keeps the rest
         back to their last keyframe), so a room of twenty cameras costs what
@@ -643,7 +645,6 @@ class MediaWorker:
 
         # Laying out forty inputs twice per tick costs more than the check:
         # recompute only when something the layout reads changed.
-        speaker_name = self._speaker_card_name()
         signature = (
             self.layout,
             self.active_speaker,
@@ -812,7 +813,8 @@ class MediaWorker:
                 continue  # paused (or stopped) while it slept
             if self.stop_at_s is not None and n >= self.timeline.output_ticks_until(self.stop_at_s):
                 return
-            self._update_wanted()
+            speaker_name = self._speaker_card_name()
+            self._update_wanted(speaker_name)
             inputs, frames, names = self._scene_inputs(tick_s)
             scene = compute_scene(
                 self.layout,
@@ -821,7 +823,7 @@ class MediaWorker:
                 names,
                 self.layout_settings,
                 spotlight=self.spotlight,
-                speaker_name=self._speaker_card_name(),
+                speaker_name=speaker_name,
             )
             cuts = self.timeline.cuts_before_tick(n)
             keyframe = cuts > self._keyed_cuts

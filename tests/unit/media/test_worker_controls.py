@@ -132,7 +132,7 @@ async def test_layout_spotlight_and_exclusion_are_applied(tmp_path: Path) -> Non
         worker.handle_control(wire.ExcludePeer(peer_id="a", excluded=True))
         assert worker.streams[0].receive.statistics().current_buffer_used == 0  # queued frames dropped
         assert float(abs(worker.mixer.mix(0, 100)).max()) == 0.0  # buffered audio dropped
-        worker._update_wanted()
+        worker._update_wanted(worker._speaker_card_name())
         assert worker._wanted == {2}
         _, _, names = worker._scene_inputs(0.0)
         assert names == ["Bob"]
@@ -140,6 +140,6 @@ async def test_layout_spotlight_and_exclusion_are_applied(tmp_path: Path) -> Non
         events.clear()
         worker.handle_control(wire.ExcludePeer(peer_id="a", excluded=False))
         assert events == [{"event": "keyframe_needed", "index": 0, "why": "included"}]
-        worker._update_wanted()
+        worker._update_wanted(worker._speaker_card_name())
         assert 0 in worker._wanted
         nursery.cancel_scope.cancel()
